@@ -1,0 +1,24 @@
+"""iocport: an I/O completion port for Python on Linux.
+
+Socket work runs in native threads on io_uring or epoll with the GIL
+released; handlers receive whole messages.
+
+    import iocport
+
+    def on_message(conn, msg):
+        conn.send(msg)
+
+    server = iocport.Server(on_message, framing=iocport.LengthPrefixed(4))
+    server.listen("127.0.0.1", 9000)
+    server.serve_forever()
+"""
+from ._iocport import Connection, Framer, Packet, Port, PortClosedError
+from .framing import Delimited, FixedSize, LengthPrefixed, parse_framing
+from .server import Server, backends, default_backend
+
+__all__ = [
+    "Server", "Connection", "Port", "Packet", "PortClosedError", "Framer",
+    "LengthPrefixed", "Delimited", "FixedSize", "parse_framing",
+    "backends", "default_backend",
+]
+__version__ = "0.1.0"

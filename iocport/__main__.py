@@ -1,0 +1,70 @@
+"""Command line: ``python -m iocport echo`` (the demo server) and
+``python -m iocport demo`` (that server under a short load, with figures)."""
+import argparse
+import logging
+import sys
+
+from . import Server
+from .framing import parse_framing
+
+
+def _framing(text):
+    try:
+        return parse_framing(text)
+    except (TypeError, ValueError) as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _echo_args(p):
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=9000)
+    p.add_argument("--framing", type=_framing, default="len4",
+                   help="len4 (default), len1/len2/len8, line, fixed:N")
+    p.add_argument("--backend", choices=("auto", "uring", "epoll"), default=None,
+                   help="default: $IOCPORT_BACKEND or auto")
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--native", action="store_true",
+                   help="echo in C without calling Python (the ceiling)")
+
+
+def echo(args):
+    def on_message(conn, msg):
+        conn.send(msg)
+
+    server = Server(None if args.native else on_message, framing=args.framing,
+                    workers=args.workers, backend=args.backend,
+                    native_echo=args.native)
+    host, port = server.listen(args.host, args.port)
+    server.start()
+    print(f"listening on {host}:{port} (backend {server.backend}, "
+          f"{'native' if args.native else 'python'} echo)", flush=True)
+    server.serve_forever()
+    return 0
+
+
+def demo(args):
+    from ._demo import run_demo
+    return run_demo(args)
+
+
+def main(argv=None):
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    parser = argparse.ArgumentParser(prog="python -m iocport")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("echo", help="run the echo server")
+    _echo_args(p)
+    p.set_defaults(func=echo)
+    p = sub.add_parser("demo", help="run the echo server under load and report")
+    p.add_argument("--seconds", type=float, default=3.0)
+    p.add_argument("--connections", type=int, default=50)
+    p.add_argument("--depth", type=int, default=16, help="messages in flight per connection")
+    p.add_argument("--size", type=int, default=64, help="payload bytes")
+    p.add_argument("--backend", choices=("auto", "uring", "epoll"), default=None)
+    p.add_argument("--native", action="store_true")
+    p.set_defaults(func=demo)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,217 @@
+"""Framing specs: how a byte stream is cut into messages.
+
+A spec is a small immutable value passed to the server (or to
+``iocport._iocport.Framer``); the native layer reads it through ``_spec()``.
+
+- ``LengthPrefixed(4)``: each message starts with its length (1, 2, 4 or 8
+  bytes, big endian by default).
+- ``Delimited(b"\\n")``: each message ends with a delimiter of 1 to 8 bytes.
+- ``FixedSize(n)``: every message is exactly n bytes.
+
+``parse_framing("len4")`` builds one from a command-line string.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "DEFAULT_MAX",
+    "Delimited",
+    "FixedSize",
+    "Framing",
+    "LengthPrefixed",
+    "parse_framing",
+]
+
+#: Default largest payload accepted: 16 MiB.
+DEFAULT_MAX = 16 * 1024 * 1024
+
+# enum framing_kind in src/framing.h
+_LENGTH = 1
+_DELIM = 2
+_FIXED = 3
+
+_U64_MAX = (1 << 64) - 1
+
+
+def _positive_int(value, name):
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value <= 0:
+        raise ValueError(f"{name} must be positive, got {value}")
+    if value > _U64_MAX:
+        raise ValueError(f"{name} is too large: {value}")
+    return value
+
+
+class Framing:
+    """Base class of the framing specs (immutable; compare by value)."""
+
+    __slots__ = ()
+
+    def _key(self):
+        raise NotImplementedError
+
+    def _spec(self):
+        """(kind, hdr_size, big_endian, hdr_included, delim, size, max_size)
+        for the native layer."""
+        raise NotImplementedError
+
+    def __setattr__(self, name, value):
+        raise AttributeError(f"{type(self).__name__} is immutable")
+
+    def __delattr__(self, name):
+        raise AttributeError(f"{type(self).__name__} is immutable")
+
+    def __eq__(self, other):
+        if type(other) is not type(self):
+            return NotImplemented
+        return self._key() == other._key()
+
+    def __hash__(self):
+        return hash((type(self), self._key()))
+
+    def __reduce__(self):
+        return (_rebuild, (type(self), self._key()))
+
+
+def _rebuild(cls, key):
+    obj = object.__new__(cls)
+    for name, value in zip(cls.__slots__, key):
+        object.__setattr__(obj, name, value)
+    return obj
+
+
+class LengthPrefixed(Framing):
+    """Each message is preceded by its length in `size` bytes (1, 2, 4 or 8).
+
+    `includes_header`: the length counts the header bytes too.  `max_size`
+    is the largest payload accepted (header excluded); a bigger one is
+    refused as soon as its header arrives.
+    """
+
+    __slots__ = ("size", "byteorder", "includes_header", "max_size")
+
+    def __init__(self, size=4, *, byteorder="big", includes_header=False,
+                 max_size=DEFAULT_MAX):
+        if not isinstance(size, int) or isinstance(size, bool):
+            raise TypeError(f"size must be an int, got {type(size).__name__}")
+        if size not in (1, 2, 4, 8):
+            raise ValueError(f"size must be 1, 2, 4 or 8, got {size}")
+        if not isinstance(byteorder, str):
+            raise TypeError(
+                f"byteorder must be a str, got {type(byteorder).__name__}")
+        if byteorder not in ("big", "little"):
+            raise ValueError(
+                f"byteorder must be 'big' or 'little', got {byteorder!r}")
+        if not isinstance(includes_header, bool):
+            raise TypeError("includes_header must be a bool, got "
+                            f"{type(includes_header).__name__}")
+        _positive_int(max_size, "max_size")
+        set_ = object.__setattr__
+        set_(self, "size", size)
+        set_(self, "byteorder", byteorder)
+        set_(self, "includes_header", includes_header)
+        set_(self, "max_size", max_size)
+
+    def _key(self):
+        return (self.size, self.byteorder, self.includes_header, self.max_size)
+
+    def _spec(self):
+        return (_LENGTH, self.size, self.byteorder == "big",
+                self.includes_header, b"", 0, self.max_size)
+
+    def __repr__(self):
+        args = [repr(self.size)]
+        if self.byteorder != "big":
+            args.append(f"byteorder={self.byteorder!r}")
+        if self.includes_header:
+            args.append("includes_header=True")
+        if self.max_size != DEFAULT_MAX:
+            args.append(f"max_size={self.max_size}")
+        return f"LengthPrefixed({', '.join(args)})"
+
+
+class Delimited(Framing):
+    """Each message ends with `delimiter` (1 to 8 bytes, not included in the
+    message).  `max_size` is the largest payload accepted."""
+
+    __slots__ = ("delimiter", "max_size")
+
+    def __init__(self, delimiter=b"\n", *, max_size=DEFAULT_MAX):
+        if not isinstance(delimiter, (bytes, bytearray, memoryview)):
+            raise TypeError("delimiter must be bytes, got "
+                            f"{type(delimiter).__name__}")
+        delimiter = bytes(delimiter)
+        if not 1 <= len(delimiter) <= 8:
+            raise ValueError("delimiter must be 1 to 8 bytes, got "
+                             f"{len(delimiter)}")
+        _positive_int(max_size, "max_size")
+        object.__setattr__(self, "delimiter", delimiter)
+        object.__setattr__(self, "max_size", max_size)
+
+    def _key(self):
+        return (self.delimiter, self.max_size)
+
+    def _spec(self):
+        return (_DELIM, 0, False, False, self.delimiter, 0, self.max_size)
+
+    def __repr__(self):
+        if self.max_size != DEFAULT_MAX:
+            return f"Delimited({self.delimiter!r}, max_size={self.max_size})"
+        return f"Delimited({self.delimiter!r})"
+
+
+class FixedSize(Framing):
+    """Every message is exactly `size` bytes.  `max_size` (default: `size`)
+    must not be smaller than `size`."""
+
+    __slots__ = ("size", "max_size")
+
+    def __init__(self, size, *, max_size=None):
+        _positive_int(size, "size")
+        if max_size is None:
+            max_size = size
+        _positive_int(max_size, "max_size")
+        if max_size < size:
+            raise ValueError(
+                f"max_size ({max_size}) must not be smaller than size ({size})")
+        object.__setattr__(self, "size", size)
+        object.__setattr__(self, "max_size", max_size)
+
+    def _key(self):
+        return (self.size, self.max_size)
+
+    def _spec(self):
+        return (_FIXED, 0, False, False, b"", self.size, self.max_size)
+
+    def __repr__(self):
+        if self.max_size != self.size:
+            return f"FixedSize({self.size}, max_size={self.max_size})"
+        return f"FixedSize({self.size})"
+
+
+_FORMS = "'len1', 'len2', 'len4', 'len8' (suffix 'le' for little endian), " \
+         "'line' or 'fixed:N'"
+
+
+def parse_framing(text):
+    """Framing spec from a command-line string: 'len4' (also len1, len2,
+    len8; 'len4le' for little endian), 'line' or 'fixed:N'."""
+    if not isinstance(text, str):
+        raise TypeError(f"framing must be a str, got {type(text).__name__}")
+    s = text.strip().lower()
+    if s == "line":
+        return Delimited(b"\n")
+    if s.startswith("fixed:"):
+        n = s[len("fixed:"):]
+        if n.isdigit() and n.isascii():
+            return FixedSize(int(n))
+    elif s.startswith("len"):
+        rest = s[3:]
+        byteorder = "big"
+        if rest.endswith(("le", "be")):
+            byteorder = "little" if rest.endswith("le") else "big"
+            rest = rest[:-2]
+        if rest in ("1", "2", "4", "8"):
+            return LengthPrefixed(int(rest), byteorder=byteorder)
+    raise ValueError(f"unknown framing {text!r}: expected {_FORMS}")

@@ -1,0 +1,224 @@
+"""The public Server: a thin Python face on the native engine.
+
+Everything per message happens in C (iocport._iocport); this file resolves
+the backend, creates listening sockets, and runs serve_forever's signal
+handling.
+"""
+import atexit
+import logging
+import os
+import signal
+import socket
+import threading
+import weakref
+
+from . import _iocport
+from .framing import Framing, LengthPrefixed
+
+__all__ = ["Server", "backends", "default_backend"]
+
+log = logging.getLogger("iocport")
+
+_BACKENDS = ("auto", "uring", "epoll")
+_running = weakref.WeakSet()
+
+
+def backends():
+    """The backends this host can use, best first: ('uring', 'epoll') or ('epoll',)."""
+    return _iocport.backends()
+
+
+def default_backend():
+    """The backend Server() picks: $IOCPORT_BACKEND if set, else 'auto'."""
+    value = os.environ.get("IOCPORT_BACKEND", "auto").strip().lower() or "auto"
+    if value not in _BACKENDS:
+        raise ValueError(
+            f"IOCPORT_BACKEND must be one of {', '.join(_BACKENDS)}, got {value!r}")
+    return value
+
+
+class _WithMax(Framing):
+    """A framing spec with its largest message replaced."""
+
+    __slots__ = ("_inner", "_max")
+
+    def __init__(self, inner, max_size):
+        object.__setattr__(self, "_inner", inner)
+        object.__setattr__(self, "_max", max_size)
+
+    def _spec(self):
+        return self._inner._spec()[:6] + (self._max,)
+
+    def __repr__(self):
+        return f"{self._inner!r} (max_message={self._max})"
+
+
+def _check_int(name, value, minimum=1):
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+class Server:
+    """A TCP server whose handler receives whole messages.
+
+    ``handler(conn, msg)`` is called with the GIL held for every whole
+    message, in order per connection; socket work runs on native worker
+    threads with the GIL released.  See the README for every option.
+    """
+
+    def __init__(self, handler=None, *, framing=None, workers=1, backend=None,
+                 on_connect=None, on_close=None, max_message=None,
+                 max_unsent=4 * 1024 * 1024, max_connections=100_000,
+                 idle_timeout=None, native_echo=False):
+        if framing is None:
+            framing = LengthPrefixed(4)
+        if not isinstance(framing, Framing):
+            raise TypeError("framing must be an iocport framing spec such as "
+                            f"LengthPrefixed(4), got {type(framing).__name__}")
+        if handler is None and not native_echo:
+            raise TypeError("handler is required (a callable taking conn, msg)")
+        if max_message is not None:
+            framing = _WithMax(framing, _check_int("max_message", max_message))
+        _check_int("workers", workers)
+        _check_int("max_unsent", max_unsent)
+        _check_int("max_connections", max_connections)
+        if idle_timeout is None:
+            idle_timeout = 0.0
+        if isinstance(idle_timeout, bool) or not isinstance(idle_timeout, (int, float)):
+            raise TypeError("idle_timeout must be a number of seconds or None, "
+                            f"got {type(idle_timeout).__name__}")
+        if idle_timeout < 0:
+            raise ValueError(f"idle_timeout must be >= 0, got {idle_timeout}")
+        if backend is None:
+            backend = default_backend()
+        if not isinstance(backend, str):
+            raise TypeError(f"backend must be a str, got {type(backend).__name__}")
+        if backend not in _BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(_BACKENDS)}, "
+                             f"got {backend!r}")
+        if backend == "uring" and "uring" not in backends():
+            err = _iocport.uring_status()
+            raise OSError(err, "io_uring is not available on this host: "
+                          f"{os.strerror(err)} (use backend='epoll' or 'auto')")
+        self._requested = backend
+        self._core = _iocport.Server(
+            handler, framing, workers=workers,
+            backend="epoll" if backend == "epoll" else "uring",
+            on_connect=on_connect, on_close=on_close, max_unsent=max_unsent,
+            max_connections=max_connections, idle_timeout=float(idle_timeout),
+            native_echo=bool(native_echo), fallback=backend == "auto")
+        self._framing = framing
+        self._addresses = []
+        self._stopped = threading.Event()
+
+    # -- listening ------------------------------------------------------
+    def listen(self, host="127.0.0.1", port=0, *, backlog=1024, reuse_port=False):
+        """Listen on (host, port); port 0 picks a free port.  Returns the
+        bound address.  Call before start()."""
+        if not isinstance(host, str):
+            raise TypeError(f"host must be a str, got {type(host).__name__}")
+        _check_int("port", port, 0)
+        if port > 65535:
+            raise ValueError(f"port must be <= 65535, got {port}")
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.create_server((host, port), family=family, backlog=backlog,
+                                    reuse_port=reuse_port)
+        try:
+            self._core.add_listener(sock)
+            address = sock.getsockname()[:2]
+        finally:
+            sock.close()
+        self._addresses.append(address)
+        return address
+
+    @property
+    def addresses(self):
+        """Every bound (host, port), in listen() order."""
+        return list(self._addresses)
+
+    @property
+    def address(self):
+        """The first bound (host, port)."""
+        if not self._addresses:
+            raise RuntimeError("the server is not listening; call listen() first")
+        return self._addresses[0]
+
+    # -- running --------------------------------------------------------
+    @property
+    def backend(self):
+        """'uring' or 'epoll': the backend in use (or to be used)."""
+        return self._core.backend
+
+    @property
+    def running(self):
+        return self._core.running
+
+    def start(self):
+        """Start serving in the background (native worker threads)."""
+        if not self._addresses:
+            raise RuntimeError("the server is not listening; call listen() first")
+        self._stopped.clear()
+        self._core.start()
+        _running.add(self)
+        err = self._core.fallback_errno
+        if err:
+            log.warning("io_uring unavailable (%s); using the epoll backend",
+                        os.strerror(err))
+        return self
+
+    def stop(self):
+        """Close every connection, join every worker.  Idempotent."""
+        self._core.stop()
+        _running.discard(self)
+        self._stopped.set()
+
+    def serve_forever(self):
+        """Serve until Ctrl-C, SIGTERM or stop() from another thread."""
+        if not self.running:
+            self.start()
+        on_main = threading.current_thread() is threading.main_thread()
+        previous = None
+        if on_main:
+            previous = signal.signal(signal.SIGTERM, _raise_terminate)
+        try:
+            self._stopped.wait()
+        except (KeyboardInterrupt, _Terminate):
+            pass
+        finally:
+            if on_main:
+                signal.signal(signal.SIGTERM, previous)
+            self.stop()
+
+    def stats(self):
+        """Counters: connections, messages and bytes in and out, errors."""
+        s = self._core.stats()
+        s["backend"] = self.backend
+        return s
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    def __repr__(self):
+        state = "running" if self.running else "stopped"
+        return f"<iocport.Server {state} backend={self.backend} on {self._addresses}>"
+
+
+class _Terminate(BaseException):
+    pass
+
+
+def _raise_terminate(signum, frame):
+    raise _Terminate()
+
+
+@atexit.register
+def _stop_all():
+    # Workers must not touch Python once finalization starts: stop them first.
+    for server in list(_running):
+        server.stop()

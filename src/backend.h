@@ -1,0 +1,110 @@
+/* backend.h - the one internal interface between the core and the I/O engines.
+ *
+ * A backend turns "start this operation on this handle" into completion events
+ * that the owning worker reaps with wait().  Two engines implement it:
+ * io_uring (uring.c, raw syscalls, no liburing) and epoll (epoll.c, which does
+ * the nonblocking call when the fd is ready and reports it as a completion).
+ *
+ * Threading: a backend instance belongs to exactly one worker thread.  Every
+ * function here except wake() is called only from that thread.
+ *
+ * Completion contract (the core relies on it, both engines must keep it):
+ *  - every started operation ends with exactly one *final* event (more == 0);
+ *    multishot operations (accept, recv) may deliver any number of events
+ *    with more == 1 first;
+ *  - cancel(h) makes every operation in flight on h end soon, each with its
+ *    final event (res == -ECANCELED, or the real result if it won the race);
+ *  - an engine that has to restart a multishot operation for its own reasons
+ *    (provided buffers ran out, the kernel ended the multishot) does so
+ *    silently: the core only sees a final recv/accept event on error, EOF,
+ *    cancel or stop;
+ *  - a recv event with res > 0 carries a buffer (buf, buf_id) that belongs to
+ *    the core until it calls release_buf(); the engine never reuses it before;
+ *  - buffers passed to send()/connect() belong to the engine until the final
+ *    event of that operation is reaped.
+ */
+#ifndef IOCPORT_BACKEND_H
+#define IOCPORT_BACKEND_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+enum io_op {
+    IO_NONE = 0,
+    IO_ACCEPT,   /* res: new fd (nonblocking, cloexec) or -errno */
+    IO_RECV,     /* res: bytes in buf, 0 = EOF, or -errno */
+    IO_SEND,     /* res: bytes sent (may be short) or -errno */
+    IO_CONNECT,  /* res: 0 or -errno */
+    IO_OP_COUNT
+};
+
+/* One registered file descriptor.  Embedded in the core's connection and
+ * listener structs; the engine may use `priv` and `pending` as it likes. */
+struct io_handle {
+    int fd;
+    uint32_t active;          /* engine-private: bit per enum io_op in flight */
+    uint32_t pending;         /* engine-private */
+    uint32_t registered;      /* engine-private */
+    const char *send_buf;     /* engine-private: send in progress */
+    size_t send_len;
+    void *priv;               /* engine-private */
+};
+
+struct io_event {
+    struct io_handle *h;      /* NULL for a wake-up */
+    int32_t res;
+    uint8_t op;               /* enum io_op */
+    uint8_t more;             /* 1: the operation goes on, more events follow */
+    uint16_t buf_id;          /* recv only: give back with release_buf */
+    char *buf;                /* recv only, res > 0 */
+};
+
+struct backend;
+
+struct backend_ops {
+    const char *name;
+    /* Create an engine.  `bufsize` x `nbufs` receive buffers.  Returns NULL
+     * with errno set when the engine is not available here. */
+    struct backend *(*create)(unsigned nbufs, unsigned bufsize);
+    void (*destroy)(struct backend *b);
+
+    /* Start a multishot accept on a listening socket. 0 or -errno. */
+    int (*accept_start)(struct backend *b, struct io_handle *h);
+    /* Start receiving (continuous until stop/cancel/EOF/error). 0 or -errno */
+    int (*recv_start)(struct backend *b, struct io_handle *h);
+    /* Stop receiving (backpressure); the recv ends with a final event. */
+    int (*recv_stop)(struct backend *b, struct io_handle *h);
+    /* Send buf[0..len).  At most one send in flight per handle (the core
+     * guarantees it).  Returns bytes sent at once (>= 0, the operation is
+     * over, no event follows), -EINPROGRESS (an IO_SEND event follows), or
+     * another -errno (failed, no event follows). */
+    long (*send)(struct backend *b, struct io_handle *h, const char *buf,
+                 size_t len);
+    /* Connect a nonblocking socket; an IO_CONNECT event follows. */
+    int (*connect)(struct backend *b, struct io_handle *h,
+                   const struct sockaddr *addr, socklen_t addrlen);
+    /* End every operation in flight on h (see the contract above). */
+    int (*cancel)(struct backend *b, struct io_handle *h);
+    /* Forget h: called after its last final event, before close(fd). */
+    void (*forget)(struct backend *b, struct io_handle *h);
+
+    /* Submit what was started and wait up to timeout_ms (-1 = forever) for
+     * events; returns the number stored in out[0..max), 0 on timeout or
+     * wake-up, or -errno (-EINTR is returned so signals can be handled). */
+    int (*wait)(struct backend *b, struct io_event *out, int max,
+                int timeout_ms);
+    /* Give back a receive buffer handed out by an IO_RECV event. */
+    void (*release_buf)(struct backend *b, uint16_t buf_id);
+    /* Thread-safe: make a wait() in progress (or the next one) return. */
+    void (*wake)(struct backend *b);
+};
+
+extern const struct backend_ops iocp_epoll_ops;
+extern const struct backend_ops iocp_uring_ops;
+
+/* 0 if io_uring with every feature we need works on this host, else -errno
+ * (ENOSYS, EPERM for seccomp or io_uring_disabled, EINVAL for old kernels). */
+int iocp_uring_probe(void);
+
+#endif

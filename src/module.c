@@ -1,0 +1,123 @@
+/* module.c - the _iocport extension module: multi-phase init, module state,
+ * module-level functions.  Types live in py_port.c, py_framer.c and
+ * py_server.c. */
+#include "module.h"
+#include "backend.h"
+
+#include <errno.h>
+#include <string.h>
+
+static PyObject *
+iocp_backends(PyObject *module, PyObject *Py_UNUSED(ignored))
+{
+    /* The backends this host can use, best first. */
+    (void)module;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = iocp_uring_probe();
+    Py_END_ALLOW_THREADS
+    if (rc == 0)
+        return Py_BuildValue("(ss)", "uring", "epoll");
+    return Py_BuildValue("(s)", "epoll");
+}
+
+static PyObject *
+iocp_uring_status(PyObject *module, PyObject *Py_UNUSED(ignored))
+{
+    /* 0 if io_uring works here, else the errno that refused it. */
+    (void)module;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = iocp_uring_probe();
+    Py_END_ALLOW_THREADS
+    return PyLong_FromLong(-rc);
+}
+
+static PyMethodDef iocp_methods[] = {
+    {"backends", iocp_backends, METH_NOARGS,
+     "backends() -> tuple[str, ...]\n--\n\n"
+     "The I/O backends this host can use, best first ('uring', 'epoll')."},
+    {"uring_status", iocp_uring_status, METH_NOARGS,
+     "uring_status() -> int\n--\n\n"
+     "0 if io_uring is usable here, else the errno that refused it."},
+    {NULL, NULL, 0, NULL},
+};
+
+static int
+iocp_exec(PyObject *module)
+{
+    iocp_state *st = iocp_get_state(module);
+    PyObject *logging = PyImport_ImportModule("logging");
+    if (logging == NULL)
+        return -1;
+    st->logger = PyObject_CallMethod(logging, "getLogger", "s", "iocport");
+    Py_DECREF(logging);
+    if (st->logger == NULL)
+        return -1;
+    if (iocp_port_add_types(module, st) < 0 ||
+        iocp_framer_add_types(module, st) < 0 ||
+        iocp_server_add_types(module, st) < 0)
+        return -1;
+    return 0;
+}
+
+static int
+iocp_traverse(PyObject *module, visitproc visit, void *arg)
+{
+    iocp_state *st = iocp_get_state(module);
+    Py_VISIT(st->PortType);
+    Py_VISIT(st->PortClosedError);
+    Py_VISIT(st->PacketType);
+    Py_VISIT(st->ServerType);
+    Py_VISIT(st->ConnectionType);
+    Py_VISIT(st->FramerType);
+    Py_VISIT(st->logger);
+    return 0;
+}
+
+static int
+iocp_clear(PyObject *module)
+{
+    iocp_state *st = iocp_get_state(module);
+    Py_CLEAR(st->PortType);
+    Py_CLEAR(st->PortClosedError);
+    Py_CLEAR(st->PacketType);
+    Py_CLEAR(st->ServerType);
+    Py_CLEAR(st->ConnectionType);
+    Py_CLEAR(st->FramerType);
+    Py_CLEAR(st->logger);
+    return 0;
+}
+
+static void
+iocp_free(void *module)
+{
+    iocp_clear((PyObject *)module);
+}
+
+static PyModuleDef_Slot iocp_slots[] = {
+    {Py_mod_exec, iocp_exec},
+#if PY_VERSION_HEX >= 0x030D0000
+    /* Handlers share connection state with the workers under the GIL. */
+    {Py_mod_gil, Py_MOD_GIL_USED},
+#endif
+    {0, NULL},
+};
+
+static struct PyModuleDef iocp_module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "iocport._iocport",
+    .m_doc = "Native core of iocport: completion port, backends, server.",
+    .m_size = sizeof(iocp_state),
+    .m_methods = iocp_methods,
+    .m_slots = iocp_slots,
+    .m_traverse = iocp_traverse,
+    .m_clear = iocp_clear,
+    .m_free = iocp_free,
+};
+
+PyMODINIT_FUNC
+PyInit__iocport(void)
+{
+    return PyModuleDef_Init(&iocp_module);
+}

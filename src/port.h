@@ -1,0 +1,88 @@
+/* port.h - the completion port: a queue of packets that threads wait on.
+ * Waiters are woken last-in-first-out; at most `concurrency` threads run
+ * between two waits.  No sockets, no Python: the binding (py_port.c) keeps
+ * Python objects alive through `value`.
+ *
+ * A get is a `struct port_wait` owned by the calling thread (on its stack)
+ * from port_wait_init() to port_wait_done()/port_wait_cancel().  Between the
+ * two it may call port_get() several times (e.g. in slices, to check for
+ * signals) and keeps its place in the LIFO stack meanwhile.  Packets handed
+ * to a wait stay visible to port_visit() until port_wait_done(), so a caller
+ * that only runs port_visit/port_wait_done/port_post/port_leave/port_close
+ * under one lock (the GIL) sees every value exactly once at any moment. */
+#ifndef IOCPORT_PORT_H
+#define IOCPORT_PORT_H
+
+#include <pthread.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct port_packet {
+    uint64_t key;
+    uint64_t nbytes;
+    void *value;
+};
+
+struct port;
+
+/* One get in progress.  All fields are private to port.c. */
+struct port_wait {
+    pthread_cond_t cond;
+    struct port_wait *below;          /* LIFO stack of sleeping waits */
+    struct port_wait *prev, *next;    /* every wait in progress */
+    struct port_packet *out;
+    pthread_t self;
+    int max, n, state;
+};
+
+struct port_stats {
+    unsigned concurrency;
+    unsigned running;                 /* threads counting as running */
+    unsigned waiters;                 /* waits asleep in the LIFO stack */
+    size_t queued;                    /* packets in the queue */
+    int closed;
+};
+
+/* concurrency >= 1.  NULL with errno set on failure. */
+struct port *port_create(unsigned concurrency, unsigned capacity_hint);
+/* Frees the port; packets still queued are handed to drop(value).  No wait
+ * may be in progress. */
+void port_destroy(struct port *p, void (*drop)(void *value));
+
+/* 0, or -EPIPE if the port is closed, -ENOMEM. */
+int port_post(struct port *p, const struct port_packet *pk);
+
+/* 0 or -errno.  out[max] receives the packets (max >= 1). */
+int port_wait_init(struct port *p, struct port_wait *w,
+                   struct port_packet *out, int max);
+/* Wait up to timeout_ns (-1 = forever, 0 = poll) for packets.  The first
+ * call makes the calling thread stop counting as running.  Returns the count
+ * (>= 1, in w's out), 0 on timeout (the wait keeps its place: call again to
+ * go on waiting, or finish it), -EPIPE once the port is closed (a closed port
+ * hands out nothing, even if packets are queued).  The calling thread counts
+ * as running from the moment it gets packets until its next get or
+ * port_leave(). */
+int port_get(struct port *p, struct port_wait *w, int64_t timeout_ns);
+/* Finish a wait; returns the packets it holds (possibly handed to it after
+ * port_get last returned 0: the caller owns them). */
+int port_wait_done(struct port *p, struct port_wait *w);
+/* Abandon a wait (e.g. a signal handler raised): packets it holds go back to
+ * the front of the queue and the thread stops counting as running.  Returns
+ * how many could not be requeued (out of memory); they are left in out[0..]
+ * for the caller to drop. */
+int port_wait_cancel(struct port *p, struct port_wait *w);
+
+/* The calling thread stops counting as running (e.g. it is exiting); the
+ * freed slot hands queued packets to the top waiter. */
+void port_leave(struct port *p);
+/* Close: every waiter and every later get() returns -EPIPE, post() too.
+ * Queued packets stay until port_drain() or port_destroy(). */
+void port_close(struct port *p);
+/* Remove up to max queued packets without waiting or counting as running. */
+int port_drain(struct port *p, struct port_packet *out, int max);
+/* Call fn on every value the port holds (queued or held by a wait in
+ * progress) until it returns non-zero; returns that. */
+int port_visit(struct port *p, int (*fn)(void *value, void *arg), void *arg);
+void port_stats(struct port *p, struct port_stats *out);
+
+#endif

@@ -1,0 +1,408 @@
+/* py_framer.c - the Python side of framing: iocp_framing_from_py() turns an
+ * iocport.framing spec into a struct framing, and the Framer type exposes
+ * framing.c to Python as an incremental framer (feed/wrap). */
+#include "module.h"
+#include "framing.h"
+
+#include <string.h>
+
+/* ---- spec conversion ---------------------------------------------------- */
+
+/* An int field of the spec tuple as uint64_t; bool is not an int here. */
+static int
+spec_u64(PyObject *v, const char *name, uint64_t *out)
+{
+    if (!PyLong_Check(v) || PyBool_Check(v)) {
+        PyErr_Format(PyExc_TypeError,
+                     "framing spec field %s must be int, got %.200s", name,
+                     Py_TYPE(v)->tp_name);
+        return -1;
+    }
+    int overflow = 0;
+    long long x = PyLong_AsLongLongAndOverflow(v, &overflow);
+    if (x == -1 && PyErr_Occurred())
+        return -1;
+    if (overflow < 0 || (overflow == 0 && x < 0)) {
+        PyErr_Format(PyExc_ValueError,
+                     "framing spec field %s must not be negative", name);
+        return -1;
+    }
+    if (overflow == 0) {
+        *out = (uint64_t)x;
+        return 0;
+    }
+    unsigned long long u = PyLong_AsUnsignedLongLong(v);
+    if (u == (unsigned long long)-1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        PyErr_Format(PyExc_ValueError, "framing spec field %s is too large",
+                     name);
+        return -1;
+    }
+    *out = (uint64_t)u;
+    return 0;
+}
+
+static int
+spec_bool(PyObject *v, const char *name, uint8_t *out)
+{
+    if (!PyLong_Check(v)) {
+        PyErr_Format(PyExc_TypeError,
+                     "framing spec field %s must be bool, got %.200s", name,
+                     Py_TYPE(v)->tp_name);
+        return -1;
+    }
+    int b = PyObject_IsTrue(v);
+    if (b < 0)
+        return -1;
+    *out = (uint8_t)b;
+    return 0;
+}
+
+/* uint8_t fields: out-of-range values saturate to 255, which framing_check
+ * rejects with the right message. */
+static uint8_t
+sat8(uint64_t v)
+{
+    return v > 255 ? 255 : (uint8_t)v;
+}
+
+int
+iocp_framing_from_py(PyObject *spec, struct framing *out)
+{
+    memset(out, 0, sizeof *out);
+    PyObject *meth = PyObject_GetAttrString(spec, "_spec");
+    if (meth == NULL) {
+        if (!PyErr_ExceptionMatches(PyExc_AttributeError))
+            return -1;
+        PyErr_Clear();
+        PyErr_Format(PyExc_TypeError,
+                     "framing must be an iocport framing spec such as "
+                     "LengthPrefixed(4), got %.200s", Py_TYPE(spec)->tp_name);
+        return -1;
+    }
+    PyObject *t = PyObject_CallNoArgs(meth);
+    Py_DECREF(meth);
+    if (t == NULL)
+        return -1;
+    int rc = -1;
+    if (!PyTuple_Check(t) || PyTuple_GET_SIZE(t) != 7) {
+        PyErr_Format(PyExc_TypeError,
+                     "%.200s._spec() must return a 7-tuple, got %.200s",
+                     Py_TYPE(spec)->tp_name, Py_TYPE(t)->tp_name);
+        goto done;
+    }
+    uint64_t kind, hdr_size, size, max_size;
+    if (spec_u64(PyTuple_GET_ITEM(t, 0), "kind", &kind) < 0 ||
+        spec_u64(PyTuple_GET_ITEM(t, 1), "hdr_size", &hdr_size) < 0 ||
+        spec_bool(PyTuple_GET_ITEM(t, 2), "big_endian", &out->big_endian) < 0 ||
+        spec_bool(PyTuple_GET_ITEM(t, 3), "hdr_included",
+                  &out->hdr_included) < 0 ||
+        spec_u64(PyTuple_GET_ITEM(t, 5), "size", &size) < 0 ||
+        spec_u64(PyTuple_GET_ITEM(t, 6), "max_size", &max_size) < 0)
+        goto done;
+    PyObject *delim = PyTuple_GET_ITEM(t, 4);
+    if (!PyBytes_Check(delim)) {
+        PyErr_Format(PyExc_TypeError,
+                     "framing spec field delim must be bytes, got %.200s",
+                     Py_TYPE(delim)->tp_name);
+        goto done;
+    }
+    Py_ssize_t dlen = PyBytes_GET_SIZE(delim);
+    if (dlen > (Py_ssize_t)sizeof out->delim) {
+        PyErr_SetString(PyExc_ValueError, "delimiter must be 1 to 8 bytes");
+        goto done;
+    }
+    memcpy(out->delim, PyBytes_AS_STRING(delim), (size_t)dlen);
+    out->delim_len = (uint8_t)dlen;
+    out->kind = sat8(kind);
+    out->hdr_size = sat8(hdr_size);
+    out->size = size;
+    out->max_size = max_size;
+    const char *err = framing_check(out);
+    if (err != NULL) {
+        PyErr_SetString(PyExc_ValueError, err);
+        goto done;
+    }
+    rc = 0;
+done:
+    Py_DECREF(t);
+    return rc;
+}
+
+/* ---- Framer ------------------------------------------------------------- */
+
+typedef struct {
+    PyObject_HEAD
+    struct framing f;
+    PyObject *spec;       /* the spec it was made from, for repr */
+    uint8_t *buf;         /* buffered partial message: buf[0..len) */
+    size_t len;
+    size_t cap;
+    size_t scanned;       /* delimiter search resumes here */
+    int error;            /* sticky framing status (< 0) once one occurred */
+    int busy;             /* inside feed(): refuse re-entry */
+} FramerObject;
+
+/* Drop a buffer this large once it empties rather than keep it around. */
+#define FRAMER_KEEP_CAP (64 * 1024)
+
+static PyObject *
+framer_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"spec", NULL};
+    PyObject *spec;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O:Framer", kwlist, &spec))
+        return NULL;
+    struct framing f;
+    if (iocp_framing_from_py(spec, &f) < 0)
+        return NULL;
+    FramerObject *self = (FramerObject *)type->tp_alloc(type, 0);
+    if (self == NULL)
+        return NULL;
+    self->f = f;
+    self->spec = Py_NewRef(spec);
+    return (PyObject *)self;
+}
+
+static int
+framer_traverse(FramerObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(self));
+    Py_VISIT(self->spec);
+    return 0;
+}
+
+static int
+framer_clear(FramerObject *self)
+{
+    Py_CLEAR(self->spec);
+    return 0;
+}
+
+static void
+framer_dealloc(FramerObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    framer_clear(self);
+    PyMem_Free(self->buf);
+    tp->tp_free((PyObject *)self);
+    Py_DECREF(tp);
+}
+
+static int
+framer_fail(int status)
+{
+    PyErr_SetString(PyExc_ValueError, framing_strerror(status));
+    return -1;
+}
+
+/* Make room for `extra` more bytes. */
+static int
+framer_reserve(FramerObject *self, size_t extra)
+{
+    if (extra <= self->cap - self->len)
+        return 0;
+    if (extra > (size_t)PY_SSIZE_T_MAX - self->len) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    size_t want = self->len + extra;
+    size_t cap = self->cap ? self->cap : 256;
+    while (cap < want)
+        cap = cap > (size_t)PY_SSIZE_T_MAX / 2 ? want : cap * 2;
+    uint8_t *buf = PyMem_Realloc(self->buf, cap);
+    if (buf == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    self->buf = buf;
+    self->cap = cap;
+    return 0;
+}
+
+static PyObject *
+framer_feed(FramerObject *self, PyObject *data)
+{
+    if (self->error) {
+        framer_fail(self->error);
+        return NULL;
+    }
+    if (self->busy) {
+        PyErr_SetString(PyExc_RuntimeError, "Framer.feed() re-entered");
+        return NULL;
+    }
+    Py_buffer view;
+    if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    int rc = framer_reserve(self, (size_t)view.len);
+    if (rc == 0 && view.len > 0) {
+        memcpy(self->buf + self->len, view.buf, (size_t)view.len);
+        self->len += (size_t)view.len;
+    }
+    PyBuffer_Release(&view);
+    if (rc < 0)
+        return NULL;
+
+    PyObject *msgs = PyList_New(0);
+    if (msgs == NULL)
+        return NULL;
+    self->busy = 1;
+    size_t pos = 0;
+    int ok = 0;
+    for (;;) {
+        struct frame fr;
+        int st = framing_next(&self->f, self->buf + pos, self->len - pos,
+                              self->scanned, &fr);
+        if (st == FRAME_NEED) {
+            self->scanned = fr.scanned;
+            ok = 1;
+            break;
+        }
+        if (st != FRAME_OK) {
+            self->error = st;
+            framer_fail(st);
+            break;
+        }
+        PyObject *m = PyBytes_FromStringAndSize(
+            (const char *)self->buf + pos + fr.off, (Py_ssize_t)fr.len);
+        if (m == NULL)
+            break;
+        int r = PyList_Append(msgs, m);
+        Py_DECREF(m);
+        if (r < 0)
+            break;
+        pos += fr.consumed;
+        self->scanned = 0;
+    }
+    self->busy = 0;
+    /* Drop the consumed bytes (even on MemoryError, to stay in step with the
+     * stream); after a framing error drop everything. */
+    if (self->error)
+        pos = self->len;
+    if (pos > 0) {
+        self->len -= pos;
+        memmove(self->buf, self->buf + pos, self->len);
+    }
+    if (self->len == 0 && self->cap > FRAMER_KEEP_CAP) {
+        PyMem_Free(self->buf);
+        self->buf = NULL;
+        self->cap = 0;
+    }
+    if (!ok)
+        Py_CLEAR(msgs);
+    return msgs;
+}
+
+static PyObject *
+framer_wrap(FramerObject *self, PyObject *payload)
+{
+    Py_buffer view;
+    if (PyObject_GetBuffer(payload, &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    uint8_t hdr[8], trl[8];
+    size_t hl, tl;
+    PyObject *res = NULL;
+    if (framing_wrap(&self->f, (size_t)view.len, hdr, &hl, trl, &tl) != 0) {
+        if (self->f.kind == FRAMING_FIXED)
+            PyErr_Format(PyExc_ValueError,
+                         "payload must be exactly %llu bytes, got %zd",
+                         (unsigned long long)self->f.size, view.len);
+        else
+            PyErr_Format(PyExc_ValueError,
+                         "payload of %zd bytes does not fit a %d-byte "
+                         "length header", view.len, (int)self->f.hdr_size);
+        goto done;
+    }
+    if ((size_t)view.len > (size_t)PY_SSIZE_T_MAX - hl - tl) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    res = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(hl + (size_t)view.len + tl));
+    if (res == NULL)
+        goto done;
+    char *p = PyBytes_AS_STRING(res);
+    memcpy(p, hdr, hl);
+    if (view.len > 0)
+        memcpy(p + hl, view.buf, (size_t)view.len);
+    memcpy(p + hl + (size_t)view.len, trl, tl);
+done:
+    PyBuffer_Release(&view);
+    return res;
+}
+
+static PyObject *
+framer_get_pending(FramerObject *self, void *Py_UNUSED(closure))
+{
+    return PyLong_FromSize_t(self->len);
+}
+
+static PyObject *
+framer_get_spec(FramerObject *self, void *Py_UNUSED(closure))
+{
+    return Py_NewRef(self->spec);
+}
+
+static PyObject *
+framer_repr(FramerObject *self)
+{
+    return PyUnicode_FromFormat("<Framer %R pending=%zu%s>", self->spec,
+                                self->len, self->error ? " failed" : "");
+}
+
+static PyMethodDef framer_methods[] = {
+    {"feed", (PyCFunction)framer_feed, METH_O,
+     "feed($self, data, /)\n--\n\n"
+     "Add bytes from the stream; return the whole messages now complete, as\n"
+     "a list of bytes (payloads only).  The partial rest stays buffered.\n"
+     "On a framing error (message too big, bad header) raise ValueError;\n"
+     "the Framer is then unusable and every later feed() raises the same."},
+    {"wrap", (PyCFunction)framer_wrap, METH_O,
+     "wrap($self, payload, /)\n--\n\n"
+     "Return payload framed for sending (header or delimiter added).\n"
+     "ValueError if it cannot be framed (too long for the length header,\n"
+     "or not exactly the size of a FixedSize framing)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef framer_getset[] = {
+    {"pending", (getter)framer_get_pending, NULL,
+     "Number of buffered bytes not yet part of a whole message.", NULL},
+    {"spec", (getter)framer_get_spec, NULL,
+     "The framing spec this Framer was made from.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyType_Slot framer_slots[] = {
+    {Py_tp_doc,
+     "Framer(spec)\n--\n\n"
+     "Incremental message framer for an iocport framing spec\n"
+     "(LengthPrefixed, Delimited, FixedSize): feed() stream bytes to get\n"
+     "whole messages, wrap() payloads to send them."},
+    {Py_tp_new, framer_new},
+    {Py_tp_dealloc, framer_dealloc},
+    {Py_tp_traverse, framer_traverse},
+    {Py_tp_clear, framer_clear},
+    {Py_tp_repr, framer_repr},
+    {Py_tp_methods, framer_methods},
+    {Py_tp_getset, framer_getset},
+    {0, NULL},
+};
+
+static PyType_Spec framer_spec = {
+    .name = "iocport._iocport.Framer",
+    .basicsize = sizeof(FramerObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC |
+             Py_TPFLAGS_IMMUTABLETYPE,
+    .slots = framer_slots,
+};
+
+int
+iocp_framer_add_types(PyObject *module, iocp_state *st)
+{
+    st->FramerType = (PyTypeObject *)PyType_FromModuleAndSpec(
+        module, &framer_spec, NULL);
+    if (st->FramerType == NULL)
+        return -1;
+    return PyModule_AddObjectRef(module, "Framer", (PyObject *)st->FramerType);
+}

@@ -1,0 +1,750 @@
+/* py_server.c - the dispatch layer and the Server/Connection types.
+ *
+ * The only code that touches Python from a worker thread.  Each worker gets
+ * one persistent thread state for its life; a turn's whole messages are
+ * delivered under one GIL hold (PyEval_RestoreThread .. PyEval_SaveThread),
+ * in arrival order, so the order within a connection is kept.  Nothing here
+ * runs once the interpreter is finalizing: iocport/__init__.py stops every
+ * server at exit, before finalization begins. */
+#include "module.h"
+#include "server.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <string.h>
+#include <sys/un.h>
+#include <fcntl.h>
+#include <unistd.h>
+
+#if PY_VERSION_HEX < 0x030D0000
+#define Py_IsFinalizing _Py_IsFinalizing
+#endif
+
+typedef struct {
+    PyObject_HEAD
+    struct server srv;
+    PyObject *handler, *on_connect, *on_close;
+    PyObject *logger;
+    PyTypeObject *conn_type;
+    PyInterpreterState *interp;
+    int initialized;
+    int started;
+} ServerObject;
+
+typedef struct {
+    PyObject_HEAD
+    struct conn *c;              /* NULL once closed (changed under the GIL) */
+    uint64_t id;
+    PyObject *state;
+    PyObject *peer;              /* cached (host, port) */
+    const char *reason;          /* close reason once closed */
+    int err;
+} ConnObject;
+
+/* ---- dispatch ------------------------------------------------------------ */
+
+static int
+d_thread_start(struct worker *w)
+{
+    ServerObject *so = w->srv->dispatch_arg;
+    /* Created without the GIL, as PyGILState_Ensure does; bound to this
+     * thread at its first PyEval_RestoreThread. */
+    PyThreadState *ts = PyThreadState_New(so->interp);
+    if (ts == NULL)
+        return -ENOMEM;
+    w->dctx = ts;
+    return 0;
+}
+
+static void
+d_thread_exit(struct worker *w)
+{
+    PyThreadState *ts = w->dctx;
+    if (ts == NULL || Py_IsFinalizing())
+        return;   /* never touch a finalizing interpreter: leak instead */
+    PyEval_RestoreThread(ts);
+    PyThreadState_Clear(ts);
+    PyThreadState_DeleteCurrent();
+    w->dctx = NULL;
+}
+
+static ConnObject *
+conn_object(ServerObject *so, struct conn *c)
+{
+    if (c->py != NULL)
+        return c->py;
+    ConnObject *o = (ConnObject *)so->conn_type->tp_alloc(so->conn_type, 0);
+    if (o == NULL)
+        return NULL;
+    o->c = c;
+    o->id = c->id;
+    c->py = o;
+    atomic_fetch_add_explicit(&c->refs, 1, memory_order_relaxed);
+    return o;
+}
+
+static void
+log_call(ServerObject *so, const char *level, PyObject *msg, PyObject *exc)
+{
+    PyObject *meth = PyObject_GetAttrString(so->logger, level);
+    PyObject *res = NULL;
+    if (meth != NULL) {
+        PyObject *args = PyTuple_Pack(1, msg);
+        PyObject *kw = exc ? Py_BuildValue("{sO}", "exc_info", exc) : NULL;
+        if (args != NULL && (exc == NULL || kw != NULL))
+            res = PyObject_Call(meth, args, kw);
+        Py_XDECREF(args);
+        Py_XDECREF(kw);
+        Py_DECREF(meth);
+    }
+    if (res == NULL)
+        PyErr_WriteUnraisable(so->logger);
+    Py_XDECREF(res);
+}
+
+/* A callback raised: log it with its traceback and close that connection. */
+static void
+callback_failed(ServerObject *so, struct conn *c, const char *what)
+{
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyErr_NormalizeException(&type, &value, &tb);
+    if (tb != NULL && value != NULL)
+        PyException_SetTraceback(value, tb);
+    PyObject *msg = PyUnicode_FromFormat(
+        "%s raised; closing connection %llu", what, (unsigned long long)c->id);
+    if (msg != NULL) {
+        log_call(so, "error", msg, value ? value : Py_None);
+        Py_DECREF(msg);
+    } else {
+        PyErr_Clear();
+    }
+    Py_XDECREF(type);
+    Py_XDECREF(value);
+    Py_XDECREF(tb);
+    conn_abort(c, CLOSE_HANDLER);
+}
+
+static void
+deliver_close(ServerObject *so, struct conn *c)
+{
+    ConnObject *o = c->py;
+    if (c->reason != CLOSE_NONE && c->reason != CLOSE_EOF &&
+        c->reason != CLOSE_HANDLER) {
+        PyObject *msg = PyUnicode_FromFormat(
+            "connection %llu closed: %s%s%s", (unsigned long long)c->id,
+            close_reason_name[c->reason], c->err ? ": " : "",
+            c->err ? strerror(c->err) : "");
+        if (msg != NULL) {
+            log_call(so, c->reason == CLOSE_TOO_BIG ||
+                     c->reason == CLOSE_BAD_FRAME ? "warning" : "debug",
+                     msg, NULL);
+            Py_DECREF(msg);
+        } else {
+            PyErr_Clear();
+        }
+    }
+    if (o == NULL && so->on_close == Py_None)
+        return;
+    if (o == NULL && (o = conn_object(so, c)) == NULL) {
+        PyErr_WriteUnraisable(so->on_close);
+        return;
+    }
+    o->reason = close_reason_name[c->reason];
+    o->err = c->err;
+    o->c = NULL;
+    c->py = NULL;
+    if (so->on_close != Py_None) {
+        PyObject *r = PyObject_CallOneArg(so->on_close, (PyObject *)o);
+        if (r == NULL)
+            PyErr_WriteUnraisable(so->on_close);
+        Py_XDECREF(r);
+    }
+    Py_DECREF(o);
+    conn_unref(c);
+}
+
+static void
+d_dispatch(struct worker *w, unsigned from, unsigned to)
+{
+    ServerObject *so = w->srv->dispatch_arg;
+    if (Py_IsFinalizing())
+        return;
+    PyEval_RestoreThread(w->dctx);
+    for (unsigned i = from; i < to; i++) {
+        struct entry *e = &w->batch[i];   /* afresh: handlers may move it */
+        struct conn *c = e->c;
+        ConnObject *o;
+
+        if (e->kind == ENTRY_CLOSE) {
+            deliver_close(so, c);
+            continue;
+        }
+        if (c->reason == CLOSE_HANDLER)
+            continue;   /* a handler of this connection already failed */
+        if ((o = conn_object(so, c)) == NULL) {
+            callback_failed(so, c, "creating the connection object");
+            continue;
+        }
+        if (e->kind == ENTRY_OPEN) {
+            PyObject *r = PyObject_CallOneArg(so->on_connect, (PyObject *)o);
+            if (r == NULL)
+                callback_failed(so, c, "on_connect");
+            Py_XDECREF(r);
+            continue;
+        }
+        const char *p = (const char *)(e->ptr ? e->ptr : c->rbuf + e->off);
+        PyObject *msg = PyBytes_FromStringAndSize(p, (Py_ssize_t)e->len);
+        if (msg == NULL) {
+            callback_failed(so, c, "creating the message");
+            continue;
+        }
+        PyObject *args[2] = {(PyObject *)o, msg};
+        PyObject *r = PyObject_Vectorcall(so->handler, args, 2, NULL);
+        Py_DECREF(msg);
+        if (r == NULL)
+            callback_failed(so, c, "handler");
+        Py_XDECREF(r);
+    }
+    w->dctx = PyEval_SaveThread();
+}
+
+static const struct dispatch_ops py_dispatch = {
+    .thread_start = d_thread_start,
+    .thread_exit = d_thread_exit,
+    .dispatch = d_dispatch,
+};
+
+/* ---- Connection ------------------------------------------------------------ */
+
+static int
+conn_traverse(ConnObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(self));
+    Py_VISIT(self->state);
+    Py_VISIT(self->peer);
+    return 0;
+}
+
+static int
+conn_clear(ConnObject *self)
+{
+    Py_CLEAR(self->state);
+    Py_CLEAR(self->peer);
+    return 0;
+}
+
+static void
+conn_dealloc(ConnObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    conn_clear(self);
+    tp->tp_free((PyObject *)self);
+    Py_DECREF(tp);
+}
+
+static PyObject *
+send_common(ConnObject *self, PyObject *arg, int frame)
+{
+    Py_buffer view;
+    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0) {
+        PyErr_Format(PyExc_TypeError,
+                     "send() expects bytes, bytearray or memoryview, got %.100s",
+                     Py_TYPE(arg)->tp_name);
+        return NULL;
+    }
+    struct conn *c = self->c;
+    if (c == NULL) {
+        PyBuffer_Release(&view);
+        Py_RETURN_FALSE;
+    }
+    const struct framing *f = &c->w->srv->cfg.framing;
+    if (frame && f->kind == FRAMING_DELIM &&
+        memmem(view.buf, (size_t)view.len, f->delim, f->delim_len) != NULL) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_ValueError,
+                        "message contains the delimiter; use send_raw() for "
+                        "bytes that are already framed");
+        return NULL;
+    }
+    int rc = conn_send(c, view.buf, (size_t)view.len, frame);
+    Py_ssize_t len = view.len;
+    PyBuffer_Release(&view);
+    if (rc == 0)
+        Py_RETURN_TRUE;
+    if (rc == -EPIPE)
+        Py_RETURN_FALSE;
+    if (rc == -EMSGSIZE)
+        return PyErr_Format(PyExc_ValueError,
+                            "a message of %zd bytes cannot be framed by this "
+                            "server's framing", len);
+    return PyErr_NoMemory();
+}
+
+static PyObject *
+conn_send_m(ConnObject *self, PyObject *arg)
+{
+    return send_common(self, arg, 1);
+}
+
+static PyObject *
+conn_send_raw(ConnObject *self, PyObject *arg)
+{
+    return send_common(self, arg, 0);
+}
+
+static PyObject *
+conn_close_m(ConnObject *self, PyObject *Py_UNUSED(ignored))
+{
+    if (self->c != NULL)
+        conn_close(self->c, 1);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+conn_abort_m(ConnObject *self, PyObject *Py_UNUSED(ignored))
+{
+    if (self->c != NULL)
+        conn_close(self->c, 0);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+sockaddr_to_py(const struct sockaddr_storage *ss, socklen_t len)
+{
+    char host[INET6_ADDRSTRLEN];
+    if (len == 0)
+        Py_RETURN_NONE;
+    if (ss->ss_family == AF_INET) {
+        const struct sockaddr_in *a = (const struct sockaddr_in *)ss;
+        inet_ntop(AF_INET, &a->sin_addr, host, sizeof(host));
+        return Py_BuildValue("(si)", host, ntohs(a->sin_port));
+    }
+    if (ss->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)ss;
+        inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof(host));
+        return Py_BuildValue("(siIi)", host, ntohs(a->sin6_port),
+                             ntohl(a->sin6_flowinfo), (int)a->sin6_scope_id);
+    }
+    if (ss->ss_family == AF_UNIX) {
+        const struct sockaddr_un *a = (const struct sockaddr_un *)ss;
+        size_t n = len > offsetof(struct sockaddr_un, sun_path)
+                       ? len - offsetof(struct sockaddr_un, sun_path) : 0;
+        return PyUnicode_DecodeFSDefaultAndSize(a->sun_path,
+                                                (Py_ssize_t)strnlen(a->sun_path, n));
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+conn_get_peer(ConnObject *self, void *Py_UNUSED(closure))
+{
+    if (self->peer == NULL) {
+        if (self->c == NULL)
+            Py_RETURN_NONE;
+        self->peer = sockaddr_to_py(&self->c->peer, self->c->peerlen);
+        if (self->peer == NULL)
+            return NULL;
+    }
+    return Py_NewRef(self->peer);
+}
+
+static PyObject *
+conn_get_id(ConnObject *self, void *Py_UNUSED(closure))
+{
+    return PyLong_FromUnsignedLongLong(self->id);
+}
+
+static PyObject *
+conn_get_closed(ConnObject *self, void *Py_UNUSED(closure))
+{
+    return PyBool_FromLong(self->c == NULL);
+}
+
+static PyObject *
+conn_get_reason(ConnObject *self, void *Py_UNUSED(closure))
+{
+    if (self->reason == NULL)
+        Py_RETURN_NONE;
+    return PyUnicode_FromString(self->reason);
+}
+
+static PyObject *
+conn_get_unsent(ConnObject *self, void *Py_UNUSED(closure))
+{
+    return PyLong_FromSize_t(self->c ? conn_unsent(self->c) : 0);
+}
+
+static PyObject *
+conn_get_state(ConnObject *self, void *Py_UNUSED(closure))
+{
+    return Py_NewRef(self->state ? self->state : Py_None);
+}
+
+static int
+conn_set_state(ConnObject *self, PyObject *v, void *Py_UNUSED(closure))
+{
+    Py_XSETREF(self->state, Py_XNewRef(v));
+    return 0;
+}
+
+static PyObject *
+conn_repr(ConnObject *self)
+{
+    return PyUnicode_FromFormat("<iocport.Connection id=%llu %s>",
+                                (unsigned long long)self->id,
+                                self->c ? "open" : "closed");
+}
+
+static PyMethodDef conn_methods[] = {
+    {"send", (PyCFunction)conn_send_m, METH_O,
+     "send(data) -> bool\n--\n\n"
+     "Queue one message, framed with the server's framing, and return at once.\n"
+     "Safe from any thread.  Returns False (and sends nothing) once the\n"
+     "connection is closing or closed."},
+    {"send_raw", (PyCFunction)conn_send_raw, METH_O,
+     "send_raw(data) -> bool\n--\n\nQueue bytes that are already framed."},
+    {"close", (PyCFunction)conn_close_m, METH_NOARGS,
+     "close() -> None\n--\n\n"
+     "Stop receiving, send what is queued, then close.  Idempotent."},
+    {"abort", (PyCFunction)conn_abort_m, METH_NOARGS,
+     "abort() -> None\n--\n\nClose at once, dropping unsent data."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef conn_getset[] = {
+    {"id", (getter)conn_get_id, NULL, "Unique id of this connection.", NULL},
+    {"peer", (getter)conn_get_peer, NULL, "The peer's address, e.g. (host, port).", NULL},
+    {"closed", (getter)conn_get_closed, NULL, "True once the connection is closed.", NULL},
+    {"close_reason", (getter)conn_get_reason, NULL,
+     "Why it closed ('closed', 'eof', 'reset', 'too_big', 'bad_frame',\n"
+     "'handler', 'idle'), or None while open.", NULL},
+    {"unsent", (getter)conn_get_unsent, NULL, "Bytes queued but not yet sent.", NULL},
+    {"state", (getter)conn_get_state, (setter)conn_set_state,
+     "A slot for the user's own state (None at first).", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyType_Slot conn_slots[] = {
+    {Py_tp_doc, "A connection: passed to handlers; cannot be created directly."},
+    {Py_tp_dealloc, conn_dealloc},
+    {Py_tp_traverse, conn_traverse},
+    {Py_tp_clear, conn_clear},
+    {Py_tp_repr, conn_repr},
+    {Py_tp_methods, conn_methods},
+    {Py_tp_getset, conn_getset},
+    {0, NULL},
+};
+
+static PyType_Spec conn_spec = {
+    .name = "iocport.Connection",
+    .basicsize = sizeof(ConnObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC |
+             Py_TPFLAGS_DISALLOW_INSTANTIATION,
+    .slots = conn_slots,
+};
+
+/* ---- Server ---------------------------------------------------------------- */
+
+static int
+server_traverse(ServerObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(self));
+    Py_VISIT(self->handler);
+    Py_VISIT(self->on_connect);
+    Py_VISIT(self->on_close);
+    Py_VISIT(self->logger);
+    Py_VISIT(self->conn_type);
+    return 0;
+}
+
+static int
+server_clear(ServerObject *self)
+{
+    Py_CLEAR(self->handler);
+    Py_CLEAR(self->on_connect);
+    Py_CLEAR(self->on_close);
+    Py_CLEAR(self->logger);
+    Py_CLEAR(self->conn_type);
+    return 0;
+}
+
+static void
+server_dealloc(ServerObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    if (self->initialized) {
+        /* A running server holds a reference to itself: not running here. */
+        Py_BEGIN_ALLOW_THREADS
+        server_destroy(&self->srv);
+        Py_END_ALLOW_THREADS
+    }
+    server_clear(self);
+    tp->tp_free((PyObject *)self);
+    Py_DECREF(tp);
+}
+
+static int
+check_callable(PyObject *v, const char *name, int allow_none)
+{
+    if ((allow_none && v == Py_None) || PyCallable_Check(v))
+        return 0;
+    PyErr_Format(PyExc_TypeError, "%s must be callable%s, got %.100s", name,
+                 allow_none ? " or None" : "", Py_TYPE(v)->tp_name);
+    return -1;
+}
+
+static PyObject *
+server_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"handler", "framing", "workers", "backend",
+                             "on_connect", "on_close", "max_unsent",
+                             "max_connections", "idle_timeout", "native_echo",
+                             "fallback", "bufsize", NULL};
+    PyObject *handler, *framing, *on_connect = Py_None, *on_close = Py_None;
+    const char *backend = "uring";
+    unsigned workers = 1, max_conns = 100000, bufsize = 16384;
+    Py_ssize_t max_unsent = 4 << 20;
+    double idle = 0.0;
+    int native_echo = 0, fallback = 1;
+    struct server_config cfg;
+
+    memset(&cfg, 0, sizeof(cfg));
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO|$IsOOnIdppI", kwlist,
+                                     &handler, &framing, &workers, &backend,
+                                     &on_connect, &on_close, &max_unsent,
+                                     &max_conns, &idle, &native_echo,
+                                     &fallback, &bufsize))
+        return NULL;
+    if (check_callable(handler, "handler", native_echo) < 0 ||
+        check_callable(on_connect, "on_connect", 1) < 0 ||
+        check_callable(on_close, "on_close", 1) < 0)
+        return NULL;
+    if (iocp_framing_from_py(framing, &cfg.framing) < 0)
+        return NULL;
+    if (workers < 1 || workers > 256)
+        return PyErr_Format(PyExc_ValueError,
+                            "workers must be between 1 and 256, got %u", workers);
+    if (max_unsent < 1)
+        return PyErr_Format(PyExc_ValueError,
+                            "max_unsent must be positive, got %zd", max_unsent);
+    if (max_conns < 1)
+        return PyErr_Format(PyExc_ValueError, "max_connections must be positive");
+    if (!(idle >= 0.0) || idle > 1e9)
+        return PyErr_Format(PyExc_ValueError,
+                            "idle_timeout must be >= 0 seconds, got %g", idle);
+    if (bufsize < 512 || bufsize > (1u << 20))
+        return PyErr_Format(PyExc_ValueError,
+                            "bufsize must be between 512 and 1 MiB, got %u", bufsize);
+    if (strcmp(backend, "uring") == 0)
+        cfg.ops = &iocp_uring_ops;
+    else if (strcmp(backend, "epoll") == 0)
+        cfg.ops = &iocp_epoll_ops;
+    else
+        return PyErr_Format(PyExc_ValueError,
+                            "backend must be 'uring' or 'epoll', got '%s'", backend);
+    cfg.workers = workers;
+    cfg.fallback = fallback;
+    cfg.native_echo = native_echo;
+    cfg.max_unsent = (size_t)max_unsent;
+    cfg.max_connections = max_conns;
+    cfg.idle_timeout_ms = (int64_t)(idle * 1000.0 + 0.5);
+    if (idle > 0.0 && cfg.idle_timeout_ms == 0)
+        cfg.idle_timeout_ms = 1;
+    cfg.bufsize = bufsize;
+
+    PyObject *module = PyType_GetModule(type);
+    if (module == NULL)
+        return NULL;
+    iocp_state *st = iocp_get_state(module);
+    ServerObject *self = (ServerObject *)type->tp_alloc(type, 0);
+    if (self == NULL)
+        return NULL;
+    self->handler = Py_NewRef(handler);
+    self->on_connect = Py_NewRef(on_connect);
+    self->on_close = Py_NewRef(on_close);
+    self->logger = Py_NewRef(st->logger);
+    self->conn_type = (PyTypeObject *)Py_NewRef(st->ConnectionType);
+    self->interp = PyInterpreterState_Get();
+    int rc = server_init(&self->srv, &cfg, &py_dispatch, self);
+    if (rc < 0) {
+        Py_DECREF(self);
+        errno = -rc;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    self->srv.want_open = on_connect != Py_None;
+    self->initialized = 1;
+    return (PyObject *)self;
+}
+
+static PyObject *
+server_add_listener_m(ServerObject *self, PyObject *arg)
+{
+    int fd = PyObject_AsFileDescriptor(arg);
+    if (fd < 0)
+        return NULL;
+    if (self->started) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "listeners must be added before start()");
+        return NULL;
+    }
+    int dup = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+    if (dup < 0)
+        return PyErr_SetFromErrno(PyExc_OSError);
+    int fl = fcntl(dup, F_GETFL);
+    if (fl < 0 || fcntl(dup, F_SETFL, fl | O_NONBLOCK) < 0) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        close(dup);
+        return NULL;
+    }
+    int rc = server_add_listener(&self->srv, dup);
+    if (rc < 0) {
+        close(dup);
+        if (rc == -ENOSPC)
+            return PyErr_Format(PyExc_ValueError, "at most %d listeners",
+                                MAX_LISTENERS);
+        errno = -rc;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+server_start_m(ServerObject *self, PyObject *Py_UNUSED(ignored))
+{
+    int rc;
+    if (self->started) {
+        PyErr_SetString(PyExc_RuntimeError, "server already started");
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    rc = server_start(&self->srv);
+    Py_END_ALLOW_THREADS
+    if (rc < 0) {
+        errno = -rc;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    self->started = 1;
+    Py_INCREF(self);   /* workers use the object until stop() */
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+server_stop_m(ServerObject *self, PyObject *Py_UNUSED(ignored))
+{
+    if (!self->started)
+        Py_RETURN_NONE;
+    Py_BEGIN_ALLOW_THREADS
+    server_stop(&self->srv);
+    Py_END_ALLOW_THREADS
+    self->started = 0;
+    Py_DECREF(self);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+server_stats_m(ServerObject *self, PyObject *Py_UNUSED(ignored))
+{
+    struct stats *st = &self->srv.stats;
+#define LD(x) ((unsigned long long)atomic_load_explicit(&(x), memory_order_relaxed))
+    PyObject *errors = PyDict_New();
+    if (errors == NULL)
+        return NULL;
+    for (int i = CLOSE_RESET; i < CLOSE_REASON_COUNT; i++) {
+        PyObject *v = PyLong_FromUnsignedLongLong(LD(st->errors[i]));
+        if (v == NULL || PyDict_SetItemString(errors, close_reason_name[i], v) < 0) {
+            Py_XDECREF(v);
+            Py_DECREF(errors);
+            return NULL;
+        }
+        Py_DECREF(v);
+    }
+    return Py_BuildValue(
+        "{sIsKsKsKsKsKsKsKsKsKsN}",
+        "connections", atomic_load(&self->srv.nconns),
+        "accepted", LD(st->accepted), "closed", LD(st->closed),
+        "messages_in", LD(st->msgs_in), "messages_out", LD(st->msgs_out),
+        "bytes_in", LD(st->bytes_in), "bytes_out", LD(st->bytes_out),
+        "eof", LD(st->errors[CLOSE_EOF]),
+        "accept_errors", LD(st->accept_errors), "refused", LD(st->refused),
+        "errors", errors);
+#undef LD
+}
+
+static PyObject *
+server_get_backend(ServerObject *self, void *Py_UNUSED(closure))
+{
+    if (self->started && self->srv.nworkers > 0)
+        return PyUnicode_FromString(self->srv.workers[0].ops->name);
+    return PyUnicode_FromString(self->srv.cfg.ops->name);
+}
+
+static PyObject *
+server_get_fallback_errno(ServerObject *self, void *Py_UNUSED(closure))
+{
+    int e = self->started && self->srv.nworkers ? self->srv.workers[0].fell_back : 0;
+    return PyLong_FromLong(e);
+}
+
+static PyObject *
+server_get_running(ServerObject *self, void *Py_UNUSED(closure))
+{
+    return PyBool_FromLong(self->started);
+}
+
+static PyMethodDef server_methods[] = {
+    {"add_listener", (PyCFunction)server_add_listener_m, METH_O,
+     "add_listener(sock) -> None\n--\n\n"
+     "Serve a listening socket (its fd is duplicated).  Before start()."},
+    {"start", (PyCFunction)server_start_m, METH_NOARGS,
+     "start() -> None\n--\n\nStart the worker threads."},
+    {"stop", (PyCFunction)server_stop_m, METH_NOARGS,
+     "stop() -> None\n--\n\n"
+     "Close every connection and join every worker.  Idempotent."},
+    {"stats", (PyCFunction)server_stats_m, METH_NOARGS,
+     "stats() -> dict\n--\n\nCounters: connections, messages, bytes, errors."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef server_getset[] = {
+    {"backend", (getter)server_get_backend, NULL, "The backend in use.", NULL},
+    {"fallback_errno", (getter)server_get_fallback_errno, NULL,
+     "The errno that made io_uring fall back to epoll, or 0.", NULL},
+    {"running", (getter)server_get_running, NULL, "True between start and stop.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyType_Slot server_slots[] = {
+    {Py_tp_doc, "Native server engine; use iocport.Server."},
+    {Py_tp_new, server_new},
+    {Py_tp_dealloc, server_dealloc},
+    {Py_tp_traverse, server_traverse},
+    {Py_tp_clear, server_clear},
+    {Py_tp_methods, server_methods},
+    {Py_tp_getset, server_getset},
+    {0, NULL},
+};
+
+static PyType_Spec server_spec = {
+    .name = "iocport._iocport.Server",
+    .basicsize = sizeof(ServerObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .slots = server_slots,
+};
+
+int
+iocp_server_add_types(PyObject *module, iocp_state *st)
+{
+    st->ConnectionType = (PyTypeObject *)PyType_FromModuleAndSpec(
+        module, &conn_spec, NULL);
+    if (st->ConnectionType == NULL ||
+        PyModule_AddType(module, st->ConnectionType) < 0)
+        return -1;
+    st->ServerType = (PyTypeObject *)PyType_FromModuleAndSpec(
+        module, &server_spec, NULL);
+    if (st->ServerType == NULL || PyModule_AddType(module, st->ServerType) < 0)
+        return -1;
+    return 0;
+}

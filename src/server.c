@@ -1,0 +1,1021 @@
+/* server.c - workers, listeners and connections: the native core between
+ * the backends (epoll.c, uring.c) and the dispatch layer (py_server.c).
+ *
+ * Each worker thread owns one backend instance and the connections it
+ * accepted.  A loop iteration reaps a batch of completions, frames every
+ * received byte natively, hands all whole messages of the batch to the
+ * dispatch layer at once (one GIL hold per batch), gives the receive buffers
+ * back, and then flushes every connection that has output: one send per
+ * connection per batch.
+ *
+ * Connection lifetime: `refs` counts the worker's own reference (held until
+ * the fd is closed), one per batch entry, one while on the mailbox and one
+ * for the dispatch layer's object.  Operations in flight are counted in
+ * `inflight`: the fd is closed only when the last one has reported its final
+ * event, so the kernel never writes into freed memory and a reused fd
+ * number never receives an old completion. */
+#include "server.h"
+
+#include <errno.h>
+#include <netinet/tcp.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+const char *const close_reason_name[CLOSE_REASON_COUNT] = {
+    "closed", "eof", "reset", "too_big", "bad_frame", "handler", "idle",
+};
+
+#define ACCEPT_RETRY_MS 100   /* pause after EMFILE & co, so accept never spins */
+
+static int64_t
+now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static inline void
+stat_add(_Atomic uint64_t *v, uint64_t n)
+{
+    atomic_fetch_add_explicit(v, n, memory_order_relaxed);
+}
+
+static inline int
+on_worker_thread(const struct worker *w)
+{
+    return pthread_equal(pthread_self(), w->thread);
+}
+
+/* Grow *buf to hold at least `need` bytes; doubling, so appends amortise. */
+static int
+reserve(void *bufp, size_t *cap, size_t need)
+{
+    char **buf = bufp;
+    if (need <= *cap)
+        return 0;
+    size_t ncap = *cap ? *cap : 256;
+    while (ncap < need)
+        ncap *= 2;
+    char *nb = realloc(*buf, ncap);
+    if (nb == NULL)
+        return -ENOMEM;
+    *buf = nb;
+    *cap = ncap;
+    return 0;
+}
+
+static int
+grow_array(void *arrp, unsigned *cap, unsigned need, size_t elem)
+{
+    void **arr = arrp;
+    if (need <= *cap)
+        return 0;
+    unsigned ncap = *cap ? *cap * 2 : 64;
+    while (ncap < need)
+        ncap *= 2;
+    void *na = realloc(*arr, (size_t)ncap * elem);
+    if (na == NULL)
+        return -ENOMEM;
+    *arr = na;
+    *cap = ncap;
+    return 0;
+}
+
+/* ---- connection lifetime ---------------------------------------------- */
+
+static void
+conn_free(struct conn *c)
+{
+    pthread_mutex_destroy(&c->lock);
+    free(c->rbuf);
+    free(c->obuf);
+    free(c->sbuf);
+    free(c);
+}
+
+void
+conn_unref(struct conn *c)
+{
+    if (atomic_fetch_sub_explicit(&c->refs, 1, memory_order_acq_rel) == 1)
+        conn_free(c);
+}
+
+static inline void
+conn_ref(struct conn *c)
+{
+    atomic_fetch_add_explicit(&c->refs, 1, memory_order_relaxed);
+}
+
+static void begin_close(struct conn *c);
+
+static int
+push_entry(struct worker *w, struct conn *c, uint8_t kind,
+           const uint8_t *ptr, size_t off, size_t len)
+{
+    if (grow_array(&w->batch, &w->batch_cap, w->nbatch + 1,
+                   sizeof(struct entry)) < 0)
+        return -ENOMEM;
+    conn_ref(c);
+    w->batch[w->nbatch++] = (struct entry){c, ptr, off, len, kind};
+    return 0;
+}
+
+/* Record why a connection goes away (the first reason wins) and close it
+ * at once, dropping unsent output. */
+static void
+conn_fail(struct conn *c, enum close_reason why, int err)
+{
+    if (c->reason == CLOSE_NONE) {
+        c->reason = (uint8_t)why;
+        c->err = err;
+        stat_add(&c->w->srv->stats.errors[why], 1);
+    }
+    begin_close(c);
+}
+
+void
+conn_abort(struct conn *c, enum close_reason why)
+{
+    conn_fail(c, why, 0);
+}
+
+static void
+finish_close(struct conn *c)
+{
+    struct worker *w = c->w;
+    struct server *s = w->srv;
+
+    w->ops->forget(w->be, &c->h);
+    close(c->h.fd);   /* errors from close are not actionable here */
+    c->h.fd = -1;
+    c->next->prev = c->prev;
+    c->prev->next = c->next;
+    w->nconns--;
+    atomic_fetch_sub_explicit(&s->nconns, 1, memory_order_relaxed);
+    stat_add(&s->stats.closed, 1);
+    pthread_mutex_lock(&c->lock);
+    c->state = CONN_DEAD;
+    pthread_mutex_unlock(&c->lock);
+    if (s->dops != NULL)
+        push_entry(w, c, ENTRY_CLOSE, NULL, 0, 0);
+    conn_unref(c);   /* the worker's reference */
+}
+
+static void
+begin_close(struct conn *c)
+{
+    if (c->state >= CONN_CLOSING)
+        return;
+    pthread_mutex_lock(&c->lock);
+    c->state = CONN_CLOSING;
+    pthread_mutex_unlock(&c->lock);
+    if (c->inflight == 0)
+        finish_close(c);
+    else
+        c->w->ops->cancel(c->w->be, &c->h);
+}
+
+static void
+op_done(struct conn *c)
+{
+    if (--c->inflight == 0 && c->state == CONN_CLOSING)
+        finish_close(c);
+}
+
+static void
+recv_start(struct conn *c)
+{
+    int rc = c->w->ops->recv_start(c->w->be, &c->h);
+    if (rc < 0) {
+        conn_fail(c, CLOSE_RESET, -rc);
+        return;
+    }
+    c->recv = RECV_ON;
+    c->inflight++;
+}
+
+static void
+recv_stop(struct conn *c)
+{
+    if (c->recv != RECV_ON)
+        return;
+    if (c->w->ops->recv_stop(c->w->be, &c->h) == 0)
+        c->recv = RECV_STOPPING;
+}
+
+static void
+mark_dirty(struct worker *w, struct conn *c)
+{
+    if (!c->dirty) {
+        c->dirty = 1;
+        conn_ref(c);
+        c->next_dirty = w->dirty;
+        w->dirty = c;
+    }
+}
+
+/* ---- sending ------------------------------------------------------------ */
+
+static size_t
+unsent_locked(const struct conn *c)
+{
+    return c->olen + (c->slen - c->soff);
+}
+
+size_t
+conn_unsent(struct conn *c)
+{
+    pthread_mutex_lock(&c->lock);
+    size_t n = unsent_locked(c);
+    pthread_mutex_unlock(&c->lock);
+    return n;
+}
+
+/* Under c->lock: queue work for the worker from another thread. */
+static void
+post_to_mailbox(struct conn *c)
+{
+    struct worker *w = c->w;
+    pthread_mutex_lock(&w->mbox_lock);
+    if (!c->in_mailbox) {
+        c->in_mailbox = 1;
+        conn_ref(c);
+        c->next_mail = w->mailbox;
+        w->mailbox = c;
+    }
+    pthread_mutex_unlock(&w->mbox_lock);
+    if (atomic_exchange_explicit(&w->mbox_flag, 1, memory_order_acq_rel) == 0)
+        w->ops->wake(w->be);
+}
+
+int
+conn_send(struct conn *c, const void *data, size_t len, int frame)
+{
+    struct worker *w = c->w;
+    uint8_t hdr[8], trl[8];
+    size_t hlen = 0, tlen = 0;
+
+    if (frame && framing_wrap(&w->srv->cfg.framing, len, hdr, &hlen, trl,
+                              &tlen) != FRAME_OK)
+        return -EMSGSIZE;
+    pthread_mutex_lock(&c->lock);
+    if (c->state != CONN_OPEN) {
+        pthread_mutex_unlock(&c->lock);
+        return -EPIPE;
+    }
+    if (reserve(&c->obuf, &c->ocap, c->olen + hlen + len + tlen) < 0) {
+        pthread_mutex_unlock(&c->lock);
+        return -ENOMEM;
+    }
+    memcpy(c->obuf + c->olen, hdr, hlen);
+    memcpy(c->obuf + c->olen + hlen, data, len);
+    memcpy(c->obuf + c->olen + hlen + len, trl, tlen);
+    c->olen += hlen + len + tlen;
+    int local = on_worker_thread(w);
+    if (!local)
+        post_to_mailbox(c);
+    pthread_mutex_unlock(&c->lock);
+    if (local)
+        mark_dirty(w, c);
+    stat_add(&w->srv->stats.msgs_out, 1);
+    return 0;
+}
+
+void
+conn_close(struct conn *c, int graceful)
+{
+    if (on_worker_thread(c->w)) {
+        if (c->state != CONN_OPEN)
+            return;
+        if (!graceful) {
+            begin_close(c);
+            return;
+        }
+        c->graceful = 1;
+        pthread_mutex_lock(&c->lock);
+        c->state = CONN_DRAINING;
+        pthread_mutex_unlock(&c->lock);
+        recv_stop(c);
+        mark_dirty(c->w, c);
+        return;
+    }
+    pthread_mutex_lock(&c->lock);
+    if (c->state == CONN_OPEN) {
+        c->close_req = graceful ? 1 : 2;
+        post_to_mailbox(c);
+    }
+    pthread_mutex_unlock(&c->lock);
+}
+
+static void
+check_backpressure(struct conn *c, size_t unsent)
+{
+    size_t hi = c->w->srv->cfg.max_unsent;
+    if (!c->paused && unsent > hi) {
+        c->paused = 1;
+        recv_stop(c);
+    } else if (c->paused && unsent <= hi / 2) {
+        c->paused = 0;
+        if (c->recv == RECV_OFF && c->state == CONN_OPEN && !c->peer_eof)
+            recv_start(c);
+    }
+}
+
+/* Push queued output to the backend until it is all sent or a send is in
+ * flight; close a draining connection once nothing is left. */
+static void
+flush(struct conn *c)
+{
+    struct worker *w = c->w;
+    size_t unsent;
+
+    while (c->state <= CONN_DRAINING && !c->send_busy) {
+        if (c->soff == c->slen) {
+            pthread_mutex_lock(&c->lock);
+            if (c->olen == 0) {
+                pthread_mutex_unlock(&c->lock);
+                break;
+            }
+            char *t = c->sbuf; c->sbuf = c->obuf; c->obuf = t;
+            size_t tc = c->scap; c->scap = c->ocap; c->ocap = tc;
+            c->slen = c->olen;
+            c->soff = 0;
+            c->olen = 0;
+            pthread_mutex_unlock(&c->lock);
+        }
+        long r = w->ops->send(w->be, &c->h, c->sbuf + c->soff,
+                              c->slen - c->soff);
+        if (r >= 0) {
+            c->soff += (size_t)r;
+            stat_add(&w->srv->stats.bytes_out, (uint64_t)r);
+        } else if (r == -EINPROGRESS) {
+            c->send_busy = 1;
+            c->inflight++;
+        } else {
+            conn_fail(c, CLOSE_RESET, (int)-r);
+            return;
+        }
+    }
+    if (c->state > CONN_DRAINING)
+        return;
+    pthread_mutex_lock(&c->lock);
+    unsent = unsent_locked(c);
+    pthread_mutex_unlock(&c->lock);
+    if (unsent == 0 && (c->graceful || c->peer_eof)) {
+        if (c->peer_eof && c->reason == CLOSE_NONE) {
+            c->reason = CLOSE_EOF;
+            stat_add(&w->srv->stats.errors[CLOSE_EOF], 1);
+        }
+        begin_close(c);
+        return;
+    }
+    check_backpressure(c, unsent);
+}
+
+/* ---- receiving ------------------------------------------------------------ */
+
+static int
+hold_buffer(struct worker *w, uint16_t id, int *held)
+{
+    if (*held)
+        return 0;
+    if (grow_array(&w->held_bufs, &w->held_cap, w->nheld + 1,
+                   sizeof(*w->held_bufs)) < 0)
+        return -ENOMEM;
+    *held = 1;
+    w->held_bufs[w->nheld++] = id;
+    return 0;
+}
+
+/* A whole message: native echo sends the frame back as it came; otherwise
+ * it joins the batch for the dispatch layer. */
+static int
+emit(struct conn *c, const uint8_t *ptr, size_t off, size_t len,
+     const uint8_t *raw, size_t rawlen)
+{
+    struct worker *w = c->w;
+    stat_add(&w->srv->stats.msgs_in, 1);
+    if (w->srv->cfg.native_echo)
+        return conn_send(c, raw, rawlen, 0);
+    return push_entry(w, c, ENTRY_MSG, ptr, off, len);
+}
+
+static int
+rbuf_append(struct conn *c, const uint8_t *p, size_t n, size_t need)
+{
+    if (c->rstart > 0 && !c->rbuf_pinned) {
+        memmove(c->rbuf, c->rbuf + c->rstart, c->rlen - c->rstart);
+        c->rlen -= c->rstart;
+        c->rstart = 0;
+    }
+    size_t want = c->rlen + n;
+    if (need > 0 && c->rstart + need > want)
+        want = c->rstart + need;
+    if (reserve(&c->rbuf, &c->rcap, want) < 0)
+        return -ENOMEM;
+    memcpy(c->rbuf + c->rlen, p, n);
+    c->rlen += n;
+    return 0;
+}
+
+static void
+frame_error(struct conn *c, int st)
+{
+    conn_fail(c, st == FRAME_TOO_BIG ? CLOSE_TOO_BIG : CLOSE_BAD_FRAME, 0);
+}
+
+static void
+on_recv(struct worker *w, struct conn *c, const struct io_event *ev)
+{
+    const struct framing *f = &w->srv->cfg.framing;
+    const uint8_t *p = (const uint8_t *)ev->buf;
+    size_t len = (size_t)ev->res;
+    struct frame fr;
+    int held = 0, st;
+
+    stat_add(&w->srv->stats.bytes_in, len);
+    if (c->state != CONN_OPEN)
+        return;
+    if (c->rlen == c->rstart) {
+        /* Nothing buffered: frame straight from the receive buffer. */
+        if (!c->rbuf_pinned)
+            c->rstart = c->rlen = 0;
+        fr.need = 0;
+        while (len > 0 && (st = framing_next(f, p, len, 0, &fr)) == FRAME_OK) {
+            if (!w->srv->cfg.native_echo && hold_buffer(w, ev->buf_id, &held) < 0)
+                goto nomem;
+            if (emit(c, p + fr.off, 0, fr.len, p, fr.consumed) < 0)
+                goto nomem;
+            p += fr.consumed;
+            len -= fr.consumed;
+        }
+        if (len == 0)
+            return;
+        if (st < 0) {
+            frame_error(c, st);
+            return;
+        }
+        if (rbuf_append(c, p, len, fr.need) < 0)
+            goto nomem;
+        c->rscan = fr.scanned;
+        return;
+    }
+    if (rbuf_append(c, p, len, 0) < 0)
+        goto nomem;
+    for (;;) {
+        size_t avail = c->rlen - c->rstart;
+        st = framing_next(f, c->rbuf + c->rstart, avail, c->rscan, &fr);
+        if (st < 0) {
+            frame_error(c, st);
+            return;
+        }
+        if (st == FRAME_NEED) {
+            c->rscan = fr.scanned;
+            if (fr.need > avail &&
+                reserve(&c->rbuf, &c->rcap, c->rstart + fr.need) < 0)
+                goto nomem;
+            return;
+        }
+        const uint8_t *base = c->rbuf + c->rstart;
+        if (w->srv->cfg.native_echo) {
+            if (emit(c, NULL, 0, fr.len, base, fr.consumed) < 0)
+                goto nomem;
+        } else {
+            if (emit(c, NULL, c->rstart + fr.off, fr.len, NULL, 0) < 0)
+                goto nomem;
+            if (!c->rbuf_pinned) {
+                c->rbuf_pinned = 1;
+                if (grow_array(&w->compact, &w->compact_cap, w->ncompact + 1,
+                               sizeof(*w->compact)) < 0)
+                    goto nomem;
+                conn_ref(c);
+                w->compact[w->ncompact++] = c;
+            }
+        }
+        c->rstart += fr.consumed;
+        c->rscan = 0;
+        if (c->rstart == c->rlen) {
+            if (!c->rbuf_pinned)
+                c->rstart = c->rlen = 0;
+            return;
+        }
+    }
+nomem:
+    conn_fail(c, CLOSE_RESET, ENOMEM);
+}
+
+/* ---- events ----------------------------------------------------------------- */
+
+static struct conn *
+conn_new(struct worker *w, int fd)
+{
+    struct conn *c = calloc(1, sizeof(*c));
+    if (c == NULL)
+        return NULL;
+    if (pthread_mutex_init(&c->lock, NULL) != 0) {
+        free(c);
+        return NULL;
+    }
+    c->h.fd = fd;
+    c->w = w;
+    c->id = atomic_fetch_add_explicit(&w->srv->next_id, 1,
+                                      memory_order_relaxed) + 1;
+    atomic_init(&c->refs, 1);
+    c->last_active = w->now;
+    c->next = &w->conns;
+    c->prev = w->conns.prev;
+    w->conns.prev->next = c;
+    w->conns.prev = c;
+    w->nconns++;
+    return c;
+}
+
+static void
+arm_accept(struct worker *w, struct listener_slot *ls)
+{
+    int rc = w->ops->accept_start(w->be, &ls->h);
+    if (rc < 0)
+        ls->retry_at = w->now + ACCEPT_RETRY_MS;
+    else
+        ls->armed = 1;
+}
+
+static void
+on_accept(struct worker *w, struct listener_slot *ls, const struct io_event *ev)
+{
+    struct server *s = w->srv;
+
+    if (!ev->more)
+        ls->armed = 0;
+    if (ev->res < 0) {
+        if (ev->res == -ECANCELED || atomic_load(&w->stopping))
+            return;
+        /* EMFILE, ENFILE, ENOBUFS, ENOMEM...: pause, don't spin. */
+        stat_add(&s->stats.accept_errors, 1);
+        ls->retry_at = w->now + ACCEPT_RETRY_MS;
+        return;
+    }
+    int fd = ev->res;
+    if (atomic_load_explicit(&s->nconns, memory_order_relaxed) >=
+            s->cfg.max_connections || atomic_load(&w->stopping)) {
+        close(fd);
+        stat_add(&s->stats.refused, 1);
+    } else {
+        int one = 1;
+        /* Best effort: not every socket type has Nagle's algorithm. */
+        (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+        struct conn *c = conn_new(w, fd);
+        if (c != NULL) {
+            c->peerlen = sizeof(c->peer);
+            if (getpeername(fd, (struct sockaddr *)&c->peer, &c->peerlen) < 0)
+                c->peerlen = 0;   /* already reset: the first recv says so */
+        }
+        if (c == NULL) {
+            close(fd);
+            stat_add(&s->stats.accept_errors, 1);
+        } else {
+            atomic_fetch_add_explicit(&s->nconns, 1, memory_order_relaxed);
+            stat_add(&s->stats.accepted, 1);
+            if (s->dops != NULL && !s->cfg.native_echo && s->want_open)
+                push_entry(w, c, ENTRY_OPEN, NULL, 0, 0);
+            recv_start(c);
+        }
+    }
+    if (!ls->armed && !atomic_load(&w->stopping))
+        arm_accept(w, ls);
+}
+
+static void
+on_event(struct worker *w, const struct io_event *ev)
+{
+    struct io_handle *h = ev->h;
+
+    if (h >= &w->ls[0].h && h < &w->ls[MAX_LISTENERS].h) {
+        on_accept(w, (struct listener_slot *)h, ev);
+        return;
+    }
+    struct conn *c = (struct conn *)h;
+    switch (ev->op) {
+    case IO_RECV:
+        if (ev->res > 0) {
+            c->last_active = w->now;
+            on_recv(w, c, ev);
+            /* Held buffers are released after dispatch; others now. */
+            if (w->nheld == 0 || w->held_bufs[w->nheld - 1] != ev->buf_id)
+                w->ops->release_buf(w->be, ev->buf_id);
+        }
+        if (ev->more)
+            return;
+        c->recv = RECV_OFF;
+        if (ev->res == 0) {
+            c->peer_eof = 1;
+            if (c->rlen != c->rstart && c->reason == CLOSE_NONE) {
+                /* The peer left in the middle of a message. */
+                conn_fail(c, CLOSE_RESET, 0);
+            } else {
+                mark_dirty(w, c);   /* close once replies are out */
+            }
+        } else if (ev->res < 0 && ev->res != -ECANCELED) {
+            conn_fail(c, CLOSE_RESET, -ev->res);
+        } else if (ev->res == -ECANCELED && !c->paused &&
+                   c->state == CONN_OPEN) {
+            recv_start(c);   /* stopped, but resumed since */
+        }
+        op_done(c);
+        return;
+    case IO_SEND:
+        c->send_busy = 0;
+        if (ev->res >= 0) {
+            c->soff += (size_t)ev->res;
+            c->last_active = w->now;
+            stat_add(&w->srv->stats.bytes_out, (uint64_t)ev->res);
+            mark_dirty(w, c);
+        } else if (ev->res != -ECANCELED) {
+            conn_fail(c, CLOSE_RESET, -ev->res);
+        }
+        op_done(c);
+        return;
+    default:
+        op_done(c);
+        return;
+    }
+}
+
+static void
+drain_mailbox(struct worker *w)
+{
+    pthread_mutex_lock(&w->mbox_lock);
+    struct conn *c = w->mailbox;
+    w->mailbox = NULL;
+    atomic_store_explicit(&w->mbox_flag, 0, memory_order_release);
+    for (struct conn *m = c; m != NULL; m = m->next_mail)
+        m->in_mailbox = 0;
+    pthread_mutex_unlock(&w->mbox_lock);
+
+    while (c != NULL) {
+        struct conn *next = c->next_mail;
+        pthread_mutex_lock(&c->lock);
+        int req = c->close_req;
+        c->close_req = 0;
+        pthread_mutex_unlock(&c->lock);
+        if (c->state <= CONN_DRAINING) {
+            if (req)
+                conn_close(c, req == 1);
+            else
+                mark_dirty(w, c);
+        }
+        conn_unref(c);
+        c = next;
+    }
+}
+
+static void
+dispatch_batch(struct worker *w)
+{
+    struct server *s = w->srv;
+    unsigned n = w->nbatch;
+
+    if (n > 0) {
+        s->dops->dispatch(w, 0, n);
+        /* Handlers may have closed connections and queued CLOSE entries
+         * of their own: deliver those too before dropping references. */
+        while (w->nbatch > n) {
+            unsigned from = n;
+            n = w->nbatch;
+            s->dops->dispatch(w, from, n);
+        }
+        for (unsigned i = 0; i < n; i++)
+            conn_unref(w->batch[i].c);
+        w->nbatch = 0;
+    }
+    for (unsigned i = 0; i < w->nheld; i++)
+        w->ops->release_buf(w->be, w->held_bufs[i]);
+    w->nheld = 0;
+    for (unsigned i = 0; i < w->ncompact; i++) {
+        struct conn *c = w->compact[i];
+        c->rbuf_pinned = 0;
+        if (c->rstart == c->rlen)
+            c->rstart = c->rlen = 0;
+        conn_unref(c);
+    }
+    w->ncompact = 0;
+}
+
+static void
+flush_dirty(struct worker *w)
+{
+    while (w->dirty != NULL) {
+        struct conn *c = w->dirty;
+        w->dirty = c->next_dirty;
+        c->dirty = 0;
+        flush(c);
+        conn_unref(c);
+    }
+}
+
+static void
+sweep(struct worker *w)
+{
+    int64_t idle = w->srv->cfg.idle_timeout_ms;
+    struct conn *c = w->conns.next;
+    while (c != &w->conns) {
+        struct conn *next = c->next;
+        if (c->state == CONN_OPEN && w->now - c->last_active >= idle)
+            conn_fail(c, CLOSE_IDLE, 0);
+        c = next;
+    }
+}
+
+static int
+next_timeout(struct worker *w)
+{
+    int64_t due = INT64_MAX;
+    if (w->srv->cfg.idle_timeout_ms > 0)
+        due = w->next_sweep;
+    for (unsigned i = 0; i < w->nls; i++)
+        if (!w->ls[i].armed && w->ls[i].retry_at && w->ls[i].retry_at < due)
+            due = w->ls[i].retry_at;
+    if (w->nbatch || w->dirty)
+        return 0;
+    if (due == INT64_MAX)
+        return -1;
+    int64_t t = due - now_ms();
+    return t < 0 ? 0 : (t > 60000 ? 60000 : (int)t);
+}
+
+static void
+timers(struct worker *w)
+{
+    int64_t idle = w->srv->cfg.idle_timeout_ms;
+    if (idle > 0 && w->now >= w->next_sweep) {
+        sweep(w);
+        w->next_sweep = w->now + (idle >= 4000 ? 1000 : (idle / 4 + 1));
+    }
+    for (unsigned i = 0; i < w->nls; i++) {
+        struct listener_slot *ls = &w->ls[i];
+        if (!ls->armed && ls->retry_at && w->now >= ls->retry_at &&
+            !atomic_load(&w->stopping)) {
+            ls->retry_at = 0;
+            arm_accept(w, ls);
+        }
+    }
+}
+
+/* One turn: reap, frame, dispatch, give buffers back, flush. */
+static int
+turn(struct worker *w, int timeout)
+{
+    int n = w->ops->wait(w->be, w->events, EVENT_BATCH, timeout);
+    if (n < 0 && n != -EINTR)
+        return n;
+    w->now = now_ms();
+    for (int i = 0; i < n; i++)
+        on_event(w, &w->events[i]);
+    if (atomic_load_explicit(&w->mbox_flag, memory_order_acquire))
+        drain_mailbox(w);
+    dispatch_batch(w);
+    flush_dirty(w);
+    /* Handlers' sends queued during flush close nothing new, but closes
+     * during flush may have queued CLOSE entries. */
+    dispatch_batch(w);
+    timers(w);
+    return 0;
+}
+
+static void
+shutdown_worker(struct worker *w)
+{
+    for (unsigned i = 0; i < w->nls; i++) {
+        struct listener_slot *ls = &w->ls[i];
+        if (ls->armed)
+            w->ops->cancel(w->be, &ls->h);
+    }
+    for (struct conn *c = w->conns.next, *next; c != &w->conns; c = next) {
+        next = c->next;
+        begin_close(c);
+    }
+    dispatch_batch(w);
+    for (;;) {
+        int busy = w->nconns > 0;
+        for (unsigned i = 0; i < w->nls; i++)
+            busy |= w->ls[i].armed;
+        if (!busy)
+            break;
+        if (turn(w, 1000) < 0)
+            break;
+    }
+    for (unsigned i = 0; i < w->nls; i++)
+        w->ops->forget(w->be, &w->ls[i].h);
+    drain_mailbox(w);
+    flush_dirty(w);
+    dispatch_batch(w);
+}
+
+static void *
+worker_main(void *arg)
+{
+    struct worker *w = arg;
+    struct server *s = w->srv;
+
+    for (unsigned i = 0; i < w->nls; i++)
+        arm_accept(w, &w->ls[i]);
+    w->next_sweep = now_ms() + 1000;
+    while (!atomic_load_explicit(&w->stopping, memory_order_acquire)) {
+        int rc = turn(w, next_timeout(w));
+        if (rc < 0) {
+            w->loop_err = -rc;
+            break;
+        }
+    }
+    shutdown_worker(w);
+    if (s->dops != NULL && s->dops->thread_exit != NULL)
+        s->dops->thread_exit(w);
+    return NULL;
+}
+
+/* ---- server ------------------------------------------------------------- */
+
+static int server_setup(struct server *s);
+
+int
+server_init(struct server *s, const struct server_config *cfg,
+            const struct dispatch_ops *dops, void *dispatch_arg)
+{
+    memset(s, 0, sizeof(*s));
+    s->cfg = *cfg;
+    s->dops = dops;
+    s->dispatch_arg = dispatch_arg;
+    if (s->cfg.workers == 0)
+        s->cfg.workers = 1;
+    if (s->cfg.nbufs == 0)
+        s->cfg.nbufs = 256;
+    if (s->cfg.bufsize == 0)
+        s->cfg.bufsize = 16384;
+    return server_setup(s);
+}
+
+int
+server_add_listener(struct server *s, int fd)
+{
+    if (s->running)
+        return -EBUSY;
+    if (s->nlfds >= MAX_LISTENERS)
+        return -ENOSPC;
+    s->lfds[s->nlfds++] = fd;
+    return 0;
+}
+
+static void
+worker_release(struct worker *w)
+{
+    if (w->be != NULL)
+        w->ops->destroy(w->be);
+    w->be = NULL;
+    pthread_mutex_destroy(&w->mbox_lock);
+    free(w->batch);
+    free(w->held_bufs);
+    free(w->compact);
+}
+
+static int
+worker_prepare(struct server *s, struct worker *w, unsigned index)
+{
+    memset(w, 0, sizeof(*w));
+    w->srv = s;
+    w->index = index;
+    w->ops = s->cfg.ops;
+    w->conns.next = w->conns.prev = &w->conns;
+    if (pthread_mutex_init(&w->mbox_lock, NULL) != 0)
+        return -ENOMEM;
+    for (unsigned i = 0; i < s->nlfds; i++) {
+        w->ls[i].h.fd = s->lfds[i];
+        w->nls++;
+    }
+    return 0;
+}
+
+/* Create the backend on the worker's own thread: an io_uring created with
+ * SINGLE_ISSUER and DEFER_TASKRUN may only be entered by its creator. */
+static int
+worker_open_backend(struct worker *w)
+{
+    const struct server_config *cfg = &w->srv->cfg;
+    w->be = w->ops->create(cfg->nbufs, cfg->bufsize);
+    if (w->be == NULL && cfg->fallback && w->ops != &iocp_epoll_ops) {
+        w->fell_back = errno ? errno : ENOSYS;
+        w->ops = &iocp_epoll_ops;
+        w->be = w->ops->create(cfg->nbufs, cfg->bufsize);
+    }
+    if (w->be == NULL)
+        return errno ? -errno : -ENOMEM;
+    if (w->srv->dops != NULL && w->srv->dops->thread_start != NULL) {
+        int rc = w->srv->dops->thread_start(w);
+        if (rc < 0) {
+            w->ops->destroy(w->be);
+            w->be = NULL;
+            return rc;
+        }
+    }
+    return 0;
+}
+
+static void *
+worker_thread(void *arg)
+{
+    struct worker *w = arg;
+    struct server *s = w->srv;
+    int rc = worker_open_backend(w);
+
+    pthread_mutex_lock(&s->start_lock);
+    w->start_err = -rc;
+    s->nready++;
+    pthread_cond_broadcast(&s->start_cond);
+    pthread_mutex_unlock(&s->start_lock);
+    if (rc < 0)
+        return NULL;
+    return worker_main(w);
+}
+
+int
+server_start(struct server *s)
+{
+    int rc = 0;
+    unsigned started = 0;
+
+    if (s->running)
+        return -EBUSY;
+    s->workers = calloc(s->cfg.workers, sizeof(*s->workers));
+    if (s->workers == NULL)
+        return -ENOMEM;
+    s->nready = 0;
+    for (; started < s->cfg.workers; started++) {
+        struct worker *w = &s->workers[started];
+        rc = worker_prepare(s, w, started);
+        if (rc == 0)
+            rc = -pthread_create(&w->thread, NULL, worker_thread, w);
+        if (rc < 0) {
+            pthread_mutex_destroy(&w->mbox_lock);
+            break;
+        }
+    }
+    s->nworkers = started;
+    pthread_mutex_lock(&s->start_lock);
+    while (s->nready < started)
+        pthread_cond_wait(&s->start_cond, &s->start_lock);
+    pthread_mutex_unlock(&s->start_lock);
+    for (unsigned i = 0; i < started && rc == 0; i++)
+        if (s->workers[i].start_err)
+            rc = -s->workers[i].start_err;
+    s->running = 1;
+    if (rc < 0)
+        server_stop(s);
+    return rc;
+}
+
+void
+server_stop(struct server *s)
+{
+    if (!s->running)
+        return;
+    for (unsigned i = 0; i < s->nworkers; i++) {
+        struct worker *w = &s->workers[i];
+        atomic_store_explicit(&w->stopping, 1, memory_order_release);
+        if (w->be != NULL)
+            w->ops->wake(w->be);
+    }
+    for (unsigned i = 0; i < s->nworkers; i++) {
+        struct worker *w = &s->workers[i];
+        pthread_join(w->thread, NULL);
+        worker_release(w);
+    }
+    free(s->workers);
+    s->workers = NULL;
+    s->nworkers = 0;
+    s->running = 0;
+}
+
+static int
+server_setup(struct server *s)
+{
+    if (pthread_mutex_init(&s->start_lock, NULL) != 0)
+        return -ENOMEM;
+    if (pthread_cond_init(&s->start_cond, NULL) != 0) {
+        pthread_mutex_destroy(&s->start_lock);
+        return -ENOMEM;
+    }
+    return 0;
+}
+
+void
+server_destroy(struct server *s)
+{
+    server_stop(s);
+    for (unsigned i = 0; i < s->nlfds; i++)
+        close(s->lfds[i]);
+    s->nlfds = 0;
+    pthread_cond_destroy(&s->start_cond);
+    pthread_mutex_destroy(&s->start_lock);
+}

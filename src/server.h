@@ -1,0 +1,197 @@
+/* server.h - the connection and server layers: worker threads, each owning
+ * one backend instance; listeners shared by all workers (each worker keeps
+ * its own accept armed on them); connections with their receive buffer,
+ * framing state, send queue, operations in flight and lifecycle.  No Python
+ * here: whole messages leave through the dispatch hooks (py_server.c). */
+#ifndef IOCPORT_SERVER_H
+#define IOCPORT_SERVER_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <netinet/in.h>
+
+#include "backend.h"
+#include "framing.h"
+
+struct server;
+struct worker;
+
+enum conn_state { CONN_OPEN, CONN_DRAINING, CONN_CLOSING, CONN_DEAD };
+enum recv_state { RECV_OFF, RECV_ON, RECV_STOPPING };
+
+/* Why a connection closed; indexes srv->stats.errors and close_reason_name. */
+enum close_reason {
+    CLOSE_NONE = 0,   /* closed by us: close()/abort(), server stop */
+    CLOSE_EOF,        /* the peer closed (after our replies went out) */
+    CLOSE_RESET,      /* the peer reset, or another receive/send error */
+    CLOSE_TOO_BIG,    /* a frame over the size limit */
+    CLOSE_BAD_FRAME,  /* a malformed frame header */
+    CLOSE_HANDLER,    /* the handler raised */
+    CLOSE_IDLE,       /* idle timeout */
+    CLOSE_REASON_COUNT
+};
+extern const char *const close_reason_name[CLOSE_REASON_COUNT];
+
+struct conn {
+    struct io_handle h;          /* first: the backend's view, h.fd */
+    struct worker *w;
+    uint64_t id;
+    atomic_int refs;             /* see conn_unref() */
+    uint8_t state;               /* enum conn_state */
+    uint8_t recv;                /* enum recv_state */
+    uint8_t paused;              /* backpressure wants receiving stopped */
+    uint8_t peer_eof;            /* the peer half-closed */
+    uint8_t send_busy;           /* a backend send is in flight */
+    uint8_t dirty;               /* on the worker's flush list */
+    uint8_t in_mailbox;          /* on the worker's mailbox (under mbox_lock) */
+    uint8_t reason;              /* enum close_reason, first one wins */
+    uint8_t close_queued;        /* the CLOSE notice is in the batch */
+    uint8_t graceful;            /* close once the send queue is empty */
+    uint8_t close_req;           /* from another thread: 1 graceful, 2 abort */
+    uint8_t rbuf_pinned;         /* batch entries point into rbuf */
+    unsigned inflight;           /* operations whose final event is due */
+    int err;                     /* errno behind CLOSE_RESET */
+    int64_t last_active;         /* monotonic ms */
+
+    /* Receive assembly: bytes of an unfinished message, rbuf[rstart..rlen). */
+    uint8_t *rbuf;
+    size_t rstart, rlen, rcap, rscan;
+
+    /* Send queue: the user appends to obuf under `lock`; the worker swaps it
+     * with sbuf, which the backend owns while send_busy. */
+    pthread_mutex_t lock;
+    char *obuf, *sbuf;
+    size_t olen, ocap, slen, soff, scap;
+
+    struct sockaddr_storage peer;
+    socklen_t peerlen;
+    struct conn *next, *prev;    /* worker's connection list */
+    struct conn *next_dirty;     /* worker's flush list */
+    struct conn *next_mail;      /* worker's mailbox */
+    void *py;                    /* dispatch layer's object, or NULL */
+};
+
+enum entry_kind { ENTRY_MSG, ENTRY_OPEN, ENTRY_CLOSE };
+
+/* One item for the dispatch layer: a whole message, a new connection or a
+ * closed one.  A message lies in `ptr` or, when ptr is NULL, in the
+ * connection's rbuf at `off` (rbuf may move until dispatch). */
+struct entry {
+    struct conn *c;
+    const uint8_t *ptr;
+    size_t off, len;
+    uint8_t kind;
+};
+
+struct stats {
+    _Atomic uint64_t accepted, closed, msgs_in, msgs_out, bytes_in, bytes_out;
+    _Atomic uint64_t accept_errors, refused;
+    _Atomic uint64_t errors[CLOSE_REASON_COUNT];
+};
+
+struct listener_slot {
+    struct io_handle h;          /* this worker's registration of the fd */
+    uint8_t armed;               /* accept in flight */
+    int64_t retry_at;            /* accept paused until (ms), after EMFILE */
+};
+
+#define MAX_LISTENERS 16
+#define EVENT_BATCH 256
+
+struct worker {
+    struct server *srv;
+    unsigned index;
+    pthread_t thread;
+    struct backend *be;
+    const struct backend_ops *ops;
+    int start_err;               /* errno if the backend could not start */
+    int fell_back;               /* io_uring refused; running on epoll */
+    atomic_int stopping;
+
+    struct listener_slot ls[MAX_LISTENERS];
+    unsigned nls;
+
+    struct conn conns;           /* list head of live connections */
+    unsigned nconns;
+    struct conn *dirty;          /* flush list (worker thread only) */
+
+    pthread_mutex_t mbox_lock;
+    struct conn *mailbox;        /* sends from other threads */
+    atomic_int mbox_flag;
+
+    struct entry *batch;
+    unsigned nbatch, batch_cap;
+    uint16_t *held_bufs;         /* receive buffers to release after dispatch */
+    unsigned nheld, held_cap;
+    struct conn **compact;       /* connections whose rbuf to compact */
+    unsigned ncompact, compact_cap;
+
+    int64_t now;                 /* monotonic ms, refreshed every turn */
+    int loop_err;                /* errno that ended the loop, or 0 */
+    int64_t next_sweep;
+    void *dctx;                  /* dispatch layer's per-thread context */
+    struct io_event events[EVENT_BATCH];
+};
+
+struct server_config {
+    struct framing framing;
+    unsigned workers;
+    const struct backend_ops *ops; /* preferred engine */
+    int fallback;                /* use epoll if ops cannot start */
+    int native_echo;             /* echo in C, no dispatch */
+    size_t max_unsent;           /* pause receiving above this */
+    unsigned max_connections;
+    int64_t idle_timeout_ms;     /* 0: none */
+    unsigned nbufs, bufsize;     /* receive buffers per worker */
+};
+
+/* The dispatch layer (py_server.c). */
+struct dispatch_ops {
+    /* Runs on the worker thread before its loop / after it ends. */
+    int (*thread_start)(struct worker *w);
+    void (*thread_exit)(struct worker *w);
+    /* Deliver w->batch[from..to).  Handlers may call conn_send/conn_close,
+     * which can append entries and move w->batch: index it afresh. */
+    void (*dispatch)(struct worker *w, unsigned from, unsigned to);
+};
+
+struct server {
+    struct server_config cfg;
+    const struct dispatch_ops *dops;
+    void *dispatch_arg;
+    int lfds[MAX_LISTENERS];
+    unsigned nlfds;
+    struct worker *workers;
+    unsigned nworkers;
+    atomic_uint nconns;
+    atomic_uint_fast64_t next_id;
+    struct stats stats;
+    int want_open;               /* dispatch wants ENTRY_OPEN notices */
+    int running;
+    pthread_mutex_t start_lock;
+    pthread_cond_t start_cond;
+    unsigned nready;             /* workers that finished starting */
+};
+
+int server_init(struct server *s, const struct server_config *cfg,
+                const struct dispatch_ops *dops, void *dispatch_arg);
+/* Takes ownership of a listening socket fd.  Before server_start only. */
+int server_add_listener(struct server *s, int fd);
+/* Start the workers; 0 or -errno (workers that started are stopped). */
+int server_start(struct server *s);
+/* Stop and join every worker; every connection is closed. */
+void server_stop(struct server *s);
+void server_destroy(struct server *s);
+
+/* Called from any thread (the dispatch layer holds the GIL, which keeps `c`
+ * alive while c->py links to it). */
+int conn_send(struct conn *c, const void *data, size_t len, int frame);
+void conn_close(struct conn *c, int graceful);
+/* Worker thread only: close at once, counting `why` (a handler raised). */
+void conn_abort(struct conn *c, enum close_reason why);
+size_t conn_unsent(struct conn *c);
+/* Drop a reference taken for the dispatch layer's object. */
+void conn_unref(struct conn *c);
+
+#endif

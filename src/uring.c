@@ -1,0 +1,1007 @@
+/* uring.c - the io_uring engine (iocp_uring_ops, iocp_uring_probe).
+ *
+ * Owns one ring per worker thread, driven with raw io_uring_setup/enter/
+ * register system calls (no liburing), its receive buffers (one block of
+ * nbufs x bufsize bytes published through a ring-mapped provided-buffer
+ * group 0), and an eventfd watched by a multishot poll for wake().
+ *
+ * Kernel features used (the first kernel that has them):
+ *  - IORING_REGISTER_PBUF_RING (5.19): required.  Every other feature below
+ *    is at least as old, so a host that passes create() has them all:
+ *    IORING_FEAT_SINGLE_MMAP, NODROP, EXT_ARG (timeouts without a timeout
+ *    SQE), IORING_SETUP_SUBMIT_ALL, ASYNC_CANCEL by fd (CANCEL_FD|ALL);
+ *  - IORING_SETUP_SINGLE_ISSUER|DEFER_TASKRUN (6.1), else COOP_TASKRUN
+ *    (5.19), else no task-run flags;
+ *  - send() tries a direct nonblocking send first; only a send that would
+ *    block becomes an IORING_OP_SEND (so an IO_SEND event follows);
+ *  - multishot accept (5.19) and multishot recv (6.0): a kernel that
+ *    rejects the multishot form (-EINVAL) gets the single-shot form,
+ *    re-armed after each completion, for the life of the engine.
+ * The ring is created disabled (IORING_SETUP_R_DISABLED) and enabled by the
+ * first call made on the owning worker thread, so that thread becomes the
+ * single issuer even when create() ran on another thread.
+ *
+ * Compile-time switches that force the fallbacks (for CI):
+ *   IOCP_URING_NO_MULTISHOT, IOCP_URING_NO_CANCEL_FD,
+ *   IOCP_URING_NO_DEFER_TASKRUN (use COOP_TASKRUN).
+ *
+ * user_data is the io_handle pointer with the enum io_op in its low 3 bits;
+ * values below 8 (no pointer) tag the engine's internal requests.
+ *
+ * Addresses passed to connect() must stay valid until the IO_CONNECT event
+ * (the kernel reads them when the SQE is submitted, in the next wait()).
+ * destroy() with operations in flight does not crash, but their buffers may
+ * be written until the kernel has torn the ring down: don't do it.
+ */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE   /* syscall(), eventfd */
+#endif
+#include "backend.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <linux/io_uring.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#define SQ_ENTRIES 256u
+#define CQ_ENTRIES 1024u
+#define MAX_BUFS 32768u     /* the kernel's limit for a buffer ring */
+#define BGID 0
+
+/* Internal user_data tags (no handle pointer). */
+enum { UD_WAKE = 5, UD_CANCEL = 6, UD_PROBE = 7 };
+#define UD_OP_MASK 7u
+
+/* h->pending bits */
+#define P_RECV_STOP   (1u << 0)  /* recv_stop() asked; the recv ends */
+#define P_CANCEL      (1u << 1)  /* cancel() asked; nothing is re-armed */
+#define P_RECV_IDLE   (1u << 2)  /* recv active but not in the kernel */
+#define P_ACCEPT_IDLE (1u << 3)  /* accept active but not in the kernel */
+#define P_LISTED      (1u << 4)  /* on b->idle (linked through h->priv) */
+#define P_RECV_MS     (1u << 5)  /* the recv in the kernel is multishot */
+#define P_ACCEPT_MS   (1u << 6)  /* the accept in the kernel is multishot */
+
+#define BIT(op) (1u << (op))
+
+struct backend {
+    int ring_fd;
+    int efd;
+    unsigned setup_flags;
+    int started;        /* enabled and probed from the owning thread */
+    int ms_accept;      /* multishot accept accepted by this kernel */
+    int ms_recv;        /* multishot recv accepted by this kernel */
+    int cancel_fd;      /* ASYNC_CANCEL by fd works */
+
+    /* rings (one mapping: IORING_FEAT_SINGLE_MMAP) */
+    void *ring_mem;
+    size_t ring_sz;
+    struct io_uring_sqe *sqes;
+    size_t sqes_sz;
+    _Atomic uint32_t *sq_khead;
+    _Atomic uint32_t *sq_ktail;
+    uint32_t sq_mask;
+    uint32_t sq_entries;
+    uint32_t sq_tail;   /* local: next free SQE, published at submit */
+    _Atomic uint32_t *cq_khead;
+    _Atomic uint32_t *cq_ktail;
+    uint32_t cq_mask;
+    struct io_uring_cqe *cqes;
+
+    /* provided buffers */
+    struct io_uring_buf_ring *br;
+    size_t br_sz;
+    char *bufs;
+    size_t bufs_sz;
+    unsigned nbufs;     /* power of two, also the ring's entry count */
+    unsigned bufsize;
+    uint16_t br_tail;   /* local copy of the buffer ring's tail */
+    unsigned bufs_out;  /* buffers the core holds (handed out, not back) */
+
+    /* handles the engine must look at in wait(): see P_*_IDLE */
+    struct io_handle *idle;
+};
+
+/* ---- system calls ---------------------------------------------------- */
+
+static int sys_setup(unsigned entries, struct io_uring_params *p)
+{
+    long r = syscall(__NR_io_uring_setup, entries, p);
+    return r < 0 ? -errno : (int)r;
+}
+
+static int sys_enter(int fd, unsigned to_submit, unsigned min_complete,
+                     unsigned flags, void *arg, size_t argsz)
+{
+    long r = syscall(__NR_io_uring_enter, fd, to_submit, min_complete, flags,
+                     arg, argsz);
+    return r < 0 ? -errno : (int)r;
+}
+
+static int sys_register(int fd, unsigned op, void *arg, unsigned nr)
+{
+    long r = syscall(__NR_io_uring_register, fd, op, arg, nr);
+    return r < 0 ? -errno : (int)r;
+}
+
+/* ---- submission ------------------------------------------------------ */
+
+static unsigned sq_unsubmitted(struct backend *b)
+{
+    return b->sq_tail - atomic_load_explicit(b->sq_khead,
+                                             memory_order_acquire);
+}
+
+/* Make the SQEs written so far visible to the kernel; returns how many
+ * are waiting to be submitted. */
+static unsigned sq_publish(struct backend *b)
+{
+    atomic_store_explicit(b->sq_ktail, b->sq_tail, memory_order_release);
+    return sq_unsubmitted(b);
+}
+
+static int submit_now(struct backend *b)
+{
+    unsigned n = sq_publish(b);
+    if (n == 0)
+        return 0;
+    int r;
+    do {
+        r = sys_enter(b->ring_fd, n, 0, 0, NULL, 0);
+    } while (r == -EINTR);
+    return r < 0 ? r : 0;
+}
+
+/* A zeroed SQE, or NULL with *err set.  A full SQ is submitted first. */
+static struct io_uring_sqe *get_sqe(struct backend *b, int *err)
+{
+    if (sq_unsubmitted(b) >= b->sq_entries) {
+        int r = submit_now(b);
+        if (sq_unsubmitted(b) >= b->sq_entries) {
+            *err = r < 0 ? r : -EBUSY;
+            return NULL;
+        }
+    }
+    struct io_uring_sqe *sqe = &b->sqes[b->sq_tail & b->sq_mask];
+    memset(sqe, 0, sizeof(*sqe));
+    b->sq_tail++;
+    return sqe;
+}
+
+static uint64_t ud_of(struct io_handle *h, unsigned op)
+{
+    return (uint64_t)(uintptr_t)h | op;
+}
+
+static int arm_wake(struct backend *b)
+{
+    int err = 0;
+    struct io_uring_sqe *sqe = get_sqe(b, &err);
+    if (sqe == NULL)
+        return err;
+    sqe->opcode = IORING_OP_POLL_ADD;
+    sqe->fd = b->efd;
+    uint32_t ev = POLLIN;
+#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+    ev = (ev << 16) | (ev >> 16);   /* poll32_events is word-swapped */
+#endif
+    sqe->poll32_events = ev;
+    sqe->len = IORING_POLL_ADD_MULTI;
+    sqe->user_data = UD_WAKE;
+    return 0;
+}
+
+static int arm_accept(struct backend *b, struct io_handle *h)
+{
+    int err = 0;
+    struct io_uring_sqe *sqe = get_sqe(b, &err);
+    if (sqe == NULL)
+        return err;
+    sqe->opcode = IORING_OP_ACCEPT;
+    sqe->fd = h->fd;
+    sqe->accept_flags = SOCK_NONBLOCK | SOCK_CLOEXEC;
+    sqe->user_data = ud_of(h, IO_ACCEPT);
+    if (b->ms_accept) {
+        sqe->ioprio = IORING_ACCEPT_MULTISHOT;
+        h->pending |= P_ACCEPT_MS;
+    } else {
+        h->pending &= ~P_ACCEPT_MS;
+    }
+    return 0;
+}
+
+static int arm_recv(struct backend *b, struct io_handle *h)
+{
+    int err = 0;
+    struct io_uring_sqe *sqe = get_sqe(b, &err);
+    if (sqe == NULL)
+        return err;
+    sqe->opcode = IORING_OP_RECV;
+    sqe->fd = h->fd;
+    sqe->flags = IOSQE_BUFFER_SELECT;
+    sqe->buf_group = BGID;
+    sqe->len = 0;   /* the selected buffer's size */
+    sqe->user_data = ud_of(h, IO_RECV);
+    if (b->ms_recv) {
+        sqe->ioprio = IORING_RECV_MULTISHOT;
+        h->pending |= P_RECV_MS;
+    } else {
+        h->pending &= ~P_RECV_MS;
+    }
+    return 0;
+}
+
+static int queue_cancel(struct backend *b, uint64_t ud, int fd,
+                        uint32_t flags)
+{
+    int err = 0;
+    struct io_uring_sqe *sqe = get_sqe(b, &err);
+    if (sqe == NULL)
+        return err;
+    sqe->opcode = IORING_OP_ASYNC_CANCEL;
+    sqe->fd = fd;
+    sqe->addr = ud;
+    sqe->cancel_flags = flags;
+    sqe->user_data = UD_CANCEL;
+    /* success needs no completion; failures (-ENOENT: it already ended)
+     * still post one, which reap() ignores */
+    sqe->flags = IOSQE_CQE_SKIP_SUCCESS;
+    return 0;
+}
+
+/* ---- first use on the owning thread ---------------------------------- */
+
+/* Wait synchronously for the completion tagged `ud`, dropping nothing else:
+ * only used before any handle operation has been submitted. */
+static int wait_internal(struct backend *b, uint64_t ud, int32_t *res)
+{
+    for (;;) {
+        uint32_t head = atomic_load_explicit(b->cq_khead,
+                                             memory_order_relaxed);
+        uint32_t tail = atomic_load_explicit(b->cq_ktail,
+                                             memory_order_acquire);
+        for (; head != tail; head++) {
+            struct io_uring_cqe *c = &b->cqes[head & b->cq_mask];
+            if (c->user_data == ud) {
+                *res = c->res;
+                atomic_store_explicit(b->cq_khead, head + 1,
+                                      memory_order_release);
+                return 0;
+            }
+        }
+        atomic_store_explicit(b->cq_khead, head, memory_order_release);
+        int r = sys_enter(b->ring_fd, sq_publish(b), 1,
+                          IORING_ENTER_GETEVENTS, NULL, 0);
+        if (r < 0 && r != -EINTR)
+            return r;
+    }
+}
+
+static int start(struct backend *b)
+{
+    int r;
+    if (b->setup_flags & IORING_SETUP_R_DISABLED) {
+        r = sys_register(b->ring_fd, IORING_REGISTER_ENABLE_RINGS, NULL, 0);
+        if (r < 0)
+            return r;
+    }
+    /* Check cancel-by-fd on an fd with no requests: -ENOENT if the kernel
+     * knows the flags, -EINVAL if not.  This also proves io_uring_enter
+     * works from this thread. */
+    int err = 0;
+    struct io_uring_sqe *sqe = get_sqe(b, &err);
+    if (sqe == NULL)
+        return err;
+    sqe->opcode = IORING_OP_ASYNC_CANCEL;
+    sqe->fd = b->efd;
+    sqe->cancel_flags = IORING_ASYNC_CANCEL_FD | IORING_ASYNC_CANCEL_ALL;
+    sqe->user_data = UD_PROBE;
+    int32_t res = 0;
+    r = wait_internal(b, UD_PROBE, &res);
+    if (r < 0)
+        return r;
+#ifdef IOCP_URING_NO_CANCEL_FD
+    res = -EINVAL;
+#endif
+    b->cancel_fd = (res != -EINVAL);
+    r = arm_wake(b);
+    if (r < 0)
+        return r;
+    b->started = 1;
+    return 0;
+}
+
+static inline int ensure_started(struct backend *b)
+{
+    return b->started ? 0 : start(b);
+}
+
+/* ---- create / destroy ------------------------------------------------ */
+
+static int probe_ops(int ring_fd)
+{
+    static const uint8_t need[] = {
+        IORING_OP_POLL_ADD, IORING_OP_ACCEPT, IORING_OP_ASYNC_CANCEL,
+        IORING_OP_CONNECT, IORING_OP_SEND, IORING_OP_RECV,
+    };
+    union {
+        struct io_uring_probe p;
+        char raw[sizeof(struct io_uring_probe) +
+                 256 * sizeof(struct io_uring_probe_op)];
+    } u;
+    memset(&u, 0, sizeof(u));
+    int r = sys_register(ring_fd, IORING_REGISTER_PROBE, &u.p, 256);
+    if (r < 0)
+        return r;
+    for (size_t i = 0; i < sizeof(need); i++) {
+        if (need[i] > u.p.last_op || need[i] >= u.p.ops_len ||
+            !(u.p.ops[need[i]].flags & IO_URING_OP_SUPPORTED))
+            return -EINVAL;
+    }
+    return 0;
+}
+
+static void buf_put(struct backend *b, uint16_t bid)
+{
+    struct io_uring_buf *e = &b->br->bufs[b->br_tail & (b->nbufs - 1)];
+    e->addr = (uint64_t)(uintptr_t)(b->bufs + (size_t)bid * b->bufsize);
+    e->len = b->bufsize;
+    e->bid = bid;
+    b->br_tail++;
+}
+
+static void buf_publish(struct backend *b)
+{
+    _Atomic uint16_t *t = (_Atomic uint16_t *)&b->br->tail;
+    atomic_store_explicit(t, b->br_tail, memory_order_release);
+}
+
+static void uring_destroy(struct backend *b);
+
+static int setup_ring(struct backend *b)
+{
+    static const unsigned attempts[] = {
+#ifndef IOCP_URING_NO_DEFER_TASKRUN
+        IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN |
+            IORING_SETUP_R_DISABLED | IORING_SETUP_SUBMIT_ALL,
+#endif
+        IORING_SETUP_COOP_TASKRUN | IORING_SETUP_SUBMIT_ALL,
+        0,
+    };
+    struct io_uring_params p;
+    int fd = -EINVAL;
+    for (size_t i = 0; i < sizeof(attempts) / sizeof(attempts[0]); i++) {
+        memset(&p, 0, sizeof(p));
+        p.flags = attempts[i] | IORING_SETUP_CQSIZE;
+        p.cq_entries = CQ_ENTRIES;
+        fd = sys_setup(SQ_ENTRIES, &p);
+        if (fd != -EINVAL)
+            break;
+    }
+    if (fd < 0)
+        return fd;
+    b->ring_fd = fd;
+    b->setup_flags = p.flags;
+
+    const unsigned need = IORING_FEAT_SINGLE_MMAP | IORING_FEAT_NODROP |
+                          IORING_FEAT_EXT_ARG;
+    if ((p.features & need) != need)
+        return -EINVAL;
+
+    size_t sq_sz = p.sq_off.array + p.sq_entries * sizeof(uint32_t);
+    size_t cq_sz = p.cq_off.cqes +
+                   p.cq_entries * sizeof(struct io_uring_cqe);
+    b->ring_sz = sq_sz > cq_sz ? sq_sz : cq_sz;
+    void *m = mmap(NULL, b->ring_sz, PROT_READ | PROT_WRITE,
+                   MAP_SHARED | MAP_POPULATE, fd, IORING_OFF_SQ_RING);
+    if (m == MAP_FAILED)
+        return -errno;
+    b->ring_mem = m;
+    b->sqes_sz = p.sq_entries * sizeof(struct io_uring_sqe);
+    m = mmap(NULL, b->sqes_sz, PROT_READ | PROT_WRITE,
+             MAP_SHARED | MAP_POPULATE, fd, IORING_OFF_SQES);
+    if (m == MAP_FAILED)
+        return -errno;
+    b->sqes = m;
+
+    char *r = b->ring_mem;
+    b->sq_khead = (_Atomic uint32_t *)(r + p.sq_off.head);
+    b->sq_ktail = (_Atomic uint32_t *)(r + p.sq_off.tail);
+    b->sq_mask = *(uint32_t *)(r + p.sq_off.ring_mask);
+    b->sq_entries = *(uint32_t *)(r + p.sq_off.ring_entries);
+    b->sq_tail = atomic_load_explicit(b->sq_ktail, memory_order_relaxed);
+    uint32_t *array = (uint32_t *)(r + p.sq_off.array);
+    for (uint32_t i = 0; i < b->sq_entries; i++)
+        array[i] = i;   /* SQE i always sits in slot i */
+    b->cq_khead = (_Atomic uint32_t *)(r + p.cq_off.head);
+    b->cq_ktail = (_Atomic uint32_t *)(r + p.cq_off.tail);
+    b->cq_mask = *(uint32_t *)(r + p.cq_off.ring_mask);
+    b->cqes = (struct io_uring_cqe *)(r + p.cq_off.cqes);
+    return probe_ops(fd);
+}
+
+static int setup_bufs(struct backend *b, unsigned nbufs, unsigned bufsize)
+{
+    if (nbufs == 0 || bufsize == 0 || nbufs > MAX_BUFS ||
+        bufsize > INT32_MAX)
+        return -EINVAL;
+    unsigned n = 1;
+    while (n < nbufs)
+        n <<= 1;
+    if ((size_t)n > SIZE_MAX / bufsize)
+        return -EINVAL;
+    b->nbufs = n;
+    b->bufsize = bufsize;
+
+    /* the ring must be page aligned: mmap gives that */
+    b->br_sz = (size_t)n * sizeof(struct io_uring_buf);
+    void *m = mmap(NULL, b->br_sz, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (m == MAP_FAILED)
+        return -errno;
+    b->br = m;
+    b->bufs_sz = (size_t)n * bufsize;
+    m = mmap(NULL, b->bufs_sz, PROT_READ | PROT_WRITE,
+             MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (m == MAP_FAILED)
+        return -errno;
+    b->bufs = m;
+
+    struct io_uring_buf_reg reg;
+    memset(&reg, 0, sizeof(reg));
+    reg.ring_addr = (uint64_t)(uintptr_t)b->br;
+    reg.ring_entries = n;
+    reg.bgid = BGID;
+    int r = sys_register(b->ring_fd, IORING_REGISTER_PBUF_RING, &reg, 1);
+    if (r < 0)
+        return r;
+    b->br_tail = 0;
+    for (unsigned i = 0; i < n; i++)
+        buf_put(b, (uint16_t)i);
+    buf_publish(b);
+    return 0;
+}
+
+static struct backend *uring_create(unsigned nbufs, unsigned bufsize)
+{
+    struct backend *b = calloc(1, sizeof(*b));
+    if (b == NULL)
+        return NULL;   /* errno = ENOMEM */
+    b->ring_fd = -1;
+    b->efd = -1;
+#ifdef IOCP_URING_NO_MULTISHOT
+    b->ms_accept = b->ms_recv = 0;
+#else
+    b->ms_accept = b->ms_recv = 1;
+#endif
+    int r = setup_ring(b);
+    if (r < 0)
+        goto fail;
+    r = setup_bufs(b, nbufs, bufsize);
+    if (r < 0)
+        goto fail;
+    b->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (b->efd < 0) {
+        r = -errno;
+        goto fail;
+    }
+    return b;
+
+fail:
+    /* destroy() undoes whatever part was set up, in reverse order */
+    uring_destroy(b);
+    errno = -r;
+    return NULL;
+}
+
+static void uring_destroy(struct backend *b)
+{
+    if (b == NULL)
+        return;
+    if (b->efd >= 0)
+        close(b->efd);
+    /* closing the ring cancels what is still in flight (a core bug) and
+     * unpins the buffer ring, which is then safe to unmap */
+    if (b->ring_fd >= 0)
+        close(b->ring_fd);
+    if (b->bufs != NULL)
+        munmap(b->bufs, b->bufs_sz);
+    if (b->br != NULL)
+        munmap(b->br, b->br_sz);
+    if (b->sqes != NULL)
+        munmap(b->sqes, b->sqes_sz);
+    if (b->ring_mem != NULL)
+        munmap(b->ring_mem, b->ring_sz);
+    free(b);
+}
+
+/* ---- the idle list ----------------------------------------------------- */
+
+static void idle_add(struct backend *b, struct io_handle *h, uint32_t bit)
+{
+    h->pending |= bit;
+    if (!(h->pending & P_LISTED)) {
+        h->pending |= P_LISTED;
+        h->priv = b->idle;
+        b->idle = h;
+    }
+}
+
+static void idle_remove(struct backend *b, struct io_handle *h)
+{
+    if (!(h->pending & P_LISTED))
+        return;
+    for (struct io_handle **pp = &b->idle; *pp != NULL;
+         pp = (struct io_handle **)&(*pp)->priv) {
+        if (*pp == h) {
+            *pp = h->priv;
+            break;
+        }
+    }
+    h->priv = NULL;
+    h->pending &= ~P_LISTED;
+}
+
+static void final_event(struct io_handle *h, unsigned op, int32_t res,
+                        struct io_event *ev)
+{
+    h->active &= ~BIT(op);
+    if (op == IO_RECV)
+        h->pending &= ~(P_RECV_STOP | P_RECV_MS);
+    else if (op == IO_ACCEPT)
+        h->pending &= ~P_ACCEPT_MS;
+    else if (op == IO_SEND) {
+        h->send_buf = NULL;
+        h->send_len = 0;
+    }
+    if (h->active == 0)
+        h->pending &= ~P_CANCEL;
+    ev->h = h;
+    ev->res = res;
+    ev->op = (uint8_t)op;
+    ev->more = 0;
+    ev->buf_id = 0;
+    ev->buf = NULL;
+}
+
+/* Re-arm what waits for buffers or for its final event; emit the final
+ * events of stopped operations.  Returns the events stored. */
+static int run_idle(struct backend *b, struct io_event *out, int max)
+{
+    int n = 0;
+    struct io_handle **pp = &b->idle;
+    while (*pp != NULL) {
+        struct io_handle *h = *pp;
+        if (h->pending & P_RECV_IDLE) {
+            if (h->pending & (P_RECV_STOP | P_CANCEL)) {
+                if (n < max) {
+                    h->pending &= ~P_RECV_IDLE;
+                    final_event(h, IO_RECV, -ECANCELED, &out[n++]);
+                }
+            } else if (b->bufs_out < b->nbufs) {
+                if (arm_recv(b, h) == 0)
+                    h->pending &= ~P_RECV_IDLE;
+            }
+        }
+        if (h->pending & P_ACCEPT_IDLE) {
+            if (h->pending & P_CANCEL) {
+                if (n < max) {
+                    h->pending &= ~P_ACCEPT_IDLE;
+                    final_event(h, IO_ACCEPT, -ECANCELED, &out[n++]);
+                }
+            } else if (arm_accept(b, h) == 0) {
+                h->pending &= ~P_ACCEPT_IDLE;
+            }
+        }
+        if (!(h->pending & (P_RECV_IDLE | P_ACCEPT_IDLE))) {
+            *pp = h->priv;
+            h->priv = NULL;
+            h->pending &= ~P_LISTED;
+        } else {
+            pp = (struct io_handle **)&h->priv;
+        }
+    }
+    return n;
+}
+
+/* ---- completions ------------------------------------------------------- */
+
+/* A multishot operation the kernel ended: re-arm it, or leave it for
+ * run_idle() (stopped: it owes its final event; SQ trouble: retry). */
+static void rearm(struct backend *b, struct io_handle *h, unsigned op)
+{
+    if (op == IO_RECV) {
+        if ((h->pending & (P_RECV_STOP | P_CANCEL)) || arm_recv(b, h) < 0)
+            idle_add(b, h, P_RECV_IDLE);
+    } else {
+        if ((h->pending & P_CANCEL) || arm_accept(b, h) < 0)
+            idle_add(b, h, P_ACCEPT_IDLE);
+    }
+}
+
+static void drain_wake(struct backend *b, struct io_uring_cqe *c)
+{
+    uint64_t v;
+    ssize_t r;
+    do {
+        r = read(b->efd, &v, sizeof(v));
+    } while (r < 0 && errno == EINTR);
+    if (!(c->flags & IORING_CQE_F_MORE))
+        (void)arm_wake(b);   /* SQ trouble: wake() may be lost once */
+}
+
+/* Turn one CQE into at most one event; returns 1 if *ev was filled. */
+static int on_cqe(struct backend *b, struct io_uring_cqe *c,
+                  struct io_event *ev)
+{
+    uint64_t ud = c->user_data;
+    int32_t res = c->res;
+    uint32_t flags = c->flags;
+
+    if (ud < 8) {
+        if (ud == UD_WAKE)
+            drain_wake(b, c);
+        return 0;   /* UD_CANCEL, UD_PROBE: nothing to report */
+    }
+    struct io_handle *h = (struct io_handle *)(uintptr_t)(ud & ~(uint64_t)UD_OP_MASK);
+    unsigned op = (unsigned)(ud & UD_OP_MASK);
+    int more = (flags & IORING_CQE_F_MORE) != 0;
+
+    switch (op) {
+    case IO_RECV: {
+        int has_buf = (flags & IORING_CQE_F_BUFFER) != 0;
+        uint16_t bid = (uint16_t)(flags >> IORING_CQE_BUFFER_SHIFT);
+        if (has_buf && (res <= 0 || bid >= b->nbufs)) {
+            /* a buffer the core does not get: straight back */
+            if (bid < b->nbufs) {
+                buf_put(b, bid);
+                buf_publish(b);
+            }
+            has_buf = 0;
+        }
+        if (res > 0 && has_buf) {
+            b->bufs_out++;
+            if (!more)
+                rearm(b, h, IO_RECV);
+            ev->h = h;
+            ev->res = res;
+            ev->op = IO_RECV;
+            ev->more = 1;
+            ev->buf_id = bid;
+            ev->buf = b->bufs + (size_t)bid * b->bufsize;
+            return 1;
+        }
+        if (more)
+            return 0;   /* nothing to deliver, and it goes on */
+        if (res > 0)
+            res = -EIO; /* data without a buffer: cannot happen */
+        if (res == -ENOBUFS) {
+            /* out of buffers: wait for release_buf, or end if stopped */
+            idle_add(b, h, P_RECV_IDLE);
+            return 0;
+        }
+        if (res == -EINVAL && (h->pending & P_RECV_MS) && b->ms_recv) {
+            b->ms_recv = 0;   /* no multishot recv here: single shots */
+            rearm(b, h, IO_RECV);
+            return 0;
+        }
+        final_event(h, IO_RECV, res, ev);
+        return 1;
+    }
+    case IO_ACCEPT:
+        if (res >= 0) {
+            if (!more)
+                rearm(b, h, IO_ACCEPT);
+            ev->h = h;
+            ev->res = res;
+            ev->op = IO_ACCEPT;
+            ev->more = 1;
+            ev->buf_id = 0;
+            ev->buf = NULL;
+            return 1;
+        }
+        if (!more && res == -EINVAL && (h->pending & P_ACCEPT_MS) &&
+            b->ms_accept) {
+            b->ms_accept = 0;
+            rearm(b, h, IO_ACCEPT);
+            return 0;
+        }
+        if (more) {
+            ev->h = h;
+            ev->res = res;
+            ev->op = IO_ACCEPT;
+            ev->more = 1;
+            ev->buf_id = 0;
+            ev->buf = NULL;
+            return 1;
+        }
+        final_event(h, IO_ACCEPT, res, ev);
+        return 1;
+    case IO_SEND:
+    case IO_CONNECT:
+        final_event(h, op, res, ev);
+        return 1;
+    default:
+        return 0;
+    }
+}
+
+static int reap(struct backend *b, struct io_event *out, int max)
+{
+    int n = 0;
+    uint32_t head = atomic_load_explicit(b->cq_khead, memory_order_relaxed);
+    uint32_t tail = atomic_load_explicit(b->cq_ktail, memory_order_acquire);
+    while (head != tail && n < max) {
+        struct io_uring_cqe *c = &b->cqes[head & b->cq_mask];
+        n += on_cqe(b, c, &out[n]);
+        head++;
+    }
+    atomic_store_explicit(b->cq_khead, head, memory_order_release);
+    return n;
+}
+
+static int cq_ready(struct backend *b)
+{
+    return atomic_load_explicit(b->cq_ktail, memory_order_acquire) !=
+           atomic_load_explicit(b->cq_khead, memory_order_relaxed);
+}
+
+/* ---- operations -------------------------------------------------------- */
+
+static int check_handle(struct io_handle *h)
+{
+    return (h == NULL || ((uintptr_t)h & UD_OP_MASK) || h->fd < 0)
+               ? -EINVAL : 0;
+}
+
+static int uring_accept_start(struct backend *b, struct io_handle *h)
+{
+    int r = check_handle(h);
+    if (r < 0 || (r = ensure_started(b)) < 0)
+        return r;
+    if (h->active & BIT(IO_ACCEPT))
+        return -EBUSY;
+    r = arm_accept(b, h);
+    if (r < 0)
+        return r;
+    h->active |= BIT(IO_ACCEPT);
+    return 0;
+}
+
+static int uring_recv_start(struct backend *b, struct io_handle *h)
+{
+    int r = check_handle(h);
+    if (r < 0 || (r = ensure_started(b)) < 0)
+        return r;
+    if (h->active & BIT(IO_RECV))
+        return -EBUSY;
+    h->active |= BIT(IO_RECV);
+    h->pending &= ~P_RECV_STOP;
+    if (b->bufs_out >= b->nbufs)
+        idle_add(b, h, P_RECV_IDLE);   /* armed once buffers come back */
+    else
+        rearm(b, h, IO_RECV);
+    return 0;
+}
+
+static int uring_recv_stop(struct backend *b, struct io_handle *h)
+{
+    int r = ensure_started(b);
+    if (r < 0)
+        return r;
+    if (!(h->active & BIT(IO_RECV)) ||
+        (h->pending & (P_RECV_STOP | P_CANCEL)))
+        return 0;
+    h->pending |= P_RECV_STOP;
+    if (h->pending & P_RECV_IDLE)
+        return 0;   /* not in the kernel: run_idle() ends it */
+    r = queue_cancel(b, ud_of(h, IO_RECV), 0, 0);
+    if (r < 0)
+        h->pending &= ~P_RECV_STOP;
+    return r;
+}
+
+static long uring_send(struct backend *b, struct io_handle *h,
+                       const char *buf, size_t len)
+{
+    int r = check_handle(h);
+    if (r < 0 || (r = ensure_started(b)) < 0)
+        return r;
+    if (h->active & BIT(IO_SEND))
+        return -EBUSY;
+    if (len > UINT32_MAX)
+        len = UINT32_MAX;   /* a short send; the core sends the rest */
+    /* Try at once: most sends fit in the socket buffer, and a direct send
+     * spares a completion round trip and lets the core reuse its buffer.
+     * Only a send that would block goes through the ring. */
+    ssize_t w;
+    do {
+        w = send(h->fd, buf, len, MSG_DONTWAIT | MSG_NOSIGNAL);
+    } while (w < 0 && errno == EINTR);
+    if (w > 0 || (w == 0 && len == 0))
+        return (long)w;
+    if (w < 0 && errno != EAGAIN && errno != EWOULDBLOCK)
+        return -errno;
+    int err = 0;
+    struct io_uring_sqe *sqe = get_sqe(b, &err);
+    if (sqe == NULL)
+        return err;
+    sqe->opcode = IORING_OP_SEND;
+    sqe->fd = h->fd;
+    sqe->addr = (uint64_t)(uintptr_t)buf;
+    sqe->len = (uint32_t)len;
+    sqe->msg_flags = MSG_NOSIGNAL;
+    sqe->user_data = ud_of(h, IO_SEND);
+    h->active |= BIT(IO_SEND);
+    h->send_buf = buf;
+    h->send_len = len;
+    return -EINPROGRESS;
+}
+
+static int uring_connect(struct backend *b, struct io_handle *h,
+                         const struct sockaddr *addr, socklen_t addrlen)
+{
+    int r = check_handle(h);
+    if (r < 0 || (r = ensure_started(b)) < 0)
+        return r;
+    if (h->active & BIT(IO_CONNECT))
+        return -EBUSY;
+    int err = 0;
+    struct io_uring_sqe *sqe = get_sqe(b, &err);
+    if (sqe == NULL)
+        return err;
+    sqe->opcode = IORING_OP_CONNECT;
+    sqe->fd = h->fd;
+    sqe->addr = (uint64_t)(uintptr_t)addr;
+    sqe->off = addrlen;
+    sqe->user_data = ud_of(h, IO_CONNECT);
+    h->active |= BIT(IO_CONNECT);
+    return 0;
+}
+
+static int uring_cancel(struct backend *b, struct io_handle *h)
+{
+    int r = ensure_started(b);
+    if (r < 0)
+        return r;
+    if (h->active == 0 || (h->pending & P_CANCEL))
+        return 0;
+    h->pending |= P_CANCEL;
+    /* operations in the kernel right now (idle ones end in run_idle) */
+    uint32_t inkernel = h->active;
+    if (h->pending & P_RECV_IDLE)
+        inkernel &= ~BIT(IO_RECV);
+    if (h->pending & P_ACCEPT_IDLE)
+        inkernel &= ~BIT(IO_ACCEPT);
+    if (inkernel == 0)
+        return 0;
+    if (b->cancel_fd)
+        return queue_cancel(b, 0, h->fd,
+                            IORING_ASYNC_CANCEL_FD | IORING_ASYNC_CANCEL_ALL);
+    for (unsigned op = IO_ACCEPT; op < IO_OP_COUNT; op++) {
+        if (!(inkernel & BIT(op)))
+            continue;
+        if (op == IO_RECV && (h->pending & P_RECV_STOP))
+            continue;   /* recv_stop() already asked */
+        r = queue_cancel(b, ud_of(h, op), 0, 0);
+        if (r < 0)
+            return r;
+    }
+    return 0;
+}
+
+static void uring_forget(struct backend *b, struct io_handle *h)
+{
+    idle_remove(b, h);
+    h->active = 0;
+    h->pending = 0;
+    h->send_buf = NULL;
+    h->send_len = 0;
+}
+
+static void uring_release_buf(struct backend *b, uint16_t buf_id)
+{
+    if (buf_id >= b->nbufs || b->bufs_out == 0)
+        return;
+    b->bufs_out--;
+    buf_put(b, buf_id);
+    buf_publish(b);
+}
+
+static void uring_wake(struct backend *b)
+{
+    uint64_t one = 1;
+    ssize_t r;
+    do {
+        r = write(b->efd, &one, sizeof(one));
+    } while (r < 0 && errno == EINTR);
+    /* EAGAIN: the counter is saturated, a wake-up is pending anyway */
+}
+
+static int uring_wait(struct backend *b, struct io_event *out, int max,
+                      int timeout_ms)
+{
+    if (max <= 0)
+        return -EINVAL;
+    int r = ensure_started(b);
+    if (r < 0)
+        return r;
+    int n = run_idle(b, out, max);
+    unsigned to_submit = sq_publish(b);
+
+    if (n > 0 || cq_ready(b)) {
+        /* events at hand: submit without waiting */
+        if (to_submit > 0) {
+            r = sys_enter(b->ring_fd, to_submit, 0, IORING_ENTER_GETEVENTS,
+                          NULL, 0);
+            if (r < 0 && r != -EINTR && r != -EBUSY && r != -EAGAIN)
+                return n > 0 ? n : r;
+        }
+    } else if (timeout_ms == 0) {
+        /* GETEVENTS with min_complete 0 runs deferred task work, which is
+         * what posts completions under DEFER_TASKRUN */
+        r = sys_enter(b->ring_fd, to_submit, 0, IORING_ENTER_GETEVENTS,
+                      NULL, 0);
+        if (r < 0 && r != -EINTR && r != -EBUSY && r != -EAGAIN)
+            return r;
+    } else {
+        struct __kernel_timespec ts;
+        struct io_uring_getevents_arg arg;
+        unsigned flags = IORING_ENTER_GETEVENTS;
+        void *argp = NULL;
+        size_t argsz = 0;
+        if (timeout_ms > 0) {
+            ts.tv_sec = timeout_ms / 1000;
+            ts.tv_nsec = (long long)(timeout_ms % 1000) * 1000000;
+            memset(&arg, 0, sizeof(arg));
+            arg.ts = (uint64_t)(uintptr_t)&ts;
+            arg.sigmask_sz = _NSIG / 8;
+            flags |= IORING_ENTER_EXT_ARG;
+            argp = &arg;
+            argsz = sizeof(arg);
+        }
+        r = sys_enter(b->ring_fd, to_submit, 1, flags, argp, argsz);
+        if (r == -EINTR)
+            return -EINTR;
+        if (r < 0 && r != -ETIME && r != -EBUSY && r != -EAGAIN)
+            return r;
+    }
+    n += reap(b, out + n, max - n);
+    if (n < max && b->idle != NULL)
+        n += run_idle(b, out + n, max - n);
+    return n;
+}
+
+const struct backend_ops iocp_uring_ops = {
+    .name = "uring",
+    .create = uring_create,
+    .destroy = uring_destroy,
+    .accept_start = uring_accept_start,
+    .recv_start = uring_recv_start,
+    .recv_stop = uring_recv_stop,
+    .send = uring_send,
+    .connect = uring_connect,
+    .cancel = uring_cancel,
+    .forget = uring_forget,
+    .wait = uring_wait,
+    .release_buf = uring_release_buf,
+    .wake = uring_wake,
+};
+
+int iocp_uring_probe(void)
+{
+    struct backend *b = uring_create(1, 64);
+    if (b == NULL)
+        return errno ? -errno : -ENOMEM;
+    int r = ensure_started(b);
+    uring_destroy(b);
+    return r;
+}
