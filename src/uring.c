@@ -714,15 +714,8 @@ static int on_cqe(struct backend *b, struct io_uring_cqe *c,
             rearm(b, h, IO_ACCEPT);
             return 0;
         }
-        if (more) {
-            ev->h = h;
-            ev->res = res;
-            ev->op = IO_ACCEPT;
-            ev->more = 1;
-            ev->buf_id = 0;
-            ev->buf = NULL;
-            return 1;
-        }
+        if (more)
+            return 0;   /* a transient error; the accept goes on */
         final_event(h, IO_ACCEPT, res, ev);
         return 1;
     case IO_SEND:
