@@ -50,7 +50,7 @@ static void unlock(struct port *p) { CHECK(pthread_mutex_unlock(&p->mu)); }
 struct port *
 port_create(unsigned concurrency, unsigned capacity_hint)
 {
-    if (concurrency == 0 || concurrency > (1u << 20)) {
+    if (concurrency == 0 || concurrency > PORT_MAX_CONCURRENCY) {
         errno = EINVAL;
         return NULL;
     }
@@ -355,7 +355,9 @@ port_wait_cancel(struct port *p, struct port_wait *w)
     wait_finish(p, w);
     if (w->n > 0) {
         running_remove(p, w->self);
-        if (ring_reserve(p, p->count + (size_t)w->n) == 0) {
+        if (p->closed) {
+            left = w->n;        /* nobody can get them any more */
+        } else if (ring_reserve(p, p->count + (size_t)w->n) == 0) {
             for (int i = w->n - 1; i >= 0; i--) {
                 p->head = (p->head - 1) & (p->cap - 1);
                 p->ring[p->head] = w->out[i];

@@ -43,7 +43,10 @@ struct port_stats {
     int closed;
 };
 
-/* concurrency >= 1.  NULL with errno set on failure. */
+#define PORT_MAX_CONCURRENCY 65536u
+
+/* 1 <= concurrency <= PORT_MAX_CONCURRENCY.  NULL with errno set on
+ * failure. */
 struct port *port_create(unsigned concurrency, unsigned capacity_hint);
 /* Frees the port; packets still queued are handed to drop(value).  No wait
  * may be in progress. */
@@ -68,8 +71,8 @@ int port_get(struct port *p, struct port_wait *w, int64_t timeout_ns);
 int port_wait_done(struct port *p, struct port_wait *w);
 /* Abandon a wait (e.g. a signal handler raised): packets it holds go back to
  * the front of the queue and the thread stops counting as running.  Returns
- * how many could not be requeued (out of memory); they are left in out[0..]
- * for the caller to drop. */
+ * how many could not be requeued (out of memory, or the port is closed);
+ * they are left in out[0..] for the caller to drop. */
 int port_wait_cancel(struct port *p, struct port_wait *w);
 
 /* The calling thread stops counting as running (e.g. it is exiting); the

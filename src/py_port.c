@@ -267,9 +267,10 @@ Port_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         conc = PyLong_AsLongAndOverflow(conc_obj, &overflow);
         if (conc == -1 && PyErr_Occurred())
             return NULL;
-        if (overflow != 0 || conc < 0 || conc > (1L << 20)) {
+        if (overflow != 0 || conc < 0 ||
+            conc > (long)PORT_MAX_CONCURRENCY) {
             PyErr_SetString(PyExc_ValueError,
-                            "concurrency must be in range 0..1048576 "
+                            "concurrency must be in range 0..65536 "
                             "(0 means os.cpu_count())");
             return NULL;
         }
@@ -288,8 +289,8 @@ Port_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
             return NULL;
         if (conc < 1)
             conc = 1;
-        if (conc > (1L << 20))
-            conc = 1L << 20;
+        if (conc > (long)PORT_MAX_CONCURRENCY)
+            conc = PORT_MAX_CONCURRENCY;
     }
 
     unsigned long main_ident = 0;

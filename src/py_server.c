@@ -636,6 +636,15 @@ server_stop_m(ServerObject *self, PyObject *Py_UNUSED(ignored))
 {
     if (!self->started)
         Py_RETURN_NONE;
+    for (unsigned i = 0; i < self->srv.nworkers; i++) {
+        if (pthread_equal(pthread_self(), self->srv.workers[i].thread)) {
+            PyErr_SetString(PyExc_RuntimeError,
+                            "stop() cannot be called from a handler (it joins "
+                            "the worker running it); call it from another "
+                            "thread");
+            return NULL;
+        }
+    }
     Py_BEGIN_ALLOW_THREADS
     server_stop(&self->srv);
     Py_END_ALLOW_THREADS

@@ -27,6 +27,7 @@ const char *const close_reason_name[CLOSE_REASON_COUNT] = {
     "closed", "eof", "reset", "too_big", "bad_frame", "handler", "idle",
 };
 
+#define KEEP_BUF (64 * 1024)  /* larger idle buffers are given back */
 #define ACCEPT_RETRY_MS 100   /* pause after EMFILE & co, so accept never spins */
 
 static int64_t
@@ -361,6 +362,12 @@ flush(struct conn *c)
     }
     if (c->state > CONN_DRAINING)
         return;
+    if (!c->send_busy && c->scap > KEEP_BUF) {
+        /* A burst grew the buffer: don't keep it for an idle connection. */
+        free(c->sbuf);
+        c->sbuf = NULL;
+        c->scap = c->slen = c->soff = 0;
+    }
     pthread_mutex_lock(&c->lock);
     unsent = unsent_locked(c);
     pthread_mutex_unlock(&c->lock);
@@ -697,8 +704,14 @@ dispatch_batch(struct worker *w)
     for (unsigned i = 0; i < w->ncompact; i++) {
         struct conn *c = w->compact[i];
         c->rbuf_pinned = 0;
-        if (c->rstart == c->rlen)
+        if (c->rstart == c->rlen) {
             c->rstart = c->rlen = 0;
+            if (c->rcap > KEEP_BUF) {
+                free(c->rbuf);
+                c->rbuf = NULL;
+                c->rcap = 0;
+            }
+        }
         conn_unref(c);
     }
     w->ncompact = 0;

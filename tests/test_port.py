@@ -561,3 +561,36 @@ def test_signal_handler_that_returns_resumes_wait():
     finally:
         signal.signal(signal.SIGUSR1, old)
     assert count == [signal.SIGUSR1]
+
+
+@pytest.mark.skipif(threading.current_thread() is not threading.main_thread(),
+                    reason="needs the main thread")
+def test_interrupted_get_requeues_handed_packets():
+    # The handler runs while the main thread's wait keeps its place on the
+    # stack, so its first post is handed to that very wait; the handler then
+    # raises and the packet must go back to the front of the queue.
+    p = Port(1)
+    count = []
+    state = []
+
+    def handler(signum, frame):
+        count.append(signum)
+        p.post(1)
+        state.append((p.waiters, p.running, p.queued))
+        p.post(2)
+        raise Interrupted
+
+    old = signal.signal(signal.SIGUSR1, handler)
+    try:
+        t = threading.Thread(target=_signal_main_when_waiting,
+                             args=(p, count))
+        t.start()
+        with pytest.raises(Interrupted):
+            p.get()
+        t.join(DEADLINE)
+        assert not t.is_alive()
+    finally:
+        signal.signal(signal.SIGUSR1, old)
+    assert state == [(0, 1, 0)]     # handed to the interrupted wait
+    assert p.running == 0 and p.waiters == 0 and p.queued == 2
+    assert [pk.key for pk in p.get_many(5, 0)] == [1, 2]

@@ -1,22 +1,4 @@
-# ---- for iocport/_iocport.pyi ------------------------------------------------
-# (needs: from collections.abc import Buffer on 3.12+, else
-#  typing_extensions.Buffer; or use `bytes | bytearray | memoryview`)
-
-from typing import final
-from iocport.framing import Framing
-
-@final
-class Framer:
-    """Incremental message framer for an iocport framing spec."""
-    def __new__(cls, spec: Framing) -> Framer: ...
-    def feed(self, data: Buffer, /) -> list[bytes]: ...
-    def wrap(self, payload: Buffer, /) -> bytes: ...
-    @property
-    def pending(self) -> int: ...
-    @property
-    def spec(self) -> Framing: ...
-
-# ---- iocport/framing.pyi (or inline; framing.py is plain Python) -------------
+"""Type stubs for iocport.framing."""
 
 from typing import Final, Literal
 

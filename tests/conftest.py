@@ -1,0 +1,205 @@
+"""Shared fixtures for the iocport server tests.
+
+- ``backend``: every I/O test runs on "epoll" and "uring" (skipped when the
+  host refuses io_uring).
+- ``make_server``: builds, listens (127.0.0.1, port 0) and starts a Server;
+  every server made is stopped at teardown.
+- ``client``: opens blocking client sockets with a timeout; all are closed at
+  teardown.
+- ``wait_for``: polls a predicate until it holds, failing the test at the
+  deadline (synchronisation on a condition, never sleep-and-hope).
+- ``Codec``: the test's own, independent implementation of each framing, used
+  to build frames and to cut the server's replies back into messages.
+"""
+import socket
+import struct
+import threading
+import time
+
+import pytest
+
+import iocport
+
+DEADLINE = 20.0   # seconds any single condition may take before the test fails
+
+
+def wait_for(predicate, timeout=DEADLINE, what=None, interval=0.002):
+    """Poll ``predicate`` until it returns a true value (returned); fail the
+    test if it has not by ``timeout`` seconds."""
+    end = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > end:
+            pytest.fail(f"timed out after {timeout}s waiting for "
+                        f"{what or getattr(predicate, '__name__', 'condition')}")
+        time.sleep(interval)
+
+
+@pytest.fixture(params=["epoll", "uring"])
+def backend(request):
+    name = request.param
+    if name not in iocport.backends():
+        pytest.skip(f"{name} is not available on this host "
+                    f"(backends: {iocport.backends()})")
+    return name
+
+
+@pytest.fixture
+def make_server(backend):
+    """make_server(handler, **kwargs) -> started Server on the test's backend."""
+    servers = []
+
+    def make(handler=None, *, start=True, host="127.0.0.1", port=0, **kwargs):
+        kwargs.setdefault("backend", backend)
+        srv = iocport.Server(handler, **kwargs)
+        servers.append(srv)
+        srv.listen(host, port)
+        if start:
+            srv.start()
+            assert srv.backend == backend
+        return srv
+
+    yield make
+    for srv in servers:
+        srv.stop()
+
+
+@pytest.fixture
+def client():
+    """client(address) -> a connected blocking socket (timeout DEADLINE)."""
+    socks = []
+
+    def connect(address, timeout=DEADLINE):
+        s = socket.create_connection(address, timeout=timeout)
+        socks.append(s)
+        return s
+
+    connect.sockets = socks
+    yield connect
+    for s in socks:
+        s.close()
+
+
+# ---- the test's own framing codec ---------------------------------------------
+
+class Codec:
+    """Encode payloads into frames and decode a byte stream into payloads,
+    for an iocport framing spec, written independently of the C code."""
+
+    def __init__(self, framing):
+        self.framing = framing
+        self.buf = bytearray()
+        if isinstance(framing, iocport.LengthPrefixed):
+            self.kind = "len"
+            self.fmt = {1: "B", 2: "H", 4: "I", 8: "Q"}[framing.size]
+            self.fmt = (">" if framing.byteorder == "big" else "<") + self.fmt
+            self.hdr = framing.size
+        elif isinstance(framing, iocport.Delimited):
+            self.kind = "delim"
+            self.delim = framing.delimiter
+        elif isinstance(framing, iocport.FixedSize):
+            self.kind = "fixed"
+            self.size = framing.size
+        else:
+            raise TypeError(framing)
+
+    def encode(self, payload):
+        if self.kind == "len":
+            n = len(payload) + (self.hdr if self.framing.includes_header else 0)
+            return struct.pack(self.fmt, n) + payload
+        if self.kind == "delim":
+            assert self.delim not in payload
+            return payload + self.delim
+        assert len(payload) == self.size
+        return payload
+
+    def feed(self, data):
+        """Append received bytes; return the whole messages now available."""
+        self.buf += data
+        out = []
+        while True:
+            if self.kind == "len":
+                if len(self.buf) < self.hdr:
+                    break
+                (n,) = struct.unpack_from(self.fmt, self.buf)
+                if self.framing.includes_header:
+                    n -= self.hdr
+                if len(self.buf) < self.hdr + n:
+                    break
+                out.append(bytes(self.buf[self.hdr:self.hdr + n]))
+                del self.buf[:self.hdr + n]
+            elif self.kind == "delim":
+                i = self.buf.find(self.delim)
+                if i < 0:
+                    break
+                out.append(bytes(self.buf[:i]))
+                del self.buf[:i + len(self.delim)]
+            else:
+                if len(self.buf) < self.size:
+                    break
+                out.append(bytes(self.buf[:self.size]))
+                del self.buf[:self.size]
+        return out
+
+
+def recv_messages(sock, codec, count):
+    """Read from a blocking socket until ``count`` whole messages arrived."""
+    got = []
+    while len(got) < count:
+        data = sock.recv(1 << 20)
+        if not data:
+            raise AssertionError(f"EOF after {len(got)} of {count} messages")
+        got += codec.feed(data)
+    assert len(got) == count, f"{len(got)} messages, expected {count}"
+    return got
+
+
+def recv_until_eof(sock, limit=1 << 30):
+    """Read a blocking socket until EOF; return everything read."""
+    chunks = []
+    total = 0
+    while True:
+        data = sock.recv(1 << 20)
+        if not data:
+            return b"".join(chunks)
+        chunks.append(data)
+        total += len(data)
+        assert total <= limit
+
+
+def is_closed_by_peer(sock):
+    """True once the server closed the connection (EOF or reset), with
+    pending data discarded.  Non-blocking: False while still open."""
+    sock.setblocking(False)
+    try:
+        while True:
+            data = sock.recv(1 << 16)
+            if not data:
+                return True
+    except (BlockingIOError, InterruptedError):
+        return False
+    except (ConnectionResetError, BrokenPipeError):
+        return True
+    finally:
+        sock.settimeout(DEADLINE)
+
+
+@pytest.fixture
+def threads():
+    """Start helper threads with threads.start(fn, *args); all are joined at
+    teardown (and must finish within the deadline)."""
+    started = []
+
+    def start(fn, *args, **kwargs):
+        t = threading.Thread(target=fn, args=args, kwargs=kwargs, daemon=True)
+        t.start()
+        started.append(t)
+        return t
+
+    start.started = started
+    yield start
+    for t in started:
+        t.join(DEADLINE)
+        assert not t.is_alive(), f"helper thread {t.name} did not finish"
