@@ -32,6 +32,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -631,6 +632,67 @@ static void test_hold_buffers(void)
     unmk();
 }
 
+/* (1b) out of fds: the accept ends with a final -EMFILE (no spinning);
+ * re-armed later, it takes the connection already queued (no new edge). */
+static void test_accept_emfile(void)
+{
+    mk(4, 64);
+    uint16_t port;
+    struct th L;
+    th_init(&L, listen_tcp(true, &port));
+    int cli = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    CHECK(cli >= 0);
+    struct rlimit old, lim;
+    CHECK(getrlimit(RLIMIT_NOFILE, &old) == 0);
+    lim = old;
+    lim.rlim_cur = 256;
+    CHECK(setrlimit(RLIMIT_NOFILE, &lim) == 0);
+    int fds[256], nfds = 0;
+    while (nfds < 256) {
+        int d = dup(cli);
+        if (d < 0) {
+            CHECK(errno == EMFILE);
+            break;
+        }
+        fds[nfds++] = d;
+    }
+    CHECK(nfds < 256 && nfds > 0);
+    struct sockaddr_in a = lo_addr(port);
+    CHECK(connect(cli, (struct sockaddr *)&a, sizeof a) == 0);
+    do_accept_start(&L);
+    drain_finals(&L, 3000);
+    CHECK_EQ(L.finals[IO_ACCEPT], 1);
+    CHECK_EQ(L.last_res[IO_ACCEPT], -EMFILE);
+    expect_quiet(50);
+    /* two: accept4 takes an fd before it looks at the queue */
+    close(fds[--nfds]);
+    close(fds[--nfds]);
+    do_accept_start(&L);   /* the core re-arms once it has fds again */
+    struct io_event ev[4];
+    int got = -1;
+    double end = now_ms() + 3000;
+    while (got < 0) {
+        if (now_ms() > end)
+            FAIL("re-armed accept did not take the queued connection");
+        int n = get_events(ev, 4, 50);
+        for (int i = 0; i < n; i++) {
+            CHECK(ev[i].h == &L.h && ev[i].op == IO_ACCEPT && ev[i].more);
+            got = ev[i].res;
+        }
+    }
+    close(got);
+    while (nfds)
+        close(fds[--nfds]);
+    CHECK(setrlimit(RLIMIT_NOFILE, &old) == 0);
+    CHECK(ops->cancel(B, &L.h) == 0);
+    drain_finals(&L, 2000);
+    CHECK_EQ(L.last_res[IO_ACCEPT], -ECANCELED);
+    do_forget(&L);
+    close(L.h.fd);
+    close(cli);
+    unmk();
+}
+
 /* ---- (3) cancel -------------------------------------------------------- */
 
 static void fill_until_blocked(struct th *t, const char *src, size_t srclen,
@@ -1069,6 +1131,7 @@ static void test_send_blocked(void)
 
 static const struct { const char *name; void (*fn)(void); } tests[] = {
     { "echo", test_echo },
+    { "accept_emfile", test_accept_emfile },
     { "few_buffers", test_few_buffers },
     { "hold_buffers", test_hold_buffers },
     { "cancel", test_cancel },
