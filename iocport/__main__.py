@@ -47,6 +47,11 @@ def demo(args):
     return run_demo(args)
 
 
+def bench(args):
+    from .bench import run
+    return run(args)
+
+
 def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     parser = argparse.ArgumentParser(prog="python -m iocport")
@@ -62,6 +67,10 @@ def main(argv=None):
     p.add_argument("--backend", choices=("auto", "uring", "epoll"), default=None)
     p.add_argument("--native", action="store_true")
     p.set_defaults(func=demo)
+    from .bench import add_arguments as _bench_args
+    p = sub.add_parser("bench", help="benchmark iocport against its rivals")
+    _bench_args(p)
+    p.set_defaults(func=bench)
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -600,7 +600,7 @@ on_event(struct worker *w, const struct io_event *ev)
 {
     struct io_handle *h = ev->h;
 
-    if (h >= &w->ls[0].h && h < &w->ls[MAX_LISTENERS].h) {
+    if ((char *)h >= (char *)w->ls && (char *)h < (char *)(w->ls + MAX_LISTENERS)) {
         on_accept(w, (struct listener_slot *)h, ev);
         return;
     }

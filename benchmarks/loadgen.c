@@ -1,0 +1,543 @@
+/* loadgen: a closed-loop TCP load generator for echo servers.
+ *
+ * Single-threaded, epoll, nonblocking.  Opens N connections, keeps D messages
+ * in flight on each (a reply whole -> the next message goes out), checks every
+ * reply byte for byte against what was sent for that slot (each message has
+ * distinct content: the connection id and a sequence number are stamped into
+ * it), records per-message latency in a log-linear histogram, and prints one
+ * line of JSON at the end:
+ *
+ *   {"msgs":..,"seconds":..,"msgs_per_sec":..,"p50_us":..,"p99_us":..,
+ *    "p999_us":..,"errors":..,"server_cpu_s":..,"client_cpu_s":..,...}
+ *
+ * server_cpu_s is the utime+stime delta of /proc/PID/stat over the measured
+ * window (after the warm-up); null without --server-pid.  Exit status is 1
+ * when errors > 0 (a wrong reply, a framing error, a connection lost), 2 on a
+ * usage or setup error, 0 otherwise.
+ *
+ * Build: gcc -O2 -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror loadgen.c -o loadgen
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+enum { FR_LEN4, FR_LINE };
+
+/* ---- histogram: values in ns; exact below 1024, then 512 sub-buckets per
+ * power of two (relative error < 0.2%). ---- */
+#define SUB_BITS 9
+#define SUB (1u << SUB_BITS)           /* 512 */
+#define NBUCKETS ((64 - SUB_BITS) * SUB + 2 * SUB)
+
+static uint64_t hist[NBUCKETS];
+
+static unsigned bucket_of(uint64_t v)
+{
+    if (v < 2 * SUB)
+        return (unsigned)v;
+    int msb = 63 - __builtin_clzll(v);            /* >= SUB_BITS + 1 */
+    int shift = msb - SUB_BITS;                    /* >= 1 */
+    uint64_t mant = v >> shift;                    /* [SUB, 2*SUB) */
+    return (unsigned)((uint64_t)(shift + 1) * SUB + (mant - SUB));
+}
+
+static double value_of(unsigned b)
+{
+    if (b < 2 * SUB)
+        return (double)b;
+    unsigned shift = b / SUB - 1;
+    uint64_t mant = b % SUB + SUB;
+    /* midpoint of [mant << shift, (mant + 1) << shift) */
+    return ((double)(mant << shift) + (double)((mant + 1) << shift)) / 2.0;
+}
+
+static double percentile_us(uint64_t total, double q)
+{
+    if (total == 0)
+        return 0.0;
+    uint64_t rank = (uint64_t)(q * (double)total);
+    if (rank < 1)
+        rank = 1;
+    if (rank > total)
+        rank = total;
+    uint64_t acc = 0;
+    for (unsigned b = 0; b < NBUCKETS; b++) {
+        acc += hist[b];
+        if (acc >= rank)
+            return value_of(b) / 1000.0;
+    }
+    return 0.0;
+}
+
+/* ---- options and state ---- */
+static const char *opt_host = "127.0.0.1";
+static const char *opt_port = NULL;
+static int opt_conns = 50, opt_depth = 1, opt_framing = FR_LEN4;
+static size_t opt_size = 64;
+static double opt_seconds = 2.0, opt_warmup = 0.0;
+static long opt_server_pid = 0;
+
+typedef struct {
+    int fd;
+    uint32_t id;
+    int dead;
+    int want_out;
+    uint64_t next_seq;  /* sequence number of the next message to send */
+    uint64_t head_seq;  /* sequence number of the oldest message in flight */
+    uint64_t *sent_ns;  /* ring of opt_depth send times */
+    char *in;
+    size_t in_len, in_cap;
+    char *out;
+    size_t out_off, out_len, out_cap;
+} conn_t;
+
+static conn_t *conns;
+static int epfd;
+static char *pattern;    /* opt_size + 32 bytes of 'a'..'z' */
+static char *scratch;    /* opt_size bytes: the expected payload */
+static int measuring, stopping;
+static uint64_t m_msgs, errors;
+static int live_conns;
+static volatile sig_atomic_t got_signal;
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static void die(const char *what)
+{
+    fprintf(stderr, "loadgen: %s: %s\n", what, strerror(errno));
+    exit(2);
+}
+
+static void *xmalloc(size_t n)
+{
+    void *p = malloc(n ? n : 1);
+    if (!p) {
+        fprintf(stderr, "loadgen: out of memory\n");
+        exit(2);
+    }
+    return p;
+}
+
+/* The payload of message `seq` on connection `id`: a rotation of the
+ * alphabet with the sequence number and connection id stamped in hex, least
+ * significant digit first (so even short payloads differ from message to
+ * message).  Never contains '\n'. */
+static void make_payload(uint32_t id, uint64_t seq, char *dst)
+{
+    static const char hex[] = "0123456789abcdef";
+    size_t off = (size_t)((seq * 7u + id * 3u) % 26u);
+    memcpy(dst, pattern + off, opt_size);
+    size_t i = 0;
+    for (int k = 0; k < 16 && i < opt_size; k++, i++)
+        dst[i] = hex[(seq >> (4 * k)) & 15];
+    for (int k = 0; k < 8 && i < opt_size; k++, i++)
+        dst[i] = hex[(id >> (4 * k)) & 15];
+}
+
+static size_t frame_size(void)
+{
+    return opt_framing == FR_LEN4 ? opt_size + 4 : opt_size + 1;
+}
+
+static void out_reserve(conn_t *c, size_t more)
+{
+    if (c->out_off && c->out_off == c->out_len)
+        c->out_off = c->out_len = 0;
+    if (c->out_len + more <= c->out_cap)
+        return;
+    if (c->out_off) {
+        memmove(c->out, c->out + c->out_off, c->out_len - c->out_off);
+        c->out_len -= c->out_off;
+        c->out_off = 0;
+        if (c->out_len + more <= c->out_cap)
+            return;
+    }
+    size_t cap = c->out_cap ? c->out_cap : 4096;
+    while (cap < c->out_len + more)
+        cap *= 2;
+    char *p = realloc(c->out, cap);
+    if (!p) {
+        fprintf(stderr, "loadgen: out of memory\n");
+        exit(2);
+    }
+    c->out = p;
+    c->out_cap = cap;
+}
+
+static void queue_message(conn_t *c, uint64_t t)
+{
+    out_reserve(c, frame_size());
+    char *p = c->out + c->out_len;
+    if (opt_framing == FR_LEN4) {
+        uint32_t n = (uint32_t)opt_size;
+        p[0] = (char)(n >> 24);
+        p[1] = (char)(n >> 16);
+        p[2] = (char)(n >> 8);
+        p[3] = (char)n;
+        make_payload(c->id, c->next_seq, p + 4);
+    } else {
+        make_payload(c->id, c->next_seq, p);
+        p[opt_size] = '\n';
+    }
+    c->out_len += frame_size();
+    c->sent_ns[c->next_seq % (uint64_t)opt_depth] = t;
+    c->next_seq++;
+}
+
+static void set_events(conn_t *c, int want_out)
+{
+    if (c->want_out == want_out)
+        return;
+    struct epoll_event ev = {.events = EPOLLIN | (want_out ? EPOLLOUT : 0),
+                             .data.u32 = c->id};
+    if (epoll_ctl(epfd, EPOLL_CTL_MOD, c->fd, &ev) < 0)
+        die("epoll_ctl");
+    c->want_out = want_out;
+}
+
+static void kill_conn(conn_t *c, const char *why)
+{
+    if (c->dead)
+        return;
+    if (!stopping) {
+        fprintf(stderr, "loadgen: connection %u: %s\n", c->id, why);
+        errors++;
+    }
+    c->dead = 1;
+    epoll_ctl(epfd, EPOLL_CTL_DEL, c->fd, NULL);
+    close(c->fd);
+    live_conns--;
+}
+
+static void flush_out(conn_t *c)
+{
+    while (c->out_off < c->out_len) {
+        ssize_t n = write(c->fd, c->out + c->out_off, c->out_len - c->out_off);
+        if (n > 0) {
+            c->out_off += (size_t)n;
+            continue;
+        }
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            set_events(c, 1);
+            return;
+        }
+        kill_conn(c, n < 0 ? strerror(errno) : "write returned 0");
+        return;
+    }
+    c->out_off = c->out_len = 0;
+    set_events(c, 0);
+}
+
+/* One whole reply with payload [p, p+len) arrived for the oldest message. */
+static void on_reply(conn_t *c, const char *p, size_t len, uint64_t t)
+{
+    if (c->head_seq >= c->next_seq) {
+        fprintf(stderr, "loadgen: connection %u: reply with nothing in flight\n", c->id);
+        errors++;
+        return;
+    }
+    uint64_t seq = c->head_seq++;
+    make_payload(c->id, seq, scratch);
+    if (len != opt_size || memcmp(p, scratch, opt_size) != 0) {
+        if (errors < 5)
+            fprintf(stderr, "loadgen: connection %u message %llu: wrong reply "
+                    "(%zu bytes, expected %zu)\n", c->id, (unsigned long long)seq,
+                    len, opt_size);
+        errors++;
+    }
+    if (measuring) {
+        uint64_t sent = c->sent_ns[seq % (uint64_t)opt_depth];
+        hist[bucket_of(t > sent ? t - sent : 0)]++;
+        m_msgs++;
+    }
+    if (!stopping)
+        queue_message(c, t);
+}
+
+static void on_readable(conn_t *c)
+{
+    size_t want = frame_size() + 65536;
+    if (want < 262144)
+        want = 262144;
+    if (c->in_cap - c->in_len < 65536 || c->in_cap < want) {
+        size_t cap = c->in_cap ? c->in_cap : want;
+        while (cap < want || cap - c->in_len < 65536)
+            cap *= 2;
+        char *p = realloc(c->in, cap);
+        if (!p) {
+            fprintf(stderr, "loadgen: out of memory\n");
+            exit(2);
+        }
+        c->in = p;
+        c->in_cap = cap;
+    }
+    ssize_t n = read(c->fd, c->in + c->in_len, c->in_cap - c->in_len);
+    if (n == 0) {
+        kill_conn(c, "closed by the server");
+        return;
+    }
+    if (n < 0) {
+        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
+            return;
+        kill_conn(c, strerror(errno));
+        return;
+    }
+    c->in_len += (size_t)n;
+    uint64_t t = now_ns();
+    size_t pos = 0;
+    while (pos < c->in_len) {
+        size_t avail = c->in_len - pos;
+        const char *p = c->in + pos;
+        if (opt_framing == FR_LEN4) {
+            if (avail < 4)
+                break;
+            uint32_t len = ((uint32_t)(unsigned char)p[0] << 24) |
+                           ((uint32_t)(unsigned char)p[1] << 16) |
+                           ((uint32_t)(unsigned char)p[2] << 8) |
+                           (uint32_t)(unsigned char)p[3];
+            if (len != opt_size) {
+                /* the stream cannot be resynchronised: count and drop it */
+                fprintf(stderr, "loadgen: connection %u: reply header says %u "
+                        "bytes, expected %zu\n", c->id, len, opt_size);
+                kill_conn(c, "bad length header");
+                return;
+            }
+            if (avail < 4 + (size_t)len)
+                break;
+            on_reply(c, p + 4, len, t);
+            pos += 4 + (size_t)len;
+        } else {
+            const char *nl = memchr(p, '\n', avail);
+            if (!nl) {
+                if (avail > opt_size) {
+                    kill_conn(c, "reply line too long");
+                    return;
+                }
+                break;
+            }
+            on_reply(c, p, (size_t)(nl - p), t);
+            pos += (size_t)(nl - p) + 1;
+        }
+    }
+    if (pos) {
+        memmove(c->in, c->in + pos, c->in_len - pos);
+        c->in_len -= pos;
+    }
+    if (c->out_len > c->out_off)
+        flush_out(c);
+}
+
+static double read_server_cpu(void)
+{
+    if (opt_server_pid <= 0)
+        return -1.0;
+    char path[64], buf[4096];
+    snprintf(path, sizeof path, "/proc/%ld/stat", opt_server_pid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return -1.0;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    char *p = strrchr(buf, ')');
+    if (!p)
+        return -1.0;
+    /* after ") ": field 3 (state) ... field 14 utime, 15 stime */
+    unsigned long long utime = 0, stime = 0;
+    if (sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu",
+               &utime, &stime) != 2)
+        return -1.0;
+    return (double)(utime + stime) / (double)sysconf(_SC_CLK_TCK);
+}
+
+static double client_cpu(void)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (double)ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 +
+           (double)ru.ru_stime.tv_sec + ru.ru_stime.tv_usec / 1e6;
+}
+
+static void on_signal(int sig)
+{
+    (void)sig;
+    got_signal = 1;
+}
+
+static void usage(void)
+{
+    fprintf(stderr,
+            "usage: loadgen --port PORT [--host H] [--conns N] [--depth D] [--size S]\n"
+            "               [--framing len4|line] [--seconds T] [--warmup-seconds W]\n"
+            "               [--server-pid PID]\n");
+    exit(2);
+}
+
+static void connect_all(void)
+{
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
+    struct addrinfo *ai;
+    int rc = getaddrinfo(opt_host, opt_port, &hints, &ai);
+    if (rc) {
+        fprintf(stderr, "loadgen: %s:%s: %s\n", opt_host, opt_port, gai_strerror(rc));
+        exit(2);
+    }
+    for (int i = 0; i < opt_conns; i++) {
+        conn_t *c = &conns[i];
+        int fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol);
+        if (fd < 0)
+            die("socket");
+        if (connect(fd, ai->ai_addr, ai->ai_addrlen) < 0)
+            die("connect");
+        int one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+        c->fd = fd;
+        c->id = (uint32_t)i;
+        c->sent_ns = xmalloc(sizeof(uint64_t) * (size_t)opt_depth);
+        struct epoll_event ev = {.events = EPOLLIN, .data.u32 = (uint32_t)i};
+        if (epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev) < 0)
+            die("epoll_ctl");
+        live_conns++;
+    }
+    freeaddrinfo(ai);
+}
+
+int main(int argc, char **argv)
+{
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!v)
+            usage();
+        if (!strcmp(a, "--host")) opt_host = v;
+        else if (!strcmp(a, "--port")) opt_port = v;
+        else if (!strcmp(a, "--conns")) opt_conns = atoi(v);
+        else if (!strcmp(a, "--depth")) opt_depth = atoi(v);
+        else if (!strcmp(a, "--size")) opt_size = (size_t)strtoull(v, NULL, 10);
+        else if (!strcmp(a, "--seconds")) opt_seconds = atof(v);
+        else if (!strcmp(a, "--warmup-seconds")) opt_warmup = atof(v);
+        else if (!strcmp(a, "--server-pid")) opt_server_pid = atol(v);
+        else if (!strcmp(a, "--framing")) {
+            if (!strcmp(v, "len4")) opt_framing = FR_LEN4;
+            else if (!strcmp(v, "line")) opt_framing = FR_LINE;
+            else usage();
+        } else
+            usage();
+        i++;
+    }
+    if (!opt_port || opt_conns < 1 || opt_depth < 1 || opt_seconds <= 0 ||
+        opt_warmup < 0 || opt_size > 0xffffffffu)
+        usage();
+
+    signal(SIGPIPE, SIG_IGN);
+    struct sigaction sa = {.sa_handler = on_signal};
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+
+    pattern = xmalloc(opt_size + 32);
+    for (size_t i = 0; i < opt_size + 32; i++)
+        pattern[i] = (char)('a' + i % 26);
+    scratch = xmalloc(opt_size);
+    conns = calloc((size_t)opt_conns, sizeof *conns);
+    if (!conns)
+        die("calloc");
+    epfd = epoll_create1(EPOLL_CLOEXEC);
+    if (epfd < 0)
+        die("epoll_create1");
+    connect_all();
+
+    uint64_t start = now_ns();
+    for (int i = 0; i < opt_conns; i++) {
+        for (int d = 0; d < opt_depth; d++)
+            queue_message(&conns[i], start);
+        flush_out(&conns[i]);
+    }
+
+    uint64_t warm_end = start + (uint64_t)(opt_warmup * 1e9);
+    uint64_t t0 = 0, t1 = 0, end = 0;
+    double cpu0 = -1, cpu1 = -1, ccpu0 = 0, ccpu1 = 0;
+    if (opt_warmup <= 0) {
+        measuring = 1;
+        t0 = start;
+        cpu0 = read_server_cpu();
+        ccpu0 = client_cpu();
+        end = t0 + (uint64_t)(opt_seconds * 1e9);
+    }
+
+    enum { MAXEV = 256 };
+    struct epoll_event evs[MAXEV];
+    while (live_conns > 0 && !got_signal) {
+        int n = epoll_wait(epfd, evs, MAXEV, 10);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            die("epoll_wait");
+        }
+        for (int i = 0; i < n; i++) {
+            conn_t *c = &conns[evs[i].data.u32];
+            if (c->dead)
+                continue;
+            if (evs[i].events & (EPOLLIN | EPOLLERR | EPOLLHUP))
+                on_readable(c);
+            if (!c->dead && (evs[i].events & EPOLLOUT))
+                flush_out(c);
+        }
+        uint64_t t = now_ns();
+        if (!measuring && t >= warm_end) {
+            measuring = 1;
+            t0 = t;
+            cpu0 = read_server_cpu();
+            ccpu0 = client_cpu();
+            end = t0 + (uint64_t)(opt_seconds * 1e9);
+        } else if (measuring && t >= end) {
+            break;
+        }
+    }
+    t1 = now_ns();
+    if (!measuring)
+        t0 = t1;
+    cpu1 = read_server_cpu();
+    ccpu1 = client_cpu();
+    stopping = 1;
+    for (int i = 0; i < opt_conns; i++)
+        if (!conns[i].dead)
+            kill_conn(&conns[i], "done");
+
+    double secs = (double)(t1 - t0) / 1e9;
+    char cpu_txt[64];
+    if (cpu0 >= 0 && cpu1 >= 0)
+        snprintf(cpu_txt, sizeof cpu_txt, "%.3f", cpu1 - cpu0);
+    else
+        snprintf(cpu_txt, sizeof cpu_txt, "null");
+    printf("{\"msgs\":%llu,\"seconds\":%.4f,\"msgs_per_sec\":%.1f,"
+           "\"p50_us\":%.2f,\"p99_us\":%.2f,\"p999_us\":%.2f,\"errors\":%llu,"
+           "\"server_cpu_s\":%s,\"client_cpu_s\":%.3f,\"conns\":%d,\"depth\":%d,"
+           "\"size\":%zu,\"framing\":\"%s\"}\n",
+           (unsigned long long)m_msgs, secs, secs > 0 ? (double)m_msgs / secs : 0.0,
+           percentile_us(m_msgs, 0.50), percentile_us(m_msgs, 0.99),
+           percentile_us(m_msgs, 0.999), (unsigned long long)errors, cpu_txt,
+           ccpu1 - ccpu0, opt_conns, opt_depth, opt_size,
+           opt_framing == FR_LEN4 ? "len4" : "line");
+    fflush(stdout);
+    return errors ? 1 : 0;
+}

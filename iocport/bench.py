@@ -1,0 +1,440 @@
+"""``python -m iocport bench``: iocport against its rivals, same harness, same run.
+
+The load comes from ``benchmarks/loadgen.c`` (a native closed-loop client
+that checks every reply byte for byte), built with gcc into a cache
+directory together with ``benchmarks/c_echo_epoll.c`` (the plain C
+baseline).  Each server runs pinned to one CPU, the client to another; each
+server is warmed on separate connections before it is measured; servers are
+measured in turn (A B A B ...) for several rounds and every ratio is
+computed round by round, the median reported.  The headline figure is
+messages per server CPU-second (the server's utime+stime from /proc over the
+measured window), which judges a server by its cost per message even when
+the client is the bottleneck.
+"""
+import hashlib
+import importlib.util
+import json
+import os
+import selectors
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+CFLAGS = ["-O2", "-std=c11", "-D_GNU_SOURCE", "-Wall", "-Wextra"]
+BENCH_SOURCES = ("loadgen.c", "c_echo_epoll.c")
+
+# (name, kind, extra, full_only); kind: iocport | c | asyncio | threads
+SERVERS = [
+    ("iocport-python", "iocport", [], False),             # auto backend
+    ("iocport-epoll", "iocport", ["--backend", "epoll"], False),
+    ("iocport-native", "iocport", ["--native"], False),
+    ("c-epoll", "c", [], False),
+    ("asyncio", "asyncio", ["--loop", "asyncio"], False),
+    ("uvloop", "asyncio", ["--loop", "uvloop"], False),
+    ("rloop", "asyncio", ["--loop", "rloop"], False),
+    ("iocport-native-epoll", "iocport", ["--native", "--backend", "epoll"], True),
+    ("threads", "threads", [], True),
+]
+RIVAL_PACKAGES = {"uvloop": "uvloop", "rloop": "rloop"}
+
+# (label, A, B, depth or None for any, target); B may be a tuple: the
+# better of those, round by round.
+RATIOS = [
+    ("python handler / best of uvloop,rloop", "iocport-python", ("uvloop", "rloop"), 1, 1.5),
+    ("python handler / best of uvloop,rloop", "iocport-python", ("uvloop", "rloop"), 16, 3.5),
+    ("python handler / c-epoll", "iocport-python", "c-epoll", 16, 0.85),
+    ("python handler / asyncio", "iocport-python", "asyncio", 1, 1.9),
+    ("python handler / asyncio", "iocport-python", "asyncio", 16, 4.0),
+    ("native / c-epoll", "iocport-native", "c-epoll", None, 1.0),
+    ("epoll backend / uring backend", "iocport-epoll", "iocport-python", None, 0.8),
+]
+
+
+def add_arguments(p):
+    p.add_argument("--full", action="store_true",
+                   help="add 4 KiB and 64 KiB payloads and every server variant")
+    p.add_argument("--seconds", type=float, default=1.5,
+                   help="measured seconds per run (default 1.5)")
+    p.add_argument("--rounds", type=int, default=3, help="A B A B rounds (default 3)")
+    p.add_argument("--conns", type=int, default=50, help="connections (default 50)")
+    p.add_argument("--framing", choices=("len4", "line"), default="len4")
+    p.add_argument("--only", default=None,
+                   help="comma-separated server names to run (default: all of the suite)")
+    p.add_argument("--json", metavar="PATH", help="write every run's figures here")
+    p.add_argument("--chart", metavar="PNG", default="iocport-bench.png",
+                   help="chart path when matplotlib is installed (default iocport-bench.png)")
+    p.add_argument("--no-chart", action="store_true")
+    p.add_argument("--install-rivals", action="store_true",
+                   help="pip install uvloop and rloop first")
+
+
+# ---- building -------------------------------------------------------------
+
+def benchmarks_dir():
+    """The directory holding loadgen.c: the repository's benchmarks/ next to
+    the package, or a copy shipped inside the package."""
+    here = Path(__file__).resolve().parent
+    for d in (here.parent / "benchmarks", here / "benchmarks"):
+        if all((d / s).is_file() for s in BENCH_SOURCES):
+            return d
+    raise SystemExit("iocport bench: benchmarks/loadgen.c not found next to the "
+                     f"package ({here.parent / 'benchmarks'})")
+
+
+def cache_dir():
+    d = os.environ.get("IOCPORT_BENCH_CACHE")
+    if d:
+        return Path(d)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "iocport-bench"
+
+
+def build(source, out_dir=None):
+    """Compile one C file of benchmarks/ (cached by content); return the path."""
+    cc = os.environ.get("CC") or "gcc"
+    if not shutil.which(cc):
+        raise SystemExit(f"iocport bench: {cc} not found (needed to build {source})")
+    src = benchmarks_dir() / source
+    text = src.read_bytes()
+    digest = hashlib.sha256(text + " ".join([cc] + CFLAGS).encode()).hexdigest()[:12]
+    out_dir = Path(out_dir) if out_dir else cache_dir()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    exe = out_dir / f"{src.stem}-{digest}"
+    if exe.is_file():
+        return exe
+    tmp = out_dir / f".{exe.name}.{os.getpid()}"
+    r = subprocess.run([cc, *CFLAGS, str(src), "-o", str(tmp)],
+                       capture_output=True, text=True)
+    if r.returncode:
+        raise SystemExit(f"iocport bench: building {source} failed:\n{r.stderr}")
+    os.replace(tmp, exe)   # atomic: concurrent builds do not trip over each other
+    return exe
+
+
+# ---- processes ------------------------------------------------------------
+
+def _pinning():
+    """(server cpu, client cpu) or (None, None) when pinning is impossible."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) >= 2 and shutil.which("taskset"):
+        return cpus[0], cpus[1]
+    return None, None
+
+
+def _pinned(cpu, argv):
+    return argv if cpu is None else ["taskset", "-c", str(cpu), *argv]
+
+
+class ServerProc:
+    def __init__(self, name, argv, env=None, cpu=None):
+        self.name = name
+        self.log = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen(_pinned(cpu, argv), stdout=subprocess.PIPE,
+                                     stderr=self.log, env=env, text=True)
+        self.banner = self._read_banner(20.0)
+        addr = self.banner.split()[2]
+        host, port = addr.rsplit(":", 1)
+        self.host, self.port = host, int(port)
+        self.pid = self.proc.pid     # taskset execs the server: same pid
+
+    def _read_banner(self, timeout):
+        sel = selectors.DefaultSelector()
+        sel.register(self.proc.stdout, selectors.EVENT_READ)
+        ready = sel.select(timeout)
+        sel.close()
+        line = self.proc.stdout.readline() if ready else ""
+        if not line.startswith("listening on "):
+            self.proc.kill()
+            self.proc.wait()
+            self.log.seek(0)
+            err = self.log.read().decode(errors="replace")[-2000:]
+            raise RuntimeError(f"{self.name} did not start: {line!r} {err}")
+        return line.strip()
+
+    def stop(self):
+        """SIGTERM; returns the exit status (None if it had to be killed)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                return None
+        self.proc.stdout.close()
+        self.log.close()
+        return self.proc.returncode
+
+
+def server_argv(kind, extra, framing, bench_dir, c_echo):
+    if kind == "iocport":
+        return [sys.executable, "-m", "iocport", "echo", "--port", "0",
+                "--framing", framing, *extra]
+    if kind == "c":
+        return [str(c_echo), "--port", "0", "--framing", framing]
+    rivals = str(bench_dir / "rivals.py")
+    return [sys.executable, rivals, kind, "--port", "0", "--framing", framing, *extra]
+
+
+def run_loadgen(loadgen, server, *, conns, depth, size, framing, seconds,
+                warmup=0.2, cpu=None):
+    argv = [str(loadgen), "--host", server.host, "--port", str(server.port),
+            "--conns", str(conns), "--depth", str(depth), "--size", str(size),
+            "--framing", framing, "--seconds", str(seconds),
+            "--warmup-seconds", str(warmup), "--server-pid", str(server.pid)]
+    try:
+        r = subprocess.run(_pinned(cpu, argv), capture_output=True, text=True,
+                           timeout=seconds + warmup + 30)
+    except subprocess.TimeoutExpired:
+        return {"failed": "loadgen timed out", "errors": 1}
+    lines = r.stdout.strip().splitlines()
+    try:
+        res = json.loads(lines[-1])
+    except (IndexError, ValueError):
+        return {"failed": f"loadgen exit {r.returncode}: {r.stderr.strip()[-300:]}",
+                "errors": 1}
+    if res.get("server_cpu_s"):
+        res["msgs_per_cpu_s"] = res["msgs"] / res["server_cpu_s"]
+    else:
+        res["msgs_per_cpu_s"] = None
+    return res
+
+
+# ---- reporting ------------------------------------------------------------
+
+class Progress:
+    def __init__(self, total):
+        self.total, self.done = total, 0
+        self.tty = sys.stderr.isatty()
+        self.t0 = time.monotonic()
+
+    def step(self, what):
+        self.done += 1
+        width = 30
+        fill = int(width * self.done / self.total)
+        bar = "#" * fill + "." * (width - fill)
+        text = (f"[{bar}] {self.done:3d}/{self.total} "
+                f"{time.monotonic() - self.t0:5.0f}s  {what}")
+        if self.tty:
+            sys.stderr.write("\r" + text[:100].ljust(100))
+            if self.done == self.total:
+                sys.stderr.write("\n")
+        else:
+            sys.stderr.write(text + "\n")
+        sys.stderr.flush()
+
+
+def _median(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def _fmt(v, spec):
+    return "-" if v is None else format(v, spec)
+
+
+def scenario_name(sc):
+    size = sc["size"]
+    text = f"{size // 1024} KiB" if size >= 1024 and size % 1024 == 0 else f"{size} B"
+    return f"{text}, depth {sc['depth']}"
+
+
+def print_tables(scenarios, names, results, notes):
+    out = []
+    for sc in scenarios:
+        key = scenario_name(sc)
+        out.append(f"\n## {key}, {sc['conns']} connections, {sc['framing']} "
+                   f"(medians of {sc['rounds']} rounds)\n")
+        out.append("| server | msgs/s | p50 us | p99 us | p99.9 us | errors "
+                   "| server CPU % | msgs per server CPU-s |")
+        out.append("|---|---:|---:|---:|---:|---:|---:|---:|")
+        for name in names:
+            if name in notes:
+                out.append(f"| {name} | {notes[name]} | | | | | | |")
+                continue
+            runs = results[key].get(name, [])
+            ok = [r for r in runs if "failed" not in r]
+            if not ok:
+                why = runs[0]["failed"] if runs else "not run"
+                out.append(f"| {name} | failed: {why[:60]} | | | | | | |")
+                continue
+            errs = sum(r.get("errors", 0) for r in runs)
+            cpu_pct = _median([100 * r["server_cpu_s"] / r["seconds"]
+                               for r in ok if r.get("server_cpu_s") is not None])
+            out.append(
+                f"| {name} | {_fmt(_median([r['msgs_per_sec'] for r in ok]), ',.0f')} "
+                f"| {_fmt(_median([r['p50_us'] for r in ok]), '.0f')} "
+                f"| {_fmt(_median([r['p99_us'] for r in ok]), '.0f')} "
+                f"| {_fmt(_median([r['p999_us'] for r in ok]), '.0f')} "
+                f"| {errs} | {_fmt(cpu_pct, '.0f')} "
+                f"| {_fmt(_median([r['msgs_per_cpu_s'] for r in ok]), ',.0f')} |")
+    return "\n".join(out)
+
+
+def _pair_ratios(results, key, a, b, field):
+    """Round-by-round ratios of `field`, A over B (B: a name or the better of
+    a tuple of names, per round)."""
+    ra = results[key].get(a, [])
+    bs = b if isinstance(b, tuple) else (b,)
+    rbs = [results[key].get(x, []) for x in bs]
+    ratios = []
+    for i, run_a in enumerate(ra):
+        va = run_a.get(field)
+        vb = [r[i].get(field) for r in rbs if i < len(r) and r[i].get(field)]
+        if va and vb:
+            ratios.append(va / max(vb))
+    return ratios
+
+
+def ratio_table(scenarios, results, banners):
+    out = ["\n## Ratios (median of the round-by-round ratios)\n",
+           "| ratio | scenario | per server CPU-s | msgs/s | target (per CPU-s) | met |",
+           "|---|---|---:|---:|---:|---|"]
+    rows = []
+    for label, a, b, depth, target in RATIOS:
+        if b == "iocport-python" and "backend uring" not in banners.get(b, ""):
+            continue   # auto fell back to epoll: no uring figures to compare
+        for sc in scenarios:
+            if depth is not None and sc["depth"] != depth:
+                continue
+            key = scenario_name(sc)
+            per_cpu = _median(_pair_ratios(results, key, a, b, "msgs_per_cpu_s"))
+            tput = _median(_pair_ratios(results, key, a, b, "msgs_per_sec"))
+            met = "-" if per_cpu is None else ("yes" if per_cpu >= target else "NO")
+            out.append(f"| {label} | {key} | {_fmt(per_cpu, '.2f')} | {_fmt(tput, '.2f')} "
+                       f"| >= {target} | {met} |")
+            rows.append({"ratio": label, "scenario": key, "per_cpu": per_cpu,
+                         "throughput": tput, "target": target})
+    return "\n".join(out), rows
+
+
+def write_chart(path, scenarios, names, results):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    keys = [scenario_name(sc) for sc in scenarios]
+    fig, ax = plt.subplots(figsize=(max(6, 2.2 * len(keys)), 4.5))
+    width = 0.8 / max(1, len(names))
+    for j, name in enumerate(names):
+        vals = []
+        for key in keys:
+            ok = [r for r in results[key].get(name, []) if "failed" not in r]
+            v = _median([r["msgs_per_cpu_s"] for r in ok])
+            vals.append(v or 0)
+        ax.bar([i + j * width for i in range(len(keys))], vals, width, label=name)
+    ax.set_xticks([i + width * (len(names) - 1) / 2 for i in range(len(keys))])
+    ax.set_xticklabels(keys)
+    ax.set_ylabel("messages per server CPU-second")
+    ax.set_title("echo: messages per server CPU-second (higher is better)")
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+# ---- the suite ------------------------------------------------------------
+
+def run(args):
+    if args.install_rivals:
+        subprocess.run([sys.executable, "-m", "pip", "install", *RIVAL_PACKAGES.values()],
+                       check=False)
+    bench_dir = benchmarks_dir()
+    loadgen = build("loadgen.c")
+    c_echo = build("c_echo_epoll.c")
+    server_cpu, client_cpu = _pinning()
+
+    sizes = [64, 4096, 65536] if args.full else [64]
+    scenarios = [{"size": s, "depth": d, "conns": args.conns, "framing": args.framing,
+                  "rounds": args.rounds} for s in sizes for d in (1, 16)]
+    chosen = [s for s in SERVERS if args.full or not s[3]]
+    if args.only:
+        wanted = set(args.only.split(","))
+        chosen = [s for s in SERVERS if s[0] in wanted]
+    names = [s[0] for s in chosen]
+
+    notes = {}
+    for name, kind, extra, _ in chosen:
+        if kind == "asyncio" and name in RIVAL_PACKAGES and \
+                importlib.util.find_spec(RIVAL_PACKAGES[name]) is None:
+            notes[name] = "not installed"
+    env = dict(os.environ)
+    pkg_parent = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = pkg_parent + (os.pathsep + env["PYTHONPATH"]
+                                      if env.get("PYTHONPATH") else "")
+
+    live = [s for s in chosen if s[0] not in notes]
+    progress = Progress(len(live) * (1 + len(scenarios) * args.rounds))
+    results = {scenario_name(sc): {} for sc in scenarios}
+    servers, banners, exits = {}, {}, {}
+    t_start = time.monotonic()
+    try:
+        for name, kind, extra, _ in live:
+            try:
+                srv = ServerProc(name, server_argv(kind, extra, args.framing, bench_dir, c_echo),
+                                 env=env, cpu=server_cpu)
+            except RuntimeError as exc:
+                notes[name] = f"failed to start: {str(exc)[:80]}"
+                progress.step(f"{name}: failed to start")
+                continue
+            servers[name] = srv
+            banners[name] = srv.banner
+            # warm-up, on connections of its own
+            warm = run_loadgen(loadgen, srv, conns=args.conns, depth=16, size=64,
+                               framing=args.framing, seconds=0.5, warmup=0, cpu=client_cpu)
+            if "failed" in warm or warm.get("errors"):
+                notes[name] = f"warm-up failed: {warm.get('failed', 'wrong replies')}"
+            progress.step(f"warm-up {name}")
+        for sc in scenarios:
+            key = scenario_name(sc)
+            for rnd in range(args.rounds):
+                for name in names:
+                    srv = servers.get(name)
+                    if srv is None or name in notes:
+                        continue
+                    res = run_loadgen(loadgen, srv, conns=sc["conns"], depth=sc["depth"],
+                                      size=sc["size"], framing=sc["framing"],
+                                      seconds=args.seconds, cpu=client_cpu)
+                    results[key].setdefault(name, []).append(res)
+                    progress.step(f"{key} round {rnd + 1} {name}")
+    finally:
+        for name, srv in servers.items():
+            exits[name] = srv.stop()
+    elapsed = time.monotonic() - t_start
+
+    # skipped servers have nothing to show beyond their note
+    for name in names:
+        if name not in servers and name not in notes:
+            notes[name] = "not run"
+    print("# iocport bench")
+    print(f"\n{os.cpu_count()} CPUs; server on CPU {server_cpu}, client on CPU {client_cpu}"
+          if server_cpu is not None else "\nnot pinned (taskset or a second CPU missing)")
+    print(f"{args.conns} connections, {args.seconds} s measured per run, "
+          f"{args.rounds} rounds, {elapsed:.0f} s in all")
+    for name in names:
+        if name in banners:
+            print(f"- {name}: {banners[name]}")
+    print(print_tables(scenarios, names, results, notes))
+    text, rows = ratio_table(scenarios, results, banners)
+    print(text)
+    bad_exit = {n: rc for n, rc in exits.items() if rc != 0}
+    if bad_exit:
+        print(f"\nservers that did not exit 0 on SIGTERM: {bad_exit}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"scenarios": scenarios, "results": results, "notes": notes,
+                       "banners": banners, "ratios": rows}, f, indent=1)
+    if not args.no_chart and args.chart:
+        if write_chart(args.chart, scenarios, names, results):
+            print(f"\nchart: {args.chart}")
+    total_errors = sum(r.get("errors", 0) for per in results.values()
+                       for runs in per.values() for r in runs)
+    return 1 if total_errors else 0
