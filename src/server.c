@@ -434,6 +434,73 @@ frame_error(struct conn *c, int st)
     conn_fail(c, st == FRAME_TOO_BIG ? CLOSE_TOO_BIG : CLOSE_BAD_FRAME, 0);
 }
 
+/* Frame what rbuf holds.  0, or -1 if the connection failed. */
+static int
+frame_rbuf(struct worker *w, struct conn *c)
+{
+    const struct framing *f = &w->srv->cfg.framing;
+    struct frame fr;
+
+    while (c->rstart < c->rlen) {
+        size_t avail = c->rlen - c->rstart;
+        int st = framing_next(f, c->rbuf + c->rstart, avail, c->rscan, &fr);
+        if (st < 0) {
+            frame_error(c, st);
+            return -1;
+        }
+        if (st == FRAME_NEED) {
+            c->rscan = fr.scanned;
+            c->rneed = fr.need;
+            if (fr.need > avail &&
+                reserve(&c->rbuf, &c->rcap, c->rstart + fr.need) < 0)
+                goto nomem;
+            return 0;
+        }
+        const uint8_t *base = c->rbuf + c->rstart;
+        if (w->srv->cfg.native_echo) {
+            if (emit(c, NULL, 0, fr.len, base, fr.consumed) < 0)
+                goto nomem;
+        } else {
+            if (emit(c, NULL, c->rstart + fr.off, fr.len, NULL, 0) < 0)
+                goto nomem;
+            if (!c->rbuf_pinned) {
+                if (grow_array(&w->compact, &w->compact_cap, w->ncompact + 1,
+                               sizeof(*w->compact)) < 0)
+                    goto nomem;
+                c->rbuf_pinned = 1;
+                conn_ref(c);
+                w->compact[w->ncompact++] = c;
+            }
+        }
+        c->rstart += fr.consumed;
+        c->rscan = 0;
+    }
+    c->rneed = 0;
+    if (!c->rbuf_pinned)
+        c->rstart = c->rlen = 0;
+    return 0;
+nomem:
+    conn_fail(c, CLOSE_RESET, ENOMEM);
+    return -1;
+}
+
+/* How many new bytes the message waiting in rbuf can use: all of them
+ * would copy every later message too, so take only up to its end when the
+ * framer knows it (length, fixed size) or up to the next delimiter. */
+static size_t
+take_for_partial(const struct framing *f, const struct conn *c,
+                 const uint8_t *p, size_t len)
+{
+    size_t avail = c->rlen - c->rstart;
+    if (c->rneed > avail)
+        return c->rneed - avail < len ? c->rneed - avail : len;
+    if (f->kind == FRAMING_DELIM) {
+        const uint8_t *d = memmem(p, len, f->delim, f->delim_len);
+        return d ? (size_t)(d - p) + f->delim_len : len;
+    }
+    return len;
+}
+
 static void
 on_recv(struct worker *w, struct conn *c, const struct io_event *ev)
 {
@@ -446,70 +513,39 @@ on_recv(struct worker *w, struct conn *c, const struct io_event *ev)
     stat_add(&w->srv->stats.bytes_in, len);
     if (c->state != CONN_OPEN)
         return;
-    if (c->rlen == c->rstart) {
-        /* Nothing buffered: frame straight from the receive buffer. */
-        if (!c->rbuf_pinned)
-            c->rstart = c->rlen = 0;
-        fr.need = 0;
-        while (len > 0 && (st = framing_next(f, p, len, 0, &fr)) == FRAME_OK) {
-            if (!w->srv->cfg.native_echo && hold_buffer(w, ev->buf_id, &held) < 0)
-                goto nomem;
-            if (emit(c, p + fr.off, 0, fr.len, p, fr.consumed) < 0)
-                goto nomem;
-            p += fr.consumed;
-            len -= fr.consumed;
-        }
-        if (len == 0)
-            return;
-        if (st < 0) {
-            frame_error(c, st);
-            return;
-        }
-        if (rbuf_append(c, p, len, fr.need) < 0)
+    /* First finish the message already buffered, copying only its bytes. */
+    while (c->rlen != c->rstart && len > 0) {
+        size_t take = take_for_partial(f, c, p, len);
+        if (rbuf_append(c, p, take, c->rneed) < 0)
             goto nomem;
-        c->rscan = fr.scanned;
+        p += take;
+        len -= take;
+        if (frame_rbuf(w, c) < 0)
+            return;
+    }
+    /* Then frame straight from the receive buffer: no copy until the
+     * handler's bytes object. */
+    fr.need = fr.scanned = 0;
+    st = FRAME_NEED;
+    while (len > 0 && (st = framing_next(f, p, len, 0, &fr)) == FRAME_OK) {
+        if (!w->srv->cfg.native_echo && hold_buffer(w, ev->buf_id, &held) < 0)
+            goto nomem;
+        if (emit(c, p + fr.off, 0, fr.len, p, fr.consumed) < 0)
+            goto nomem;
+        p += fr.consumed;
+        len -= fr.consumed;
+    }
+    if (len == 0)
+        return;
+    if (st < 0) {
+        frame_error(c, st);
         return;
     }
-    if (rbuf_append(c, p, len, 0) < 0)
+    if (rbuf_append(c, p, len, fr.need) < 0)
         goto nomem;
-    for (;;) {
-        size_t avail = c->rlen - c->rstart;
-        st = framing_next(f, c->rbuf + c->rstart, avail, c->rscan, &fr);
-        if (st < 0) {
-            frame_error(c, st);
-            return;
-        }
-        if (st == FRAME_NEED) {
-            c->rscan = fr.scanned;
-            if (fr.need > avail &&
-                reserve(&c->rbuf, &c->rcap, c->rstart + fr.need) < 0)
-                goto nomem;
-            return;
-        }
-        const uint8_t *base = c->rbuf + c->rstart;
-        if (w->srv->cfg.native_echo) {
-            if (emit(c, NULL, 0, fr.len, base, fr.consumed) < 0)
-                goto nomem;
-        } else {
-            if (emit(c, NULL, c->rstart + fr.off, fr.len, NULL, 0) < 0)
-                goto nomem;
-            if (!c->rbuf_pinned) {
-                c->rbuf_pinned = 1;
-                if (grow_array(&w->compact, &w->compact_cap, w->ncompact + 1,
-                               sizeof(*w->compact)) < 0)
-                    goto nomem;
-                conn_ref(c);
-                w->compact[w->ncompact++] = c;
-            }
-        }
-        c->rstart += fr.consumed;
-        c->rscan = 0;
-        if (c->rstart == c->rlen) {
-            if (!c->rbuf_pinned)
-                c->rstart = c->rlen = 0;
-            return;
-        }
-    }
+    c->rscan = fr.scanned;
+    c->rneed = fr.need;
+    return;
 nomem:
     conn_fail(c, CLOSE_RESET, ENOMEM);
 }

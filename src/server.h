@@ -57,6 +57,7 @@ struct conn {
     /* Receive assembly: bytes of an unfinished message, rbuf[rstart..rlen). */
     uint8_t *rbuf;
     size_t rstart, rlen, rcap, rscan;
+    size_t rneed;                /* bytes the framer needs from rstart, or 0 */
 
     /* Send queue: the user appends to obuf under `lock`; the worker swaps it
      * with sbuf, which the backend owns while send_busy. */
