@@ -170,8 +170,10 @@ class Server:
         return self
 
     def stop(self):
-        """Close every connection, join every worker.  Idempotent."""
+        """Close every connection and listening socket, join every worker.
+        Idempotent.  To serve again, listen() again, then start()."""
         self._core.stop()
+        self._addresses = []
         _running.discard(self)
         self._stopped.set()
 

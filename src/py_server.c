@@ -634,8 +634,10 @@ server_start_m(ServerObject *self, PyObject *Py_UNUSED(ignored))
 static PyObject *
 server_stop_m(ServerObject *self, PyObject *Py_UNUSED(ignored))
 {
-    if (!self->started)
+    if (!self->started) {
+        server_stop(&self->srv);   /* closes listeners not yet served */
         Py_RETURN_NONE;
+    }
     for (unsigned i = 0; i < self->srv.nworkers; i++) {
         if (pthread_equal(pthread_self(), self->srv.workers[i].thread)) {
             PyErr_SetString(PyExc_RuntimeError,

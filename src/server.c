@@ -1024,11 +1024,21 @@ server_start(struct server *s)
     return rc;
 }
 
+static void
+close_listeners(struct server *s)
+{
+    for (unsigned i = 0; i < s->nlfds; i++)
+        close(s->lfds[i]);
+    s->nlfds = 0;
+}
+
 void
 server_stop(struct server *s)
 {
-    if (!s->running)
+    if (!s->running) {
+        close_listeners(s);
         return;
+    }
     for (unsigned i = 0; i < s->nworkers; i++) {
         struct worker *w = &s->workers[i];
         atomic_store_explicit(&w->stopping, 1, memory_order_release);
@@ -1044,6 +1054,7 @@ server_stop(struct server *s)
     s->workers = NULL;
     s->nworkers = 0;
     s->running = 0;
+    close_listeners(s);   /* a stopped server gives its ports back */
 }
 
 static int
@@ -1062,9 +1073,6 @@ void
 server_destroy(struct server *s)
 {
     server_stop(s);
-    for (unsigned i = 0; i < s->nlfds; i++)
-        close(s->lfds[i]);
-    s->nlfds = 0;
     pthread_cond_destroy(&s->start_cond);
     pthread_mutex_destroy(&s->start_lock);
 }
