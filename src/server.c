@@ -28,6 +28,7 @@ const char *const close_reason_name[CLOSE_REASON_COUNT] = {
 };
 
 #define KEEP_BUF (64 * 1024)  /* larger idle buffers are given back */
+#define TRIM_AFTER_MS 1000    /* ...after this long without traffic */
 #define ACCEPT_RETRY_MS 100   /* pause after EMFILE & co, so accept never spins */
 
 static int64_t
@@ -57,7 +58,7 @@ reserve(void *bufp, size_t *cap, size_t need)
     char **buf = bufp;
     if (need <= *cap)
         return 0;
-    size_t ncap = *cap ? *cap : 256;
+    size_t ncap = *cap ? *cap : 1024;
     while (ncap < need)
         ncap *= 2;
     char *nb = realloc(*buf, ncap);
@@ -362,12 +363,6 @@ flush(struct conn *c)
     }
     if (c->state > CONN_DRAINING)
         return;
-    if (!c->send_busy && c->scap > KEEP_BUF) {
-        /* A burst grew the buffer: don't keep it for an idle connection. */
-        free(c->sbuf);
-        c->sbuf = NULL;
-        c->scap = c->slen = c->soff = 0;
-    }
     pthread_mutex_lock(&c->lock);
     unsent = unsent_locked(c);
     pthread_mutex_unlock(&c->lock);
@@ -740,14 +735,8 @@ dispatch_batch(struct worker *w)
     for (unsigned i = 0; i < w->ncompact; i++) {
         struct conn *c = w->compact[i];
         c->rbuf_pinned = 0;
-        if (c->rstart == c->rlen) {
+        if (c->rstart == c->rlen)
             c->rstart = c->rlen = 0;
-            if (c->rcap > KEEP_BUF) {
-                free(c->rbuf);
-                c->rbuf = NULL;
-                c->rcap = 0;
-            }
-        }
         conn_unref(c);
     }
     w->ncompact = 0;
@@ -765,6 +754,30 @@ flush_dirty(struct worker *w)
     }
 }
 
+/* A burst of big messages grew these buffers: an idle connection gives
+ * them back, so memory per idle connection stays small. */
+static void
+trim(struct conn *c)
+{
+    if (c->rstart == c->rlen && !c->rbuf_pinned && c->rcap > KEEP_BUF) {
+        free(c->rbuf);
+        c->rbuf = NULL;
+        c->rcap = c->rstart = c->rlen = 0;
+    }
+    if (!c->send_busy && c->soff == c->slen && c->scap > KEEP_BUF) {
+        free(c->sbuf);
+        c->sbuf = NULL;
+        c->scap = c->slen = c->soff = 0;
+    }
+    pthread_mutex_lock(&c->lock);
+    if (c->olen == 0 && c->ocap > KEEP_BUF) {
+        free(c->obuf);
+        c->obuf = NULL;
+        c->ocap = 0;
+    }
+    pthread_mutex_unlock(&c->lock);
+}
+
 static void
 sweep(struct worker *w)
 {
@@ -772,8 +785,11 @@ sweep(struct worker *w)
     struct conn *c = w->conns.next;
     while (c != &w->conns) {
         struct conn *next = c->next;
-        if (c->state == CONN_OPEN && w->now - c->last_active >= idle)
+        int64_t quiet = w->now - c->last_active;
+        if (idle > 0 && c->state == CONN_OPEN && quiet >= idle)
             conn_fail(c, CLOSE_IDLE, 0);
+        else if (quiet >= TRIM_AFTER_MS)
+            trim(c);
         c = next;
     }
 }
@@ -781,9 +797,7 @@ sweep(struct worker *w)
 static int
 next_timeout(struct worker *w)
 {
-    int64_t due = INT64_MAX;
-    if (w->srv->cfg.idle_timeout_ms > 0)
-        due = w->next_sweep;
+    int64_t due = w->nconns ? w->next_sweep : INT64_MAX;
     for (unsigned i = 0; i < w->nls; i++)
         if (!w->ls[i].armed && w->ls[i].retry_at && w->ls[i].retry_at < due)
             due = w->ls[i].retry_at;
@@ -799,9 +813,9 @@ static void
 timers(struct worker *w)
 {
     int64_t idle = w->srv->cfg.idle_timeout_ms;
-    if (idle > 0 && w->now >= w->next_sweep) {
+    if (w->now >= w->next_sweep) {
         sweep(w);
-        w->next_sweep = w->now + (idle >= 4000 ? 1000 : (idle / 4 + 1));
+        w->next_sweep = w->now + (idle == 0 || idle >= 4000 ? 1000 : idle / 4 + 1);
     }
     for (unsigned i = 0; i < w->nls; i++) {
         struct listener_slot *ls = &w->ls[i];
