@@ -1,0 +1,94 @@
+"""io_uring refused the way containers refuse it (a seccomp filter answering
+EPERM, as Docker's default profile does): auto falls back to epoll with one
+log line, forcing uring raises a clear OSError, and the server works."""
+import os
+import platform
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+pytestmark = pytest.mark.timeout(60)
+
+SCRIPT = textwrap.dedent(r'''
+    import ctypes, errno, logging, socket, struct, sys
+
+    # seccomp: io_uring_setup (425 on x86_64 and aarch64) fails with EPERM.
+    class Filter(ctypes.Structure):
+        _fields_ = [("code", ctypes.c_ushort), ("jt", ctypes.c_ubyte),
+                    ("jf", ctypes.c_ubyte), ("k", ctypes.c_uint)]
+    class Prog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(Filter))]
+    BPF_LD_W_ABS, BPF_JEQ_K, BPF_RET_K = 0x20, 0x15, 0x06
+    insns = (Filter * 4)(
+        Filter(BPF_LD_W_ABS, 0, 0, 0),            # A = seccomp_data.nr
+        Filter(BPF_JEQ_K, 0, 1, 425),             # io_uring_setup?
+        Filter(BPF_RET_K, 0, 0, 0x00050000 | errno.EPERM),
+        Filter(BPF_RET_K, 0, 0, 0x7fff0000),      # allow
+    )
+    prog = Prog(4, insns)
+    libc = ctypes.CDLL(None, use_errno=True)
+    assert libc.prctl(38, 1, 0, 0, 0) == 0        # PR_SET_NO_NEW_PRIVS
+    assert libc.prctl(22, 2, ctypes.byref(prog), 0, 0) == 0, ctypes.get_errno()
+
+    logging.basicConfig(level=logging.WARNING, stream=sys.stdout,
+                        format="LOG %(name)s %(levelname)s %(message)s")
+    import iocport
+    from iocport import _iocport
+    print("backends", iocport.backends())
+    print("status", _iocport.uring_status() == errno.EPERM)
+    try:
+        iocport.Server(lambda c, m: None, backend="uring")
+    except OSError as exc:
+        print("forced", exc.errno == errno.EPERM)
+
+    def on_message(conn, msg):
+        conn.send(msg)
+
+    srv = iocport.Server(on_message, backend="auto", workers=2)
+    addr = srv.listen()
+    srv.start()
+    print("using", srv.backend)
+    with socket.create_connection(addr, timeout=10) as s:
+        s.sendall(struct.pack(">I", 5) + b"hello")
+        got = b""
+        while len(got) < 9:
+            got += s.recv(100)
+    print("echo", got == struct.pack(">I", 5) + b"hello")
+    srv.stop()
+''')
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "aarch64"),
+                    reason="the filter uses the io_uring_setup number of x86_64/aarch64")
+def test_refused_io_uring_falls_back_to_epoll():
+    import iocport
+    root = os.path.dirname(os.path.dirname(os.path.abspath(iocport.__file__)))
+    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.pop("IOCPORT_BACKEND", None)
+    out = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True,
+                         text=True, timeout=50)
+    assert out.returncode == 0, out.stdout + out.stderr
+    lines = out.stdout.splitlines()
+    assert "backends ('epoll',)" in lines
+    assert "status True" in lines
+    assert "forced True" in lines
+    assert "using epoll" in lines
+    assert "echo True" in lines
+    logs = [l for l in lines if l.startswith("LOG iocport WARNING")]
+    assert len(logs) == 1 and "io_uring unavailable" in logs[0], lines
+
+
+def test_backend_environment_variable(monkeypatch):
+    import iocport
+    monkeypatch.setenv("IOCPORT_BACKEND", "epoll")
+    assert iocport.default_backend() == "epoll"
+    srv = iocport.Server(lambda c, m: None)
+    try:
+        assert srv.backend == "epoll"
+    finally:
+        srv.stop()
+    monkeypatch.setenv("IOCPORT_BACKEND", "kqueue")
+    with pytest.raises(ValueError, match="IOCPORT_BACKEND"):
+        iocport.Server(lambda c, m: None)
