@@ -35,10 +35,9 @@ def echo(args):
                     workers=args.workers, backend=args.backend,
                     native_echo=args.native)
     host, port = server.listen(args.host, args.port)
-    server.start()
-    print(f"listening on {host}:{port} (backend {server.backend}, "
-          f"{'native' if args.native else 'python'} echo)", flush=True)
-    server.serve_forever()
+    server.serve_forever(ready=lambda: print(
+        f"listening on {host}:{port} (backend {server.backend}, "
+        f"{'native' if args.native else 'python'} echo)", flush=True))
     return 0
 
 

@@ -177,15 +177,21 @@ class Server:
         _running.discard(self)
         self._stopped.set()
 
-    def serve_forever(self):
-        """Serve until Ctrl-C, SIGTERM or stop() from another thread."""
-        if not self.running:
-            self.start()
+    def serve_forever(self, ready=None):
+        """Serve until Ctrl-C, SIGTERM or stop() from another thread.
+
+        Starts the server if it is not running; ``ready()``, if given, is
+        called once it is (a signal arriving from then on stops it cleanly).
+        """
         on_main = threading.current_thread() is threading.main_thread()
         previous = None
         if on_main:
             previous = signal.signal(signal.SIGTERM, _raise_terminate)
         try:
+            if not self.running:
+                self.start()
+            if ready is not None:
+                ready()
             self._stopped.wait()
         except (KeyboardInterrupt, _Terminate):
             pass

@@ -29,6 +29,10 @@ const char *const close_reason_name[CLOSE_REASON_COUNT] = {
 
 #define KEEP_BUF (64 * 1024)  /* larger idle buffers are given back */
 #define TRIM_AFTER_MS 1000    /* ...after this long without traffic */
+/* Messages framed per connection per turn; the rest waits, unframed, for
+ * the next turn.  Keeps one busy peer from filling a whole batch and
+ * bounds the replies a batch can queue before backpressure can act. */
+#define FRAME_BUDGET 32
 #define ACCEPT_RETRY_MS 100   /* pause after EMFILE & co, so accept never spins */
 
 static int64_t
@@ -112,6 +116,8 @@ conn_ref(struct conn *c)
 }
 
 static void begin_close(struct conn *c);
+static void check_backpressure(struct conn *c, size_t unsent);
+static int frame_rbuf(struct worker *w, struct conn *c);
 
 static int
 push_entry(struct worker *w, struct conn *c, uint8_t kind,
@@ -121,6 +127,8 @@ push_entry(struct worker *w, struct conn *c, uint8_t kind,
                    sizeof(struct entry)) < 0)
         return -ENOMEM;
     conn_ref(c);
+    if (kind == ENTRY_MSG)
+        c->queued++;
     w->batch[w->nbatch++] = (struct entry){c, ptr, off, len, kind};
     return 0;
 }
@@ -219,6 +227,17 @@ mark_dirty(struct worker *w, struct conn *c)
     }
 }
 
+static void
+defer(struct worker *w, struct conn *c)
+{
+    if (!c->deferred) {
+        c->deferred = 1;
+        conn_ref(c);
+        c->next_deferred = w->deferred;
+        w->deferred = c;
+    }
+}
+
 /* ---- sending ------------------------------------------------------------ */
 
 static size_t
@@ -279,9 +298,15 @@ conn_send(struct conn *c, const void *data, size_t len, int frame)
     int local = on_worker_thread(w);
     if (!local)
         post_to_mailbox(c);
+    size_t unsent = unsent_locked(c);
     pthread_mutex_unlock(&c->lock);
-    if (local)
+    if (local) {
         mark_dirty(w, c);
+        /* Pause at once, not after the batch: a batch can hold many
+         * messages, each with a big reply. */
+        if (!c->paused && unsent > w->srv->cfg.max_unsent)
+            check_backpressure(c, unsent);
+    }
     stat_add(&w->srv->stats.msgs_out, 1);
     return 0;
 }
@@ -321,7 +346,10 @@ check_backpressure(struct conn *c, size_t unsent)
         recv_stop(c);
     } else if (c->paused && unsent <= hi / 2) {
         c->paused = 0;
-        if (c->recv == RECV_OFF && c->state == CONN_OPEN && !c->peer_eof)
+        /* Messages that arrived while paused: frame them now. */
+        if (c->state != CONN_OPEN || frame_rbuf(c->w, c) < 0)
+            return;
+        if (c->recv == RECV_OFF && !c->peer_eof)
             recv_start(c);
     }
 }
@@ -366,15 +394,17 @@ flush(struct conn *c)
     pthread_mutex_lock(&c->lock);
     unsent = unsent_locked(c);
     pthread_mutex_unlock(&c->lock);
-    if (unsent == 0 && (c->graceful || c->peer_eof)) {
+    check_backpressure(c, unsent);
+    /* Close a half-closed or draining connection once every message it
+     * sent has been handled and every reply has gone out. */
+    if (unsent == 0 && (c->graceful || c->peer_eof) && !c->paused &&
+        !c->deferred && c->queued == 0 && c->state <= CONN_DRAINING) {
         if (c->peer_eof && c->reason == CLOSE_NONE) {
             c->reason = CLOSE_EOF;
             stat_add(&w->srv->stats.errors[CLOSE_EOF], 1);
         }
         begin_close(c);
-        return;
     }
-    check_backpressure(c, unsent);
 }
 
 /* ---- receiving ------------------------------------------------------------ */
@@ -437,6 +467,10 @@ frame_rbuf(struct worker *w, struct conn *c)
     struct frame fr;
 
     while (c->rstart < c->rlen) {
+        if (c->queued >= FRAME_BUDGET) {
+            defer(w, c);
+            return 0;
+        }
         size_t avail = c->rlen - c->rstart;
         int st = framing_next(f, c->rbuf + c->rstart, avail, c->rscan, &fr);
         if (st < 0) {
@@ -508,6 +542,8 @@ on_recv(struct worker *w, struct conn *c, const struct io_event *ev)
     stat_add(&w->srv->stats.bytes_in, len);
     if (c->state != CONN_OPEN)
         return;
+    if (c->paused || c->deferred)
+        goto later;
     /* First finish the message already buffered, copying only its bytes. */
     while (c->rlen != c->rstart && len > 0) {
         size_t take = take_for_partial(f, c, p, len);
@@ -517,12 +553,20 @@ on_recv(struct worker *w, struct conn *c, const struct io_event *ev)
         len -= take;
         if (frame_rbuf(w, c) < 0)
             return;
+        if (c->deferred)
+            goto later;
     }
     /* Then frame straight from the receive buffer: no copy until the
      * handler's bytes object. */
     fr.need = fr.scanned = 0;
     st = FRAME_NEED;
-    while (len > 0 && (st = framing_next(f, p, len, 0, &fr)) == FRAME_OK) {
+    while (len > 0) {
+        if (c->queued >= FRAME_BUDGET) {
+            defer(w, c);
+            goto later;
+        }
+        if ((st = framing_next(f, p, len, 0, &fr)) != FRAME_OK)
+            break;
         if (!w->srv->cfg.native_echo && hold_buffer(w, ev->buf_id, &held) < 0)
             goto nomem;
         if (emit(c, p + fr.off, 0, fr.len, p, fr.consumed) < 0)
@@ -540,6 +584,12 @@ on_recv(struct worker *w, struct conn *c, const struct io_event *ev)
         goto nomem;
     c->rscan = fr.scanned;
     c->rneed = fr.need;
+    return;
+later:
+    /* Paused by backpressure, or over this turn's budget: keep the bytes
+     * unframed (framed when the replies drain, or next turn). */
+    if (len > 0 && rbuf_append(c, p, len, 0) < 0)
+        goto nomem;
     return;
 nomem:
     conn_fail(c, CLOSE_RESET, ENOMEM);
@@ -650,7 +700,8 @@ on_event(struct worker *w, const struct io_event *ev)
         c->recv = RECV_OFF;
         if (ev->res == 0) {
             c->peer_eof = 1;
-            if (c->rlen != c->rstart && c->reason == CLOSE_NONE) {
+            if (c->rlen != c->rstart && !c->paused && !c->deferred &&
+                c->reason == CLOSE_NONE) {
                 /* The peer left in the middle of a message. */
                 conn_fail(c, CLOSE_RESET, 0);
             } else {
@@ -725,8 +776,13 @@ dispatch_batch(struct worker *w)
             n = w->nbatch;
             s->dops->dispatch(w, from, n);
         }
-        for (unsigned i = 0; i < n; i++)
-            conn_unref(w->batch[i].c);
+        for (unsigned i = 0; i < n; i++) {
+            struct conn *c = w->batch[i].c;
+            if (w->batch[i].kind == ENTRY_MSG && --c->queued == 0 &&
+                (c->peer_eof || c->graceful) && c->state <= CONN_DRAINING)
+                mark_dirty(w, c);   /* flush() decides whether to close */
+            conn_unref(c);
+        }
         w->nbatch = 0;
     }
     for (unsigned i = 0; i < w->nheld; i++)
@@ -740,6 +796,23 @@ dispatch_batch(struct worker *w)
         conn_unref(c);
     }
     w->ncompact = 0;
+}
+
+/* Frame what waited for the next turn (see FRAME_BUDGET). */
+static void
+run_deferred(struct worker *w)
+{
+    struct conn *c = w->deferred;
+    w->deferred = NULL;
+    while (c != NULL) {
+        struct conn *next = c->next_deferred;
+        c->deferred = 0;
+        if (c->state == CONN_OPEN && !c->paused && frame_rbuf(w, c) == 0 &&
+            !c->deferred && c->peer_eof)
+            mark_dirty(w, c);   /* may be ready to close */
+        conn_unref(c);
+        c = next;
+    }
 }
 
 static void
@@ -801,7 +874,7 @@ next_timeout(struct worker *w)
     for (unsigned i = 0; i < w->nls; i++)
         if (!w->ls[i].armed && w->ls[i].retry_at && w->ls[i].retry_at < due)
             due = w->ls[i].retry_at;
-    if (w->nbatch || w->dirty)
+    if (w->nbatch || w->dirty || w->deferred)
         return 0;
     if (due == INT64_MAX)
         return -1;
@@ -841,8 +914,9 @@ turn(struct worker *w, int timeout)
         drain_mailbox(w);
     dispatch_batch(w);
     flush_dirty(w);
-    /* Handlers' sends queued during flush close nothing new, but closes
-     * during flush may have queued CLOSE entries. */
+    /* Messages left for this turn's second round (FRAME_BUDGET, or
+     * unpaused by the flush), and CLOSE notices queued by the flush. */
+    run_deferred(w);
     dispatch_batch(w);
     timers(w);
     return 0;

@@ -50,7 +50,9 @@ struct conn {
     uint8_t graceful;            /* close once the send queue is empty */
     uint8_t close_req;           /* from another thread: 1 graceful, 2 abort */
     uint8_t rbuf_pinned;         /* batch entries point into rbuf */
+    uint8_t deferred;            /* unframed bytes wait for the next turn */
     unsigned inflight;           /* operations whose final event is due */
+    unsigned queued;             /* messages in the batch, not yet handled */
     int err;                     /* errno behind CLOSE_RESET */
     int64_t last_active;         /* monotonic ms */
 
@@ -70,6 +72,7 @@ struct conn {
     struct conn *next, *prev;    /* worker's connection list */
     struct conn *next_dirty;     /* worker's flush list */
     struct conn *next_mail;      /* worker's mailbox */
+    struct conn *next_deferred;  /* worker's deferred list */
     void *py;                    /* dispatch layer's object, or NULL */
 };
 
@@ -116,6 +119,7 @@ struct worker {
     struct conn conns;           /* list head of live connections */
     unsigned nconns;
     struct conn *dirty;          /* flush list (worker thread only) */
+    struct conn *deferred;       /* to frame next turn (worker only) */
 
     pthread_mutex_t mbox_lock;
     struct conn *mailbox;        /* sends from other threads */
