@@ -157,9 +157,8 @@ class Server:
         return self._core.running
 
     def start(self):
-        """Start serving in the background (native worker threads)."""
-        if not self._addresses:
-            raise RuntimeError("the server is not listening; call listen() first")
+        """Start serving in the background (native worker threads).  A
+        server with no listener is a client: see connect()."""
         self._stopped.clear()
         self._core.start()
         _running.add(self)
@@ -168,6 +167,31 @@ class Server:
             log.warning("io_uring unavailable (%s); using the epoll backend",
                         os.strerror(err))
         return self
+
+    def connect(self, host, port, callback=None):
+        """Open an outgoing connection, overlapped: returns its Connection
+        at once (send() may be called before it is connected; the bytes go
+        out once it is).  ``callback(conn, error)`` runs on a worker with
+        the GIL held when the connect completes: ``error`` is None, or the
+        OSError that made it fail (the connection is then closed).  Messages
+        arrive at this server's handler, framed the same way; on_close is
+        called when an established connection closes.  The host is resolved
+        here (a name lookup blocks the caller; numeric addresses do not)."""
+        if not isinstance(host, str):
+            raise TypeError(f"host must be a str, got {type(host).__name__}")
+        _check_int("port", port, 0)
+        if callback is not None and not callable(callback):
+            raise TypeError("callback must be callable or None, "
+                            f"got {type(callback).__name__}")
+        if not self.running:
+            raise RuntimeError("the server is not running; call start() first")
+        family, _, _, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            return self._core.connect(sock, address, callback)
+        finally:
+            sock.close()
 
     def stop(self):
         """Close every connection and listening socket, join every worker.

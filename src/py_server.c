@@ -37,6 +37,7 @@ typedef struct {
     uint64_t id;
     PyObject *state;
     PyObject *peer;              /* cached (host, port) */
+    PyObject *connect_cb;        /* outgoing: callback(conn, error) */
     const char *reason;          /* close reason once closed */
     int err;
 } ConnObject;
@@ -125,6 +126,34 @@ callback_failed(ServerObject *so, struct conn *c, const char *what)
     conn_abort(c, CLOSE_HANDLER);
 }
 
+/* Outgoing connections: report the connect's outcome once. */
+static void
+connect_done(ConnObject *o, int err)
+{
+    PyObject *cb = o->connect_cb;
+    if (cb == NULL)
+        return;
+    o->connect_cb = NULL;
+    PyObject *exc = Py_None, *r = NULL;
+    if (err) {
+        exc = PyObject_CallFunction(PyExc_OSError, "is", err, strerror(err));
+        if (exc == NULL) {
+            PyErr_WriteUnraisable(cb);
+            Py_DECREF(cb);
+            return;
+        }
+    } else {
+        Py_INCREF(exc);
+    }
+    PyObject *args[2] = {(PyObject *)o, exc};
+    r = PyObject_Vectorcall(cb, args, 2, NULL);
+    if (r == NULL)
+        PyErr_WriteUnraisable(cb);
+    Py_XDECREF(r);
+    Py_DECREF(exc);
+    Py_DECREF(cb);
+}
+
 static void
 deliver_close(ServerObject *so, struct conn *c)
 {
@@ -154,7 +183,10 @@ deliver_close(ServerObject *so, struct conn *c)
     o->err = c->err;
     o->c = NULL;
     c->py = NULL;
-    if (so->on_close != Py_None) {
+    if (o->connect_cb != NULL) {
+        /* Never connected: the callback hears why; on_close does not. */
+        connect_done(o, c->err ? c->err : ECONNABORTED);
+    } else if (so->on_close != Py_None) {
         PyObject *r = PyObject_CallOneArg(so->on_close, (PyObject *)o);
         if (r == NULL)
             PyErr_WriteUnraisable(so->on_close);
@@ -184,6 +216,10 @@ d_dispatch(struct worker *w, unsigned from, unsigned to)
             continue;   /* a handler of this connection already failed */
         if ((o = conn_object(so, c)) == NULL) {
             callback_failed(so, c, "creating the connection object");
+            continue;
+        }
+        if (e->kind == ENTRY_OPEN && c->outgoing) {
+            connect_done(o, 0);
             continue;
         }
         if (e->kind == ENTRY_OPEN) {
@@ -223,6 +259,7 @@ conn_traverse(ConnObject *self, visitproc visit, void *arg)
     Py_VISIT(Py_TYPE(self));
     Py_VISIT(self->state);
     Py_VISIT(self->peer);
+    Py_VISIT(self->connect_cb);
     return 0;
 }
 
@@ -231,6 +268,7 @@ conn_clear(ConnObject *self)
 {
     Py_CLEAR(self->state);
     Py_CLEAR(self->peer);
+    Py_CLEAR(self->connect_cb);
     return 0;
 }
 
@@ -611,6 +649,128 @@ server_add_listener_m(ServerObject *self, PyObject *arg)
     Py_RETURN_NONE;
 }
 
+/* (family, address tuple) -> struct sockaddr, as the socket module spells
+ * addresses: (host, port) for AF_INET, (host, port[, flow, scope]) for
+ * AF_INET6, a path for AF_UNIX.  Hosts must be numeric (resolved already). */
+static int
+py_to_sockaddr(int family, PyObject *addr, struct sockaddr_storage *ss,
+               socklen_t *len)
+{
+    memset(ss, 0, sizeof(*ss));
+    if (family == AF_UNIX) {
+        struct sockaddr_un *a = (struct sockaddr_un *)ss;
+        PyObject *b = NULL;
+        if (!PyUnicode_FSConverter(addr, &b))
+            return -1;
+        Py_ssize_t n = PyBytes_GET_SIZE(b);
+        if ((size_t)n >= sizeof(a->sun_path)) {
+            Py_DECREF(b);
+            PyErr_SetString(PyExc_ValueError, "AF_UNIX path too long");
+            return -1;
+        }
+        a->sun_family = AF_UNIX;
+        memcpy(a->sun_path, PyBytes_AS_STRING(b), (size_t)n);
+        Py_DECREF(b);
+        *len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + (size_t)n + 1);
+        return 0;
+    }
+    const char *host;
+    int port;
+    unsigned int flow = 0, scope = 0;
+    if (!PyTuple_Check(addr) ||
+        !PyArg_ParseTuple(addr, "si|II", &host, &port, &flow, &scope)) {
+        PyErr_Clear();
+        PyErr_SetString(PyExc_TypeError,
+                        "address must be a (host, port) tuple with a numeric host");
+        return -1;
+    }
+    if (port < 0 || port > 65535) {
+        PyErr_Format(PyExc_ValueError, "port must be 0-65535, got %d", port);
+        return -1;
+    }
+    if (family == AF_INET) {
+        struct sockaddr_in *a = (struct sockaddr_in *)ss;
+        a->sin_family = AF_INET;
+        a->sin_port = htons((uint16_t)port);
+        if (inet_pton(AF_INET, host, &a->sin_addr) != 1)
+            goto bad_host;
+        *len = sizeof(*a);
+        return 0;
+    }
+    if (family == AF_INET6) {
+        struct sockaddr_in6 *a = (struct sockaddr_in6 *)ss;
+        a->sin6_family = AF_INET6;
+        a->sin6_port = htons((uint16_t)port);
+        a->sin6_flowinfo = htonl(flow);
+        a->sin6_scope_id = scope;
+        if (inet_pton(AF_INET6, host, &a->sin6_addr) != 1)
+            goto bad_host;
+        *len = sizeof(*a);
+        return 0;
+    }
+    PyErr_Format(PyExc_ValueError, "unsupported address family %d", family);
+    return -1;
+bad_host:
+    PyErr_Format(PyExc_ValueError, "host must be a numeric address, got '%s'", host);
+    return -1;
+}
+
+static PyObject *
+server_connect_m(ServerObject *self, PyObject *args)
+{
+    PyObject *sock, *addr, *cb;
+    struct sockaddr_storage ss;
+    socklen_t len;
+    if (!PyArg_ParseTuple(args, "OOO:connect", &sock, &addr, &cb))
+        return NULL;
+    if (check_callable(cb, "callback", 1) < 0)
+        return NULL;
+    PyObject *fam = PyObject_GetAttrString(sock, "family");
+    if (fam == NULL)
+        return NULL;
+    long family = PyLong_AsLong(fam);
+    Py_DECREF(fam);
+    if (family == -1 && PyErr_Occurred())
+        return NULL;
+    if (py_to_sockaddr((int)family, addr, &ss, &len) < 0)
+        return NULL;
+    int fd = PyObject_AsFileDescriptor(sock);
+    if (fd < 0)
+        return NULL;
+    ConnObject *o = (ConnObject *)self->conn_type->tp_alloc(self->conn_type, 0);
+    if (o == NULL)
+        return NULL;
+    int dup = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+    int fl = dup < 0 ? -1 : fcntl(dup, F_GETFL);
+    if (fl < 0 || fcntl(dup, F_SETFL, fl | O_NONBLOCK) < 0) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        if (dup >= 0)
+            close(dup);
+        Py_DECREF(o);
+        return NULL;
+    }
+    if (cb != Py_None)
+        o->connect_cb = Py_NewRef(cb);
+    struct conn *c;
+    int rc = server_connect(&self->srv, dup, (struct sockaddr *)&ss, len, o, &c);
+    if (rc < 0) {
+        close(dup);
+        Py_DECREF(o);
+        if (rc == -EPIPE) {
+            PyErr_SetString(PyExc_RuntimeError,
+                            "the server is not running; call start() first");
+            return NULL;
+        }
+        errno = -rc;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    o->c = c;
+    o->id = c->id;
+    /* c->py holds this reference until the connection closes. */
+    Py_INCREF(o);
+    return (PyObject *)o;
+}
+
 static PyObject *
 server_start_m(ServerObject *self, PyObject *Py_UNUSED(ignored))
 {
@@ -709,6 +869,10 @@ static PyMethodDef server_methods[] = {
     {"add_listener", (PyCFunction)server_add_listener_m, METH_O,
      "add_listener(sock) -> None\n--\n\n"
      "Serve a listening socket (its fd is duplicated).  Before start()."},
+    {"connect", (PyCFunction)server_connect_m, METH_VARARGS,
+     "connect(sock, address, callback) -> Connection\n--\n\n"
+     "Connect a socket to a numeric address on a worker; callback(conn, error)\n"
+     "runs when it completes (error is None or an OSError)."},
     {"start", (PyCFunction)server_start_m, METH_NOARGS,
      "start() -> None\n--\n\nStart the worker threads."},
     {"stop", (PyCFunction)server_stop_m, METH_NOARGS,

@@ -25,6 +25,7 @@
 
 const char *const close_reason_name[CLOSE_REASON_COUNT] = {
     "closed", "eof", "reset", "too_big", "bad_frame", "handler", "idle",
+    "connect",
 };
 
 #define KEEP_BUF (64 * 1024)  /* larger idle buffers are given back */
@@ -283,7 +284,7 @@ conn_send(struct conn *c, const void *data, size_t len, int frame)
                               &tlen) != FRAME_OK)
         return -EMSGSIZE;
     pthread_mutex_lock(&c->lock);
-    if (c->state != CONN_OPEN) {
+    if (c->state > CONN_OPEN) {
         pthread_mutex_unlock(&c->lock);
         return -EPIPE;
     }
@@ -315,9 +316,9 @@ void
 conn_close(struct conn *c, int graceful)
 {
     if (on_worker_thread(c->w)) {
-        if (c->state != CONN_OPEN)
+        if (c->state != CONN_OPEN && c->state != CONN_CONNECTING)
             return;
-        if (!graceful) {
+        if (!graceful || c->state == CONN_CONNECTING) {
             begin_close(c);
             return;
         }
@@ -330,7 +331,7 @@ conn_close(struct conn *c, int graceful)
         return;
     }
     pthread_mutex_lock(&c->lock);
-    if (c->state == CONN_OPEN) {
+    if (c->state <= CONN_OPEN) {
         c->close_req = graceful ? 1 : 2;
         post_to_mailbox(c);
     }
@@ -362,6 +363,8 @@ flush(struct conn *c)
     struct worker *w = c->w;
     size_t unsent;
 
+    if (c->state == CONN_CONNECTING)
+        return;   /* sent once connected */
     while (c->state <= CONN_DRAINING && !c->send_busy) {
         if (c->soff == c->slen) {
             pthread_mutex_lock(&c->lock);
@@ -598,7 +601,7 @@ nomem:
 /* ---- events ----------------------------------------------------------------- */
 
 static struct conn *
-conn_new(struct worker *w, int fd)
+conn_alloc(struct server *s, struct worker *w, int fd)
 {
     struct conn *c = calloc(1, sizeof(*c));
     if (c == NULL)
@@ -609,16 +612,30 @@ conn_new(struct worker *w, int fd)
     }
     c->h.fd = fd;
     c->w = w;
-    c->id = atomic_fetch_add_explicit(&w->srv->next_id, 1,
-                                      memory_order_relaxed) + 1;
+    c->id = atomic_fetch_add_explicit(&s->next_id, 1, memory_order_relaxed) + 1;
     atomic_init(&c->refs, 1);
+    return c;
+}
+
+/* Worker thread: the connection joins this worker's list. */
+static void
+conn_link(struct worker *w, struct conn *c)
+{
     c->last_active = w->now;
     c->next = &w->conns;
     c->prev = w->conns.prev;
     w->conns.prev->next = c;
     w->conns.prev = c;
     w->nconns++;
-    return c;
+    atomic_fetch_add_explicit(&w->srv->nconns, 1, memory_order_relaxed);
+}
+
+static void
+set_nodelay(int fd)
+{
+    int one = 1;
+    /* Best effort: not every socket type has Nagle's algorithm. */
+    (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 }
 
 static void
@@ -652,20 +669,17 @@ on_accept(struct worker *w, struct listener_slot *ls, const struct io_event *ev)
         close(fd);
         stat_add(&s->stats.refused, 1);
     } else {
-        int one = 1;
-        /* Best effort: not every socket type has Nagle's algorithm. */
-        (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-        struct conn *c = conn_new(w, fd);
-        if (c != NULL) {
-            c->peerlen = sizeof(c->peer);
-            if (getpeername(fd, (struct sockaddr *)&c->peer, &c->peerlen) < 0)
-                c->peerlen = 0;   /* already reset: the first recv says so */
-        }
+        set_nodelay(fd);
+        struct conn *c = conn_alloc(s, w, fd);
         if (c == NULL) {
             close(fd);
             stat_add(&s->stats.accept_errors, 1);
         } else {
-            atomic_fetch_add_explicit(&s->nconns, 1, memory_order_relaxed);
+            conn_link(w, c);
+            c->state = CONN_OPEN;
+            c->peerlen = sizeof(c->peer);
+            if (getpeername(fd, (struct sockaddr *)&c->peer, &c->peerlen) < 0)
+                c->peerlen = 0;   /* already reset: the first recv says so */
             stat_add(&s->stats.accepted, 1);
             if (s->dops != NULL && !s->cfg.native_echo && s->want_open)
                 push_entry(w, c, ENTRY_OPEN, NULL, 0, 0);
@@ -727,10 +741,78 @@ on_event(struct worker *w, const struct io_event *ev)
         }
         op_done(c);
         return;
+    case IO_CONNECT:
+        if (ev->res == 0 && c->state == CONN_CONNECTING) {
+            pthread_mutex_lock(&c->lock);
+            c->state = CONN_OPEN;
+            pthread_mutex_unlock(&c->lock);
+            set_nodelay(c->h.fd);
+            c->last_active = w->now;
+            push_entry(w, c, ENTRY_OPEN, NULL, 0, 0);
+            recv_start(c);
+            mark_dirty(w, c);   /* what was sent while connecting */
+        } else if (ev->res < 0 && ev->res != -ECANCELED) {
+            conn_fail(c, CLOSE_CONNECT, -ev->res);
+        } else if (ev->res == -ECANCELED && c->reason == CLOSE_NONE) {
+            c->reason = CLOSE_CONNECT;
+            c->err = ECANCELED;
+        }
+        op_done(c);
+        return;
     default:
         op_done(c);
         return;
     }
+}
+
+/* Worker thread: a connect() request from the mailbox. */
+static void
+start_connect(struct worker *w, struct conn *c)
+{
+    c->connect_req = 0;
+    conn_link(w, c);
+    int rc = atomic_load(&w->stopping) ? -ECANCELED
+             : w->ops->connect(w->be, &c->h, (struct sockaddr *)&c->peer,
+                               c->peerlen);
+    if (rc < 0) {
+        conn_fail(c, CLOSE_CONNECT, -rc);
+        return;
+    }
+    c->inflight++;
+}
+
+int
+server_connect(struct server *s, int fd, const struct sockaddr *addr,
+               socklen_t addrlen, void *py, struct conn **out)
+{
+    if (addrlen > sizeof(struct sockaddr_storage))
+        return -EINVAL;
+    pthread_mutex_lock(&s->start_lock);
+    if (!s->accepting_work) {
+        pthread_mutex_unlock(&s->start_lock);
+        return -EPIPE;
+    }
+    unsigned i = atomic_fetch_add_explicit(&s->next_worker, 1,
+                                           memory_order_relaxed);
+    struct worker *w = &s->workers[i % s->nworkers];
+    struct conn *c = conn_alloc(s, w, fd);
+    if (c == NULL) {
+        pthread_mutex_unlock(&s->start_lock);
+        return -ENOMEM;
+    }
+    memcpy(&c->peer, addr, addrlen);
+    c->peerlen = addrlen;
+    c->outgoing = 1;
+    c->connect_req = 1;
+    c->state = CONN_CONNECTING;
+    c->py = py;
+    conn_ref(c);   /* the dispatch layer's link */
+    pthread_mutex_lock(&c->lock);
+    post_to_mailbox(c);
+    pthread_mutex_unlock(&c->lock);
+    pthread_mutex_unlock(&s->start_lock);
+    *out = c;
+    return 0;
 }
 
 static void
@@ -746,6 +828,8 @@ drain_mailbox(struct worker *w)
 
     while (c != NULL) {
         struct conn *next = c->next_mail;
+        if (c->connect_req)
+            start_connect(w, c);
         pthread_mutex_lock(&c->lock);
         int req = c->close_req;
         c->close_req = 0;
@@ -1107,9 +1191,14 @@ server_start(struct server *s)
         if (s->workers[i].start_err)
             rc = -s->workers[i].start_err;
     s->running = 1;
-    if (rc < 0)
+    if (rc < 0) {
         server_stop(s);
-    return rc;
+        return rc;
+    }
+    pthread_mutex_lock(&s->start_lock);
+    s->accepting_work = 1;
+    pthread_mutex_unlock(&s->start_lock);
+    return 0;
 }
 
 static void
@@ -1127,6 +1216,9 @@ server_stop(struct server *s)
         close_listeners(s);
         return;
     }
+    pthread_mutex_lock(&s->start_lock);
+    s->accepting_work = 0;   /* connect() posts nothing from now on */
+    pthread_mutex_unlock(&s->start_lock);
     for (unsigned i = 0; i < s->nworkers; i++) {
         struct worker *w = &s->workers[i];
         atomic_store_explicit(&w->stopping, 1, memory_order_release);

@@ -17,7 +17,7 @@
 struct server;
 struct worker;
 
-enum conn_state { CONN_OPEN, CONN_DRAINING, CONN_CLOSING, CONN_DEAD };
+enum conn_state { CONN_CONNECTING, CONN_OPEN, CONN_DRAINING, CONN_CLOSING, CONN_DEAD };
 enum recv_state { RECV_OFF, RECV_ON, RECV_STOPPING };
 
 /* Why a connection closed; indexes srv->stats.errors and close_reason_name. */
@@ -29,6 +29,7 @@ enum close_reason {
     CLOSE_BAD_FRAME,  /* a malformed frame header */
     CLOSE_HANDLER,    /* the handler raised */
     CLOSE_IDLE,       /* idle timeout */
+    CLOSE_CONNECT,    /* an outgoing connect failed */
     CLOSE_REASON_COUNT
 };
 extern const char *const close_reason_name[CLOSE_REASON_COUNT];
@@ -51,6 +52,8 @@ struct conn {
     uint8_t close_req;           /* from another thread: 1 graceful, 2 abort */
     uint8_t rbuf_pinned;         /* batch entries point into rbuf */
     uint8_t deferred;            /* unframed bytes wait for the next turn */
+    uint8_t connect_req;         /* outgoing: connect when the worker drains */
+    uint8_t outgoing;            /* we connected (not accepted) */
     unsigned inflight;           /* operations whose final event is due */
     unsigned queued;             /* messages in the batch, not yet handled */
     int err;                     /* errno behind CLOSE_RESET */
@@ -171,6 +174,8 @@ struct server {
     unsigned nworkers;
     atomic_uint nconns;
     atomic_uint_fast64_t next_id;
+    atomic_uint next_worker;     /* round robin for outgoing connections */
+    int accepting_work;          /* under start_lock: connect() may post */
     struct stats stats;
     int want_open;               /* dispatch wants ENTRY_OPEN notices */
     int running;
@@ -188,6 +193,13 @@ int server_start(struct server *s);
 /* Stop and join every worker; every connection is closed. */
 void server_stop(struct server *s);
 void server_destroy(struct server *s);
+
+/* Open an outgoing connection on a nonblocking socket `fd` (taken over):
+ * a worker connects it and reports ENTRY_OPEN, or ENTRY_CLOSE with reason
+ * CLOSE_CONNECT.  `py` becomes c->py (a reference for the dispatch layer).
+ * Any thread; -EPIPE if the server is not running. */
+int server_connect(struct server *s, int fd, const struct sockaddr *addr,
+                   socklen_t addrlen, void *py, struct conn **out);
 
 /* Called from any thread (the dispatch layer holds the GIL, which keeps `c`
  * alive while c->py links to it). */

@@ -1020,8 +1020,7 @@ def test_restart_same_server_object(make_server, client):
     codec = Codec(iocport.LengthPrefixed(4))
     for i in range(20):
         if i:
-            with pytest.raises(RuntimeError):
-                srv.start()     # not listening any more
+            assert srv.addresses == []   # stop() gave the port back
             assert srv.listen("127.0.0.1", port)[1] == port
             srv.start()
         s = client(srv.address)
@@ -1058,12 +1057,18 @@ def test_serve_forever_stops_on_stop_from_other_thread(make_server, client,
     assert not t.is_alive()
 
 
-def test_start_without_listen_is_an_error(backend):
+def test_start_without_listen_is_a_client(backend):
+    # With no listener a Server only makes outgoing connections.
     srv = iocport.Server(echo, backend=backend)
     with pytest.raises(RuntimeError):
-        srv.start()
-    with pytest.raises(RuntimeError):
         srv.address
+    with pytest.raises(RuntimeError, match="not running"):
+        srv.connect("127.0.0.1", 9)
+    srv.start()
+    try:
+        assert srv.running and srv.addresses == []
+    finally:
+        srv.stop()
 
 
 def test_listen_after_start_is_an_error(make_server):
