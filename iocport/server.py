@@ -10,7 +10,6 @@ import os
 import signal
 import socket
 import threading
-import weakref
 
 from . import _iocport
 from .framing import Framing, LengthPrefixed
@@ -20,7 +19,10 @@ __all__ = ["Server", "backends", "default_backend"]
 log = logging.getLogger("iocport")
 
 _BACKENDS = ("auto", "uring", "epoll")
-_running = weakref.WeakSet()
+# Strong references: a running server must be stopped at exit even when
+# the program dropped its Server object (the native core keeps running).
+_running = set()
+_running_lock = threading.Lock()
 
 
 def backends():
@@ -161,7 +163,8 @@ class Server:
         server with no listener is a client: see connect()."""
         self._stopped.clear()
         self._core.start()
-        _running.add(self)
+        with _running_lock:
+            _running.add(self)
         err = self._core.fallback_errno
         if err:
             log.warning("io_uring unavailable (%s); using the epoll backend",
@@ -198,7 +201,8 @@ class Server:
         Idempotent.  To serve again, listen() again, then start()."""
         self._core.stop()
         self._addresses = []
-        _running.discard(self)
+        with _running_lock:
+            _running.discard(self)
         self._stopped.set()
 
     def serve_forever(self, ready=None):
@@ -252,5 +256,7 @@ def _raise_terminate(signum, frame):
 @atexit.register
 def _stop_all():
     # Workers must not touch Python once finalization starts: stop them first.
-    for server in list(_running):
+    with _running_lock:
+        servers = list(_running)
+    for server in servers:
         server.stop()

@@ -29,6 +29,7 @@ typedef struct {
     PyInterpreterState *interp;
     int initialized;
     int started;
+    int stopping;                /* a stop() has released the GIL */
 } ServerObject;
 
 typedef struct {
@@ -776,7 +777,8 @@ server_start_m(ServerObject *self, PyObject *Py_UNUSED(ignored))
 {
     int rc;
     if (self->started) {
-        PyErr_SetString(PyExc_RuntimeError, "server already started");
+        PyErr_SetString(PyExc_RuntimeError, self->stopping
+                        ? "server is stopping" : "server already started");
         return NULL;
     }
     Py_BEGIN_ALLOW_THREADS
@@ -798,6 +800,8 @@ server_stop_m(ServerObject *self, PyObject *Py_UNUSED(ignored))
         server_stop(&self->srv);   /* closes listeners not yet served */
         Py_RETURN_NONE;
     }
+    if (self->stopping)
+        Py_RETURN_NONE;   /* another thread is stopping it right now */
     for (unsigned i = 0; i < self->srv.nworkers; i++) {
         if (pthread_equal(pthread_self(), self->srv.workers[i].thread)) {
             PyErr_SetString(PyExc_RuntimeError,
@@ -807,9 +811,11 @@ server_stop_m(ServerObject *self, PyObject *Py_UNUSED(ignored))
             return NULL;
         }
     }
+    self->stopping = 1;
     Py_BEGIN_ALLOW_THREADS
     server_stop(&self->srv);
     Py_END_ALLOW_THREADS
+    self->stopping = 0;
     self->started = 0;
     Py_DECREF(self);
     Py_RETURN_NONE;
@@ -847,16 +853,15 @@ server_stats_m(ServerObject *self, PyObject *Py_UNUSED(ignored))
 static PyObject *
 server_get_backend(ServerObject *self, void *Py_UNUSED(closure))
 {
-    if (self->started && self->srv.nworkers > 0)
-        return PyUnicode_FromString(self->srv.workers[0].ops->name);
+    if (self->srv.backend_name != NULL)
+        return PyUnicode_FromString(self->srv.backend_name);
     return PyUnicode_FromString(self->srv.cfg.ops->name);
 }
 
 static PyObject *
 server_get_fallback_errno(ServerObject *self, void *Py_UNUSED(closure))
 {
-    int e = self->started && self->srv.nworkers ? self->srv.workers[0].fell_back : 0;
-    return PyLong_FromLong(e);
+    return PyLong_FromLong(self->srv.fell_back);
 }
 
 static PyObject *

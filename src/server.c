@@ -34,6 +34,12 @@ const char *const close_reason_name[CLOSE_REASON_COUNT] = {
  * the next turn.  Keeps one busy peer from filling a whole batch and
  * bounds the replies a batch can queue before backpressure can act. */
 #define FRAME_BUDGET 32
+/* Unframed bytes a deferred connection may hold before receiving stops. */
+#define BACKLOG_MAX (256 * 1024)
+/* A connection we close gracefully waits this long for the peer's EOF
+ * (or, with no idle timeout, for a peer that stopped reading our replies). */
+#define LINGER_MS 2000
+#define DRAIN_MAX_MS 30000
 #define ACCEPT_RETRY_MS 100   /* pause after EMFILE & co, so accept never spins */
 
 static int64_t
@@ -63,9 +69,9 @@ reserve(void *bufp, size_t *cap, size_t need)
     char **buf = bufp;
     if (need <= *cap)
         return 0;
-    size_t ncap = *cap ? *cap : 1024;
-    while (ncap < need)
-        ncap *= 2;
+    size_t ncap = *cap ? *cap * 2 : 1024;
+    if (ncap < need)
+        ncap = need;
     char *nb = realloc(*buf, ncap);
     if (nb == NULL)
         return -ENOMEM;
@@ -217,6 +223,26 @@ recv_stop(struct conn *c)
         c->recv = RECV_STOPPING;
 }
 
+/* Receive while open and neither paused by backpressure nor holding too
+ * much unframed input; while draining (our graceful close) keep receiving,
+ * and discarding, until the peer's EOF. */
+static void
+update_recv(struct conn *c)
+{
+    int want;
+    if (c->peer_eof || c->state > CONN_DRAINING || c->state == CONN_CONNECTING)
+        want = 0;
+    else if (c->state == CONN_DRAINING)
+        want = 1;
+    else
+        want = !c->paused &&
+               !(c->deferred && c->rlen - c->rstart > BACKLOG_MAX);
+    if (want && c->recv == RECV_OFF)
+        recv_start(c);
+    else if (!want && c->recv == RECV_ON)
+        recv_stop(c);
+}
+
 static void
 mark_dirty(struct worker *w, struct conn *c)
 {
@@ -316,22 +342,25 @@ void
 conn_close(struct conn *c, int graceful)
 {
     if (on_worker_thread(c->w)) {
-        if (c->state != CONN_OPEN && c->state != CONN_CONNECTING)
+        if (c->state >= CONN_CLOSING)
             return;
         if (!graceful || c->state == CONN_CONNECTING) {
             begin_close(c);
             return;
         }
+        if (c->state == CONN_DRAINING)
+            return;
         c->graceful = 1;
+        c->drain_since = c->w->now;
         pthread_mutex_lock(&c->lock);
         c->state = CONN_DRAINING;
         pthread_mutex_unlock(&c->lock);
-        recv_stop(c);
+        update_recv(c);
         mark_dirty(c->w, c);
         return;
     }
     pthread_mutex_lock(&c->lock);
-    if (c->state <= CONN_OPEN) {
+    if (c->state < CONN_CLOSING) {
         c->close_req = graceful ? 1 : 2;
         post_to_mailbox(c);
     }
@@ -344,14 +373,13 @@ check_backpressure(struct conn *c, size_t unsent)
     size_t hi = c->w->srv->cfg.max_unsent;
     if (!c->paused && unsent > hi) {
         c->paused = 1;
-        recv_stop(c);
+        update_recv(c);
     } else if (c->paused && unsent <= hi / 2) {
         c->paused = 0;
         /* Messages that arrived while paused: frame them now. */
         if (c->state != CONN_OPEN || frame_rbuf(c->w, c) < 0)
             return;
-        if (c->recv == RECV_OFF && !c->peer_eof)
-            recv_start(c);
+        update_recv(c);
     }
 }
 
@@ -383,6 +411,7 @@ flush(struct conn *c)
                               c->slen - c->soff);
         if (r >= 0) {
             c->soff += (size_t)r;
+            c->last_active = w->now;
             stat_add(&w->srv->stats.bytes_out, (uint64_t)r);
         } else if (r == -EINPROGRESS) {
             c->send_busy = 1;
@@ -398,11 +427,33 @@ flush(struct conn *c)
     unsent = unsent_locked(c);
     pthread_mutex_unlock(&c->lock);
     check_backpressure(c, unsent);
-    /* Close a half-closed or draining connection once every message it
-     * sent has been handled and every reply has gone out. */
-    if (unsent == 0 && (c->graceful || c->peer_eof) && !c->paused &&
-        !c->deferred && c->queued == 0 && c->state <= CONN_DRAINING) {
-        if (c->peer_eof && c->reason == CLOSE_NONE) {
+    if (unsent != 0 || c->state > CONN_DRAINING)
+        return;
+    if (c->graceful) {
+        /* Our close: every reply is with the kernel.  Send FIN and wait
+         * for the peer's (bounded by LINGER_MS in sweep()): closing with
+         * unread input would make the kernel reset the connection and
+         * drop the replies still in flight. */
+        if (!c->wr_shut) {
+            c->wr_shut = 1;
+            c->drain_since = w->now;
+            if (shutdown(c->h.fd, SHUT_WR) < 0) {
+                conn_fail(c, CLOSE_RESET, errno);
+                return;
+            }
+        }
+        if (c->peer_eof)
+            begin_close(c);
+        return;
+    }
+    /* The peer half-closed: close once every message it sent has been
+     * handled and every reply has gone out. */
+    if (c->peer_eof && !c->paused && !c->deferred && c->queued == 0) {
+        if (c->rlen != c->rstart) {
+            conn_fail(c, CLOSE_RESET, 0);   /* it left mid-message */
+            return;
+        }
+        if (c->reason == CLOSE_NONE) {
             c->reason = CLOSE_EOF;
             stat_add(&w->srv->stats.errors[CLOSE_EOF], 1);
         }
@@ -441,14 +492,19 @@ emit(struct conn *c, const uint8_t *ptr, size_t off, size_t len,
 static int
 rbuf_append(struct conn *c, const uint8_t *p, size_t n, size_t need)
 {
-    if (c->rstart > 0 && !c->rbuf_pinned) {
+    /* Compact only when the buffer would otherwise grow: moving a long
+     * backlog on every append would be quadratic. */
+    if (c->rstart > 0 && !c->rbuf_pinned && c->rlen + n > c->rcap) {
         memmove(c->rbuf, c->rbuf + c->rstart, c->rlen - c->rstart);
         c->rlen -= c->rstart;
         c->rstart = 0;
     }
     size_t want = c->rlen + n;
+    /* Room for the rest of the message, but a header alone may not make
+     * us reserve up to max_size: grow with the bytes that really come. */
     if (need > 0 && c->rstart + need > want)
-        want = c->rstart + need;
+        want = c->rstart + need < want + KEEP_BUF ? c->rstart + need
+                                                  : want + KEEP_BUF;
     if (reserve(&c->rbuf, &c->rcap, want) < 0)
         return -ENOMEM;
     memcpy(c->rbuf + c->rlen, p, n);
@@ -483,9 +539,6 @@ frame_rbuf(struct worker *w, struct conn *c)
         if (st == FRAME_NEED) {
             c->rscan = fr.scanned;
             c->rneed = fr.need;
-            if (fr.need > avail &&
-                reserve(&c->rbuf, &c->rcap, c->rstart + fr.need) < 0)
-                goto nomem;
             return 0;
         }
         const uint8_t *base = c->rbuf + c->rstart;
@@ -593,6 +646,7 @@ later:
      * unframed (framed when the replies drain, or next turn). */
     if (len > 0 && rbuf_append(c, p, len, 0) < 0)
         goto nomem;
+    update_recv(c);
     return;
 nomem:
     conn_fail(c, CLOSE_RESET, ENOMEM);
@@ -715,7 +769,7 @@ on_event(struct worker *w, const struct io_event *ev)
         if (ev->res == 0) {
             c->peer_eof = 1;
             if (c->rlen != c->rstart && !c->paused && !c->deferred &&
-                c->reason == CLOSE_NONE) {
+                c->state == CONN_OPEN && c->reason == CLOSE_NONE) {
                 /* The peer left in the middle of a message. */
                 conn_fail(c, CLOSE_RESET, 0);
             } else {
@@ -723,9 +777,8 @@ on_event(struct worker *w, const struct io_event *ev)
             }
         } else if (ev->res < 0 && ev->res != -ECANCELED) {
             conn_fail(c, CLOSE_RESET, -ev->res);
-        } else if (ev->res == -ECANCELED && !c->paused &&
-                   c->state == CONN_OPEN) {
-            recv_start(c);   /* stopped, but resumed since */
+        } else {
+            update_recv(c);   /* stopped; resumed since? */
         }
         op_done(c);
         return;
@@ -891,9 +944,13 @@ run_deferred(struct worker *w)
     while (c != NULL) {
         struct conn *next = c->next_deferred;
         c->deferred = 0;
-        if (c->state == CONN_OPEN && !c->paused && frame_rbuf(w, c) == 0 &&
-            !c->deferred && c->peer_eof)
-            mark_dirty(w, c);   /* may be ready to close */
+        if (c->state != CONN_OPEN) {
+            mark_dirty(w, c);   /* closing: flush() decides */
+        } else if (!c->paused && frame_rbuf(w, c) == 0) {
+            update_recv(c);     /* the backlog may have shrunk */
+            if (!c->deferred && c->peer_eof)
+                mark_dirty(w, c);   /* may be ready to close */
+        }
         conn_unref(c);
         c = next;
     }
@@ -943,8 +1000,12 @@ sweep(struct worker *w)
     while (c != &w->conns) {
         struct conn *next = c->next;
         int64_t quiet = w->now - c->last_active;
-        if (idle > 0 && c->state == CONN_OPEN && quiet >= idle)
+        if (idle > 0 && c->state <= CONN_DRAINING && quiet >= idle)
             conn_fail(c, CLOSE_IDLE, 0);
+        else if (c->state == CONN_DRAINING &&
+                 ((c->wr_shut && w->now - c->drain_since >= LINGER_MS) ||
+                  quiet >= DRAIN_MAX_MS))
+            begin_close(c);   /* the peer never sent its FIN, or never read */
         else if (quiet >= TRIM_AFTER_MS)
             trim(c);
         c = next;
@@ -1006,6 +1067,17 @@ turn(struct worker *w, int timeout)
     return 0;
 }
 
+/* wait() failed (ENOMEM and the like: anything else is a bug): note it,
+ * pause so the loop cannot spin, and try again. */
+static void
+backend_failed(struct worker *w, int rc)
+{
+    struct timespec pause = {0, 10 * 1000 * 1000};
+    w->loop_err = -rc;
+    w->loop_errors++;
+    nanosleep(&pause, NULL);
+}
+
 static void
 shutdown_worker(struct worker *w)
 {
@@ -1019,14 +1091,28 @@ shutdown_worker(struct worker *w)
         begin_close(c);
     }
     dispatch_batch(w);
-    for (;;) {
+    for (unsigned failures = 0;;) {
         int busy = w->nconns > 0;
         for (unsigned i = 0; i < w->nls; i++)
             busy |= w->ls[i].armed;
         if (!busy)
             break;
-        if (turn(w, 1000) < 0)
-            break;
+        int rc = turn(w, 1000);
+        if (rc == 0) {
+            failures = 0;
+        } else if (++failures < 100) {
+            backend_failed(w, rc);
+        } else {
+            /* The backend is broken for good: close what is left without
+             * its final events rather than hang stop() forever. */
+            for (struct conn *c = w->conns.next, *next; c != &w->conns; c = next) {
+                next = c->next;
+                c->inflight = 0;
+                finish_close(c);
+            }
+            for (unsigned i = 0; i < w->nls; i++)
+                w->ls[i].armed = 0;
+        }
     }
     for (unsigned i = 0; i < w->nls; i++)
         w->ops->forget(w->be, &w->ls[i].h);
@@ -1046,10 +1132,8 @@ worker_main(void *arg)
     w->next_sweep = now_ms() + 1000;
     while (!atomic_load_explicit(&w->stopping, memory_order_acquire)) {
         int rc = turn(w, next_timeout(w));
-        if (rc < 0) {
-            w->loop_err = -rc;
-            break;
-        }
+        if (rc < 0)
+            backend_failed(w, rc);
     }
     shutdown_worker(w);
     if (s->dops != NULL && s->dops->thread_exit != NULL)
@@ -1060,6 +1144,7 @@ worker_main(void *arg)
 /* ---- server ------------------------------------------------------------- */
 
 static int server_setup(struct server *s);
+static void stop_workers(struct server *s);
 
 int
 server_init(struct server *s, const struct server_config *cfg,
@@ -1192,9 +1277,11 @@ server_start(struct server *s)
             rc = -s->workers[i].start_err;
     s->running = 1;
     if (rc < 0) {
-        server_stop(s);
+        stop_workers(s);   /* the listeners stay, for another try */
         return rc;
     }
+    s->backend_name = s->workers[0].ops->name;
+    s->fell_back = s->workers[0].fell_back;
     pthread_mutex_lock(&s->start_lock);
     s->accepting_work = 1;
     pthread_mutex_unlock(&s->start_lock);
@@ -1209,13 +1296,9 @@ close_listeners(struct server *s)
     s->nlfds = 0;
 }
 
-void
-server_stop(struct server *s)
+static void
+stop_workers(struct server *s)
 {
-    if (!s->running) {
-        close_listeners(s);
-        return;
-    }
     pthread_mutex_lock(&s->start_lock);
     s->accepting_work = 0;   /* connect() posts nothing from now on */
     pthread_mutex_unlock(&s->start_lock);
@@ -1234,7 +1317,17 @@ server_stop(struct server *s)
     s->workers = NULL;
     s->nworkers = 0;
     s->running = 0;
+}
+
+/* Serialised: two threads may call stop() at once (atexit and another). */
+void
+server_stop(struct server *s)
+{
+    pthread_mutex_lock(&s->stop_lock);
+    if (s->running)
+        stop_workers(s);
     close_listeners(s);   /* a stopped server gives its ports back */
+    pthread_mutex_unlock(&s->stop_lock);
 }
 
 static int
@@ -1242,11 +1335,16 @@ server_setup(struct server *s)
 {
     if (pthread_mutex_init(&s->start_lock, NULL) != 0)
         return -ENOMEM;
-    if (pthread_cond_init(&s->start_cond, NULL) != 0) {
-        pthread_mutex_destroy(&s->start_lock);
-        return -ENOMEM;
-    }
+    if (pthread_mutex_init(&s->stop_lock, NULL) != 0)
+        goto fail_stop;
+    if (pthread_cond_init(&s->start_cond, NULL) != 0)
+        goto fail_cond;
     return 0;
+fail_cond:
+    pthread_mutex_destroy(&s->stop_lock);
+fail_stop:
+    pthread_mutex_destroy(&s->start_lock);
+    return -ENOMEM;
 }
 
 void
@@ -1254,5 +1352,6 @@ server_destroy(struct server *s)
 {
     server_stop(s);
     pthread_cond_destroy(&s->start_cond);
+    pthread_mutex_destroy(&s->stop_lock);
     pthread_mutex_destroy(&s->start_lock);
 }

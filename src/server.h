@@ -54,6 +54,8 @@ struct conn {
     uint8_t deferred;            /* unframed bytes wait for the next turn */
     uint8_t connect_req;         /* outgoing: connect when the worker drains */
     uint8_t outgoing;            /* we connected (not accepted) */
+    uint8_t wr_shut;             /* graceful close: our FIN is sent */
+    int64_t drain_since;         /* when the graceful close began / FIN sent */
     unsigned inflight;           /* operations whose final event is due */
     unsigned queued;             /* messages in the batch, not yet handled */
     int err;                     /* errno behind CLOSE_RESET */
@@ -136,7 +138,8 @@ struct worker {
     unsigned ncompact, compact_cap;
 
     int64_t now;                 /* monotonic ms, refreshed every turn */
-    int loop_err;                /* errno that ended the loop, or 0 */
+    int loop_err;                /* last errno from wait(), or 0 */
+    unsigned loop_errors;        /* how many wait() calls failed */
     int64_t next_sweep;
     void *dctx;                  /* dispatch layer's per-thread context */
     struct io_event events[EVENT_BATCH];
@@ -179,7 +182,10 @@ struct server {
     struct stats stats;
     int want_open;               /* dispatch wants ENTRY_OPEN notices */
     int running;
+    const char *backend_name;    /* set by server_start */
+    int fell_back;               /* errno that refused io_uring, or 0 */
     pthread_mutex_t start_lock;
+    pthread_mutex_t stop_lock;   /* serialises server_stop */
     pthread_cond_t start_cond;
     unsigned nready;             /* workers that finished starting */
 };
