@@ -36,8 +36,13 @@ enum io_op {
     IO_RECV,     /* res: bytes in buf, 0 = EOF, or -errno */
     IO_SEND,     /* res: bytes sent (may be short) or -errno */
     IO_CONNECT,  /* res: 0 or -errno */
+    IO_FILE,     /* res: bytes read or written (may be short), 0 for a
+                    sync, or -errno */
     IO_OP_COUNT
 };
+
+/* Regular-file operations for file_op(). */
+enum file_opcode { FILE_READ = 1, FILE_WRITE, FILE_FSYNC, FILE_FDATASYNC };
 
 /* One registered file descriptor.  Embedded in the core's connection and
  * listener structs; the engine may use `priv` and `pending` as it likes. */
@@ -84,6 +89,15 @@ struct backend_ops {
     /* Connect a nonblocking socket; an IO_CONNECT event follows. */
     int (*connect)(struct backend *b, struct io_handle *h,
                    const struct sockaddr *addr, socklen_t addrlen);
+    /* A regular-file operation on h->fd: read into / write from
+     * buf[0..len) at offset `off`, or sync.  io_uring does it in the ring;
+     * epoll, which cannot wait on regular files, hands it to a small pool
+     * of native threads inside the engine.  One operation per handle at a
+     * time (the core gives each request its own handle).  0, then one
+     * final IO_FILE event; or -errno and nothing started.  cancel() need
+     * not stop a file operation: the core waits for its event. */
+    int (*file_op)(struct backend *b, struct io_handle *h, int op, void *buf,
+                   size_t len, uint64_t off);
     /* End every operation in flight on h (see the contract above). */
     int (*cancel)(struct backend *b, struct io_handle *h);
     /* Forget h: called after its last final event, before close(fd). */
