@@ -196,6 +196,40 @@ class Server:
         finally:
             sock.close()
 
+    # -- files ----------------------------------------------------------
+    _MODES = {
+        "r": os.O_RDONLY,
+        "r+": os.O_RDWR,
+        "w": os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
+        "w+": os.O_RDWR | os.O_CREAT | os.O_TRUNC,
+        "a": os.O_WRONLY | os.O_CREAT,
+        "a+": os.O_RDWR | os.O_CREAT,
+        "x": os.O_WRONLY | os.O_CREAT | os.O_EXCL,
+    }
+
+    def open_file(self, path, mode="r", *, perms=0o644):
+        """Open a regular file for overlapped reads, writes, appends and
+        syncs run by this server's workers (see File).  Modes: r, r+, w,
+        w+, a, a+, x.  Appends (``write(data)`` with no offset) go to the
+        end of the file in the order they were issued."""
+        if not isinstance(mode, str) or mode not in self._MODES:
+            raise ValueError(f"mode must be one of {', '.join(self._MODES)}, "
+                             f"got {mode!r}")
+        fd = os.open(path, self._MODES[mode] | os.O_CLOEXEC, perms)
+        try:
+            return self.adopt_file(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def adopt_file(self, fd):
+        """A File for an open descriptor, which it takes over (File.close()
+        closes it).  Appends start at the file's current size."""
+        if isinstance(fd, bool) or not isinstance(fd, int):
+            raise TypeError(f"fd must be an int, got {type(fd).__name__}")
+        size = os.fstat(fd).st_size
+        return self._core.adopt_file(fd, size)
+
     def stop(self):
         """Close every connection and listening socket, join every worker.
         Idempotent.  To serve again, listen() again, then start()."""

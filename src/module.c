@@ -7,6 +7,43 @@
 #include <errno.h>
 #include <string.h>
 
+void
+iocp_log(PyObject *logger, const char *level, PyObject *msg, PyObject *exc)
+{
+    PyObject *meth = PyObject_GetAttrString(logger, level);
+    PyObject *res = NULL;
+    if (meth != NULL) {
+        PyObject *args = PyTuple_Pack(1, msg);
+        PyObject *kw = exc ? Py_BuildValue("{sO}", "exc_info", exc) : NULL;
+        if (args != NULL && (exc == NULL || kw != NULL))
+            res = PyObject_Call(meth, args, kw);
+        Py_XDECREF(args);
+        Py_XDECREF(kw);
+        Py_DECREF(meth);
+    }
+    if (res == NULL)
+        PyErr_WriteUnraisable(logger);
+    Py_XDECREF(res);
+}
+
+void
+iocp_log_exception(PyObject *logger, PyObject *msg)
+{
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyErr_NormalizeException(&type, &value, &tb);
+    if (tb != NULL && value != NULL)
+        PyException_SetTraceback(value, tb);
+    if (msg != NULL)
+        iocp_log(logger, "error", msg, value ? value : Py_None);
+    else
+        PyErr_Clear();
+    Py_XDECREF(msg);
+    Py_XDECREF(type);
+    Py_XDECREF(value);
+    Py_XDECREF(tb);
+}
+
 static PyObject *
 iocp_backends(PyObject *module, PyObject *Py_UNUSED(ignored))
 {
@@ -56,6 +93,7 @@ iocp_exec(PyObject *module)
         return -1;
     if (iocp_port_add_types(module, st) < 0 ||
         iocp_framer_add_types(module, st) < 0 ||
+        iocp_file_add_types(module, st) < 0 ||
         iocp_server_add_types(module, st) < 0)
         return -1;
     return 0;
@@ -71,6 +109,7 @@ iocp_traverse(PyObject *module, visitproc visit, void *arg)
     Py_VISIT(st->ServerType);
     Py_VISIT(st->ConnectionType);
     Py_VISIT(st->FramerType);
+    Py_VISIT(st->FileType);
     Py_VISIT(st->logger);
     return 0;
 }
@@ -85,6 +124,7 @@ iocp_clear(PyObject *module)
     Py_CLEAR(st->ServerType);
     Py_CLEAR(st->ConnectionType);
     Py_CLEAR(st->FramerType);
+    Py_CLEAR(st->FileType);
     Py_CLEAR(st->logger);
     return 0;
 }

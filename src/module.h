@@ -1,5 +1,6 @@
-/* module.h - the CPython binding's shared declarations: module state and the
- * hooks each binding file (py_port.c, py_server.c) exposes to module.c. */
+/* module.h - the CPython binding's shared declarations: module state, the
+ * hooks each binding file (py_port.c, py_framer.c, py_server.c, py_file.c)
+ * exposes to module.c, and logging helpers. */
 #ifndef IOCPORT_MODULE_H
 #define IOCPORT_MODULE_H
 
@@ -13,6 +14,7 @@ typedef struct {
     PyTypeObject *ServerType;
     PyTypeObject *ConnectionType;
     PyTypeObject *FramerType;
+    PyTypeObject *FileType;
     PyObject *logger;                /* logging.getLogger("iocport") */
 } iocp_state;
 
@@ -25,6 +27,29 @@ static inline iocp_state *iocp_get_state(PyObject *module)
 int iocp_port_add_types(PyObject *module, iocp_state *st);
 int iocp_server_add_types(PyObject *module, iocp_state *st);
 int iocp_framer_add_types(PyObject *module, iocp_state *st);
+int iocp_file_add_types(PyObject *module, iocp_state *st);
+
+/* logger.<level>(msg, exc_info=exc); a failure to log is unraisable. */
+void iocp_log(PyObject *logger, const char *level, PyObject *msg, PyObject *exc);
+/* Log the current exception with its traceback at ERROR, then clear it.
+ * Steals `msg` (which may be NULL if building it failed). */
+void iocp_log_exception(PyObject *logger, PyObject *msg);
+
+/* py_file.c: a File object for a descriptor (taken over) whose requests run
+ * on `srv`; `server` is kept alive by it.  ENTRY_FILE completions go to
+ * iocp_file_done (under the GIL). */
+struct server;
+struct file_req;
+PyObject *iocp_file_new(PyTypeObject *type, PyObject *server, struct server *srv,
+                        PyObject *logger, int fd, unsigned long long append_off);
+void iocp_file_done(struct file_req *r);
+/* Connection.send_file: 0, or -1 with an exception set. */
+struct conn;
+struct xfer;
+int iocp_send_file(PyObject *file, struct conn *c, unsigned long long offset,
+                   long long count, PyObject *callback);
+void iocp_send_file_done(struct xfer *x);
+int iocp_file_check(PyObject *obj);
 
 /* Fill a struct framing from a framing spec object (iocport.framing): any
  * object with a `_spec()` method returning the tuple

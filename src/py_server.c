@@ -26,6 +26,7 @@ typedef struct {
     PyObject *handler, *on_connect, *on_close;
     PyObject *logger;
     PyTypeObject *conn_type;
+    PyTypeObject *file_type;
     PyInterpreterState *interp;
     int initialized;
     int started;
@@ -85,51 +86,18 @@ conn_object(ServerObject *so, struct conn *c)
     return o;
 }
 
-static void
-log_call(ServerObject *so, const char *level, PyObject *msg, PyObject *exc)
-{
-    PyObject *meth = PyObject_GetAttrString(so->logger, level);
-    PyObject *res = NULL;
-    if (meth != NULL) {
-        PyObject *args = PyTuple_Pack(1, msg);
-        PyObject *kw = exc ? Py_BuildValue("{sO}", "exc_info", exc) : NULL;
-        if (args != NULL && (exc == NULL || kw != NULL))
-            res = PyObject_Call(meth, args, kw);
-        Py_XDECREF(args);
-        Py_XDECREF(kw);
-        Py_DECREF(meth);
-    }
-    if (res == NULL)
-        PyErr_WriteUnraisable(so->logger);
-    Py_XDECREF(res);
-}
-
 /* A callback raised: log it with its traceback and close that connection. */
 static void
 callback_failed(ServerObject *so, struct conn *c, const char *what)
 {
-    PyObject *type, *value, *tb;
-    PyErr_Fetch(&type, &value, &tb);
-    PyErr_NormalizeException(&type, &value, &tb);
-    if (tb != NULL && value != NULL)
-        PyException_SetTraceback(value, tb);
-    PyObject *msg = PyUnicode_FromFormat(
-        "%s raised; closing connection %llu", what, (unsigned long long)c->id);
-    if (msg != NULL) {
-        log_call(so, "error", msg, value ? value : Py_None);
-        Py_DECREF(msg);
-    } else {
-        PyErr_Clear();
-    }
-    Py_XDECREF(type);
-    Py_XDECREF(value);
-    Py_XDECREF(tb);
+    iocp_log_exception(so->logger, PyUnicode_FromFormat(
+        "%s raised; closing connection %llu", what, (unsigned long long)c->id));
     conn_abort(c, CLOSE_HANDLER);
 }
 
 /* Outgoing connections: report the connect's outcome once. */
 static void
-connect_done(ConnObject *o, int err)
+connect_done(ServerObject *so, ConnObject *o, int err)
 {
     PyObject *cb = o->connect_cb;
     if (cb == NULL)
@@ -149,7 +117,9 @@ connect_done(ConnObject *o, int err)
     PyObject *args[2] = {(PyObject *)o, exc};
     r = PyObject_Vectorcall(cb, args, 2, NULL);
     if (r == NULL)
-        PyErr_WriteUnraisable(cb);
+        iocp_log_exception(so->logger, PyUnicode_FromFormat(
+            "connect callback raised (connection %llu)",
+            (unsigned long long)o->id));
     Py_XDECREF(r);
     Py_DECREF(exc);
     Py_DECREF(cb);
@@ -166,7 +136,7 @@ deliver_close(ServerObject *so, struct conn *c)
             close_reason_name[c->reason], c->err ? ": " : "",
             c->err ? strerror(c->err) : "");
         if (msg != NULL) {
-            log_call(so, c->reason == CLOSE_TOO_BIG ||
+            iocp_log(so->logger, c->reason == CLOSE_TOO_BIG ||
                      c->reason == CLOSE_BAD_FRAME ? "warning" : "debug",
                      msg, NULL);
             Py_DECREF(msg);
@@ -186,11 +156,12 @@ deliver_close(ServerObject *so, struct conn *c)
     c->py = NULL;
     if (o->connect_cb != NULL) {
         /* Never connected: the callback hears why; on_close does not. */
-        connect_done(o, c->err ? c->err : ECONNABORTED);
+        connect_done(so, o, c->err ? c->err : ECONNABORTED);
     } else if (so->on_close != Py_None) {
         PyObject *r = PyObject_CallOneArg(so->on_close, (PyObject *)o);
         if (r == NULL)
-            PyErr_WriteUnraisable(so->on_close);
+            iocp_log_exception(so->logger, PyUnicode_FromFormat(
+                "on_close raised (connection %llu)", (unsigned long long)o->id));
         Py_XDECREF(r);
     }
     Py_DECREF(o);
@@ -209,6 +180,14 @@ d_dispatch(struct worker *w, unsigned from, unsigned to)
         struct conn *c = e->c;
         ConnObject *o;
 
+        if (e->kind == ENTRY_FILE) {
+            iocp_file_done(e->fr);
+            continue;
+        }
+        if (e->kind == ENTRY_XFER) {
+            iocp_send_file_done((struct xfer *)e->fr);
+            continue;
+        }
         if (e->kind == ENTRY_CLOSE) {
             deliver_close(so, c);
             continue;
@@ -220,7 +199,7 @@ d_dispatch(struct worker *w, unsigned from, unsigned to)
             continue;
         }
         if (e->kind == ENTRY_OPEN && c->outgoing) {
-            connect_done(o, 0);
+            connect_done(so, o, 0);
             continue;
         }
         if (e->kind == ENTRY_OPEN) {
@@ -334,6 +313,50 @@ conn_send_raw(ConnObject *self, PyObject *arg)
 }
 
 static PyObject *
+conn_send_file_m(ConnObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"file", "offset", "count", "callback", NULL};
+    PyObject *file, *cb = Py_None, *offset_o = NULL, *count_o = Py_None;
+    unsigned long long offset = 0;
+    long long count = -1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|OOO:send_file", kwlist,
+                                     &file, &offset_o, &count_o, &cb))
+        return NULL;
+    if (offset_o != NULL) {
+        if (!PyLong_Check(offset_o) || PyBool_Check(offset_o))
+            return PyErr_Format(PyExc_TypeError, "offset must be an int");
+        offset = PyLong_AsUnsignedLongLong(offset_o);
+        if (PyErr_Occurred()) {
+            PyErr_Clear();
+            return PyErr_Format(PyExc_ValueError, "offset must be >= 0");
+        }
+    }
+    if (count_o != Py_None) {
+        if (!PyLong_Check(count_o) || PyBool_Check(count_o))
+            return PyErr_Format(PyExc_TypeError, "count must be an int or None");
+        count = PyLong_AsLongLong(count_o);
+        if (count == -1 && PyErr_Occurred())
+            return NULL;
+        if (count < 0)
+            return PyErr_Format(PyExc_ValueError, "count must be >= 0 or None");
+    }
+    if (!iocp_file_check(file))
+        return PyErr_Format(PyExc_TypeError, "send_file() expects an "
+                            "iocport.File (Server.open_file), got %.100s",
+                            Py_TYPE(file)->tp_name);
+    if (cb != Py_None && !PyCallable_Check(cb))
+        return PyErr_Format(PyExc_TypeError, "callback must be callable or "
+                            "None, got %.100s", Py_TYPE(cb)->tp_name);
+    if (self->c == NULL) {
+        PyErr_SetString(PyExc_ConnectionError, "the connection is closed");
+        return NULL;
+    }
+    if (iocp_send_file(file, self->c, offset, count, cb) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
 conn_close_m(ConnObject *self, PyObject *Py_UNUSED(ignored))
 {
     if (self->c != NULL)
@@ -444,6 +467,13 @@ static PyMethodDef conn_methods[] = {
      "connection is closing or closed."},
     {"send_raw", (PyCFunction)conn_send_raw, METH_O,
      "send_raw(data) -> bool\n--\n\nQueue bytes that are already framed."},
+    {"send_file", (PyCFunction)(void (*)(void))conn_send_file_m,
+     METH_VARARGS | METH_KEYWORDS,
+     "send_file(file, offset=0, count=None, callback=None) -> None\n--\n\n"
+     "Stream count bytes of an iocport.File from offset (None: to the end)\n"
+     "natively, with bounded memory.  Messages sent meanwhile follow the\n"
+     "file.  callback(nbytes, error) runs when all of it is with the kernel\n"
+     "or when it stopped (error: an OSError)."},
     {"close", (PyCFunction)conn_close_m, METH_NOARGS,
      "close() -> None\n--\n\n"
      "Stop receiving, send what is queued, then close.  Idempotent."},
@@ -495,6 +525,7 @@ server_traverse(ServerObject *self, visitproc visit, void *arg)
     Py_VISIT(self->on_close);
     Py_VISIT(self->logger);
     Py_VISIT(self->conn_type);
+    Py_VISIT(self->file_type);
     return 0;
 }
 
@@ -506,6 +537,7 @@ server_clear(ServerObject *self)
     Py_CLEAR(self->on_close);
     Py_CLEAR(self->logger);
     Py_CLEAR(self->conn_type);
+    Py_CLEAR(self->file_type);
     return 0;
 }
 
@@ -606,6 +638,7 @@ server_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     self->on_close = Py_NewRef(on_close);
     self->logger = Py_NewRef(st->logger);
     self->conn_type = (PyTypeObject *)Py_NewRef(st->ConnectionType);
+    self->file_type = (PyTypeObject *)Py_NewRef(st->FileType);
     self->interp = PyInterpreterState_Get();
     int rc = server_init(&self->srv, &cfg, &py_dispatch, self);
     if (rc < 0) {
@@ -773,6 +806,19 @@ server_connect_m(ServerObject *self, PyObject *args)
 }
 
 static PyObject *
+server_adopt_file_m(ServerObject *self, PyObject *args)
+{
+    int fd;
+    unsigned long long append_off;
+    if (!PyArg_ParseTuple(args, "iK:adopt_file", &fd, &append_off))
+        return NULL;
+    if (fd < 0)
+        return PyErr_Format(PyExc_ValueError, "fd must be >= 0, got %d", fd);
+    return iocp_file_new(self->file_type, (PyObject *)self, &self->srv,
+                         self->logger, fd, append_off);
+}
+
+static PyObject *
 server_start_m(ServerObject *self, PyObject *Py_UNUSED(ignored))
 {
     int rc;
@@ -878,6 +924,9 @@ static PyMethodDef server_methods[] = {
      "connect(sock, address, callback) -> Connection\n--\n\n"
      "Connect a socket to a numeric address on a worker; callback(conn, error)\n"
      "runs when it completes (error is None or an OSError)."},
+    {"adopt_file", (PyCFunction)server_adopt_file_m, METH_VARARGS,
+     "adopt_file(fd, append_offset) -> File\n--\n\n"
+     "A File for a descriptor, taken over (closed by File.close())."},
     {"start", (PyCFunction)server_start_m, METH_NOARGS,
      "start() -> None\n--\n\nStart the worker threads."},
     {"stop", (PyCFunction)server_stop_m, METH_NOARGS,

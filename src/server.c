@@ -40,6 +40,8 @@ const char *const close_reason_name[CLOSE_REASON_COUNT] = {
  * (or, with no idle timeout, for a peer that stopped reading our replies). */
 #define LINGER_MS 2000
 #define DRAIN_MAX_MS 30000
+#define XFER_CHUNK (256 * 1024)   /* send_file reads this much at a time */
+#define XFER_MARK (1024 * 1024)   /* ...while fewer bytes than this wait */
 #define ACCEPT_RETRY_MS 100   /* pause after EMFILE & co, so accept never spins */
 
 static int64_t
@@ -103,6 +105,7 @@ static void
 conn_free(struct conn *c)
 {
     pthread_mutex_destroy(&c->lock);
+    free(c->hbuf);
     free(c->rbuf);
     free(c->obuf);
     free(c->sbuf);
@@ -123,6 +126,12 @@ conn_ref(struct conn *c)
 }
 
 static void begin_close(struct conn *c);
+static void on_file_event(struct worker *w, struct file_req *r,
+                          const struct io_event *ev);
+static void xfer_on_read(struct worker *w, struct xfer *x, long res);
+static void xfer_pump(struct conn *c, size_t unsent);
+static void xfer_finish(struct conn *c, int err);
+static void xfer_attach(struct conn *c);
 static void check_backpressure(struct conn *c, size_t unsent);
 static int frame_rbuf(struct worker *w, struct conn *c);
 
@@ -136,7 +145,7 @@ push_entry(struct worker *w, struct conn *c, uint8_t kind,
     conn_ref(c);
     if (kind == ENTRY_MSG)
         c->queued++;
-    w->batch[w->nbatch++] = (struct entry){c, ptr, off, len, kind};
+    w->batch[w->nbatch++] = (struct entry){c, NULL, ptr, off, len, kind};
     return 0;
 }
 
@@ -176,6 +185,8 @@ finish_close(struct conn *c)
     pthread_mutex_lock(&c->lock);
     c->state = CONN_DEAD;
     pthread_mutex_unlock(&c->lock);
+    xfer_attach(c);           /* one asked for but never started */
+    xfer_finish(c, EPIPE);    /* waits for its read if one is in flight */
     if (s->dops != NULL)
         push_entry(w, c, ENTRY_CLOSE, NULL, 0, 0);
     conn_unref(c);   /* the worker's reference */
@@ -314,14 +325,18 @@ conn_send(struct conn *c, const void *data, size_t len, int frame)
         pthread_mutex_unlock(&c->lock);
         return -EPIPE;
     }
-    if (reserve(&c->obuf, &c->ocap, c->olen + hlen + len + tlen) < 0) {
+    /* While a file streams, later messages wait behind it. */
+    int held = c->xfer_new != NULL || c->xfer_busy;
+    char **buf = held ? &c->hbuf : &c->obuf;
+    size_t *used = held ? &c->hlen : &c->olen;
+    if (reserve(buf, held ? &c->hcap : &c->ocap, *used + hlen + len + tlen) < 0) {
         pthread_mutex_unlock(&c->lock);
         return -ENOMEM;
     }
-    memcpy(c->obuf + c->olen, hdr, hlen);
-    memcpy(c->obuf + c->olen + hlen, data, len);
-    memcpy(c->obuf + c->olen + hlen + len, trl, tlen);
-    c->olen += hlen + len + tlen;
+    memcpy(*buf + *used, hdr, hlen);
+    memcpy(*buf + *used + hlen, data, len);
+    memcpy(*buf + *used + hlen + len, trl, tlen);
+    *used += hlen + len + tlen;
     int local = on_worker_thread(w);
     if (!local)
         post_to_mailbox(c);
@@ -427,6 +442,10 @@ flush(struct conn *c)
     unsent = unsent_locked(c);
     pthread_mutex_unlock(&c->lock);
     check_backpressure(c, unsent);
+    if (c->xfer != NULL) {
+        xfer_pump(c, unsent);
+        return;   /* closing waits for the file (its end marks c dirty) */
+    }
     if (unsent != 0 || c->state > CONN_DRAINING)
         return;
     if (c->graceful) {
@@ -753,6 +772,10 @@ on_event(struct worker *w, const struct io_event *ev)
         on_accept(w, (struct listener_slot *)h, ev);
         return;
     }
+    if (ev->op == IO_FILE) {
+        on_file_event(w, (struct file_req *)h, ev);
+        return;
+    }
     struct conn *c = (struct conn *)h;
     switch (ev->op) {
     case IO_RECV:
@@ -868,9 +891,276 @@ server_connect(struct server *s, int fd, const struct sockaddr *addr,
     return 0;
 }
 
+/* ---- files ------------------------------------------------------------- */
+
+static void
+file_final(struct worker *w, struct file_req *r, long res)
+{
+    if (r->is_xfer) {
+        xfer_on_read(w, (struct xfer *)r, res);
+        return;
+    }
+    r->res = res;
+    if (grow_array(&w->batch, &w->batch_cap, w->nbatch + 1,
+                   sizeof(struct entry)) < 0) {
+        /* Cannot report it now: retry at the next turn, never drop it. */
+        r->next = w->file_retry;
+        w->file_retry = r;
+        return;
+    }
+    w->batch[w->nbatch++] = (struct entry){NULL, r, NULL, 0, 0, ENTRY_FILE};
+}
+
+static void
+file_issue(struct worker *w, struct file_req *r)
+{
+    int rc;
+    if (atomic_load(&w->stopping) && r->done == 0)
+        rc = -ECANCELED;
+    else if (w->ops->file_op == NULL)
+        rc = -EOPNOTSUPP;
+    else
+        rc = w->ops->file_op(w->be, &r->h, r->op, r->buf + r->done,
+                             r->len - r->done, r->off + r->done);
+    if (rc < 0)
+        file_final(w, r, r->done ? (long)r->done : rc);
+    else
+        w->file_inflight++;
+}
+
+static void
+on_file_event(struct worker *w, struct file_req *r, const struct io_event *ev)
+{
+    w->file_inflight--;
+    if (ev->res < 0) {
+        /* Report a failure even after a partial write: the data is not
+         * all there, and the caller must know. */
+        file_final(w, r, ev->res);
+        return;
+    }
+    r->done += (size_t)ev->res;
+    if (r->op == FILE_WRITE && ev->res > 0 && r->done < r->len) {
+        file_issue(w, r);   /* a short write: the rest, where it belongs */
+        return;
+    }
+    file_final(w, r, (long)r->done);
+}
+
+static void
+take_file_mail(struct worker *w)
+{
+    pthread_mutex_lock(&w->mbox_lock);
+    struct file_req *r = w->file_mail;
+    w->file_mail = NULL;
+    pthread_mutex_unlock(&w->mbox_lock);
+    /* The mailbox is a stack: restore submission order. */
+    struct file_req *fifo = NULL;
+    while (r != NULL) {
+        struct file_req *next = r->next;
+        r->next = fifo;
+        fifo = r;
+        r = next;
+    }
+    for (r = fifo; r != NULL; ) {
+        struct file_req *next = r->next;
+        file_issue(w, r);
+        r = next;
+    }
+    for (r = w->file_retry, w->file_retry = NULL; r != NULL; ) {
+        struct file_req *next = r->next;
+        file_final(w, r, r->res);
+        r = next;
+    }
+}
+
+unsigned
+server_pick_worker(struct server *s)
+{
+    unsigned pick = atomic_fetch_add_explicit(&s->next_worker, 1,
+                                              memory_order_relaxed);
+    pthread_mutex_lock(&s->start_lock);   /* workers[] is valid while set */
+    for (unsigned i = 0; s->accepting_work && i < s->nworkers; i++)
+        if (on_worker_thread(&s->workers[i]))
+            pick = i;
+    pthread_mutex_unlock(&s->start_lock);
+    return pick;
+}
+
+int
+server_file_submit(struct server *s, struct file_req *r)
+{
+    struct file *f = r->f;
+    r->h.fd = f->fd;
+    r->done = 0;
+    if (r->append) {
+        pthread_mutex_lock(&f->lock);
+        r->off = f->append_off;
+        f->append_off += r->len;
+        pthread_mutex_unlock(&f->lock);
+    }
+    pthread_mutex_lock(&s->start_lock);
+    if (!s->accepting_work) {
+        pthread_mutex_unlock(&s->start_lock);
+        return -EPIPE;
+    }
+    struct worker *w = &s->workers[f->windex % s->nworkers];
+    if (on_worker_thread(w)) {
+        file_issue(w, r);
+    } else {
+        pthread_mutex_lock(&w->mbox_lock);
+        r->next = w->file_mail;
+        w->file_mail = r;
+        pthread_mutex_unlock(&w->mbox_lock);
+        if (atomic_exchange_explicit(&w->mbox_flag, 1, memory_order_acq_rel) == 0)
+            w->ops->wake(w->be);
+    }
+    pthread_mutex_unlock(&s->start_lock);
+    return 0;
+}
+
+/* ---- send_file ---------------------------------------------------------- */
+
+int
+conn_send_file(struct conn *c, struct xfer *x)
+{
+    pthread_mutex_lock(&c->lock);
+    if (c->state > CONN_OPEN) {
+        pthread_mutex_unlock(&c->lock);
+        return -EPIPE;
+    }
+    if (c->xfer_new != NULL || c->xfer_busy) {
+        pthread_mutex_unlock(&c->lock);
+        return -EBUSY;
+    }
+    x->c = c;
+    conn_ref(c);
+    c->xfer_new = x;
+    int local = on_worker_thread(c->w);
+    if (!local)
+        post_to_mailbox(c);
+    pthread_mutex_unlock(&c->lock);
+    if (local)
+        xfer_attach(c);
+    return 0;
+}
+
+/* Worker thread: start a send_file that conn_send_file() queued. */
+static void
+xfer_attach(struct conn *c)
+{
+    pthread_mutex_lock(&c->lock);
+    struct xfer *x = c->xfer_new;
+    c->xfer_new = NULL;
+    if (x != NULL) {
+        c->xfer = x;
+        c->xfer_busy = 1;
+    }
+    pthread_mutex_unlock(&c->lock);
+    if (x == NULL)
+        return;
+    x->r.is_xfer = 1;
+    x->r.op = FILE_READ;
+    x->r.h.fd = x->r.f->fd;
+    if (c->state > CONN_DRAINING)
+        xfer_finish(c, EPIPE);
+    else
+        mark_dirty(c->w, c);   /* flush() pumps it */
+}
+
+/* Worker thread: read the next chunk while little is waiting to be sent;
+ * finish once everything read has been handed to the kernel. */
+static void
+xfer_pump(struct conn *c, size_t unsent)
+{
+    struct xfer *x = c->xfer;
+    if (x == NULL || x->reading)
+        return;
+    if (x->off >= x->end) {
+        if (unsent == 0)
+            xfer_finish(c, 0);
+        return;
+    }
+    if (unsent >= XFER_MARK)
+        return;   /* the next send completion pumps again */
+    uint64_t left = x->end - x->off;
+    x->r.buf = x->chunk;
+    x->r.len = left < XFER_CHUNK ? (size_t)left : XFER_CHUNK;
+    x->r.off = x->off;
+    x->r.done = 0;
+    x->reading = 1;
+    file_issue(c->w, &x->r);
+}
+
+static void
+xfer_on_read(struct worker *w, struct xfer *x, long res)
+{
+    struct conn *c = x->c;
+    x->reading = 0;
+    if (x->err || c->state > CONN_DRAINING) {
+        xfer_finish(c, x->err ? x->err : EPIPE);
+        return;
+    }
+    if (res <= 0) {
+        xfer_finish(c, res < 0 ? (int)-res : ENODATA);   /* ENODATA: it shrank */
+        return;
+    }
+    pthread_mutex_lock(&c->lock);
+    int rc = reserve(&c->obuf, &c->ocap, c->olen + (size_t)res);
+    if (rc == 0) {
+        memcpy(c->obuf + c->olen, x->chunk, (size_t)res);
+        c->olen += (size_t)res;
+    }
+    pthread_mutex_unlock(&c->lock);
+    if (rc < 0) {
+        xfer_finish(c, ENOMEM);
+        return;
+    }
+    x->off += (uint64_t)res;
+    x->queued += (uint64_t)res;
+    mark_dirty(w, c);   /* flush() sends it and pumps the next read */
+}
+
+/* Worker thread: the transfer is over (err 0: all of it is with the
+ * kernel).  Messages held behind it join the send queue. */
+static void
+xfer_finish(struct conn *c, int err)
+{
+    struct xfer *x = c->xfer;
+    struct worker *w = c->w;
+    if (x == NULL)
+        return;
+    if (x->reading) {
+        x->err = err;   /* its read completes first, then this runs again */
+        return;
+    }
+    pthread_mutex_lock(&c->lock);
+    c->xfer = NULL;
+    c->xfer_busy = 0;
+    if (c->hlen > 0 && c->state <= CONN_DRAINING &&
+        reserve(&c->obuf, &c->ocap, c->olen + c->hlen) == 0) {
+        memcpy(c->obuf + c->olen, c->hbuf, c->hlen);
+        c->olen += c->hlen;
+    }
+    c->hlen = 0;
+    pthread_mutex_unlock(&c->lock);
+    x->err = x->err ? x->err : err;
+    free(x->chunk);
+    x->chunk = NULL;
+    x->c = NULL;
+    if (grow_array(&w->batch, &w->batch_cap, w->nbatch + 1,
+                   sizeof(struct entry)) == 0)
+        w->batch[w->nbatch++] = (struct entry){NULL, &x->r, NULL, 0, 0, ENTRY_XFER};
+    /* else: out of memory for the notice; the dispatch layer's data leaks
+     * rather than touch freed memory. */
+    if (c->state <= CONN_DRAINING)
+        mark_dirty(w, c);
+    conn_unref(c);
+}
+
 static void
 drain_mailbox(struct worker *w)
 {
+    take_file_mail(w);
     pthread_mutex_lock(&w->mbox_lock);
     struct conn *c = w->mailbox;
     w->mailbox = NULL;
@@ -883,6 +1173,8 @@ drain_mailbox(struct worker *w)
         struct conn *next = c->next_mail;
         if (c->connect_req)
             start_connect(w, c);
+        if (c->xfer_new != NULL)   /* racy read; xfer_attach rechecks */
+            xfer_attach(c);
         pthread_mutex_lock(&c->lock);
         int req = c->close_req;
         c->close_req = 0;
@@ -915,6 +1207,8 @@ dispatch_batch(struct worker *w)
         }
         for (unsigned i = 0; i < n; i++) {
             struct conn *c = w->batch[i].c;
+            if (c == NULL)
+                continue;   /* a file completion: the dispatch layer owns it */
             if (w->batch[i].kind == ENTRY_MSG && --c->queued == 0 &&
                 (c->peer_eof || c->graceful) && c->state <= CONN_DRAINING)
                 mark_dirty(w, c);   /* flush() decides whether to close */
@@ -1055,7 +1349,8 @@ turn(struct worker *w, int timeout)
     w->now = now_ms();
     for (int i = 0; i < n; i++)
         on_event(w, &w->events[i]);
-    if (atomic_load_explicit(&w->mbox_flag, memory_order_acquire))
+    if (atomic_load_explicit(&w->mbox_flag, memory_order_acquire) ||
+        w->file_retry != NULL)
         drain_mailbox(w);
     dispatch_batch(w);
     flush_dirty(w);
@@ -1092,7 +1387,7 @@ shutdown_worker(struct worker *w)
     }
     dispatch_batch(w);
     for (unsigned failures = 0;;) {
-        int busy = w->nconns > 0;
+        int busy = w->nconns > 0 || w->file_inflight > 0;
         for (unsigned i = 0; i < w->nls; i++)
             busy |= w->ls[i].armed;
         if (!busy)

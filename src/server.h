@@ -79,15 +79,61 @@ struct conn {
     struct conn *next_mail;      /* worker's mailbox */
     struct conn *next_deferred;  /* worker's deferred list */
     void *py;                    /* dispatch layer's object, or NULL */
+    struct xfer *xfer;           /* send_file in progress (worker only) */
+    struct xfer *xfer_new;       /* send_file asked, not started (lock) */
+    uint8_t xfer_busy;           /* xfer != NULL, readable under lock */
+    char *hbuf;                  /* sends held back behind the file (lock) */
+    size_t hlen, hcap;
 };
 
-enum entry_kind { ENTRY_MSG, ENTRY_OPEN, ENTRY_CLOSE };
+/* An open regular file.  Its memory belongs to the dispatch layer's
+ * object, which every request keeps alive; completions run on worker
+ * `windex`.  Appends get their offsets at submission, so appends issued in
+ * order land in that order even when they run in parallel. */
+struct file {
+    int fd;
+    unsigned windex;
+    pthread_mutex_t lock;        /* append_off */
+    uint64_t append_off;
+};
+
+/* One file operation, from submission to its completion's dispatch. */
+struct file_req {
+    struct io_handle h;          /* first: the backend's view (h.fd) */
+    struct file *f;
+    struct file_req *next;       /* worker's file mailbox */
+    uint8_t op;                  /* enum file_opcode */
+    uint8_t append;              /* the offset is the file's append offset */
+    uint8_t is_xfer;             /* a chunk read of a struct xfer */
+    char *buf;
+    size_t len, done;
+    uint64_t off;
+    long res;                    /* final: bytes (done) or -errno */
+    void *py;                    /* dispatch layer's data */
+};
+
+/* send_file(): a range of a file streamed to a connection in chunks, one
+ * read in flight, the next read issued only while the connection's unsent
+ * bytes are below XFER_MARK, so memory stays bounded whatever the size. */
+struct xfer {
+    struct file_req r;           /* first: the chunk read (r.is_xfer) */
+    struct conn *c;              /* holds a reference until finished */
+    uint64_t off, end;           /* next byte to read; end of the range */
+    uint64_t queued;             /* bytes handed to the send queue */
+    char *chunk;
+    int err;                     /* why it stopped, or 0 */
+    uint8_t reading;
+    void *py;                    /* dispatch layer's data */
+};
+
+enum entry_kind { ENTRY_MSG, ENTRY_OPEN, ENTRY_CLOSE, ENTRY_FILE, ENTRY_XFER };
 
 /* One item for the dispatch layer: a whole message, a new connection or a
  * closed one.  A message lies in `ptr` or, when ptr is NULL, in the
  * connection's rbuf at `off` (rbuf may move until dispatch). */
 struct entry {
-    struct conn *c;
+    struct conn *c;              /* NULL for ENTRY_FILE */
+    struct file_req *fr;         /* ENTRY_FILE */
     const uint8_t *ptr;
     size_t off, len;
     uint8_t kind;
@@ -128,6 +174,9 @@ struct worker {
 
     pthread_mutex_t mbox_lock;
     struct conn *mailbox;        /* sends from other threads */
+    struct file_req *file_mail;  /* file requests from other threads */
+    unsigned file_inflight;      /* file requests started, not yet final */
+    struct file_req *file_retry; /* finals that found no room in the batch */
     atomic_int mbox_flag;
 
     struct entry *batch;
@@ -206,6 +255,18 @@ void server_destroy(struct server *s);
  * Any thread; -EPIPE if the server is not running. */
 int server_connect(struct server *s, int fd, const struct sockaddr *addr,
                    socklen_t addrlen, void *py, struct conn **out);
+
+/* Submit a file operation; its ENTRY_FILE reaches the dispatch layer on
+ * worker f->windex.  Any thread; -EPIPE if the server is not running. */
+int server_file_submit(struct server *s, struct file_req *r);
+/* The worker a new file or connection made now should use (the caller's
+ * own worker when called from a handler). */
+unsigned server_pick_worker(struct server *s);
+
+/* Stream x->r.f's bytes [x->off, x->end) to c; an ENTRY_XFER reports the
+ * end.  Messages sent meanwhile go out after the file.  Any thread; -EPIPE
+ * if c is closing, -EBUSY if a send_file is already under way. */
+int conn_send_file(struct conn *c, struct xfer *x);
 
 /* Called from any thread (the dispatch layer holds the GIL, which keeps `c`
  * alive while c->py links to it). */
