@@ -54,6 +54,8 @@ struct io_handle {
     const char *send_buf;     /* engine-private: send in progress */
     size_t send_len;
     void *priv;               /* engine-private */
+    uint64_t file_off;        /* engine-private: file_op() offset (epoll's
+                                 thread pool reads it from the handle) */
 };
 
 struct io_event {

@@ -22,10 +22,26 @@
  * No allocation per event: the revisit arrays are grown when a handle is
  * registered (each handle is listed at most once) and the final-event queue
  * is reserved at 4 slots per registered handle, growing only beyond that.
+ *
+ * file_op(): epoll cannot wait on regular files, so the engine owns a small
+ * pool of native threads (POOL_THREADS, started at the first file_op) that
+ * do pread/pwrite/fsync/fdatasync.  File handles are never registered with
+ * epoll.  Requests and completions are intrusive FIFO lists linked through
+ * h->priv (queue -> a pool thread -> done list), under pool_mu; the request
+ * sits in the handle (send_buf/send_len/file_off, opcode in pending) and the
+ * result goes back in send_len.  A pool thread writes the eventfd when the
+ * done list becomes non-empty; wait() turns done entries into final IO_FILE
+ * events (at most max, the rest next time, never blocking while some wait).
+ * Pool threads block every signal, so SIGXFSZ and friends go elsewhere.
+ * destroy() stops and joins the pool; requests still queued then (a core
+ * bug) are dropped without an event.
  */
 #include "backend.h"
 
 #include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
@@ -45,6 +61,9 @@
 #define EP_BATCH 256
 #define MIN_CAP  64
 
+#define POOL_THREADS 2
+#define FILE_MAX_LEN 0x7ffff000u   /* Linux's per-call cap; res fits int32 */
+
 struct backend {
     int epfd;
     int evfd;
@@ -62,6 +81,17 @@ struct backend {
     struct io_handle **rv2;     /* scratch for rebuilding it */
     unsigned rv_len, rv_cap;
     unsigned nregistered;
+
+    /* file_op() thread pool; lists linked through h->priv */
+    pthread_mutex_t pool_mu;
+    pthread_cond_t pool_cv;
+    bool pool_init;             /* pool_mu and pool_cv initialised */
+    bool pool_stop;             /* destroy(): threads exit */
+    int nthreads;
+    pthread_t threads[POOL_THREADS];
+    struct io_handle *fq_head, *fq_tail;    /* requests */
+    struct io_handle *fd_head, *fd_tail;    /* completions */
+    _Atomic unsigned ndone;     /* length of the done list */
 
     struct epoll_event evs[EP_BATCH];
 };
@@ -327,6 +357,144 @@ static int revisit(struct backend *b, struct io_event *out, int max, int n)
     return n;
 }
 
+/* ---- file operations: the thread pool ------------------------------- */
+
+static void ep_wake(struct backend *b);
+
+static long do_file(struct io_handle *h)
+{
+    void *buf = (void *)(uintptr_t)h->send_buf;
+    ssize_t r;
+    do {
+        switch (h->pending) {
+        case FILE_READ:
+            r = pread(h->fd, buf, h->send_len, (off_t)h->file_off);
+            break;
+        case FILE_WRITE:
+            r = pwrite(h->fd, buf, h->send_len, (off_t)h->file_off);
+            break;
+        case FILE_FSYNC:
+            r = fsync(h->fd);
+            break;
+        default:
+            r = fdatasync(h->fd);
+            break;
+        }
+    } while (r < 0 && errno == EINTR);
+    return r < 0 ? -errno : (long)r;
+}
+
+static void *pool_main(void *arg)
+{
+    struct backend *b = arg;
+    pthread_mutex_lock(&b->pool_mu);
+    for (;;) {
+        while (!b->pool_stop && b->fq_head == NULL)
+            pthread_cond_wait(&b->pool_cv, &b->pool_mu);
+        if (b->pool_stop)
+            break;
+        struct io_handle *h = b->fq_head;
+        b->fq_head = h->priv;
+        if (b->fq_head == NULL)
+            b->fq_tail = NULL;
+        pthread_mutex_unlock(&b->pool_mu);
+
+        long res = do_file(h);
+
+        pthread_mutex_lock(&b->pool_mu);
+        h->send_len = (size_t)res;  /* read back as long in take_done() */
+        h->priv = NULL;
+        if (b->fd_tail)
+            b->fd_tail->priv = h;
+        else
+            b->fd_head = h;
+        b->fd_tail = h;
+        unsigned was = atomic_fetch_add(&b->ndone, 1);
+        if (was == 0) {
+            /* the engine drains the list down to empty or keeps looking at
+             * it before it blocks: only the first completion must wake it */
+            pthread_mutex_unlock(&b->pool_mu);
+            ep_wake(b);
+            pthread_mutex_lock(&b->pool_mu);
+        }
+    }
+    pthread_mutex_unlock(&b->pool_mu);
+    return NULL;
+}
+
+/* Start pool threads up to POOL_THREADS; 0 if at least one runs. */
+static int pool_start(struct backend *b)
+{
+    if (b->nthreads == POOL_THREADS)
+        return 0;
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);   /* inherited by threads */
+    int err = 0;
+    while (b->nthreads < POOL_THREADS) {
+        err = pthread_create(&b->threads[b->nthreads], NULL, pool_main, b);
+        if (err)
+            break;
+        b->nthreads++;
+    }
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    return b->nthreads > 0 ? 0 : -err;
+}
+
+/* Move completed file ops into out[n..max) as final IO_FILE events. */
+static int take_done(struct backend *b, struct io_event *out, int max, int n)
+{
+    if (n >= max || atomic_load(&b->ndone) == 0)
+        return n;
+    pthread_mutex_lock(&b->pool_mu);
+    while (b->fd_head != NULL && n < max) {
+        struct io_handle *h = b->fd_head;
+        b->fd_head = h->priv;
+        if (b->fd_head == NULL)
+            b->fd_tail = NULL;
+        atomic_fetch_sub(&b->ndone, 1);
+        long res = (long)h->send_len;
+        h->priv = NULL;
+        h->send_buf = NULL;
+        h->send_len = 0;
+        h->pending = 0;
+        h->active &= ~OPBIT(IO_FILE);
+        emit(out, &n, h, IO_FILE, res, 0);
+    }
+    pthread_mutex_unlock(&b->pool_mu);
+    return n;
+}
+
+static int ep_file_op(struct backend *b, struct io_handle *h, int op,
+                      void *buf, size_t len, uint64_t off)
+{
+    if (h == NULL || h->fd < 0 || op < FILE_READ || op > FILE_FDATASYNC ||
+        off > (uint64_t)INT64_MAX)
+        return -EINVAL;
+    if (h->active & OPBIT(IO_FILE))
+        return -EBUSY;
+    if (h->registered)
+        return -EINVAL;   /* a socket handle: file ops get their own */
+    int r = pool_start(b);
+    if (r < 0)
+        return r;
+    h->pending = (uint32_t)op;
+    h->send_buf = buf;
+    h->send_len = len > FILE_MAX_LEN ? FILE_MAX_LEN : len;
+    h->file_off = off;
+    h->active |= OPBIT(IO_FILE);
+    pthread_mutex_lock(&b->pool_mu);
+    h->priv = NULL;
+    if (b->fq_tail)
+        b->fq_tail->priv = h;
+    else
+        b->fq_head = h;
+    b->fq_tail = h;
+    pthread_cond_signal(&b->pool_cv);
+    pthread_mutex_unlock(&b->pool_mu);
+    return 0;
+}
+
 static double now_ms(void)
 {
     struct timespec ts;
@@ -345,6 +513,7 @@ static int ep_wait(struct backend *b, struct io_event *out, int max,
         b->pq_head = (b->pq_head + 1) % b->pq_cap;
         b->pq_len--;
     }
+    n = take_done(b, out, max, n);
     if (n < max && b->rv_len)
         n = revisit(b, out, max, n);
     if (n == max)
@@ -375,6 +544,8 @@ static int ep_wait(struct backend *b, struct io_event *out, int max,
             if (n == max || process(b, h, out, max, &n))
                 rv_add(b, h);
         }
+        if (woke)
+            n = take_done(b, out, max, n);   /* a pool thread's wake-up */
         if (n > 0 || woke || nev == 0 || timeout_ms == 0)
             return n;
         /* Only stale edges: wait on for the rest of the timeout. */
@@ -537,6 +708,16 @@ static void ep_destroy(struct backend *b)
 {
     if (!b)
         return;
+    if (b->pool_init) {
+        pthread_mutex_lock(&b->pool_mu);
+        b->pool_stop = true;   /* queued requests (a core bug) are dropped */
+        pthread_cond_broadcast(&b->pool_cv);
+        pthread_mutex_unlock(&b->pool_mu);
+        for (int i = 0; i < b->nthreads; i++)
+            pthread_join(b->threads[i], NULL);
+        pthread_cond_destroy(&b->pool_cv);
+        pthread_mutex_destroy(&b->pool_mu);
+    }
     free(b->rv2);
     free(b->rv);
     free(b->pq);
@@ -563,6 +744,15 @@ static struct backend *ep_create(unsigned nbufs, unsigned bufsize)
     b->nbufs = nbufs;
     b->bufsize = bufsize;
 
+    int e0 = pthread_mutex_init(&b->pool_mu, NULL);
+    if (e0 == 0 && (e0 = pthread_cond_init(&b->pool_cv, NULL)) != 0)
+        pthread_mutex_destroy(&b->pool_mu);
+    if (e0 != 0) {
+        free(b);
+        errno = e0;
+        return NULL;
+    }
+    b->pool_init = true;
     b->epfd = epoll_create1(EPOLL_CLOEXEC);
     if (b->epfd < 0)
         goto fail;
@@ -603,6 +793,7 @@ const struct backend_ops iocp_epoll_ops = {
     .recv_stop = ep_recv_stop,
     .send = ep_send,
     .connect = ep_connect,
+    .file_op = ep_file_op,
     .cancel = ep_cancel,
     .forget = ep_forget,
     .wait = ep_wait,

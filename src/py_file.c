@@ -223,11 +223,14 @@ drop_req(FileReq *q)
     PyMem_RawFree(q);
 }
 
+/* Submit; returns the offset the operation works at (for an append: where
+ * it lands, assigned at submission), or NULL with an exception. */
 static PyObject *
 submit(FileObject *self, FileReq *q)
 {
     self->pending++;
     int rc = server_file_submit(self->srv, &q->r);
+    uint64_t off = q->r.off;   /* read before the request can complete */
     if (rc < 0) {
         self->pending--;
         drop_req(q);
@@ -238,7 +241,7 @@ submit(FileObject *self, FileReq *q)
             PyErr_SetFromErrno(PyExc_OSError);
         return NULL;
     }
-    Py_RETURN_NONE;
+    return PyLong_FromUnsignedLongLong(off);
 }
 
 static PyObject *
@@ -371,15 +374,16 @@ file_repr(FileObject *self)
 
 static PyMethodDef file_methods[] = {
     {"read", (PyCFunction)(void (*)(void))file_read, METH_VARARGS | METH_KEYWORDS,
-     "read(offset, size, callback) -> None\n--\n\n"
+     "read(offset, size, callback) -> int\n--\n\n"
      "Read up to size bytes at offset; callback(data, error) gets the bytes\n"
      "(shorter at the end of the file) or error, an OSError."},
     {"write", (PyCFunction)(void (*)(void))file_write, METH_VARARGS | METH_KEYWORDS,
-     "write(data, offset=None, callback=None) -> None\n--\n\n"
+     "write(data, offset=None, callback=None) -> int\n--\n\n"
      "Write data at offset, or append it when offset is None (appends land\n"
-     "in the order they were issued).  callback(nbytes, error)."},
+     "in the order they were issued).  Returns the offset it is written at.\n"
+     "callback(nbytes, error) when done."},
     {"sync", (PyCFunction)(void (*)(void))file_sync, METH_VARARGS | METH_KEYWORDS,
-     "sync(callback=None, *, data_only=False) -> None\n--\n\n"
+     "sync(callback=None, *, data_only=False) -> int\n--\n\n"
      "fsync (or fdatasync) the file; callback(None, error)."},
     {"close", (PyCFunction)(void (*)(void))file_close, METH_VARARGS | METH_KEYWORDS,
      "close(callback=None) -> None\n--\n\n"

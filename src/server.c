@@ -946,14 +946,11 @@ on_file_event(struct worker *w, struct file_req *r, const struct io_event *ev)
     file_final(w, r, (long)r->done);
 }
 
+/* Start file requests taken from the mailbox (a stack, newest first). */
 static void
-take_file_mail(struct worker *w)
+start_file_mail(struct worker *w, struct file_req *r)
 {
-    pthread_mutex_lock(&w->mbox_lock);
-    struct file_req *r = w->file_mail;
-    w->file_mail = NULL;
-    pthread_mutex_unlock(&w->mbox_lock);
-    /* The mailbox is a stack: restore submission order. */
+    /* Restore submission order. */
     struct file_req *fifo = NULL;
     while (r != NULL) {
         struct file_req *next = r->next;
@@ -1160,14 +1157,18 @@ xfer_finish(struct conn *c, int err)
 static void
 drain_mailbox(struct worker *w)
 {
-    take_file_mail(w);
+    /* Clear the flag and take both lists under one lock: a request posted
+     * after this sees the flag clear and wakes us again. */
     pthread_mutex_lock(&w->mbox_lock);
+    atomic_store_explicit(&w->mbox_flag, 0, memory_order_release);
     struct conn *c = w->mailbox;
     w->mailbox = NULL;
-    atomic_store_explicit(&w->mbox_flag, 0, memory_order_release);
+    struct file_req *files = w->file_mail;
+    w->file_mail = NULL;
     for (struct conn *m = c; m != NULL; m = m->next_mail)
         m->in_mailbox = 0;
     pthread_mutex_unlock(&w->mbox_lock);
+    start_file_mail(w, files);
 
     while (c != NULL) {
         struct conn *next = c->next_mail;

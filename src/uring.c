@@ -16,7 +16,10 @@
  *    block becomes an IORING_OP_SEND (so an IO_SEND event follows);
  *  - multishot accept (5.19) and multishot recv (6.0): a kernel that
  *    rejects the multishot form (-EINVAL) gets the single-shot form,
- *    re-armed after each completion, for the life of the engine.
+ *    re-armed after each completion, for the life of the engine;
+ *  - file_op(): IORING_OP_READ / WRITE (5.6) at an explicit offset, never
+ *    with buffer selection, and IORING_OP_FSYNC (+IORING_FSYNC_DATASYNC).
+ *    A ring whose probe lacks them makes file_op() return -EOPNOTSUPP.
  * The ring is created disabled (IORING_SETUP_R_DISABLED) and enabled by the
  * first call made on the owning worker thread, so that thread becomes the
  * single issuer even when create() ran on another thread.
@@ -26,7 +29,10 @@
  *   IOCP_URING_NO_DEFER_TASKRUN (use COOP_TASKRUN).
  *
  * user_data is the io_handle pointer with the enum io_op in its low 3 bits;
- * values below 8 (no pointer) tag the engine's internal requests.
+ * values below 8 (no pointer) tag the engine's internal requests.  Tags and
+ * ops share the low bits (UD_WAKE == IO_FILE == 5): on_cqe() tells them
+ * apart by the pointer part alone, which is never 0 for a handle
+ * (check_handle() refuses NULL and misaligned handles).
  *
  * Addresses passed to connect() must stay valid until the IO_CONNECT event
  * (the kernel reads them when the SQE is submitted, in the next wait()).
@@ -60,6 +66,10 @@
 /* Internal user_data tags (no handle pointer). */
 enum { UD_WAKE = 5, UD_CANCEL = 6, UD_PROBE = 7 };
 #define UD_OP_MASK 7u
+_Static_assert(IO_OP_COUNT <= UD_OP_MASK + 1, "enum io_op needs > 3 bits");
+
+/* the kernel's per-call cap (MAX_RW_COUNT); keeps res within int32 */
+#define FILE_MAX_LEN 0x7ffff000u
 
 /* h->pending bits */
 #define P_RECV_STOP   (1u << 0)  /* recv_stop() asked; the recv ends */
@@ -80,6 +90,7 @@ struct backend {
     int ms_accept;      /* multishot accept accepted by this kernel */
     int ms_recv;        /* multishot recv accepted by this kernel */
     int cancel_fd;      /* ASYNC_CANCEL by fd works */
+    int file_ok;        /* READ, WRITE and FSYNC are supported */
 
     /* rings (one mapping: IORING_FEAT_SINGLE_MMAP) */
     void *ring_mem;
@@ -326,7 +337,7 @@ static inline int ensure_started(struct backend *b)
 
 /* ---- create / destroy ------------------------------------------------ */
 
-static int probe_ops(int ring_fd)
+static int probe_ops(struct backend *b, int ring_fd)
 {
     static const uint8_t need[] = {
         IORING_OP_POLL_ADD, IORING_OP_ACCEPT, IORING_OP_ASYNC_CANCEL,
@@ -345,6 +356,16 @@ static int probe_ops(int ring_fd)
         if (need[i] > u.p.last_op || need[i] >= u.p.ops_len ||
             !(u.p.ops[need[i]].flags & IO_URING_OP_SUPPORTED))
             return -EINVAL;
+    }
+    /* optional: only file_op() needs them */
+    static const uint8_t file_need[] = {
+        IORING_OP_READ, IORING_OP_WRITE, IORING_OP_FSYNC,
+    };
+    b->file_ok = 1;
+    for (size_t i = 0; i < sizeof(file_need); i++) {
+        if (file_need[i] > u.p.last_op || file_need[i] >= u.p.ops_len ||
+            !(u.p.ops[file_need[i]].flags & IO_URING_OP_SUPPORTED))
+            b->file_ok = 0;
     }
     return 0;
 }
@@ -425,7 +446,7 @@ static int setup_ring(struct backend *b)
     b->cq_ktail = (_Atomic uint32_t *)(r + p.cq_off.tail);
     b->cq_mask = *(uint32_t *)(r + p.cq_off.ring_mask);
     b->cqes = (struct io_uring_cqe *)(r + p.cq_off.cqes);
-    return probe_ops(fd);
+    return probe_ops(b, fd);
 }
 
 static int setup_bufs(struct backend *b, unsigned nbufs, unsigned bufsize)
@@ -720,6 +741,7 @@ static int on_cqe(struct backend *b, struct io_uring_cqe *c,
         return 1;
     case IO_SEND:
     case IO_CONNECT:
+    case IO_FILE:
         final_event(h, op, res, ev);
         return 1;
     default:
@@ -860,6 +882,42 @@ static int uring_connect(struct backend *b, struct io_handle *h,
     return 0;
 }
 
+static int uring_file_op(struct backend *b, struct io_handle *h, int op,
+                         void *buf, size_t len, uint64_t off)
+{
+    int r = check_handle(h);
+    if (r < 0 || (r = ensure_started(b)) < 0)
+        return r;
+    if (op < FILE_READ || op > FILE_FDATASYNC || off > (uint64_t)INT64_MAX)
+        return -EINVAL;   /* off -1 would mean "the file position" */
+    if (!b->file_ok)
+        return -EOPNOTSUPP;
+    if (h->active & BIT(IO_FILE))
+        return -EBUSY;
+    int err = 0;
+    struct io_uring_sqe *sqe = get_sqe(b, &err);
+    if (sqe == NULL)
+        return err;
+    sqe->fd = h->fd;
+    switch (op) {
+    case FILE_READ:
+    case FILE_WRITE:
+        sqe->opcode = op == FILE_READ ? IORING_OP_READ : IORING_OP_WRITE;
+        sqe->addr = (uint64_t)(uintptr_t)buf;
+        sqe->len = len > FILE_MAX_LEN ? FILE_MAX_LEN : (uint32_t)len;
+        sqe->off = off;
+        break;
+    default:
+        sqe->opcode = IORING_OP_FSYNC;   /* off 0, len 0: the whole file */
+        if (op == FILE_FDATASYNC)
+            sqe->fsync_flags = IORING_FSYNC_DATASYNC;
+        break;
+    }
+    sqe->user_data = ud_of(h, IO_FILE);
+    h->active |= BIT(IO_FILE);
+    return 0;
+}
+
 static int uring_cancel(struct backend *b, struct io_handle *h)
 {
     int r = ensure_started(b);
@@ -876,7 +934,9 @@ static int uring_cancel(struct backend *b, struct io_handle *h)
         inkernel &= ~BIT(IO_ACCEPT);
     if (inkernel == 0)
         return 0;
-    if (b->cancel_fd)
+    /* Cancel by fd only for socket operations: several file handles may
+     * share one fd, and cancelling by fd would hit the others' requests. */
+    if (b->cancel_fd && !(inkernel & BIT(IO_FILE)))
         return queue_cancel(b, 0, h->fd,
                             IORING_ASYNC_CANCEL_FD | IORING_ASYNC_CANCEL_ALL);
     for (unsigned op = IO_ACCEPT; op < IO_OP_COUNT; op++) {
@@ -982,6 +1042,7 @@ const struct backend_ops iocp_uring_ops = {
     .recv_stop = uring_recv_stop,
     .send = uring_send,
     .connect = uring_connect,
+    .file_op = uring_file_op,
     .cancel = uring_cancel,
     .forget = uring_forget,
     .wait = uring_wait,

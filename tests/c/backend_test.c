@@ -34,6 +34,7 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -452,6 +453,13 @@ static void *echo_client(void *arg)
 
 static int echo_finished;
 
+/* file ops mixed into the echo test (test_file_echo); see below */
+struct filemix;
+static struct filemix *FM;
+static void fm_pump(void);
+static void fm_event(const struct io_event *e);
+static void fm_finish(void);
+
 static void conn_pump(struct conn *c)
 {
     while (c->qn && !th_active(&c->t, IO_SEND)) {
@@ -498,9 +506,17 @@ static void echo_test(unsigned nbufs, unsigned bufsize, int nconns,
     int accepted = 0;
     echo_finished = 0;
     while (echo_finished < nconns) {
+        if (FM)
+            fm_pump();
         int n = get_events(ev, maxev, 1000);
         for (int i = 0; i < n; i++) {
             struct io_event *e = &ev[i];
+            if (e->op == IO_FILE) {
+                if (!FM)
+                    FAIL("IO_FILE event in a socket-only test");
+                fm_event(e);
+                continue;
+            }
             if (e->h == &L.h) {
                 if (e->op != IO_ACCEPT || e->res < 0 || !e->more)
                     FAIL("accept event op %d res %d more %d", e->op, e->res,
@@ -550,6 +566,8 @@ static void echo_test(unsigned nbufs, unsigned bufsize, int nconns,
     CHECK_EQ(accepted, nconns);
     for (int i = 0; i < nconns; i++)
         CHECK(pthread_join(ca[i].tid, NULL) == 0);
+    if (FM)
+        fm_finish();   /* before the listener's drain: no stray events */
 
     CHECK(ops->cancel(B, &L.h) == 0);
     drain_finals(&L, 2000);
@@ -1127,6 +1145,388 @@ static void test_send_blocked(void)
     unmk();
 }
 
+/* ---- regular files (file_op) ------------------------------------------- */
+
+static bool has_file_op(void)
+{
+    if (ops->file_op == NULL)
+        FAIL("engine %s has no file_op", ops->name);
+    return true;
+}
+
+/* 0 (an IO_FILE event follows) or file_op's error. */
+static int do_file(struct th *t, int op, void *buf, size_t len, uint64_t off)
+{
+    if (th_active(t, IO_FILE))
+        FAIL("test bug: two file ops in flight on one handle");
+    int r = ops->file_op(B, &t->h, op, buf, len, off);
+    if (r == 0)
+        t->started[IO_FILE]++;
+    else if (r > 0)
+        FAIL("file_op returned %d", r);
+    return r;
+}
+
+/* One file op to completion; returns its event's res. */
+static int file_run(struct th *t, int op, void *buf, size_t len,
+                    uint64_t off)
+{
+    int r = do_file(t, op, buf, len, off);
+    if (r)
+        FAIL("file_op(%d, len %zu, off %llu): %s", op, len,
+             (unsigned long long)off, strerror(-r));
+    drain_finals(t, 5000);
+    CHECK_EQ(t->finals[IO_FILE], t->started[IO_FILE]);
+    return t->last_res[IO_FILE];
+}
+
+static int temp_file(char *path)
+{
+    strcpy(path, "/tmp/iocport-bt-XXXXXX");
+    int fd = mkostemp(path, O_CLOEXEC);
+    CHECK(fd >= 0);
+    return fd;
+}
+
+static void fill_pat(char *p, size_t len, size_t seed)
+{
+    for (size_t i = 0; i < len; i++)
+        p[i] = (char)pat(seed + i);
+}
+
+/* Writes at offsets read back; holes read as zeros; short read at EOF;
+ * 0 past EOF; fsync/fdatasync 0; one op per handle (-EBUSY); a write on a
+ * read-only fd -EBADF; a big transfer. */
+static void test_file_rw(void)
+{
+    mk(4, 64);
+    has_file_op();
+    char path[64];
+    int fd = temp_file(path);
+    int rofd = open(path, O_RDONLY | O_CLOEXEC);
+    CHECK(rofd >= 0);
+    CHECK(unlink(path) == 0);   /* the fds keep it; nothing left behind */
+
+    struct th F;
+    th_init(&F, fd);
+    char *w = malloc(1 << 20), *r = malloc(1 << 20);
+    CHECK(w && r);
+
+    fill_pat(w, 1000, 0);
+    CHECK_EQ(file_run(&F, FILE_WRITE, w, 1000, 0), 1000);
+    fill_pat(w + 1000, 500, 77777);
+    CHECK_EQ(file_run(&F, FILE_WRITE, w + 1000, 500, 5000), 500);
+    struct stat st;
+    CHECK(fstat(fd, &st) == 0);
+    CHECK_EQ(st.st_size, 5500);
+
+    memset(r, 0xee, 8192);
+    CHECK_EQ(file_run(&F, FILE_READ, r, 1000, 0), 1000);
+    CHECK(memcmp(r, w, 1000) == 0);
+    CHECK_EQ(file_run(&F, FILE_READ, r, 500, 5000), 500);
+    CHECK(memcmp(r, w + 1000, 500) == 0);
+    memset(r, 0xee, 8192);
+    CHECK_EQ(file_run(&F, FILE_READ, r, 4000, 1000), 4000);   /* the hole */
+    for (int i = 0; i < 4000; i++)
+        if (r[i] != 0)
+            FAIL("hole byte %d is %d", i, r[i]);
+    /* short read at EOF, then 0 at and past EOF */
+    CHECK_EQ(file_run(&F, FILE_READ, r, 1000, 5200), 300);
+    CHECK(memcmp(r, w + 1000 + 200, 300) == 0);
+    CHECK_EQ(file_run(&F, FILE_READ, r, 1000, 5500), 0);
+    CHECK_EQ(file_run(&F, FILE_READ, r, 1000, 1ull << 40), 0);
+    CHECK_EQ(file_run(&F, FILE_READ, r, 0, 0), 0);
+
+    CHECK_EQ(file_run(&F, FILE_FSYNC, NULL, 0, 0), 0);
+    CHECK_EQ(file_run(&F, FILE_FDATASYNC, NULL, 0, 0), 0);
+
+    /* one op per handle; a bad opcode or offset starts nothing */
+    CHECK_EQ(do_file(&F, FILE_READ, r, 100, 0), 0);
+    CHECK_EQ(ops->file_op(B, &F.h, FILE_READ, r, 100, 0), -EBUSY);
+    drain_finals(&F, 5000);
+    CHECK_EQ(F.last_res[IO_FILE], 100);
+    CHECK_EQ(ops->file_op(B, &F.h, 0, r, 100, 0), -EINVAL);
+    CHECK_EQ(ops->file_op(B, &F.h, FILE_FDATASYNC + 1, r, 100, 0), -EINVAL);
+    CHECK_EQ(ops->file_op(B, &F.h, FILE_READ, r, 100, UINT64_MAX), -EINVAL);
+
+    /* 1 MiB in one op (a short result is allowed: finish it) */
+    fill_pat(w, 1 << 20, 31337);
+    size_t done = 0;
+    while (done < (1u << 20)) {
+        int n = file_run(&F, FILE_WRITE, w + done, (1u << 20) - done,
+                         65536 + done);
+        CHECK(n > 0);
+        done += (size_t)n;
+    }
+    memset(r, 0, 1 << 20);
+    done = 0;
+    while (done < (1u << 20)) {
+        int n = file_run(&F, FILE_READ, r + done, (1u << 20) - done,
+                         65536 + done);
+        CHECK(n > 0);
+        done += (size_t)n;
+    }
+    CHECK(memcmp(r, w, 1 << 20) == 0);
+
+    /* errors come as the event's res */
+    struct th R;
+    th_init(&R, rofd);
+    CHECK_EQ(file_run(&R, FILE_WRITE, w, 100, 0), -EBADF);
+    CHECK_EQ(file_run(&R, FILE_READ, r, 100, 0), 100);   /* reads work */
+    for (int i = 0; i < 100; i++)
+        CHECK(r[i] == (char)pat((size_t)i));
+    expect_quiet(50);   /* exactly one event per op */
+
+    do_forget(&R);
+    do_forget(&F);
+    close(rofd);
+    close(fd);
+    free(w);
+    free(r);
+    unmk();
+}
+
+/* A write at or beyond RLIMIT_FSIZE: -EFBIG (SIGXFSZ ignored); across it:
+ * short. */
+static void test_file_efbig(void)
+{
+    mk(4, 64);
+    has_file_op();
+    char path[64];
+    int fd = temp_file(path);
+    CHECK(unlink(path) == 0);
+    struct th F;
+    th_init(&F, fd);
+    char buf[256];
+    fill_pat(buf, sizeof buf, 5);
+
+    void (*old_sig)(int) = signal(SIGXFSZ, SIG_IGN);
+    struct rlimit old, lim;
+    CHECK(getrlimit(RLIMIT_FSIZE, &old) == 0);
+    lim = old;
+    lim.rlim_cur = 4096;
+    if (old.rlim_max != RLIM_INFINITY && old.rlim_max < lim.rlim_cur)
+        lim.rlim_cur = old.rlim_max;
+    CHECK(setrlimit(RLIMIT_FSIZE, &lim) == 0);
+    rlim_t L = lim.rlim_cur;
+
+    int a = file_run(&F, FILE_WRITE, buf, 100, L + 100);
+    int b = file_run(&F, FILE_WRITE, buf, 100, L);
+    int c = L >= 40 ? file_run(&F, FILE_WRITE, buf, 100, L - 40) : 40;
+    int d = file_run(&F, FILE_WRITE, buf, 100, 0);
+    CHECK(setrlimit(RLIMIT_FSIZE, &old) == 0);
+    signal(SIGXFSZ, old_sig);
+    CHECK_EQ(a, -EFBIG);
+    CHECK_EQ(b, -EFBIG);
+    CHECK_EQ(c, 40);   /* short: up to the limit */
+    CHECK_EQ(d, 100);
+    /* the limit is gone again */
+    CHECK_EQ(file_run(&F, FILE_WRITE, buf, 100, L + 100), 100);
+    do_forget(&F);
+    close(fd);
+    unmk();
+}
+
+/* 64 handles with file ops in flight at once (several fds, reads, writes
+ * and syncs), some cancelled, reaped with a small out[]: each ends with
+ * exactly one final event. */
+#define NFH 64
+#define FBLK 4096
+static void test_file_many(void)
+{
+    mk(4, 64);
+    has_file_op();
+    char path[64];
+    int fds[2];
+    for (int i = 0; i < 2; i++) {
+        fds[i] = temp_file(path);
+        CHECK(unlink(path) == 0);
+    }
+    static struct th T[NFH];
+    struct th *tp[NFH];
+    char *bufs = malloc((size_t)NFH * FBLK), *rb = malloc((size_t)NFH * FBLK);
+    CHECK(bufs && rb);
+    for (int round = 0; round < 4; round++) {
+        /* writes (cancel some: the real result or -ECANCELED, once) */
+        for (int i = 0; i < NFH; i++) {
+            th_init(&T[i], fds[i & 1]);
+            tp[i] = &T[i];
+            fill_pat(bufs + (size_t)i * FBLK, FBLK, (size_t)(round * NFH + i) * 7919);
+            CHECK_EQ(do_file(&T[i], FILE_WRITE, bufs + (size_t)i * FBLK, FBLK,
+                             (uint64_t)(i >> 1) * FBLK), 0);
+        }
+        if (round == 1)
+            for (int i = 0; i < NFH; i += 3)
+                CHECK(ops->cancel(B, &T[i].h) == 0);
+        int got = 0;
+        struct io_event ev[3];
+        double end = now_ms() + 5000;
+        while (got < NFH) {
+            if (now_ms() > end)
+                FAIL("%d of %d file events", got, NFH);
+            int n = get_events(ev, round & 1 ? 1 : 3, 100);
+            for (int k = 0; k < n; k++) {
+                CHECK(ev[k].op == IO_FILE && !ev[k].more);
+                CHECK(ev[k].res == FBLK ||
+                      (round == 1 && ev[k].res == -ECANCELED));
+                got++;
+            }
+        }
+        int cancelled = 0;
+        for (int i = 0; i < NFH; i++) {
+            CHECK_EQ(T[i].finals[IO_FILE], 1);
+            if (T[i].last_res[IO_FILE] == -ECANCELED) {
+                cancelled++;   /* write it again, synchronously */
+                CHECK_EQ(file_run(&T[i], FILE_WRITE, bufs + (size_t)i * FBLK,
+                                  FBLK, (uint64_t)(i >> 1) * FBLK), FBLK);
+            }
+        }
+        if (cancelled)
+            printf("  (%d writes cancelled)\n", cancelled);
+        /* reads and syncs together */
+        for (int i = 0; i < NFH; i++) {
+            memset(rb + (size_t)i * FBLK, 0, FBLK);
+            if (i % 16 == 15)
+                CHECK_EQ(do_file(&T[i], i & 16 ? FILE_FSYNC : FILE_FDATASYNC,
+                                 NULL, 0, 0), 0);
+            else
+                CHECK_EQ(do_file(&T[i], FILE_READ, rb + (size_t)i * FBLK,
+                                 FBLK, (uint64_t)(i >> 1) * FBLK), 0);
+        }
+        drain_all(tp, NFH, 5000);
+        for (int i = 0; i < NFH; i++) {
+            CHECK_EQ(T[i].finals[IO_FILE], T[i].started[IO_FILE]);
+            if (i % 16 == 15) {
+                CHECK_EQ(T[i].last_res[IO_FILE], 0);
+                continue;
+            }
+            CHECK_EQ(T[i].last_res[IO_FILE], FBLK);
+            if (memcmp(rb + (size_t)i * FBLK, bufs + (size_t)i * FBLK, FBLK))
+                FAIL("round %d handle %d: read back differs", round, i);
+        }
+        expect_quiet(20);
+        for (int i = 0; i < NFH; i++)
+            do_forget(&T[i]);
+    }
+    close(fds[0]);
+    close(fds[1]);
+    free(bufs);
+    free(rb);
+    unmk();
+}
+
+/* File ops in flight all along an echo test on the same engine. */
+#define FM_N 8
+struct filemix {
+    int fd;
+    struct th t[FM_N];
+    char w[FM_N][FBLK], r[FM_N][FBLK];
+    unsigned k[FM_N];     /* cycle: write, read back, (every 4th) fdatasync */
+    int phase[FM_N];
+    bool stopping;
+    unsigned ops;
+};
+
+static void fm_issue(int j)
+{
+    struct filemix *m = FM;
+    uint64_t off = (uint64_t)j * 65536 + (m->k[j] % 16) * FBLK;
+    int r;
+    switch (m->phase[j]) {
+    case 0:
+        fill_pat(m->w[j], FBLK, (size_t)j * 1000003u + m->k[j] * 131u);
+        r = do_file(&m->t[j], FILE_WRITE, m->w[j], FBLK, off);
+        break;
+    case 1:
+        memset(m->r[j], 0, FBLK);
+        r = do_file(&m->t[j], FILE_READ, m->r[j], FBLK, off);
+        break;
+    default:
+        r = do_file(&m->t[j], FILE_FDATASYNC, NULL, 0, 0);
+        break;
+    }
+    if (r)
+        FAIL("file_op in the echo mix: %s", strerror(-r));
+}
+
+static void fm_pump(void)
+{
+    if (FM->stopping)
+        return;
+    for (int j = 0; j < FM_N; j++)
+        if (!th_active(&FM->t[j], IO_FILE))
+            fm_issue(j);
+}
+
+static void fm_event(const struct io_event *e)
+{
+    struct filemix *m = FM;
+    int j = (int)((struct th *)e->h - m->t);
+    if (j < 0 || j >= FM_N || e->h != &m->t[j].h)
+        FAIL("IO_FILE event for an unknown handle");
+    m->ops++;
+    switch (m->phase[j]) {
+    case 0:
+        CHECK_EQ(e->res, FBLK);
+        m->phase[j] = 1;
+        break;
+    case 1:
+        CHECK_EQ(e->res, FBLK);
+        if (memcmp(m->r[j], m->w[j], FBLK) != 0)
+            FAIL("echo mix: file handle %d read back differs", j);
+        m->phase[j] = m->k[j] % 4 == 3 ? 2 : 0;
+        m->k[j]++;
+        break;
+    default:
+        CHECK_EQ(e->res, 0);
+        m->phase[j] = 0;
+        break;
+    }
+    if (!m->stopping)
+        fm_issue(j);
+}
+
+static void fm_finish(void)
+{
+    struct filemix *m = FM;
+    m->stopping = true;
+    struct io_event ev[4];
+    double end = now_ms() + 5000;
+    for (;;) {
+        bool any = false;
+        for (int j = 0; j < FM_N; j++)
+            any |= th_active(&m->t[j], IO_FILE);
+        if (!any)
+            break;
+        if (now_ms() > end)
+            FAIL("echo mix: file events missing");
+        int n = get_events(ev, 4, 50);
+        for (int i = 0; i < n; i++) {
+            if (ev[i].op != IO_FILE)
+                FAIL("unexpected op %d after the echo", ev[i].op);
+            fm_event(&ev[i]);
+        }
+    }
+}
+
+static void test_file_echo(void)
+{
+    struct filemix *m = calloc(1, sizeof *m);
+    CHECK(m);
+    char path[64];
+    m->fd = temp_file(path);
+    CHECK(unlink(path) == 0);
+    for (int j = 0; j < FM_N; j++)
+        th_init(&m->t[j], m->fd);
+    FM = m;
+    echo_test(32, 4096, 4, 1u << 20, 16, 16384);   /* has its own mk() */
+    FM = NULL;
+    if (m->ops < 50)
+        FAIL("only %u file ops ran during the echo", m->ops);
+    close(m->fd);
+    free(m);
+}
+
 /* ---- main -------------------------------------------------------------- */
 
 static const struct { const char *name; void (*fn)(void); } tests[] = {
@@ -1141,6 +1541,10 @@ static const struct { const char *name; void (*fn)(void); } tests[] = {
     { "connect_pending", test_connect_pending },
     { "eof", test_eof },
     { "send_blocked", test_send_blocked },
+    { "file_rw", test_file_rw },
+    { "file_efbig", test_file_efbig },
+    { "file_many", test_file_many },
+    { "file_echo", test_file_echo },
 };
 
 int main(int argc, char **argv)
