@@ -1165,13 +1165,17 @@ drain_mailbox(struct worker *w)
     w->mailbox = NULL;
     struct file_req *files = w->file_mail;
     w->file_mail = NULL;
-    for (struct conn *m = c; m != NULL; m = m->next_mail)
+    /* Once in_mailbox is clear another thread may post c again, which
+     * rewrites next_mail: walk a link of our own. */
+    for (struct conn *m = c; m != NULL; m = m->next_mail) {
         m->in_mailbox = 0;
+        m->next_drain = m->next_mail;
+    }
     pthread_mutex_unlock(&w->mbox_lock);
     start_file_mail(w, files);
 
     while (c != NULL) {
-        struct conn *next = c->next_mail;
+        struct conn *next = c->next_drain;
         if (c->connect_req)
             start_connect(w, c);
         if (c->xfer_new != NULL)   /* racy read; xfer_attach rechecks */

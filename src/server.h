@@ -76,7 +76,8 @@ struct conn {
     socklen_t peerlen;
     struct conn *next, *prev;    /* worker's connection list */
     struct conn *next_dirty;     /* worker's flush list */
-    struct conn *next_mail;      /* worker's mailbox */
+    struct conn *next_mail;      /* worker's mailbox (under mbox_lock) */
+    struct conn *next_drain;     /* the mailbox being drained (worker) */
     struct conn *next_deferred;  /* worker's deferred list */
     void *py;                    /* dispatch layer's object, or NULL */
     struct xfer *xfer;           /* send_file in progress (worker only) */
