@@ -28,8 +28,8 @@ const char *const close_reason_name[CLOSE_REASON_COUNT] = {
     "connect",
 };
 
-#define KEEP_BUF (64 * 1024)  /* larger idle buffers are given back */
-#define TRIM_AFTER_MS 1000    /* ...after this long without traffic */
+#define KEEP_BUF (64 * 1024)  /* most a header makes us reserve ahead */
+#define TRIM_AFTER_MS 1000    /* idle buffers are given back after this */
 /* Messages framed per connection per turn; the rest waits, unframed, for
  * the next turn.  Keeps one busy peer from filling a whole batch and
  * bounds the replies a batch can queue before backpressure can act. */
@@ -1267,23 +1267,25 @@ flush_dirty(struct worker *w)
     }
 }
 
-/* A burst of big messages grew these buffers: an idle connection gives
- * them back, so memory per idle connection stays small. */
+/* A quiet connection gives its empty buffers back, so memory per idle
+ * connection is the struct alone; one malloc when traffic resumes after a
+ * second of silence costs nothing.  (A busy connection keeps them: no
+ * allocation per message.) */
 static void
 trim(struct conn *c)
 {
-    if (c->rstart == c->rlen && !c->rbuf_pinned && c->rcap > KEEP_BUF) {
+    if (c->rstart == c->rlen && !c->rbuf_pinned && c->rbuf != NULL) {
         free(c->rbuf);
         c->rbuf = NULL;
         c->rcap = c->rstart = c->rlen = 0;
     }
-    if (!c->send_busy && c->soff == c->slen && c->scap > KEEP_BUF) {
+    if (!c->send_busy && c->soff == c->slen && c->sbuf != NULL) {
         free(c->sbuf);
         c->sbuf = NULL;
         c->scap = c->slen = c->soff = 0;
     }
     pthread_mutex_lock(&c->lock);
-    if (c->olen == 0 && c->ocap > KEEP_BUF) {
+    if (c->olen == 0 && c->obuf != NULL) {
         free(c->obuf);
         c->obuf = NULL;
         c->ocap = 0;
