@@ -32,7 +32,9 @@
 
 enum io_op {
     IO_NONE = 0,
-    IO_ACCEPT,   /* res: new fd (nonblocking, cloexec) or -errno */
+    IO_ACCEPT,   /* res: new fd (nonblocking, cloexec) or -errno; an error
+                    may come with more == 1 (io_uring's multishot accept
+                    survives EMFILE): the core then cancels and re-arms */
     IO_RECV,     /* res: bytes in buf, 0 = EOF, or -errno */
     IO_SEND,     /* res: bytes sent (may be short) or -errno */
     IO_CONNECT,  /* res: 0 or -errno */

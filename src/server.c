@@ -727,13 +727,19 @@ on_accept(struct worker *w, struct listener_slot *ls, const struct io_event *ev)
     struct server *s = w->srv;
 
     if (!ev->more)
-        ls->armed = 0;
+        ls->armed = ls->pausing = 0;
     if (ev->res < 0) {
         if (ev->res == -ECANCELED || atomic_load(&w->stopping))
             return;
-        /* EMFILE, ENFILE, ENOBUFS, ENOMEM...: pause, don't spin. */
+        /* EMFILE, ENFILE, ENOBUFS, ENOMEM...: pause, don't spin.  A
+         * multishot accept that goes on through the error is cancelled;
+         * timers() re-arms it once the pause is over. */
         stat_add(&s->stats.accept_errors, 1);
         ls->retry_at = w->now + ACCEPT_RETRY_MS;
+        if (ls->armed && !ls->pausing) {
+            ls->pausing = 1;
+            w->ops->cancel(w->be, &ls->h);
+        }
         return;
     }
     int fd = ev->res;

@@ -149,6 +149,7 @@ struct stats {
 struct listener_slot {
     struct io_handle h;          /* this worker's registration of the fd */
     uint8_t armed;               /* accept in flight */
+    uint8_t pausing;             /* cancelled after an error, to re-arm */
     int64_t retry_at;            /* accept paused until (ms), after EMFILE */
 };
 

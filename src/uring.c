@@ -735,8 +735,18 @@ static int on_cqe(struct backend *b, struct io_uring_cqe *c,
             rearm(b, h, IO_ACCEPT);
             return 0;
         }
-        if (more)
-            return 0;   /* a transient error; the accept goes on */
+        if (more) {
+            /* The kernel keeps the multishot accept armed through errors
+             * such as EMFILE; the core must still hear of them, to pause
+             * accepting instead of letting the kernel retry at once. */
+            ev->h = h;
+            ev->res = res;
+            ev->op = IO_ACCEPT;
+            ev->more = 1;
+            ev->buf_id = 0;
+            ev->buf = NULL;
+            return 1;
+        }
         final_event(h, IO_ACCEPT, res, ev);
         return 1;
     case IO_SEND:
