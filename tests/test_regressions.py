@@ -110,6 +110,12 @@ def test_close_from_handler_with_deferred_input_closes(make_server, client):
 
 # ---- r2: pipelined small messages must not grow memory without bound -------
 
+UNDER_ASAN = "libasan" in os.environ.get("LD_PRELOAD", "")
+
+
+# ASan's allocator keeps freed memory in quarantine: resident memory says
+# nothing there (the plain builds run this test).
+@pytest.mark.skipif(UNDER_ASAN, reason="resident memory is meaningless under ASan")
 def test_pipelined_small_messages_memory_bounded(make_server, client):
     ev = Events()
     srv = make_server(ev.count, framing=iocport.Delimited(b"\n"))
