@@ -9,6 +9,7 @@ import logging
 import os
 import signal
 import socket
+import stat
 import threading
 
 from . import _iocport
@@ -227,8 +228,12 @@ class Server:
         closes it).  Appends start at the file's current size."""
         if isinstance(fd, bool) or not isinstance(fd, int):
             raise TypeError(f"fd must be an int, got {type(fd).__name__}")
-        size = os.fstat(fd).st_size
-        return self._core.adopt_file(fd, size)
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            # A pipe, FIFO or socket would block a worker's read until data
+            # comes (io_uring waits for it): those belong on connections.
+            raise ValueError(f"File is for regular files; descriptor {fd} is not one")
+        return self._core.adopt_file(fd, st.st_size)
 
     def stop(self):
         """Close every connection and listening socket, join every worker.

@@ -694,3 +694,71 @@ def test_wrong_arguments(servers, tmp_path):
     assert done.wait() == [(4, None)]
     assert f.append_offset == 4
     f.close()
+
+
+def test_offsets_beyond_off_t_are_einval(servers, tmp_path):
+    """Offsets the kernel cannot take fail with EINVAL on both backends
+    (on io_uring an offset of 2**64-1 would mean "the file position")."""
+    srv = servers()
+    path = tmp_path / "huge.dat"
+    f = srv.open_file(path, "w+")
+    for off in (2**64 - 1, 2**63, 2**63 - 1):
+        got = Calls(1)
+        assert f.write(b"XYZ", off, got) == off
+        ((n, err),) = got.wait()
+        assert n is None and isinstance(err, OSError) and err.errno == errno.EINVAL
+        data, err = read_sync(f, off, 3)
+        assert data is None and err.errno == errno.EINVAL
+    assert f.append_offset == 0
+    f.close()
+    assert path.read_bytes() == b""
+
+
+FIFO_SCRIPT = textwrap.dedent("""
+    import json, os, sys, threading
+    import iocport
+
+    backend, path = sys.argv[1], sys.argv[2]
+    os.mkfifo(path)
+    srv = iocport.Server(lambda c, m: None, backend=backend)
+    srv.start()
+    out = {}
+    try:
+        f = srv.open_file(path, "r+")    # a FIFO opens at once in r+ mode
+    except (OSError, ValueError) as e:
+        out["open_error"] = repr(e)
+    else:
+        ev = threading.Event()
+        res = []
+        f.read(0, 10, lambda d, e: (res.append([d is None, getattr(e, "errno", None)]),
+                                    ev.set()))
+        out["read_done"] = ev.wait(3)
+        t = threading.Thread(target=srv.stop, daemon=True)
+        t.start()
+        t.join(3)
+        out["stop_returned"] = not t.is_alive()
+        out["callbacks"] = res
+    print(json.dumps(out), flush=True)
+    os._exit(0)
+""")
+
+
+def test_non_regular_file_does_not_hang_stop(backend, tmp_path, request):
+    """A File on a FIFO (open_file accepts one in r+ mode, adopt_file any
+    descriptor): a read must not block stop() forever.  Found: on io_uring
+    the read waits for data and stop() waits for the read; File now
+    refuses descriptors that are not regular files."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [os.path.dirname(os.path.dirname(os.path.abspath(iocport.__file__)))]
+        + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    proc = subprocess.run([sys.executable, "-c", FIFO_SCRIPT, backend,
+                           str(tmp_path / "fifo")],
+                          capture_output=True, text=True, timeout=40, env=env)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    if "open_error" in out:
+        return                  # refusing a non-regular file is fine too
+    assert out["stop_returned"], out
+    assert out["read_done"], out
+    assert out["callbacks"] and out["callbacks"][0][0], out   # an error, not data

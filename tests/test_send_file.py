@@ -12,7 +12,7 @@ import pytest
 
 import iocport
 
-from conftest import DEADLINE, Codec, recv_messages
+from conftest import DEADLINE, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -424,9 +424,35 @@ def test_send_file_on_closed_connection(conns, tmp_path):
     sock, conn = accept()
     conn.close()
     sock.close()
+    wait_for(lambda: conn.closed, what="the connection to close")
     with pytest.raises(ConnectionError):
         conn.send_file(f)
     assert f.pending == 0
+    f.close()
+
+
+def test_send_file_racing_close(conns, tmp_path):
+    """close() from another thread is asynchronous: a send_file right after
+    it either raises ConnectionError or runs to its callback, never hangs."""
+    content = make_file(tmp_path / "blob", 10000, seed=8)   # fits the socket buffers
+    srv, accept = conns()
+    f = srv.open_file(tmp_path / "blob", "r")
+    for _ in range(20):
+        sock, conn = accept()
+        conn.close()
+        sent = Sent()
+        try:
+            conn.send_file(f, callback=sent)
+        except ConnectionError:
+            continue
+        ((n, err),) = sent.wait()
+        if err is None:
+            # Sent in full before the (graceful) close completed.
+            assert n == len(content)
+            assert recv_exact(sock, n) == content
+        else:
+            assert isinstance(err, OSError)
+    wait_for(lambda: f.pending == 0, what="no transfer left")
     f.close()
 
 
