@@ -44,6 +44,13 @@ iocp_log_exception(PyObject *logger, PyObject *msg)
     Py_XDECREF(tb);
 }
 
+PyObject *
+iocp_oserror(int err)
+{
+    /* OSError(errno, strerror) picks the subclass (ConnectionRefusedError...) */
+    return PyObject_CallFunction(PyExc_OSError, "is", err, strerror(err));
+}
+
 static PyObject *
 iocp_backends(PyObject *module, PyObject *Py_UNUSED(ignored))
 {

@@ -31,6 +31,8 @@ int iocp_file_add_types(PyObject *module, iocp_state *st);
 
 /* logger.<level>(msg, exc_info=exc); a failure to log is unraisable. */
 void iocp_log(PyObject *logger, const char *level, PyObject *msg, PyObject *exc);
+/* A new OSError for errno `err` (the right subclass), or NULL. */
+PyObject *iocp_oserror(int err);
 /* Log the current exception with its traceback at ERROR, then clear it.
  * Steals `msg` (which may be NULL if building it failed). */
 void iocp_log_exception(PyObject *logger, PyObject *msg);

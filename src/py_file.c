@@ -132,7 +132,7 @@ iocp_file_done(struct file_req *r)
 
     if (r->res < 0) {
         int e = (int)-r->res;
-        err = PyObject_CallFunction(PyExc_OSError, "is", e, strerror(e));
+        err = iocp_oserror(e);
         result = Py_NewRef(Py_None);
     } else if (r->op == FILE_READ) {
         if ((size_t)r->res == r->len)
@@ -498,8 +498,7 @@ iocp_send_file_done(struct xfer *x)
         PyObject *n = PyLong_FromUnsignedLongLong(x->queued);
         PyObject *err = Py_None;
         if (x->err)
-            err = PyObject_CallFunction(PyExc_OSError, "is", x->err,
-                                        strerror(x->err));
+            err = iocp_oserror(x->err);
         if (n == NULL || err == NULL)
             iocp_log_exception(fo->logger, PyUnicode_FromString(
                 "building a send_file completion failed"));

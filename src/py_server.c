@@ -105,7 +105,7 @@ connect_done(ServerObject *so, ConnObject *o, int err)
     o->connect_cb = NULL;
     PyObject *exc = Py_None, *r = NULL;
     if (err) {
-        exc = PyObject_CallFunction(PyExc_OSError, "is", err, strerror(err));
+        exc = iocp_oserror(err);
         if (exc == NULL) {
             PyErr_WriteUnraisable(cb);
             Py_DECREF(cb);
