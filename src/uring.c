@@ -844,17 +844,13 @@ static long uring_send(struct backend *b, struct io_handle *h,
         return -EBUSY;
     if (len > UINT32_MAX)
         len = UINT32_MAX;   /* a short send; the core sends the rest */
-    /* Try at once: most sends fit in the socket buffer, and a direct send
-     * spares a completion round trip and lets the core reuse its buffer.
-     * Only a send that would block goes through the ring. */
-    ssize_t w;
-    do {
-        w = send(h->fd, buf, len, MSG_DONTWAIT | MSG_NOSIGNAL);
-    } while (w < 0 && errno == EINTR);
-    if (w > 0 || (w == 0 && len == 0))
-        return (long)w;
-    if (w < 0 && errno != EAGAIN && errno != EWOULDBLOCK)
-        return -errno;
+    /* Always through the ring: the turn's single io_uring_enter submits
+     * every connection's send together with the wait for the next
+     * completions, so a batch costs one system call, not one send() per
+     * connection (measured: 6 to 9% more messages per CPU-second with 16
+     * in flight, about even with 1). */
+    if (len == 0)
+        return 0;
     int err = 0;
     struct io_uring_sqe *sqe = get_sqe(b, &err);
     if (sqe == NULL)
