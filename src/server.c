@@ -2,11 +2,14 @@
  * the backends (epoll.c, uring.c) and the dispatch layer (py_server.c).
  *
  * Each worker thread owns one backend instance and the connections it
- * accepted.  A loop iteration reaps a batch of completions, frames every
- * received byte natively, hands all whole messages of the batch to the
- * dispatch layer at once (one GIL hold per batch), gives the receive buffers
- * back, and then flushes every connection that has output: one send per
- * connection per batch.
+ * accepted or connected.  A loop iteration reaps a batch of completions,
+ * frames every received byte natively, hands all whole messages of the
+ * batch to the dispatch layer at once (one GIL hold per batch), gives the
+ * receive buffers back, and then flushes every connection that has output:
+ * one send per connection per batch.  Other threads reach a worker only
+ * through its mailbox (sends, closes, connects, file requests) and wake().
+ * File requests and send_file transfers also live here: their completions
+ * join the same batches as messages.
  *
  * Connection lifetime: `refs` counts the worker's own reference (held until
  * the fd is closed), one per batch entry, one while on the mailbox and one
