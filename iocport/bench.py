@@ -71,6 +71,11 @@ def add_arguments(p):
     p.add_argument("--no-chart", action="store_true")
     p.add_argument("--install-rivals", action="store_true",
                    help="pip install uvloop and rloop first")
+    p.add_argument("--idle", action="store_true",
+                   help="run only the idle-connections memory scenario "
+                        "(also part of --full)")
+    p.add_argument("--idle-conns", type=int, default=10000,
+                   help="connections for the idle scenario (default 10000)")
 
 
 # ---- building -------------------------------------------------------------
@@ -341,12 +346,219 @@ def write_chart(path, scenarios, names, results):
     return True
 
 
+# ---- idle connections: resident memory per connection ---------------------
+
+# (name, kind, extra): the servers of the idle scenario
+IDLE_SERVERS = [
+    ("iocport-python", "iocport", []),                  # default backend
+    ("iocport-epoll", "iocport", ["--backend", "epoll"]),
+    ("c-epoll", "c", []),
+    ("asyncio", "asyncio", ["--loop", "asyncio"]),
+    ("uvloop", "asyncio", ["--loop", "uvloop"]),
+    ("rloop", "asyncio", ["--loop", "rloop"]),
+]
+IDLE_TARGET = 0.5          # iocport-python / uvloop bytes per connection, at most
+IDLE_WAIT = 2.0            # seconds of silence before the second reading
+IDLE_FD_MARGIN = 64        # descriptors kept free beyond the N connections
+IDLE_PAYLOAD = b"idle-echo-check!"
+
+
+def raise_nofile():
+    """Raise the soft RLIMIT_NOFILE to the hard limit; return the new soft."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = max(soft, 1 << 20)
+    if soft != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
+def vm_rss(pid):
+    """VmRSS of a process in bytes, from /proc/PID/status."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def idle_client_main(argv):
+    """Client process of the idle scenario: open N connections, one len4
+    echo on each (reply checked), print 'ready N', hold them until a line
+    arrives on stdin (or stdin closes), then close everything."""
+    import socket
+    host, port, n = argv[0], int(argv[1]), int(argv[2])
+    raise_nofile()
+    socks = []
+    try:
+        for i in range(n):
+            s = socket.create_connection((host, port), timeout=10)
+            socks.append(s)
+            payload = IDLE_PAYLOAD + i.to_bytes(4, "big")
+            s.sendall(len(payload).to_bytes(4, "big") + payload)
+            want = 4 + len(payload)
+            got = b""
+            while len(got) < want:
+                chunk = s.recv(want - len(got))
+                if not chunk:
+                    raise RuntimeError(f"connection {i} closed by the server")
+                got += chunk
+            if got[4:] != payload:
+                raise RuntimeError(f"wrong reply on connection {i}")
+            s.setblocking(False)
+    except Exception as exc:
+        print(f"error {len(socks)} {exc}", flush=True)
+        return 1
+    print(f"ready {len(socks)}", flush=True)
+    sys.stdin.readline()
+    for s in socks:
+        s.close()
+    return 0
+
+
+def idle_fit(n):
+    """(N to use, note or None): N lowered when RLIMIT_NOFILE's hard limit
+    cannot hold N connections plus a margin (in the client and the server)."""
+    limit = raise_nofile()       # inherited by the servers started from here
+    if limit < n + IDLE_FD_MARGIN:
+        new = max(1, limit - IDLE_FD_MARGIN)
+        return new, (f"RLIMIT_NOFILE hard limit {limit} is too low for {n} "
+                     f"connections plus {IDLE_FD_MARGIN}: N lowered to {new}")
+    return n, None
+
+
+def measure_idle(srv, n, env, cpu=None, wait=IDLE_WAIT):
+    """One server: VmRSS before, N connections each echoing once, `wait`
+    seconds idle, VmRSS after. Returns a dict of figures or {'failed': ...}."""
+    rss_before = vm_rss(srv.pid)
+    code = ("import sys; from iocport.bench import idle_client_main; "
+            "sys.exit(idle_client_main(sys.argv[1:]))")
+    client = subprocess.Popen(_pinned(cpu, [sys.executable, "-c", code, srv.host,
+                                            str(srv.port), str(n)]),
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, env=env, text=True)
+    try:
+        t0 = time.monotonic()
+        line = client.stdout.readline()
+        setup_s = time.monotonic() - t0
+        if not line.startswith("ready "):
+            client.kill()
+            _, err = client.communicate(timeout=10)
+            return {"failed": (line.strip() or err.strip()[-300:] or "client died")}
+        opened = int(line.split()[1])
+        time.sleep(wait)
+        if srv.proc.poll() is not None:
+            return {"failed": f"server exited ({srv.proc.returncode})"}
+        rss_after = vm_rss(srv.pid)
+        client.stdin.write("done\n")
+        client.stdin.flush()
+        client.wait(30)
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.wait()
+        for f in (client.stdin, client.stdout, client.stderr):
+            try:
+                f.close()
+            except OSError:
+                pass
+    return {"conns": opened, "rss_before": rss_before, "rss_after": rss_after,
+            "bytes_per_conn": (rss_after - rss_before) / opened,
+            "setup_s": setup_s, "idle_s": wait}
+
+
+def run_idle(n=10000, only=None, framing="len4", wait=IDLE_WAIT):
+    """The idle scenario over IDLE_SERVERS (or the names in `only`). Returns
+    {'n', 'requested_n', 'note', 'results', 'notes', 'banners', 'ratio'}."""
+    bench_dir = benchmarks_dir()
+    c_echo = build("c_echo_epoll.c")
+    server_cpu, client_cpu = _pinning()
+    requested = n
+    n, note = idle_fit(n)
+    env = dict(os.environ)
+    pkg_parent = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = pkg_parent + (os.pathsep + env["PYTHONPATH"]
+                                      if env.get("PYTHONPATH") else "")
+    chosen = [s for s in IDLE_SERVERS if only is None or s[0] in only]
+    results, notes, banners = {}, {}, {}
+    for name, kind, extra in chosen:
+        if kind == "asyncio" and name in RIVAL_PACKAGES and \
+                importlib.util.find_spec(RIVAL_PACKAGES[name]) is None:
+            notes[name] = "not installed"
+            continue
+        try:
+            srv = ServerProc(name, server_argv(kind, extra, framing, bench_dir, c_echo),
+                             env=env, cpu=server_cpu)
+        except RuntimeError as exc:
+            notes[name] = f"failed to start: {str(exc)[:80]}"
+            continue
+        banners[name] = srv.banner
+        try:
+            results[name] = measure_idle(srv, n, env, cpu=client_cpu, wait=wait)
+        finally:
+            rc = srv.stop()
+        if rc != 0:
+            results[name]["exit"] = rc
+        sys.stderr.write(f"idle: {name} done\n")
+    a = results.get("iocport-python", {}).get("bytes_per_conn")
+    b = results.get("uvloop", {}).get("bytes_per_conn")
+    ratio = a / b if a is not None and b else None
+    return {"n": n, "requested_n": requested, "note": note, "wait_s": wait,
+            "results": results, "notes": notes, "banners": banners,
+            "ratio": {"label": "iocport-python / uvloop bytes per connection",
+                      "value": ratio, "target_max": IDLE_TARGET,
+                      "met": None if ratio is None else ratio <= IDLE_TARGET}}
+
+
+def idle_table(idle):
+    out = [f"\n## Idle connections: {idle['n']} connections, one len4 echo each, "
+           f"then {idle['wait_s']:g} s idle\n"]
+    if idle["note"]:
+        out.append(f"note: {idle['note']}\n")
+    out.append("| server | RSS before (KiB) | RSS after (KiB) | bytes per connection |")
+    out.append("|---|---:|---:|---:|")
+    for name, _, _ in IDLE_SERVERS:
+        if name in idle["notes"]:
+            out.append(f"| {name} | {idle['notes'][name]} | | |")
+        elif name in idle["results"]:
+            r = idle["results"][name]
+            if "failed" in r:
+                out.append(f"| {name} | failed: {r['failed'][:60]} | | |")
+            else:
+                out.append(f"| {name} | {r['rss_before'] // 1024:,} | "
+                           f"{r['rss_after'] // 1024:,} | {r['bytes_per_conn']:,.0f} |")
+    r = idle["ratio"]
+    met = "-" if r["met"] is None else ("yes" if r["met"] else "NO")
+    out.append(f"\n{r['label']}: {_fmt(r['value'], '.2f')} "
+               f"(target <= {r['target_max']}; met: {met})")
+    return "\n".join(out)
+
+
+def run_idle_only(args):
+    idle = run_idle(args.idle_conns, only=set(args.only.split(",")) if args.only else None,
+                    framing="len4")
+    print("# iocport bench --idle")
+    print(idle_table(idle))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"idle": idle}, f, indent=1)
+    failed = [n for n, r in idle["results"].items() if "failed" in r]
+    return 1 if failed else 0
+
+
 # ---- the suite ------------------------------------------------------------
 
 def run(args):
     if args.install_rivals:
         subprocess.run([sys.executable, "-m", "pip", "install", *RIVAL_PACKAGES.values()],
                        check=False)
+    if args.idle and not args.full:
+        return run_idle_only(args)
     bench_dir = benchmarks_dir()
     loadgen = build("loadgen.c")
     c_echo = build("c_echo_epoll.c")
@@ -425,16 +637,23 @@ def run(args):
     print(print_tables(scenarios, names, results, notes))
     text, rows = ratio_table(scenarios, results, banners)
     print(text)
+    idle = None
+    if args.full:
+        idle = run_idle(args.idle_conns,
+                        only=set(args.only.split(",")) if args.only else None)
+        print(idle_table(idle))
     bad_exit = {n: rc for n, rc in exits.items() if rc != 0}
     if bad_exit:
         print(f"\nservers that did not exit 0 on SIGTERM: {bad_exit}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"scenarios": scenarios, "results": results, "notes": notes,
-                       "banners": banners, "ratios": rows}, f, indent=1)
+                       "banners": banners, "ratios": rows, "idle": idle}, f, indent=1)
     if not args.no_chart and args.chart:
         if write_chart(args.chart, scenarios, names, results):
             print(f"\nchart: {args.chart}")
     total_errors = sum(r.get("errors", 0) for per in results.values()
                        for runs in per.values() for r in runs)
+    if idle and any("failed" in r for r in idle["results"].values()):
+        total_errors += 1
     return 1 if total_errors else 0

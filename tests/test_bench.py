@@ -147,3 +147,18 @@ def test_loadgen_detects_a_lost_connection(built):
     finally:
         lsock.close()
     assert res["errors"] > 0 and rc != 0
+
+
+def test_idle_scenario_smoke():
+    """The idle-connections scenario runs for iocport with N=200 and gives a
+    positive figure. No threshold: sizes are not pass/fail."""
+    idle = bench.run_idle(200, only={"iocport-python"})
+    assert idle["n"] == 200
+    r = idle["results"]["iocport-python"]
+    assert "failed" not in r, r
+    assert r["conns"] == 200
+    assert r["rss_before"] > 0 and r["rss_after"] > 0
+    assert isinstance(r["bytes_per_conn"], float) and r["bytes_per_conn"] > 0
+    assert r.get("exit", 0) == 0
+    json.loads(json.dumps(idle))          # fits the JSON output
+    assert "iocport-python" in bench.idle_table(idle)
