@@ -74,7 +74,7 @@ reserve(void *bufp, size_t *cap, size_t need)
     char **buf = bufp;
     if (need <= *cap)
         return 0;
-    size_t ncap = *cap ? *cap * 2 : 1024;
+    size_t ncap = *cap ? *cap * 2 : 256;
     if (ncap < need)
         ncap = need;
     char *nb = realloc(*buf, ncap);
