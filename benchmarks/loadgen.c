@@ -1,8 +1,12 @@
-/* loadgen: a closed-loop TCP load generator for echo servers.
+/* loadgen: a TCP load generator for echo servers.
  *
- * Single-threaded, epoll, nonblocking.  Opens N connections, keeps D messages
- * in flight on each (a reply whole -> the next message goes out), checks every
- * reply byte for byte against what was sent for that slot (each message has
+ * Single-threaded, epoll, nonblocking.  Opens N connections.  Closed loop (the
+ * default): keeps D messages in flight on each (a reply whole -> the next
+ * message goes out).  Open loop (--rate R): sends R messages per second in
+ * all, message g on connection g % N at start + g/R whatever the replies do,
+ * and measures each latency from that scheduled time (so a server that falls
+ * behind is charged for the queueing it causes).  Checks every
+ * reply byte for byte against what was sent (each message has
  * distinct content: the connection id and a sequence number are stamped into
  * it), records per-message latency in a log-linear histogram, and prints one
  * line of JSON at the end:
@@ -30,6 +34,7 @@
 #include <sys/epoll.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -88,6 +93,7 @@ static int opt_conns = 50, opt_depth = 1, opt_framing = FR_LEN4;
 static size_t opt_size = 64;
 static double opt_seconds = 2.0, opt_warmup = 0.0;
 static long opt_server_pid = 0;
+static double opt_rate = 0.0;   /* messages per second in all; 0: closed loop */
 
 typedef struct {
     int fd;
@@ -96,7 +102,8 @@ typedef struct {
     int want_out;
     uint64_t next_seq;  /* sequence number of the next message to send */
     uint64_t head_seq;  /* sequence number of the oldest message in flight */
-    uint64_t *sent_ns;  /* ring of opt_depth send times */
+    uint64_t *sent_ns;  /* ring of send times, indexed by seq & ring_mask */
+    uint64_t ring_mask; /* ring size - 1 (a power of two) */
     char *in;
     size_t in_len, in_cap;
     char *out;
@@ -110,6 +117,7 @@ static char *scratch;    /* opt_size bytes: the expected payload */
 static int measuring, stopping;
 static uint64_t m_msgs, errors;
 static int live_conns;
+static uint64_t max_inflight;
 static volatile sig_atomic_t got_signal;
 
 static uint64_t now_ns(void)
@@ -181,6 +189,19 @@ static void out_reserve(conn_t *c, size_t more)
     c->out_cap = cap;
 }
 
+/* Open loop can have any number of messages in flight: double the ring of
+ * send times, keeping each entry at its seq's new index. */
+static void ring_grow(conn_t *c)
+{
+    uint64_t size = c->ring_mask + 1, nsize = size * 2;
+    uint64_t *n = xmalloc(sizeof(uint64_t) * nsize);
+    for (uint64_t s = c->head_seq; s < c->next_seq; s++)
+        n[s & (nsize - 1)] = c->sent_ns[s & c->ring_mask];
+    free(c->sent_ns);
+    c->sent_ns = n;
+    c->ring_mask = nsize - 1;
+}
+
 static void queue_message(conn_t *c, uint64_t t)
 {
     out_reserve(c, frame_size());
@@ -197,7 +218,12 @@ static void queue_message(conn_t *c, uint64_t t)
         p[opt_size] = '\n';
     }
     c->out_len += frame_size();
-    c->sent_ns[c->next_seq % (uint64_t)opt_depth] = t;
+    uint64_t inflight = c->next_seq - c->head_seq;
+    if (inflight > c->ring_mask)
+        ring_grow(c);
+    if (inflight + 1 > max_inflight)
+        max_inflight = inflight + 1;
+    c->sent_ns[c->next_seq & c->ring_mask] = t;
     c->next_seq++;
 }
 
@@ -265,11 +291,11 @@ static void on_reply(conn_t *c, const char *p, size_t len, uint64_t t)
         errors++;
     }
     if (measuring) {
-        uint64_t sent = c->sent_ns[seq % (uint64_t)opt_depth];
+        uint64_t sent = c->sent_ns[seq & c->ring_mask];
         hist[bucket_of(t > sent ? t - sent : 0)]++;
         m_msgs++;
     }
-    if (!stopping)
+    if (!stopping && opt_rate <= 0)
         queue_message(c, t);
 }
 
@@ -388,7 +414,7 @@ static void usage(void)
     fprintf(stderr,
             "usage: loadgen --port PORT [--host H] [--conns N] [--depth D] [--size S]\n"
             "               [--framing len4|line] [--seconds T] [--warmup-seconds W]\n"
-            "               [--server-pid PID]\n");
+            "               [--server-pid PID] [--rate MSGS_PER_SEC]\n");
     exit(2);
 }
 
@@ -413,13 +439,54 @@ static void connect_all(void)
         fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
         c->fd = fd;
         c->id = (uint32_t)i;
-        c->sent_ns = xmalloc(sizeof(uint64_t) * (size_t)opt_depth);
+        uint64_t ring = 16;
+        while (ring < (uint64_t)opt_depth)
+            ring *= 2;
+        c->sent_ns = xmalloc(sizeof(uint64_t) * ring);
+        c->ring_mask = ring - 1;
         struct epoll_event ev = {.events = EPOLLIN, .data.u32 = (uint32_t)i};
         if (epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev) < 0)
             die("epoll_ctl");
         live_conns++;
     }
     freeaddrinfo(ai);
+}
+
+enum { MAXEV = 256 };
+
+/* Open loop: send every message whose scheduled time (start + g/rate) has
+ * come; return the scheduled time of the next one. */
+static uint64_t send_due(uint64_t start, uint64_t *scheduled, uint64_t now)
+{
+    for (;;) {
+        uint64_t due = start + (uint64_t)((double)*scheduled * 1e9 / opt_rate);
+        if (due > now || live_conns == 0)
+            return due;
+        conn_t *c = &conns[*scheduled % (uint64_t)opt_conns];
+        (*scheduled)++;
+        if (c->dead)
+            continue;
+        queue_message(c, due);     /* latency counts from the schedule */
+        flush_out(c);
+    }
+}
+
+/* epoll_wait with a nanosecond timeout: epoll_pwait2 where the kernel has it
+ * (5.11+); otherwise whole milliseconds, polling when less than one is left. */
+static int wait_events(struct epoll_event *evs, int max, uint64_t wait_ns)
+{
+#ifdef SYS_epoll_pwait2
+    static int no_pwait2;
+    if (!no_pwait2) {
+        struct timespec ts = {.tv_sec = (time_t)(wait_ns / 1000000000u),
+                              .tv_nsec = (long)(wait_ns % 1000000000u)};
+        int n = (int)syscall(SYS_epoll_pwait2, epfd, evs, max, &ts, NULL, (size_t)0);
+        if (n >= 0 || errno != ENOSYS)
+            return n;
+        no_pwait2 = 1;
+    }
+#endif
+    return epoll_wait(epfd, evs, max, (int)(wait_ns / 1000000u));
 }
 
 int main(int argc, char **argv)
@@ -437,6 +504,7 @@ int main(int argc, char **argv)
         else if (!strcmp(a, "--seconds")) opt_seconds = atof(v);
         else if (!strcmp(a, "--warmup-seconds")) opt_warmup = atof(v);
         else if (!strcmp(a, "--server-pid")) opt_server_pid = atol(v);
+        else if (!strcmp(a, "--rate")) opt_rate = atof(v);
         else if (!strcmp(a, "--framing")) {
             if (!strcmp(v, "len4")) opt_framing = FR_LEN4;
             else if (!strcmp(v, "line")) opt_framing = FR_LINE;
@@ -446,7 +514,7 @@ int main(int argc, char **argv)
         i++;
     }
     if (!opt_port || opt_conns < 1 || opt_depth < 1 || opt_seconds <= 0 ||
-        opt_warmup < 0 || opt_size > 0xffffffffu)
+        opt_warmup < 0 || opt_rate < 0 || opt_size > 0xffffffffu)
         usage();
 
     signal(SIGPIPE, SIG_IGN);
@@ -467,11 +535,14 @@ int main(int argc, char **argv)
     connect_all();
 
     uint64_t start = now_ns();
-    for (int i = 0; i < opt_conns; i++) {
-        for (int d = 0; d < opt_depth; d++)
-            queue_message(&conns[i], start);
-        flush_out(&conns[i]);
+    if (opt_rate <= 0) {
+        for (int i = 0; i < opt_conns; i++) {
+            for (int d = 0; d < opt_depth; d++)
+                queue_message(&conns[i], start);
+            flush_out(&conns[i]);
+        }
     }
+    uint64_t scheduled = 0;   /* open loop: messages sent so far */
 
     uint64_t warm_end = start + (uint64_t)(opt_warmup * 1e9);
     uint64_t t0 = 0, t1 = 0, end = 0;
@@ -484,10 +555,15 @@ int main(int argc, char **argv)
         end = t0 + (uint64_t)(opt_seconds * 1e9);
     }
 
-    enum { MAXEV = 256 };
     struct epoll_event evs[MAXEV];
     while (live_conns > 0 && !got_signal) {
-        int n = epoll_wait(epfd, evs, MAXEV, 10);
+        uint64_t wait_ns = 10000000;
+        if (opt_rate > 0) {
+            uint64_t now = now_ns();
+            uint64_t due = send_due(start, &scheduled, now);
+            wait_ns = due > now ? due - now : 0;
+        }
+        int n = wait_events(evs, MAXEV, wait_ns);
         if (n < 0) {
             if (errno == EINTR)
                 continue;
@@ -519,6 +595,9 @@ int main(int argc, char **argv)
     cpu1 = read_server_cpu();
     ccpu1 = client_cpu();
     stopping = 1;
+    uint64_t unanswered = 0;
+    for (int i = 0; i < opt_conns; i++)
+        unanswered += conns[i].next_seq - conns[i].head_seq;
     for (int i = 0; i < opt_conns; i++)
         if (!conns[i].dead)
             kill_conn(&conns[i], "done");
@@ -532,12 +611,14 @@ int main(int argc, char **argv)
     printf("{\"msgs\":%llu,\"seconds\":%.4f,\"msgs_per_sec\":%.1f,"
            "\"p50_us\":%.2f,\"p99_us\":%.2f,\"p999_us\":%.2f,\"errors\":%llu,"
            "\"server_cpu_s\":%s,\"client_cpu_s\":%.3f,\"conns\":%d,\"depth\":%d,"
-           "\"size\":%zu,\"framing\":\"%s\"}\n",
+           "\"size\":%zu,\"framing\":\"%s\",\"rate\":%.1f,"
+           "\"max_inflight\":%llu,\"unanswered\":%llu}\n",
            (unsigned long long)m_msgs, secs, secs > 0 ? (double)m_msgs / secs : 0.0,
            percentile_us(m_msgs, 0.50), percentile_us(m_msgs, 0.99),
            percentile_us(m_msgs, 0.999), (unsigned long long)errors, cpu_txt,
            ccpu1 - ccpu0, opt_conns, opt_depth, opt_size,
-           opt_framing == FR_LEN4 ? "len4" : "line");
+           opt_framing == FR_LEN4 ? "len4" : "line", opt_rate,
+           (unsigned long long)max_inflight, (unsigned long long)unanswered);
     fflush(stdout);
     return errors ? 1 : 0;
 }

@@ -2,7 +2,7 @@
 (frame the stream in Python, call a Python function with the whole message,
 send back what it returns, framed the same way).
 
-    python benchmarks/rivals.py asyncio  [--loop asyncio|uvloop|rloop] [opts]
+    python benchmarks/rivals.py asyncio  [--loop asyncio|uvloop|rloop] [--store PATH] [opts]
     python benchmarks/rivals.py threads  [opts]      # socketserver, a thread per connection
 
     opts: --host 127.0.0.1 --port 9000 --framing len4|line
@@ -15,6 +15,8 @@ are not handicapped by a write per message.
 """
 import argparse
 import asyncio
+import collections
+import os
 import signal
 import socket
 import socketserver
@@ -29,9 +31,10 @@ def on_message(msg):
 
 
 class Framer:
-    """Cuts a byte stream into whole messages; ``feed`` returns the framed
-    replies for every whole message received (b"" if none), or None on a
-    bad frame."""
+    """Cuts a byte stream into whole messages; ``feed`` calls ``handle`` on
+    each whole message received and returns the framed replies it returned
+    (b"" if none; a handle returning None replies later itself), or None on
+    a bad frame."""
 
     __slots__ = ("buf", "line")
 
@@ -39,7 +42,7 @@ class Framer:
         self.buf = b""
         self.line = framing == "line"
 
-    def feed(self, data):
+    def feed(self, data, handle=on_message):
         buf = self.buf + data if self.buf else data
         out = []
         pos = 0
@@ -50,8 +53,10 @@ class Framer:
                 nl = find(b"\n", pos)
                 if nl < 0:
                     break
-                out.append(on_message(buf[pos:nl]))
-                out.append(b"\n")
+                reply = handle(buf[pos:nl])
+                if reply is not None:
+                    out.append(reply)
+                    out.append(b"\n")
                 pos = nl + 1
             if end - pos > MAX_FRAME:
                 return None
@@ -63,9 +68,10 @@ class Framer:
                     return None
                 if end - pos - 4 < n:
                     break
-                reply = on_message(buf[pos + 4:pos + 4 + n])
-                out.append(len(reply).to_bytes(4, "big"))
-                out.append(reply)
+                reply = handle(buf[pos + 4:pos + 4 + n])
+                if reply is not None:
+                    out.append(len(reply).to_bytes(4, "big"))
+                    out.append(reply)
                 pos += 4 + n
         self.buf = buf[pos:] if pos < end else b""
         return b"".join(out)
@@ -90,6 +96,45 @@ class EchoProtocol(asyncio.Protocol):
             self.transport.close()
         elif out:
             self.transport.write(out)
+
+
+class StoreProtocol(EchoProtocol):
+    """Echo each message once os.write has appended it to the store file, the
+    write run by the loop's default executor (run_in_executor).  Writes can
+    finish out of order, so replies wait in a queue and the written prefix
+    of it goes out in one write."""
+    store_fd = -1
+
+    def connection_made(self, transport):
+        super().connection_made(transport)
+        self.loop = asyncio.get_running_loop()
+        self.queue = collections.deque()
+
+    def data_received(self, data):
+        if self.framer.feed(data, self.store) is None:
+            self.transport.close()
+
+    def store(self, msg):
+        entry = [msg, False]
+        self.queue.append(entry)
+        fut = self.loop.run_in_executor(None, os.write, self.store_fd, msg)
+        fut.add_done_callback(lambda f: self.written(f, entry))
+        return None
+
+    def written(self, fut, entry):
+        if fut.exception() is not None:
+            self.transport.abort()
+            return
+        entry[1] = True
+        queue, out = self.queue, []
+        while queue and queue[0][1]:
+            msg = queue.popleft()[0]
+            if self.framer.line:
+                out += (msg, b"\n")
+            else:
+                out += (len(msg).to_bytes(4, "big"), msg)
+        if out:
+            self.transport.write(b"".join(out))
 
 
 def _new_loop(name):
@@ -120,10 +165,16 @@ def run_asyncio(args):
             signal.signal(sig, lambda *_: loop.call_soon_threadsafe(request_stop))
 
     async def main():
-        server = await loop.create_server(EchoProtocol, args.host, args.port,
+        protocol = EchoProtocol
+        if args.store:
+            protocol = StoreProtocol
+            protocol.store_fd = os.open(args.store, os.O_WRONLY | os.O_CREAT | os.O_APPEND,
+                                        0o644)
+        server = await loop.create_server(protocol, args.host, args.port,
                                           backlog=1024, reuse_address=True)
         host, port = server.sockets[0].getsockname()[:2]
-        print(f"listening on {host}:{port} ({args.loop} loop)", flush=True)
+        what = f", storing to {args.store} via run_in_executor" if args.store else ""
+        print(f"listening on {host}:{port} ({args.loop} loop{what})", flush=True)
         await stop
         server.close()
 
@@ -190,6 +241,9 @@ def main(argv=None):
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=9000)
     p.add_argument("--framing", choices=("len4", "line"), default="len4")
+    p.add_argument("--store", metavar="PATH",
+                   help="asyncio only: append each message to PATH through "
+                        "run_in_executor and echo it once written")
     args = p.parse_args(argv)
     if args.kind == "threads":
         return run_threads(args)

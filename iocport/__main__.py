@@ -1,6 +1,7 @@
 """Command line: ``python -m iocport echo`` (the demo server) and
 ``python -m iocport demo`` (that server under a short load, with figures)."""
 import argparse
+from collections import deque
 import logging
 import sys
 
@@ -25,19 +26,58 @@ def _echo_args(p):
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--native", action="store_true",
                    help="echo in C without calling Python (the ceiling)")
+    p.add_argument("--store", metavar="PATH", default=None,
+                   help="append every message to PATH (overlapped writes) and "
+                        "echo it once written")
+
+
+class _Store:
+    """``echo --store PATH``: echo each message once it has been appended to
+    PATH.  Writes may complete out of order, so each connection keeps its
+    replies in a queue and sends the written prefix of it."""
+
+    def __init__(self, path):
+        self.path = path
+        self.log = None
+
+    def open(self, server):
+        self.log = server.open_file(self.path, "a")
+
+    def on_message(self, conn, msg):
+        queue = conn.state
+        if queue is None:
+            queue = conn.state = deque()
+        entry = [msg, False]
+        queue.append(entry)
+
+        def written(n, err):
+            if err is not None:
+                conn.abort()
+                return
+            entry[1] = True
+            while queue and queue[0][1]:
+                conn.send(queue.popleft()[0])
+
+        self.log.write(msg, callback=written)
 
 
 def echo(args):
     def on_message(conn, msg):
         conn.send(msg)
 
-    server = Server(None if args.native else on_message, framing=args.framing,
-                    workers=args.workers, backend=args.backend,
-                    native_echo=args.native)
+    if args.native and args.store:
+        raise SystemExit("--native and --store do not go together")
+    store = _Store(args.store) if args.store else None
+    handler = None if args.native else store.on_message if store else on_message
+    server = Server(handler, framing=args.framing, workers=args.workers,
+                    backend=args.backend, native_echo=args.native)
+    what = "native echo" if args.native else "python echo"
+    if store:
+        store.open(server)
+        what = f"python echo after storing to {args.store}"
     host, port = server.listen(args.host, args.port)
     server.serve_forever(ready=lambda: print(
-        f"listening on {host}:{port} (backend {server.backend}, "
-        f"{'native' if args.native else 'python'} echo)", flush=True))
+        f"listening on {host}:{port} (backend {server.backend}, {what})", flush=True))
     return 0
 
 

@@ -55,6 +55,29 @@ RATIOS = [
 ]
 
 
+# Latency at a fixed offered load (loadgen --rate: open loop, latency counted
+# from each message's scheduled time), below every server's saturation.
+LATENCY_SERVERS = ("iocport-python", "iocport-epoll", "c-epoll", "asyncio", "uvloop",
+                   "rloop")
+LATENCY_RATES = "10000,40000"
+# (label, A, B, target: A's p99 over B's at most this)
+LATENCY_RATIOS = [("p99 latency, python handler / uvloop", "iocport-python", "uvloop", 1.0)]
+
+# Store each message to a file, then echo it: iocport's overlapped file
+# writes against asyncio servers writing through run_in_executor.
+# (name, kind, extra); each gets `--store FILE` in a scratch directory.
+STORE_SERVERS = [
+    ("iocport-store", "iocport", []),
+    ("iocport-epoll-store", "iocport", ["--backend", "epoll"]),
+    ("asyncio-store", "asyncio", ["--loop", "asyncio"]),
+    ("uvloop-store", "asyncio", ["--loop", "uvloop"]),
+]
+STORE_RATIOS = [("store: python handler / asyncio + run_in_executor", "iocport-store",
+                 "asyncio-store"),
+                ("store: python handler / uvloop + run_in_executor", "iocport-store",
+                 "uvloop-store")]
+
+
 def add_arguments(p):
     p.add_argument("--full", action="store_true",
                    help="add 4 KiB and 64 KiB payloads and every server variant")
@@ -76,6 +99,13 @@ def add_arguments(p):
                         "(also part of --full)")
     p.add_argument("--idle-conns", type=int, default=10000,
                    help="connections for the idle scenario (default 10000)")
+    p.add_argument("--latency", action="store_true",
+                   help="run only the latency-at-fixed-load scenario (also part of --full)")
+    p.add_argument("--rates", default=LATENCY_RATES,
+                   help="offered loads of the latency scenario, messages per second "
+                        f"in all (default {LATENCY_RATES})")
+    p.add_argument("--store", action="store_true",
+                   help="run only the store-to-disk scenario (also part of --full)")
 
 
 # ---- building -------------------------------------------------------------
@@ -187,11 +217,15 @@ def server_argv(kind, extra, framing, bench_dir, c_echo):
 
 
 def run_loadgen(loadgen, server, *, conns, depth, size, framing, seconds,
-                warmup=0.2, cpu=None):
+                warmup=0.2, cpu=None, rate=None):
+    """One loadgen run against `server`: closed loop with `depth` messages in
+    flight per connection, or open loop at `rate` messages per second."""
     argv = [str(loadgen), "--host", server.host, "--port", str(server.port),
             "--conns", str(conns), "--depth", str(depth), "--size", str(size),
             "--framing", framing, "--seconds", str(seconds),
             "--warmup-seconds", str(warmup), "--server-pid", str(server.pid)]
+    if rate:
+        argv += ["--rate", str(rate)]
     try:
         r = subprocess.run(_pinned(cpu, argv), capture_output=True, text=True,
                            timeout=seconds + warmup + 30)
@@ -246,19 +280,25 @@ def _fmt(v, spec):
 def scenario_name(sc):
     size = sc["size"]
     text = f"{size // 1024} KiB" if size >= 1024 and size % 1024 == 0 else f"{size} B"
-    return f"{text}, depth {sc['depth']}"
+    if sc.get("rate"):
+        return f"{text} at {sc['rate']:,} msgs/s"
+    prefix = "store, " if sc.get("mode") == "store" else ""
+    return f"{prefix}{text}, depth {sc['depth']}"
 
 
 def print_tables(scenarios, names, results, notes):
     out = []
     for sc in scenarios:
         key = scenario_name(sc)
-        out.append(f"\n## {key}, {sc['conns']} connections, {sc['framing']} "
+        loop = "open loop, " if sc.get("rate") else ""
+        out.append(f"\n## {key}, {sc['conns']} connections, {loop}{sc['framing']} "
                    f"(medians of {sc['rounds']} rounds)\n")
         out.append("| server | msgs/s | p50 us | p99 us | p99.9 us | errors "
                    "| server CPU % | msgs per server CPU-s |")
         out.append("|---|---:|---:|---:|---:|---:|---:|---:|")
         for name in names:
+            if sc.get("servers") and name not in sc["servers"]:
+                continue
             if name in notes:
                 out.append(f"| {name} | {notes[name]} | | | | | | |")
                 continue
@@ -297,24 +337,43 @@ def _pair_ratios(results, key, a, b, field):
 
 
 def ratio_table(scenarios, results, banners):
+    """The ratios of every scenario run: throughput targets (RATIOS) on the
+    closed-loop scenarios, p99 latency (LATENCY_RATIOS) on the open-loop
+    ones, and the store scenario's figures (STORE_RATIOS, no target)."""
     out = ["\n## Ratios (median of the round-by-round ratios)\n",
-           "| ratio | scenario | per server CPU-s | msgs/s | target (per CPU-s) | met |",
-           "|---|---|---:|---:|---:|---|"]
+           "| ratio | scenario | per server CPU-s | msgs/s | p99 | target | met |",
+           "|---|---|---:|---:|---:|---|---|"]
     rows = []
-    for label, a, b, depth, target in RATIOS:
-        if b == "iocport-python" and "backend uring" not in banners.get(b, ""):
-            continue   # auto fell back to epoll: no uring figures to compare
-        for sc in scenarios:
-            if depth is not None and sc["depth"] != depth:
-                continue
-            key = scenario_name(sc)
-            per_cpu = _median(_pair_ratios(results, key, a, b, "msgs_per_cpu_s"))
-            tput = _median(_pair_ratios(results, key, a, b, "msgs_per_sec"))
-            met = "-" if per_cpu is None else ("yes" if per_cpu >= target else "NO")
-            out.append(f"| {label} | {key} | {_fmt(per_cpu, '.2f')} | {_fmt(tput, '.2f')} "
-                       f"| >= {target} | {met} |")
-            rows.append({"ratio": label, "scenario": key, "per_cpu": per_cpu,
-                         "throughput": tput, "target": target})
+
+    def row(label, a, b, sc, target=None, field="msgs_per_cpu_s", most=False):
+        key = scenario_name(sc)
+        fig = {f: _median(_pair_ratios(results, key, a, b, f))
+               for f in ("msgs_per_cpu_s", "msgs_per_sec", "p99_us")}
+        v = fig[field]
+        met = "-" if v is None or target is None else \
+            ("yes" if (v <= target if most else v >= target) else "NO")
+        goal = "" if target is None else f"{'<=' if most else '>='} {target}"
+        out.append(f"| {label} | {key} | {_fmt(fig['msgs_per_cpu_s'], '.2f')} "
+                   f"| {_fmt(fig['msgs_per_sec'], '.2f')} | {_fmt(fig['p99_us'], '.2f')} "
+                   f"| {goal} | {met} |")
+        rows.append({"ratio": label, "scenario": key, "per_cpu": fig["msgs_per_cpu_s"],
+                     "throughput": fig["msgs_per_sec"], "p99": fig["p99_us"],
+                     "target": target, "target_is_max": most})
+
+    for sc in scenarios:
+        mode = "rate" if sc.get("rate") else sc.get("mode", "closed")
+        if mode == "closed":
+            for label, a, b, depth, target in RATIOS:
+                if b == "iocport-python" and "backend uring" not in banners.get(b, ""):
+                    continue   # auto fell back to epoll: no uring figures to compare
+                if depth is None or sc["depth"] == depth:
+                    row(label, a, b, sc, target)
+        elif mode == "rate":
+            for label, a, b, target in LATENCY_RATIOS:
+                row(label, a, b, sc, target, field="p99_us", most=True)
+        else:
+            for label, a, b in STORE_RATIOS:
+                row(label, a, b, sc)
     return "\n".join(out), rows
 
 
@@ -480,15 +539,11 @@ def run_idle(n=10000, only=None, framing="len4", wait=IDLE_WAIT):
     server_cpu, client_cpu = _pinning()
     requested = n
     n, note = idle_fit(n)
-    env = dict(os.environ)
-    pkg_parent = str(Path(__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = pkg_parent + (os.pathsep + env["PYTHONPATH"]
-                                      if env.get("PYTHONPATH") else "")
+    env = _bench_env()
     chosen = [s for s in IDLE_SERVERS if only is None or s[0] in only]
     results, notes, banners = {}, {}, {}
     for name, kind, extra in chosen:
-        if kind == "asyncio" and name in RIVAL_PACKAGES and \
-                importlib.util.find_spec(RIVAL_PACKAGES[name]) is None:
+        if _missing_rival(name, kind):
             notes[name] = "not installed"
             continue
         try:
@@ -553,51 +608,41 @@ def run_idle_only(args):
 
 # ---- the suite ------------------------------------------------------------
 
-def run(args):
-    if args.install_rivals:
-        subprocess.run([sys.executable, "-m", "pip", "install", *RIVAL_PACKAGES.values()],
-                       check=False)
-    if args.idle and not args.full:
-        return run_idle_only(args)
-    bench_dir = benchmarks_dir()
-    loadgen = build("loadgen.c")
-    c_echo = build("c_echo_epoll.c")
-    server_cpu, client_cpu = _pinning()
-
-    sizes = [64, 4096, 65536] if args.full else [64]
-    scenarios = [{"size": s, "depth": d, "conns": args.conns, "framing": args.framing,
-                  "rounds": args.rounds} for s in sizes for d in (1, 16)]
-    chosen = [s for s in SERVERS if args.full or not s[3]]
-    if args.only:
-        wanted = set(args.only.split(","))
-        chosen = [s for s in SERVERS if s[0] in wanted]
-    names = [s[0] for s in chosen]
-
-    notes = {}
-    for name, kind, extra, _ in chosen:
-        if kind == "asyncio" and name in RIVAL_PACKAGES and \
-                importlib.util.find_spec(RIVAL_PACKAGES[name]) is None:
-            notes[name] = "not installed"
+def _bench_env():
     env = dict(os.environ)
     pkg_parent = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = pkg_parent + (os.pathsep + env["PYTHONPATH"]
                                       if env.get("PYTHONPATH") else "")
+    return env
 
-    live = [s for s in chosen if s[0] not in notes]
-    progress = Progress(len(live) * (1 + len(scenarios) * args.rounds))
+
+def _missing_rival(name, kind):
+    loop = name.split("-")[0]
+    return kind == "asyncio" and loop in RIVAL_PACKAGES and \
+        importlib.util.find_spec(RIVAL_PACKAGES[loop]) is None
+
+
+def run_group(servers, scenarios, args, progress, tools):
+    """Start `servers` [(name, kind, extra)], warm each up, then run every
+    scenario round by round, servers in turn (A B A B).  Returns (results by
+    scenario name then server, notes, banners, exit statuses)."""
+    loadgen, c_echo, bench_dir, server_cpu, client_cpu, env = tools
     results = {scenario_name(sc): {} for sc in scenarios}
-    servers, banners, exits = {}, {}, {}
-    t_start = time.monotonic()
+    notes = {name: "not installed" for name, kind, _ in servers
+             if _missing_rival(name, kind)}
+    started, banners, exits = {}, {}, {}
     try:
-        for name, kind, extra, _ in live:
+        for name, kind, extra in servers:
+            if name in notes:
+                continue
             try:
-                srv = ServerProc(name, server_argv(kind, extra, args.framing, bench_dir, c_echo),
-                                 env=env, cpu=server_cpu)
+                srv = ServerProc(name, server_argv(kind, extra, args.framing, bench_dir,
+                                                   c_echo), env=env, cpu=server_cpu)
             except RuntimeError as exc:
                 notes[name] = f"failed to start: {str(exc)[:80]}"
                 progress.step(f"{name}: failed to start")
                 continue
-            servers[name] = srv
+            started[name] = srv
             banners[name] = srv.banner
             # warm-up, on connections of its own
             warm = run_loadgen(loadgen, srv, conns=args.conns, depth=16, size=64,
@@ -607,52 +652,127 @@ def run(args):
             progress.step(f"warm-up {name}")
         for sc in scenarios:
             key = scenario_name(sc)
-            for rnd in range(args.rounds):
-                for name in names:
-                    srv = servers.get(name)
-                    if srv is None or name in notes:
+            for rnd in range(sc["rounds"]):
+                for name, _, _ in servers:
+                    srv = started.get(name)
+                    if srv is None or name in notes or \
+                            (sc.get("servers") and name not in sc["servers"]):
                         continue
                     res = run_loadgen(loadgen, srv, conns=sc["conns"], depth=sc["depth"],
                                       size=sc["size"], framing=sc["framing"],
-                                      seconds=args.seconds, cpu=client_cpu)
+                                      seconds=sc["seconds"], cpu=client_cpu,
+                                      rate=sc.get("rate"), warmup=sc.get("warmup", 0.2))
                     results[key].setdefault(name, []).append(res)
                     progress.step(f"{key} round {rnd + 1} {name}")
     finally:
-        for name, srv in servers.items():
+        for name, srv in started.items():
             exits[name] = srv.stop()
-    elapsed = time.monotonic() - t_start
-
-    # skipped servers have nothing to show beyond their note
-    for name in names:
-        if name not in servers and name not in notes:
+    for name, _, _ in servers:
+        if name not in started and name not in notes:
             notes[name] = "not run"
+    return results, notes, banners, exits
+
+
+def _rates(text):
+    try:
+        rates = [int(r) for r in text.split(",") if r.strip()]
+    except ValueError:
+        rates = []
+    if not rates or min(rates) <= 0:
+        raise SystemExit(f"iocport bench: --rates wants positive integers, got {text!r}")
+    return rates
+
+
+def plan(args, store_dir):
+    """The groups to run: [(title, servers, scenarios)]."""
+    common = {"conns": args.conns, "framing": args.framing, "rounds": args.rounds,
+              "seconds": args.seconds}
+    only = set(args.only.split(",")) if args.only else None
+    groups = []
+    just = args.latency or args.store
+    if args.full or not just:
+        chosen = [s for s in SERVERS if args.full or not s[3]]
+        if only:
+            chosen = [s for s in SERVERS if s[0] in only]
+        sizes = [64, 4096, 65536] if args.full else [64]
+        groups.append(("throughput", [s[:3] for s in chosen],
+                       [dict(common, size=size, depth=d, mode="closed")
+                        for size in sizes for d in (1, 16)]))
+    if args.full or args.latency:
+        servers = [s[:3] for s in SERVERS if s[0] in LATENCY_SERVERS and
+                   (only is None or s[0] in only)]
+        # open loop: a longer window for steadier tails, a longer warm-up
+        # so the connections' first messages are not counted
+        groups.append(("latency", servers,
+                       [dict(common, size=64, depth=1, rate=r, seconds=max(2.0, args.seconds),
+                             warmup=0.5, servers=LATENCY_SERVERS) for r in _rates(args.rates)]))
+    if args.full or args.store:
+        servers = [(name, kind, [*extra, "--store", str(Path(store_dir) / f"{name}.log")])
+                   for name, kind, extra in STORE_SERVERS if only is None or name in only]
+        groups.append(("store", servers, [dict(common, size=64, depth=d, mode="store")
+                                          for d in (1, 16)]))
+    return groups
+
+
+def run(args):
+    if args.install_rivals:
+        subprocess.run([sys.executable, "-m", "pip", "install", *RIVAL_PACKAGES.values()],
+                       check=False)
+    if args.idle and not args.full:
+        return run_idle_only(args)
+    server_cpu, client_cpu = _pinning()
+    tools = (build("loadgen.c"), build("c_echo_epoll.c"), benchmarks_dir(),
+             server_cpu, client_cpu, _bench_env())
+    with tempfile.TemporaryDirectory(prefix="iocport-bench-store-") as store_dir:
+        groups = plan(args, store_dir)
+        steps = sum(len(servers) + sum(sc["rounds"] * len(
+            [s for s in servers if not sc.get("servers") or s[0] in sc["servers"]])
+            for sc in scenarios) for _, servers, scenarios in groups)
+        progress = Progress(steps)
+        t_start = time.monotonic()
+        ran = [(title, servers, scenarios, *run_group(servers, scenarios, args, progress, tools))
+               for title, servers, scenarios in groups]
+        elapsed = time.monotonic() - t_start
+
     print("# iocport bench")
     print(f"\n{os.cpu_count()} CPUs; server on CPU {server_cpu}, client on CPU {client_cpu}"
           if server_cpu is not None else "\nnot pinned (taskset or a second CPU missing)")
     print(f"{args.conns} connections, {args.seconds} s measured per run, "
           f"{args.rounds} rounds, {elapsed:.0f} s in all")
-    for name in names:
-        if name in banners:
-            print(f"- {name}: {banners[name]}")
-    print(print_tables(scenarios, names, results, notes))
-    text, rows = ratio_table(scenarios, results, banners)
-    print(text)
+    all_results, all_rows, all_notes, all_banners, bad_exit = {}, [], {}, {}, {}
+    for title, servers, scenarios, results, notes, banners, exits in ran:
+        names = [s[0] for s in servers]
+        for name in names:
+            if name in banners:
+                print(f"- {name}: {banners[name]}")
+        print(print_tables(scenarios, names, results, notes))
+        text, rows = ratio_table(scenarios, results, banners)
+        print(text)
+        all_results.update(results)
+        all_rows += rows
+        all_notes.update(notes)
+        all_banners.update(banners)
+        bad_exit.update({n: rc for n, rc in exits.items() if rc != 0})
     idle = None
     if args.full:
         idle = run_idle(args.idle_conns,
                         only=set(args.only.split(",")) if args.only else None)
         print(idle_table(idle))
-    bad_exit = {n: rc for n, rc in exits.items() if rc != 0}
     if bad_exit:
         print(f"\nservers that did not exit 0 on SIGTERM: {bad_exit}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"scenarios": scenarios, "results": results, "notes": notes,
-                       "banners": banners, "ratios": rows, "idle": idle}, f, indent=1)
+            json.dump({"groups": [{"title": t, "servers": [s[0] for s in sv],
+                                   "scenarios": scs} for t, sv, scs, *_ in ran],
+                       "results": all_results, "notes": all_notes,
+                       "banners": all_banners, "ratios": all_rows, "idle": idle},
+                      f, indent=1)
     if not args.no_chart and args.chart:
-        if write_chart(args.chart, scenarios, names, results):
-            print(f"\nchart: {args.chart}")
-    total_errors = sum(r.get("errors", 0) for per in results.values()
+        for title, servers, scenarios, results, *_ in ran:
+            if title == "throughput" and write_chart(
+                    args.chart, scenarios, [s[0] for s in servers], results):
+                print(f"\nchart: {args.chart}")
+    total_errors = sum(r.get("errors", 0) for per in all_results.values()
                        for runs in per.values() for r in runs)
     if idle and any("failed" in r for r in idle["results"].values()):
         total_errors += 1

@@ -162,3 +162,107 @@ def test_idle_scenario_smoke():
     assert r.get("exit", 0) == 0
     json.loads(json.dumps(idle))          # fits the JSON output
     assert "iocport-python" in bench.idle_table(idle)
+
+
+class _SilentServer:
+    """Accepts connections and reads everything, never replies."""
+
+    def __init__(self):
+        self.lsock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.lsock.getsockname()[1]
+        self.socks = []
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        import selectors
+        sel = selectors.DefaultSelector()
+        sel.register(self.lsock, selectors.EVENT_READ)
+        while True:
+            for key, _ in sel.select(0.1):
+                try:
+                    if key.fileobj is self.lsock:
+                        s, _ = self.lsock.accept()
+                        self.socks.append(s)
+                        sel.register(s, selectors.EVENT_READ)
+                    elif not key.fileobj.recv(65536):
+                        sel.unregister(key.fileobj)
+                except OSError:
+                    sel.close()
+                    return
+
+    def close(self):
+        self.lsock.close()
+        self.thread.join(5)
+        for s in self.socks:
+            s.close()
+
+
+def test_open_loop_keeps_sending_without_replies(built):
+    """--rate is an open loop: messages go out on schedule whether or not
+    replies come (a closed loop would stop at conns x depth)."""
+    srv = _SilentServer()
+    try:
+        argv = [str(built["loadgen"]), "--port", str(srv.port), "--conns", "4",
+                "--size", "16", "--rate", "2000", "--seconds", "0.5"]
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    finally:
+        srv.close()
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    assert res["errors"] == 0, r.stderr
+    assert res["msgs"] == 0
+    assert res["rate"] == 2000
+    assert res["unanswered"] > 4 and res["max_inflight"] > 1
+
+
+def test_open_loop_against_iocport(built, backend):
+    argv = [sys.executable, "-m", "iocport", "echo", "--port", "0", "--backend", backend]
+    srv = bench.ServerProc("iocport", argv, env=_env())
+    try:
+        res = bench.run_loadgen(built["loadgen"], srv, conns=8, depth=1, size=64,
+                                framing="len4", seconds=0.5, warmup=0.1, rate=4000)
+    finally:
+        status = srv.stop()
+    assert res["errors"] == 0, res
+    assert res["msgs"] > 0 and res["rate"] == 4000
+    assert status == 0
+
+
+@pytest.mark.parametrize("server", ["iocport-epoll", "iocport-uring", "asyncio"])
+def test_store_servers_write_before_replying(built, server, tmp_path):
+    """The store scenario's servers: every answered message is in the file
+    before its reply (whole 100-byte records, at least one per reply)."""
+    path = tmp_path / "store.log"
+    if server == "asyncio":
+        argv = [sys.executable, str(REPO / "benchmarks" / "rivals.py"), "asyncio",
+                "--port", "0", "--store", str(path)]
+    else:
+        argv = [sys.executable, "-m", "iocport", "echo", "--port", "0", "--store",
+                str(path), "--backend", server.split("-")[1]]
+    srv = bench.ServerProc(server, argv, env=_env())
+    try:
+        rc, res, err = _loadgen(built, srv.host, srv.port, pid=srv.pid, seconds=0.5)
+    finally:
+        status = srv.stop()
+    assert rc == 0 and res["errors"] == 0, err
+    size = path.stat().st_size
+    assert size % 100 == 0
+    assert size // 100 >= res["msgs"] > 0
+    assert status == 0
+
+
+def test_plan_covers_every_scenario(tmp_path):
+    """--full plans throughput (3 sizes x 2 depths), latency (one per rate)
+    and store; the quick default plans only the 64 B throughput pair."""
+    import argparse
+    p = argparse.ArgumentParser()
+    bench.add_arguments(p)
+    groups = bench.plan(p.parse_args(["--full", "--rates", "100,200"]), tmp_path)
+    assert [g[0] for g in groups] == ["throughput", "latency", "store"]
+    assert len(groups[0][2]) == 6
+    assert [sc["rate"] for sc in groups[1][2]] == [100, 200]
+    assert all("--store" in extra for _, _, extra in groups[2][1])
+    names = {bench.scenario_name(sc) for _, _, scs in groups for sc in scs}
+    assert len(names) == 6 + 2 + 2          # result keys do not collide
+    quick = bench.plan(p.parse_args([]), tmp_path)
+    assert [g[0] for g in quick] == ["throughput"] and len(quick[0][2]) == 2
