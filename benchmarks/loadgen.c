@@ -15,7 +15,8 @@
  *    "p999_us":..,"errors":..,"server_cpu_s":..,"client_cpu_s":..,...}
  *
  * server_cpu_s is the utime+stime delta of /proc/PID/stat over the measured
- * window (after the warm-up); null without --server-pid.  Exit status is 1
+ * window (after the warm-up), server_sys_s its stime part (the kernel's
+ * share); null without --server-pid.  Exit status is 1
  * when errors > 0 (a wrong reply, a framing error, a connection lost), 2 on a
  * usage or setup error, 0 otherwise.
  *
@@ -372,8 +373,11 @@ static void on_readable(conn_t *c)
         flush_out(c);
 }
 
-static double read_server_cpu(void)
+/* The server's CPU seconds so far, user + system; *sys_s gets the system
+ * part.  -1 without --server-pid or when /proc cannot tell. */
+static double read_server_cpu(double *sys_s)
 {
+    *sys_s = -1.0;
     if (opt_server_pid <= 0)
         return -1.0;
     char path[64], buf[4096];
@@ -392,7 +396,9 @@ static double read_server_cpu(void)
     if (sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu",
                &utime, &stime) != 2)
         return -1.0;
-    return (double)(utime + stime) / (double)sysconf(_SC_CLK_TCK);
+    double tck = (double)sysconf(_SC_CLK_TCK);
+    *sys_s = (double)stime / tck;
+    return (double)(utime + stime) / tck;
 }
 
 static double client_cpu(void)
@@ -546,11 +552,11 @@ int main(int argc, char **argv)
 
     uint64_t warm_end = start + (uint64_t)(opt_warmup * 1e9);
     uint64_t t0 = 0, t1 = 0, end = 0;
-    double cpu0 = -1, cpu1 = -1, ccpu0 = 0, ccpu1 = 0;
+    double cpu0 = -1, cpu1 = -1, sys0 = -1, sys1 = -1, ccpu0 = 0, ccpu1 = 0;
     if (opt_warmup <= 0) {
         measuring = 1;
         t0 = start;
-        cpu0 = read_server_cpu();
+        cpu0 = read_server_cpu(&sys0);
         ccpu0 = client_cpu();
         end = t0 + (uint64_t)(opt_seconds * 1e9);
     }
@@ -582,7 +588,7 @@ int main(int argc, char **argv)
         if (!measuring && t >= warm_end) {
             measuring = 1;
             t0 = t;
-            cpu0 = read_server_cpu();
+            cpu0 = read_server_cpu(&sys0);
             ccpu0 = client_cpu();
             end = t0 + (uint64_t)(opt_seconds * 1e9);
         } else if (measuring && t >= end) {
@@ -592,7 +598,7 @@ int main(int argc, char **argv)
     t1 = now_ns();
     if (!measuring)
         t0 = t1;
-    cpu1 = read_server_cpu();
+    cpu1 = read_server_cpu(&sys1);
     ccpu1 = client_cpu();
     stopping = 1;
     uint64_t unanswered = 0;
@@ -603,19 +609,22 @@ int main(int argc, char **argv)
             kill_conn(&conns[i], "done");
 
     double secs = (double)(t1 - t0) / 1e9;
-    char cpu_txt[64];
-    if (cpu0 >= 0 && cpu1 >= 0)
+    char cpu_txt[64], sys_txt[64];
+    if (cpu0 >= 0 && cpu1 >= 0) {
         snprintf(cpu_txt, sizeof cpu_txt, "%.3f", cpu1 - cpu0);
-    else
+        snprintf(sys_txt, sizeof sys_txt, "%.3f", sys1 - sys0);
+    } else {
         snprintf(cpu_txt, sizeof cpu_txt, "null");
+        snprintf(sys_txt, sizeof sys_txt, "null");
+    }
     printf("{\"msgs\":%llu,\"seconds\":%.4f,\"msgs_per_sec\":%.1f,"
            "\"p50_us\":%.2f,\"p99_us\":%.2f,\"p999_us\":%.2f,\"errors\":%llu,"
-           "\"server_cpu_s\":%s,\"client_cpu_s\":%.3f,\"conns\":%d,\"depth\":%d,"
+           "\"server_cpu_s\":%s,\"server_sys_s\":%s,\"client_cpu_s\":%.3f,\"conns\":%d,\"depth\":%d,"
            "\"size\":%zu,\"framing\":\"%s\",\"rate\":%.1f,"
            "\"max_inflight\":%llu,\"unanswered\":%llu}\n",
            (unsigned long long)m_msgs, secs, secs > 0 ? (double)m_msgs / secs : 0.0,
            percentile_us(m_msgs, 0.50), percentile_us(m_msgs, 0.99),
-           percentile_us(m_msgs, 0.999), (unsigned long long)errors, cpu_txt,
+           percentile_us(m_msgs, 0.999), (unsigned long long)errors, cpu_txt, sys_txt,
            ccpu1 - ccpu0, opt_conns, opt_depth, opt_size,
            opt_framing == FR_LEN4 ? "len4" : "line", opt_rate,
            (unsigned long long)max_inflight, (unsigned long long)unanswered);

@@ -294,29 +294,32 @@ def print_tables(scenarios, names, results, notes):
         out.append(f"\n## {key}, {sc['conns']} connections, {loop}{sc['framing']} "
                    f"(medians of {sc['rounds']} rounds)\n")
         out.append("| server | msgs/s | p50 us | p99 us | p99.9 us | errors "
-                   "| server CPU % | msgs per server CPU-s |")
-        out.append("|---|---:|---:|---:|---:|---:|---:|---:|")
+                   "| server CPU % | of it in the kernel | msgs per server CPU-s |")
+        out.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
         for name in names:
             if sc.get("servers") and name not in sc["servers"]:
                 continue
             if name in notes:
-                out.append(f"| {name} | {notes[name]} | | | | | | |")
+                out.append(f"| {name} | {notes[name]} | | | | | | | |")
                 continue
             runs = results[key].get(name, [])
             ok = [r for r in runs if "failed" not in r]
             if not ok:
                 why = runs[0]["failed"] if runs else "not run"
-                out.append(f"| {name} | failed: {why[:60]} | | | | | | |")
+                out.append(f"| {name} | failed: {why[:60]} | | | | | | | |")
                 continue
             errs = sum(r.get("errors", 0) for r in runs)
             cpu_pct = _median([100 * r["server_cpu_s"] / r["seconds"]
                                for r in ok if r.get("server_cpu_s") is not None])
+            sys_pct = _median([r["server_sys_s"] / r["server_cpu_s"]
+                               for r in ok if r.get("server_cpu_s")
+                               and r.get("server_sys_s") is not None])
             out.append(
                 f"| {name} | {_fmt(_median([r['msgs_per_sec'] for r in ok]), ',.0f')} "
                 f"| {_fmt(_median([r['p50_us'] for r in ok]), '.0f')} "
                 f"| {_fmt(_median([r['p99_us'] for r in ok]), '.0f')} "
                 f"| {_fmt(_median([r['p999_us'] for r in ok]), '.0f')} "
-                f"| {errs} | {_fmt(cpu_pct, '.0f')} "
+                f"| {errs} | {_fmt(cpu_pct, '.0f')} | {_fmt(sys_pct, '.0%')} "
                 f"| {_fmt(_median([r['msgs_per_cpu_s'] for r in ok]), ',.0f')} |")
     return "\n".join(out)
 

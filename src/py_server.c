@@ -12,7 +12,6 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <string.h>
-#include <sys/un.h>
 #include <fcntl.h>
 #include <unistd.h>
 
@@ -373,28 +372,21 @@ conn_abort_m(ConnObject *self, PyObject *Py_UNUSED(ignored))
 }
 
 static PyObject *
-sockaddr_to_py(const struct sockaddr_storage *ss, socklen_t len)
+sockaddr_to_py(const struct sockaddr *sa, socklen_t len)
 {
     char host[INET6_ADDRSTRLEN];
     if (len == 0)
         Py_RETURN_NONE;
-    if (ss->ss_family == AF_INET) {
-        const struct sockaddr_in *a = (const struct sockaddr_in *)ss;
+    if (sa->sa_family == AF_INET) {
+        const struct sockaddr_in *a = (const struct sockaddr_in *)sa;
         inet_ntop(AF_INET, &a->sin_addr, host, sizeof(host));
         return Py_BuildValue("(si)", host, ntohs(a->sin_port));
     }
-    if (ss->ss_family == AF_INET6) {
-        const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)ss;
+    if (sa->sa_family == AF_INET6) {
+        const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)sa;
         inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof(host));
         return Py_BuildValue("(siIi)", host, ntohs(a->sin6_port),
                              ntohl(a->sin6_flowinfo), (int)a->sin6_scope_id);
-    }
-    if (ss->ss_family == AF_UNIX) {
-        const struct sockaddr_un *a = (const struct sockaddr_un *)ss;
-        size_t n = len > offsetof(struct sockaddr_un, sun_path)
-                       ? len - offsetof(struct sockaddr_un, sun_path) : 0;
-        return PyUnicode_DecodeFSDefaultAndSize(a->sun_path,
-                                                (Py_ssize_t)strnlen(a->sun_path, n));
     }
     Py_RETURN_NONE;
 }
@@ -405,7 +397,7 @@ conn_get_peer(ConnObject *self, void *Py_UNUSED(closure))
     if (self->peer == NULL) {
         if (self->c == NULL)
             Py_RETURN_NONE;
-        self->peer = sockaddr_to_py(&self->c->peer, self->c->peerlen);
+        self->peer = sockaddr_to_py(&self->c->peer.sa, self->c->peerlen);
         if (self->peer == NULL)
             return NULL;
     }
@@ -685,28 +677,15 @@ server_add_listener_m(ServerObject *self, PyObject *arg)
 
 /* (family, address tuple) -> struct sockaddr, as the socket module spells
  * addresses: (host, port) for AF_INET, (host, port[, flow, scope]) for
- * AF_INET6, a path for AF_UNIX.  Hosts must be numeric (resolved already). */
+ * AF_INET6.  Hosts must be numeric (resolved already). */
 static int
 py_to_sockaddr(int family, PyObject *addr, struct sockaddr_storage *ss,
                socklen_t *len)
 {
     memset(ss, 0, sizeof(*ss));
-    if (family == AF_UNIX) {
-        struct sockaddr_un *a = (struct sockaddr_un *)ss;
-        PyObject *b = NULL;
-        if (!PyUnicode_FSConverter(addr, &b))
-            return -1;
-        Py_ssize_t n = PyBytes_GET_SIZE(b);
-        if ((size_t)n >= sizeof(a->sun_path)) {
-            Py_DECREF(b);
-            PyErr_SetString(PyExc_ValueError, "AF_UNIX path too long");
-            return -1;
-        }
-        a->sun_family = AF_UNIX;
-        memcpy(a->sun_path, PyBytes_AS_STRING(b), (size_t)n);
-        Py_DECREF(b);
-        *len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + (size_t)n + 1);
-        return 0;
+    if (family != AF_INET && family != AF_INET6) {
+        PyErr_SetString(PyExc_ValueError, "connect() takes AF_INET or AF_INET6 sockets");
+        return -1;
     }
     const char *host;
     int port;

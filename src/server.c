@@ -18,8 +18,10 @@
  * event, so the kernel never writes into freed memory and a reused fd
  * number never receives an old completion. */
 #include "server.h"
+#include "slab.h"
 
 #include <errno.h>
+#include <malloc.h>
 #include <netinet/tcp.h>
 #include <stdlib.h>
 #include <string.h>
@@ -112,7 +114,7 @@ conn_free(struct conn *c)
     free(c->rbuf);
     free(c->obuf);
     free(c->sbuf);
-    free(c);
+    slab_put(c);
 }
 
 void
@@ -679,11 +681,11 @@ nomem:
 static struct conn *
 conn_alloc(struct server *s, struct worker *w, int fd)
 {
-    struct conn *c = calloc(1, sizeof(*c));
+    struct conn *c = slab_get(s->conn_pool);
     if (c == NULL)
         return NULL;
     if (pthread_mutex_init(&c->lock, NULL) != 0) {
-        free(c);
+        slab_put(c);
         return NULL;
     }
     c->h.fd = fd;
@@ -870,8 +872,8 @@ int
 server_connect(struct server *s, int fd, const struct sockaddr *addr,
                socklen_t addrlen, void *py, struct conn **out)
 {
-    if (addrlen > sizeof(struct sockaddr_storage))
-        return -EINVAL;
+    if (addrlen > sizeof(((struct conn *)0)->peer))
+        return -EINVAL;   /* TCP over IPv4 or IPv6 only */
     pthread_mutex_lock(&s->start_lock);
     if (!s->accepting_work) {
         pthread_mutex_unlock(&s->start_lock);
@@ -1279,33 +1281,44 @@ flush_dirty(struct worker *w)
 /* A quiet connection gives its empty buffers back, so memory per idle
  * connection is the struct alone; one malloc when traffic resumes after a
  * second of silence costs nothing.  (A busy connection keeps them: no
- * allocation per message.) */
-static void
+ * allocation per message.)  Returns the bytes given back. */
+static size_t
 trim(struct conn *c)
 {
+    size_t freed = 0;
     if (c->rstart == c->rlen && !c->rbuf_pinned && c->rbuf != NULL) {
+        freed += c->rcap;
         free(c->rbuf);
         c->rbuf = NULL;
         c->rcap = c->rstart = c->rlen = 0;
     }
     if (!c->send_busy && c->soff == c->slen && c->sbuf != NULL) {
+        freed += c->scap;
         free(c->sbuf);
         c->sbuf = NULL;
         c->scap = c->slen = c->soff = 0;
     }
     pthread_mutex_lock(&c->lock);
     if (c->olen == 0 && c->obuf != NULL) {
+        freed += c->ocap;
         free(c->obuf);
         c->obuf = NULL;
         c->ocap = 0;
     }
     pthread_mutex_unlock(&c->lock);
+    return freed;
 }
+
+/* Buffers given back by a sweep that make at least this many bytes are
+ * worth returning to the kernel (malloc_trim releases the free pages inside
+ * the heap; connections live in slabs, so those pages are wholly free). */
+#define TRIM_RETURN_BYTES (256 * 1024)
 
 static void
 sweep(struct worker *w)
 {
     int64_t idle = w->srv->cfg.idle_timeout_ms;
+    size_t freed = 0;
     struct conn *c = w->conns.next;
     while (c != &w->conns) {
         struct conn *next = c->next;
@@ -1317,9 +1330,13 @@ sweep(struct worker *w)
                   quiet >= DRAIN_MAX_MS))
             begin_close(c);   /* the peer never sent its FIN, or never read */
         else if (quiet >= TRIM_AFTER_MS)
-            trim(c);
+            freed += trim(c);
         c = next;
     }
+#ifdef __GLIBC__
+    if (freed >= TRIM_RETURN_BYTES)
+        malloc_trim(0);
+#endif
 }
 
 static int
@@ -1644,8 +1661,11 @@ server_stop(struct server *s)
 static int
 server_setup(struct server *s)
 {
-    if (pthread_mutex_init(&s->start_lock, NULL) != 0)
+    s->conn_pool = slab_pool_new(sizeof(struct conn));
+    if (s->conn_pool == NULL)
         return -ENOMEM;
+    if (pthread_mutex_init(&s->start_lock, NULL) != 0)
+        goto fail_start;
     if (pthread_mutex_init(&s->stop_lock, NULL) != 0)
         goto fail_stop;
     if (pthread_cond_init(&s->start_cond, NULL) != 0)
@@ -1655,6 +1675,9 @@ fail_cond:
     pthread_mutex_destroy(&s->stop_lock);
 fail_stop:
     pthread_mutex_destroy(&s->start_lock);
+fail_start:
+    slab_pool_release(s->conn_pool);
+    s->conn_pool = NULL;
     return -ENOMEM;
 }
 
@@ -1665,4 +1688,7 @@ server_destroy(struct server *s)
     pthread_cond_destroy(&s->start_cond);
     pthread_mutex_destroy(&s->stop_lock);
     pthread_mutex_destroy(&s->start_lock);
+    /* Connections still referenced (none, normally) keep it until freed. */
+    slab_pool_release(s->conn_pool);
+    s->conn_pool = NULL;
 }

@@ -16,6 +16,7 @@
 
 struct server;
 struct worker;
+struct slab_pool;
 
 enum conn_state { CONN_CONNECTING, CONN_OPEN, CONN_DRAINING, CONN_CLOSING, CONN_DEAD };
 enum recv_state { RECV_OFF, RECV_ON, RECV_STOPPING };
@@ -72,7 +73,11 @@ struct conn {
     char *obuf, *sbuf;
     size_t olen, ocap, slen, soff, scap;
 
-    struct sockaddr_storage peer;
+    union {                      /* TCP: IPv4 or IPv6 */
+        struct sockaddr sa;
+        struct sockaddr_in in4;
+        struct sockaddr_in6 in6;
+    } peer;
     socklen_t peerlen;
     struct conn *next, *prev;    /* worker's connection list */
     struct conn *next_dirty;     /* worker's flush list */
@@ -239,6 +244,7 @@ struct server {
     pthread_mutex_t stop_lock;   /* serialises server_stop */
     pthread_cond_t start_cond;
     unsigned nready;             /* workers that finished starting */
+    struct slab_pool *conn_pool; /* every struct conn (slab.h) */
 };
 
 int server_init(struct server *s, const struct server_config *cfg,

@@ -1,5 +1,6 @@
-"""Build and run the standalone C backend driver (tests/c/backend_test.c)
-against each I/O engine, under AddressSanitizer and UBSan."""
+"""Build and run the standalone C drivers under AddressSanitizer and UBSan:
+tests/c/backend_test.c against each I/O engine, tests/c/slab_test.c (the
+connection pool)."""
 
 import os
 import shutil
@@ -13,6 +14,7 @@ pytestmark = pytest.mark.timeout(120)
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src"
 DRIVER = ROOT / "tests" / "c" / "backend_test.c"
+SLAB_DRIVER = ROOT / "tests" / "c" / "slab_test.c"
 ENGINE_SOURCES = {"epoll": SRC / "epoll.c", "uring": SRC / "uring.c"}
 
 
@@ -21,18 +23,13 @@ def engine(request):
     return request.param
 
 
-def test_backend_driver(engine, tmp_path):
+def _build_and_run(sources, args, tmp_path):
+    """Compile `sources` with ASan+UBSan and run the result; returns the
+    CompletedProcess (LSan is dropped where the sandbox refuses ptrace)."""
     gcc = shutil.which("gcc")
     if gcc is None:
         pytest.skip("gcc not found")
-    for name in ("epoll", engine):
-        if not ENGINE_SOURCES[name].exists():
-            pytest.skip(f"{ENGINE_SOURCES[name].name} not written yet")
-    # Link epoll.c always (the driver's table names it); uring.c when tested.
-    sources = [DRIVER, ENGINE_SOURCES["epoll"]]
-    if engine == "uring":
-        sources.append(ENGINE_SOURCES["uring"])
-    exe = tmp_path / "backend_test"
+    exe = tmp_path / sources[0].stem
     cmd = [gcc, "-std=c11", "-D_GNU_SOURCE", "-Wall", "-Wextra", "-Werror",
            "-O1", "-g", "-fno-omit-frame-pointer",
            "-fsanitize=address,undefined", "-fno-sanitize-recover=undefined",
@@ -43,16 +40,34 @@ def test_backend_driver(engine, tmp_path):
     env = dict(os.environ)
     env.setdefault("UBSAN_OPTIONS", "print_stacktrace=1:halt_on_error=1")
     env.setdefault("ASAN_OPTIONS", "detect_leaks=1")
-    run = subprocess.run([str(exe), engine], capture_output=True, text=True,
+    run = subprocess.run([str(exe), *args], capture_output=True, text=True,
                          timeout=110, env=env)
     if "LeakSanitizer has encountered a fatal error" in run.stderr:
         # LSan needs ptrace, which some sandboxes refuse: keep ASan's
         # memory error checks, drop the leak check.
         env["ASAN_OPTIONS"] = "detect_leaks=0"
-        run = subprocess.run([str(exe), engine], capture_output=True,
+        run = subprocess.run([str(exe), *args], capture_output=True,
                              text=True, timeout=110, env=env)
+    return run
+
+
+def test_backend_driver(engine, tmp_path):
+    for name in ("epoll", engine):
+        if not ENGINE_SOURCES[name].exists():
+            pytest.skip(f"{ENGINE_SOURCES[name].name} not written yet")
+    # Link epoll.c always (the driver's table names it); uring.c when tested.
+    sources = [DRIVER, ENGINE_SOURCES["epoll"]]
+    if engine == "uring":
+        sources.append(ENGINE_SOURCES["uring"])
+    run = _build_and_run(sources, [engine], tmp_path)
     if run.returncode == 77:
         pytest.skip(f"{engine}: {run.stdout.strip() or 'unavailable'}")
     assert run.returncode == 0, (
         f"{engine} driver exited {run.returncode}\n"
         f"--- stdout ---\n{run.stdout}\n--- stderr ---\n{run.stderr}")
+
+
+def test_slab_pool(tmp_path):
+    run = _build_and_run([SLAB_DRIVER], [], tmp_path)
+    assert run.returncode == 0 and "slab: ok" in run.stdout, (
+        f"slab driver exited {run.returncode}\n{run.stdout}\n{run.stderr}")
