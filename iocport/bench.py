@@ -692,7 +692,7 @@ def plan(args, store_dir):
               "seconds": args.seconds}
     only = set(args.only.split(",")) if args.only else None
     groups = []
-    just = args.latency or args.store
+    just = args.latency or args.store or args.idle
     if args.full or not just:
         chosen = [s for s in SERVERS if args.full or not s[3]]
         if only:
@@ -721,13 +721,13 @@ def run(args):
     if args.install_rivals:
         subprocess.run([sys.executable, "-m", "pip", "install", *RIVAL_PACKAGES.values()],
                        check=False)
-    if args.idle and not args.full:
-        return run_idle_only(args)
     server_cpu, client_cpu = _pinning()
     tools = (build("loadgen.c"), build("c_echo_epoll.c"), benchmarks_dir(),
              server_cpu, client_cpu, _bench_env())
     with tempfile.TemporaryDirectory(prefix="iocport-bench-store-") as store_dir:
         groups = plan(args, store_dir)
+        if not groups:
+            return run_idle_only(args)
         steps = sum(len(servers) + sum(sc["rounds"] * len(
             [s for s in servers if not sc.get("servers") or s[0] in sc["servers"]])
             for sc in scenarios) for _, servers, scenarios in groups)
@@ -757,7 +757,7 @@ def run(args):
         all_banners.update(banners)
         bad_exit.update({n: rc for n, rc in exits.items() if rc != 0})
     idle = None
-    if args.full:
+    if args.full or args.idle:
         idle = run_idle(args.idle_conns,
                         only=set(args.only.split(",")) if args.only else None)
         print(idle_table(idle))

@@ -266,3 +266,6 @@ def test_plan_covers_every_scenario(tmp_path):
     assert len(names) == 6 + 2 + 2          # result keys do not collide
     quick = bench.plan(p.parse_args([]), tmp_path)
     assert [g[0] for g in quick] == ["throughput"] and len(quick[0][2]) == 2
+    some = bench.plan(p.parse_args(["--latency", "--store"]), tmp_path)
+    assert [g[0] for g in some] == ["latency", "store"]
+    assert bench.plan(p.parse_args(["--idle"]), tmp_path) == []   # idle alone
