@@ -1238,8 +1238,19 @@ dispatch_batch(struct worker *w)
     for (unsigned i = 0; i < w->ncompact; i++) {
         struct conn *c = w->compact[i];
         c->rbuf_pinned = 0;
-        if (c->rstart == c->rlen)
+        /* Nothing points into rbuf now: move what is left (a partial
+         * message, unframed bytes) to the front, or appends made while it
+         * was pinned would slide it ever further and grow it without
+         * bound.  Only when the consumed prefix is at least as big as what
+         * is left, so each byte moved was paid for by one consumed. */
+        size_t left = c->rlen - c->rstart;
+        if (left == 0) {
             c->rstart = c->rlen = 0;
+        } else if (c->rstart >= left) {
+            memmove(c->rbuf, c->rbuf + c->rstart, left);
+            c->rstart = 0;
+            c->rlen = left;
+        }
         conn_unref(c);
     }
     w->ncompact = 0;

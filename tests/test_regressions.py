@@ -15,6 +15,9 @@
   the client lost the tail of its reply;
 - direct sends did not count as traffic: a connection the server streams to
   was closed as idle.
+- (found by the benchmarks) pipelined large messages made the receive
+  buffer slide forward and grow with every byte received: the partial
+  message left after a turn was never moved to the front.
 
 Every test runs on both backends (the ``backend`` fixture).
 """
@@ -380,3 +383,42 @@ def test_idle_timeout_counts_direct_sends(make_server, client):
     # Control: once the pushes stop, the idle timeout does close it.
     wait_for(lambda: ev.closed, what="the idle close")
     assert ev.closed[0].close_reason == "idle"
+
+
+def test_pipelined_large_messages_keep_the_receive_buffer_bounded(make_server, client):
+    """3,000 pipelined 64 KiB messages on one connection (about 200 MB):
+    the server's memory must not grow with the bytes received.  Before the
+    fix the receive buffer kept every byte ever received (its partial tail
+    was never compacted while the batch pinned it)."""
+    srv = make_server(lambda conn, msg: conn.send(msg))
+    s = client(srv.address)
+    payload = bytes(range(256)) * 256
+    frame = struct.pack(">I", len(payload)) + payload
+    total = 3000
+    before = rss_bytes()
+    sent = []
+
+    def writer():
+        try:
+            for _ in range(total):
+                s.sendall(frame)
+            sent.append(True)
+        except OSError as exc:
+            sent.append(exc)
+
+    t = threading.Thread(target=writer)
+    t.start()
+    try:
+        got = bytearray()
+        for i in range(total):
+            while len(got) < len(frame):
+                chunk = s.recv(1 << 20)
+                assert chunk, f"closed by the server after {i} replies"
+                got += chunk
+            assert got[:len(frame)] == frame, f"reply {i} differs"
+            del got[:len(frame)]
+    finally:
+        t.join(DEADLINE)
+    assert sent == [True]
+    growth = rss_bytes() - before
+    assert growth < 48 << 20, f"server grew by {growth >> 20} MiB"
