@@ -375,14 +375,12 @@ static PyObject *
 sockaddr_to_py(const struct sockaddr *sa, socklen_t len)
 {
     char host[INET6_ADDRSTRLEN];
-    if (len == 0)
-        Py_RETURN_NONE;
-    if (sa->sa_family == AF_INET) {
+    if (len >= sizeof(struct sockaddr_in) && sa->sa_family == AF_INET) {
         const struct sockaddr_in *a = (const struct sockaddr_in *)sa;
         inet_ntop(AF_INET, &a->sin_addr, host, sizeof(host));
         return Py_BuildValue("(si)", host, ntohs(a->sin_port));
     }
-    if (sa->sa_family == AF_INET6) {
+    if (len >= sizeof(struct sockaddr_in6) && sa->sa_family == AF_INET6) {
         const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)sa;
         inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof(host));
         return Py_BuildValue("(siIi)", host, ntohs(a->sin6_port),
@@ -710,19 +708,15 @@ py_to_sockaddr(int family, PyObject *addr, struct sockaddr_storage *ss,
         *len = sizeof(*a);
         return 0;
     }
-    if (family == AF_INET6) {
-        struct sockaddr_in6 *a = (struct sockaddr_in6 *)ss;
-        a->sin6_family = AF_INET6;
-        a->sin6_port = htons((uint16_t)port);
-        a->sin6_flowinfo = htonl(flow);
-        a->sin6_scope_id = scope;
-        if (inet_pton(AF_INET6, host, &a->sin6_addr) != 1)
-            goto bad_host;
-        *len = sizeof(*a);
-        return 0;
-    }
-    PyErr_Format(PyExc_ValueError, "unsupported address family %d", family);
-    return -1;
+    struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)ss;   /* AF_INET6 */
+    a6->sin6_family = AF_INET6;
+    a6->sin6_port = htons((uint16_t)port);
+    a6->sin6_flowinfo = htonl(flow);
+    a6->sin6_scope_id = scope;
+    if (inet_pton(AF_INET6, host, &a6->sin6_addr) != 1)
+        goto bad_host;
+    *len = sizeof(*a6);
+    return 0;
 bad_host:
     PyErr_Format(PyExc_ValueError, "host must be a numeric address, got '%s'", host);
     return -1;

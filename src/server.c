@@ -762,8 +762,10 @@ on_accept(struct worker *w, struct listener_slot *ls, const struct io_event *ev)
             conn_link(w, c);
             c->state = CONN_OPEN;
             c->peerlen = sizeof(c->peer);
-            if (getpeername(fd, (struct sockaddr *)&c->peer, &c->peerlen) < 0)
-                c->peerlen = 0;   /* already reset: the first recv says so */
+            if (getpeername(fd, &c->peer.sa, &c->peerlen) < 0 ||
+                c->peerlen > sizeof(c->peer))
+                c->peerlen = 0;   /* already reset (the first recv says so),
+                                   * or not TCP: no address kept */
             stat_add(&s->stats.accepted, 1);
             if (s->dops != NULL && !s->cfg.native_echo && s->want_open)
                 push_entry(w, c, ENTRY_OPEN, NULL, 0, 0);
@@ -1289,6 +1291,22 @@ flush_dirty(struct worker *w)
     }
 }
 
+/* Buffers given back by a sweep that make at least this many bytes are
+ * worth returning to the kernel (malloc_trim releases the free pages inside
+ * the heap; connections live in slabs, so those pages are wholly free).
+ * Only buffers below glibc's default mmap threshold count (larger ones went
+ * back at free()), and a worker trims at most once per TRIM_EVERY_MS:
+ * malloc_trim walks every arena under its lock. */
+#define TRIM_RETURN_BYTES (256 * 1024)
+#define TRIM_HEAP_MAX (128 * 1024)
+#define TRIM_EVERY_MS 10000
+
+static size_t
+heap_bytes(size_t cap)
+{
+    return cap < TRIM_HEAP_MAX ? cap : 0;
+}
+
 /* A quiet connection gives its empty buffers back, so memory per idle
  * connection is the struct alone; one malloc when traffic resumes after a
  * second of silence costs nothing.  (A busy connection keeps them: no
@@ -1298,20 +1316,20 @@ trim(struct conn *c)
 {
     size_t freed = 0;
     if (c->rstart == c->rlen && !c->rbuf_pinned && c->rbuf != NULL) {
-        freed += c->rcap;
+        freed += heap_bytes(c->rcap);
         free(c->rbuf);
         c->rbuf = NULL;
         c->rcap = c->rstart = c->rlen = 0;
     }
     if (!c->send_busy && c->soff == c->slen && c->sbuf != NULL) {
-        freed += c->scap;
+        freed += heap_bytes(c->scap);
         free(c->sbuf);
         c->sbuf = NULL;
         c->scap = c->slen = c->soff = 0;
     }
     pthread_mutex_lock(&c->lock);
     if (c->olen == 0 && c->obuf != NULL) {
-        freed += c->ocap;
+        freed += heap_bytes(c->ocap);
         free(c->obuf);
         c->obuf = NULL;
         c->ocap = 0;
@@ -1319,11 +1337,6 @@ trim(struct conn *c)
     pthread_mutex_unlock(&c->lock);
     return freed;
 }
-
-/* Buffers given back by a sweep that make at least this many bytes are
- * worth returning to the kernel (malloc_trim releases the free pages inside
- * the heap; connections live in slabs, so those pages are wholly free). */
-#define TRIM_RETURN_BYTES (256 * 1024)
 
 static void
 sweep(struct worker *w)
@@ -1345,8 +1358,12 @@ sweep(struct worker *w)
         c = next;
     }
 #ifdef __GLIBC__
-    if (freed >= TRIM_RETURN_BYTES)
+    if (freed >= TRIM_RETURN_BYTES && w->now - w->last_trim >= TRIM_EVERY_MS) {
+        w->last_trim = w->now;
         malloc_trim(0);
+    }
+#else
+    (void)freed;
 #endif
 }
 

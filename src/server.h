@@ -197,6 +197,7 @@ struct worker {
     int loop_err;                /* last errno from wait(), or 0 */
     unsigned loop_errors;        /* how many wait() calls failed */
     int64_t next_sweep;
+    int64_t last_trim;           /* when the sweep last called malloc_trim */
     void *dctx;                  /* dispatch layer's per-thread context */
     struct io_event events[EVENT_BATCH];
 };

@@ -1,8 +1,10 @@
 /* slab.c - the object pool of slab.h.  A slab is SLAB_BYTES aligned to its
  * size, so an object finds its slab (and the pool) by masking its address:
  * no per-object header.  Each slab keeps its own free list; slabs with a
- * free slot are on the pool's `partial` list, and a slab whose objects are
- * all back is freed unless it is the pool's only one. */
+ * free slot are on the pool's `partial` list.  A slab whose objects are all
+ * back is kept while it is the only empty one (so connections coming and
+ * going at a slab's edge do not allocate and free a slab each time), and
+ * freed otherwise. */
 #include "slab.h"
 
 #include <pthread.h>
@@ -41,6 +43,7 @@ struct slab_pool {
     size_t size;                 /* object size, a multiple of 16 */
     struct slab *partial;        /* slabs with a free slot */
     size_t nslabs;
+    size_t nempty;               /* slabs with no object out */
     size_t live;                 /* objects out */
     int released;                /* the owner let go: free when live == 0 */
 };
@@ -50,11 +53,11 @@ struct slab_pool {
 struct slab_pool *
 slab_pool_new(size_t size)
 {
+    if (size > SLAB_BYTES - SLAB_FIRST)
+        return NULL;
     if (size < sizeof(struct free_obj))
         size = sizeof(struct free_obj);
     size = (size + 15) / 16 * 16;
-    if (size > SLAB_BYTES - SLAB_FIRST)
-        return NULL;
     struct slab_pool *p = calloc(1, sizeof(*p));
     if (p == NULL)
         return NULL;
@@ -120,7 +123,10 @@ slab_get(struct slab_pool *p)
         POISON(s->fresh, SLAB_BYTES - SLAB_FIRST);
         partial_add(p, s);
         p->nslabs++;
+        p->nempty++;
     }
+    if (s->used == 0)
+        p->nempty--;
     void *obj;
     if (s->free != NULL) {
         obj = s->free;
@@ -153,11 +159,15 @@ slab_put(void *obj)
     s->used--;
     if (!s->partial)
         partial_add(p, s);
-    if (s->used == 0 && p->nslabs > 1) {
-        partial_remove(p, s);
-        p->nslabs--;
-        UNPOISON(s, SLAB_BYTES);
-        free(s);
+    if (s->used == 0) {
+        if (p->nempty == 0) {
+            p->nempty++;              /* the spare */
+        } else {
+            partial_remove(p, s);
+            p->nslabs--;
+            UNPOISON(s, SLAB_BYTES);
+            free(s);
+        }
     }
     int done = --p->live == 0 && p->released;
     pthread_mutex_unlock(&p->lock);

@@ -52,8 +52,34 @@ test_get_put(void)
     /* all back: emptied slabs go to the system, one stays */
     for (int i = 0; i < MANY; i++)
         slab_put(objs[i]);
-    CHECK(p->live == 0 && p->nslabs == 1);
+    CHECK(p->live == 0 && p->nslabs == 1 && p->nempty == 1);
     slab_pool_release(p);              /* freed now (LSan checks) */
+}
+
+/* A connection coming and going at a slab's edge reuses the spare empty
+ * slab instead of allocating and freeing one each time. */
+static void
+test_spare_slab(void)
+{
+    struct slab_pool *p = slab_pool_new(OBJ);
+    size_t per = (SLAB_BYTES - SLAB_FIRST) / p->size;
+    void **objs = calloc(per + 1, sizeof(*objs));
+    CHECK(objs != NULL);
+    for (size_t i = 0; i <= per; i++)
+        CHECK((objs[i] = slab_get(p)) != NULL);
+    CHECK(p->nslabs == 2 && p->nempty == 0);
+    void *second = objs[per];
+    for (int k = 0; k < 100; k++) {
+        slab_put(objs[per]);
+        CHECK(p->nslabs == 2 && p->nempty == 1);
+        objs[per] = slab_get(p);
+        CHECK(objs[per] == second && p->nslabs == 2 && p->nempty == 0);
+    }
+    for (size_t i = 0; i <= per; i++)
+        slab_put(objs[i]);
+    CHECK(p->live == 0 && p->nslabs == 1 && p->nempty == 1);
+    free(objs);
+    slab_pool_release(p);
 }
 
 static void
@@ -145,6 +171,7 @@ main(void)
     slab_pool_release(tiny);
     CHECK(slab_pool_new(SLAB_BYTES) == NULL);   /* cannot fit a slab */
     test_get_put();
+    test_spare_slab();
     test_release_before_last_put();
     test_use_after_put_is_caught();
     test_threads();
