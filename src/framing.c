@@ -4,6 +4,7 @@
  * calls, no allocation. */
 #include "framing.h"
 
+#include <endian.h>
 #include <string.h>
 
 const char *
@@ -34,20 +35,55 @@ framing_check(const struct framing *f)
     }
 }
 
+/* Header sizes are 1, 2, 4 or 8 (framing_check): one load or store and a
+ * byte swap each, not a loop per byte. */
 static uint64_t
 read_uint(const uint8_t *p, unsigned n, int big_endian)
 {
-    uint64_t v = 0;
-    for (unsigned i = 0; i < n; i++)
-        v |= (uint64_t)p[i] << (8 * (big_endian ? n - 1 - i : i));
-    return v;
+    uint16_t v16;
+    uint32_t v32;
+    uint64_t v64;
+    switch (n) {
+    case 1:
+        return p[0];
+    case 2:
+        memcpy(&v16, p, 2);
+        return big_endian ? be16toh(v16) : le16toh(v16);
+    case 4:
+        memcpy(&v32, p, 4);
+        return big_endian ? be32toh(v32) : le32toh(v32);
+    case 8:
+        memcpy(&v64, p, 8);
+        return big_endian ? be64toh(v64) : le64toh(v64);
+    default:   /* refused by framing_check */
+        return UINT64_MAX;
+    }
 }
 
 static void
 write_uint(uint8_t *p, unsigned n, int big_endian, uint64_t v)
 {
-    for (unsigned i = 0; i < n; i++)
-        p[i] = (uint8_t)(v >> (8 * (big_endian ? n - 1 - i : i)));
+    uint16_t v16;
+    uint32_t v32;
+    switch (n) {
+    case 1:
+        p[0] = (uint8_t)v;
+        return;
+    case 2:
+        v16 = big_endian ? htobe16((uint16_t)v) : htole16((uint16_t)v);
+        memcpy(p, &v16, 2);
+        return;
+    case 4:
+        v32 = big_endian ? htobe32((uint32_t)v) : htole32((uint32_t)v);
+        memcpy(p, &v32, 4);
+        return;
+    case 8:
+        v = big_endian ? htobe64(v) : htole64(v);
+        memcpy(p, &v, 8);
+        return;
+    default:   /* refused by framing_check */
+        return;
+    }
 }
 
 static int

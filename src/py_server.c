@@ -262,32 +262,20 @@ conn_dealloc(ConnObject *self)
 }
 
 static PyObject *
-send_common(ConnObject *self, PyObject *arg, int frame)
+send_data(ConnObject *self, const void *buf, Py_ssize_t len, int frame)
 {
-    Py_buffer view;
-    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0) {
-        PyErr_Format(PyExc_TypeError,
-                     "send() expects bytes, bytearray or memoryview, got %.100s",
-                     Py_TYPE(arg)->tp_name);
-        return NULL;
-    }
     struct conn *c = self->c;
-    if (c == NULL) {
-        PyBuffer_Release(&view);
+    if (c == NULL)
         Py_RETURN_FALSE;
-    }
     const struct framing *f = &c->w->srv->cfg.framing;
     if (frame && f->kind == FRAMING_DELIM &&
-        memmem(view.buf, (size_t)view.len, f->delim, f->delim_len) != NULL) {
-        PyBuffer_Release(&view);
+        memmem(buf, (size_t)len, f->delim, f->delim_len) != NULL) {
         PyErr_SetString(PyExc_ValueError,
                         "message contains the delimiter; use send_raw() for "
                         "bytes that are already framed");
         return NULL;
     }
-    int rc = conn_send(c, view.buf, (size_t)view.len, frame);
-    Py_ssize_t len = view.len;
-    PyBuffer_Release(&view);
+    int rc = conn_send(c, buf, (size_t)len, frame);
     if (rc == 0)
         Py_RETURN_TRUE;
     if (rc == -EPIPE)
@@ -297,6 +285,23 @@ send_common(ConnObject *self, PyObject *arg, int frame)
                             "a message of %zd bytes cannot be framed by this "
                             "server's framing", len);
     return PyErr_NoMemory();
+}
+
+static PyObject *
+send_common(ConnObject *self, PyObject *arg, int frame)
+{
+    if (PyBytes_CheckExact(arg))   /* the usual case: no buffer export */
+        return send_data(self, PyBytes_AS_STRING(arg), PyBytes_GET_SIZE(arg), frame);
+    Py_buffer view;
+    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0) {
+        PyErr_Format(PyExc_TypeError,
+                     "send() expects bytes, bytearray or memoryview, got %.100s",
+                     Py_TYPE(arg)->tp_name);
+        return NULL;
+    }
+    PyObject *r = send_data(self, view.buf, view.len, frame);
+    PyBuffer_Release(&view);
+    return r;
 }
 
 static PyObject *
