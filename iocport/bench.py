@@ -601,6 +601,7 @@ def run_idle_only(args):
     idle = run_idle(args.idle_conns, only=set(args.only.split(",")) if args.only else None,
                     framing="len4")
     print("# iocport bench --idle")
+    print(f"\n{machine_line(machine_info())}")
     print(idle_table(idle))
     if args.json:
         with open(args.json, "w") as f:
@@ -610,6 +611,40 @@ def run_idle_only(args):
 
 
 # ---- the suite ------------------------------------------------------------
+
+def machine_info():
+    """What the figures depend on: CPUs, kernel, Python, the rivals'
+    versions, and the load average when the run starts."""
+    from importlib import metadata
+    import platform
+    model = None
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    versions = {}
+    for pkg in ("iocport", *RIVAL_PACKAGES.values()):
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            versions[pkg] = None
+    return {"cpus": os.cpu_count(), "cpu_model": model,
+            "kernel": platform.release(),
+            "python": platform.python_version(),
+            "versions": versions, "loadavg": os.getloadavg()}
+
+
+def machine_line(info):
+    vers = ", ".join(f"{k} {v}" for k, v in info["versions"].items() if v)
+    load = ", ".join(f"{x:.2f}" for x in info["loadavg"])
+    return (f"{info['cpus']} CPUs ({info['cpu_model'] or 'unknown model'}), "
+            f"Linux {info['kernel']}, Python {info['python']}; {vers}; "
+            f"load average at the start: {load}")
+
 
 def _bench_env():
     env = dict(os.environ)
@@ -721,6 +756,10 @@ def run(args):
     if args.install_rivals:
         subprocess.run([sys.executable, "-m", "pip", "install", *RIVAL_PACKAGES.values()],
                        check=False)
+    info = machine_info()
+    if info["loadavg"][0] > 0.5:
+        sys.stderr.write(f"iocport bench: load average {info['loadavg'][0]:.2f}: another "
+                         "job is running; its CPU use will show in the figures\n")
     server_cpu, client_cpu = _pinning()
     tools = (build("loadgen.c"), build("c_echo_epoll.c"), benchmarks_dir(),
              server_cpu, client_cpu, _bench_env())
@@ -738,8 +777,9 @@ def run(args):
         elapsed = time.monotonic() - t_start
 
     print("# iocport bench")
-    print(f"\n{os.cpu_count()} CPUs; server on CPU {server_cpu}, client on CPU {client_cpu}"
-          if server_cpu is not None else "\nnot pinned (taskset or a second CPU missing)")
+    print(f"\n{machine_line(info)}")
+    print(f"server on CPU {server_cpu}, client on CPU {client_cpu}"
+          if server_cpu is not None else "not pinned (taskset or a second CPU missing)")
     print(f"{args.conns} connections, {args.seconds} s measured per run, "
           f"{args.rounds} rounds, {elapsed:.0f} s in all")
     all_results, all_rows, all_notes, all_banners, bad_exit = {}, [], {}, {}, {}
@@ -765,7 +805,8 @@ def run(args):
         print(f"\nservers that did not exit 0 on SIGTERM: {bad_exit}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"groups": [{"title": t, "servers": [s[0] for s in sv],
+            json.dump({"machine": info,
+                       "groups": [{"title": t, "servers": [s[0] for s in sv],
                                    "scenarios": scs} for t, sv, scs, *_ in ran],
                        "results": all_results, "notes": all_notes,
                        "banners": all_banners, "ratios": all_rows, "idle": idle},

@@ -269,3 +269,13 @@ def test_plan_covers_every_scenario(tmp_path):
     some = bench.plan(p.parse_args(["--latency", "--store"]), tmp_path)
     assert [g[0] for g in some] == ["latency", "store"]
     assert bench.plan(p.parse_args(["--idle"]), tmp_path) == []   # idle alone
+
+
+def test_machine_info_describes_the_host():
+    info = bench.machine_info()
+    assert info["cpus"] == os.cpu_count()
+    assert info["kernel"] == os.uname().release
+    assert info["python"].startswith("%d.%d." % sys.version_info[:2])
+    assert len(info["loadavg"]) == 3
+    json.loads(json.dumps(info))                 # goes into --json as is
+    assert info["kernel"] in bench.machine_line(info)
