@@ -420,5 +420,8 @@ def test_pipelined_large_messages_keep_the_receive_buffer_bounded(make_server, c
     finally:
         t.join(DEADLINE)
     assert sent == [True]
+    if UNDER_ASAN:
+        return   # ASan's quarantine keeps freed memory resident: the echo
+                 # checks above still run the compaction under ASan
     growth = rss_bytes() - before
     assert growth < 48 << 20, f"server grew by {growth >> 20} MiB"
