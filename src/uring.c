@@ -571,6 +571,19 @@ static void idle_remove(struct backend *b, struct io_handle *h)
     h->pending &= ~P_LISTED;
 }
 
+/* Fill an event; more = 1 while the operation goes on (a multishot's
+ * result), 0 for its final event. */
+static void set_event(struct io_handle *h, unsigned op, int32_t res, int more,
+                      struct io_event *ev)
+{
+    ev->h = h;
+    ev->res = res;
+    ev->op = (uint8_t)op;
+    ev->more = (uint8_t)more;
+    ev->buf_id = 0;
+    ev->buf = NULL;
+}
+
 static void final_event(struct io_handle *h, unsigned op, int32_t res,
                         struct io_event *ev)
 {
@@ -585,12 +598,7 @@ static void final_event(struct io_handle *h, unsigned op, int32_t res,
     }
     if (h->active == 0)
         h->pending &= ~P_CANCEL;
-    ev->h = h;
-    ev->res = res;
-    ev->op = (uint8_t)op;
-    ev->more = 0;
-    ev->buf_id = 0;
-    ev->buf = NULL;
+    set_event(h, op, res, 0, ev);
 }
 
 /* Re-arm what waits for buffers or for its final event; emit the final
@@ -692,10 +700,7 @@ static int on_cqe(struct backend *b, struct io_uring_cqe *c,
             b->bufs_out++;
             if (!more)
                 rearm(b, h, IO_RECV);
-            ev->h = h;
-            ev->res = res;
-            ev->op = IO_RECV;
-            ev->more = 1;
+            set_event(h, IO_RECV, res, 1, ev);
             ev->buf_id = bid;
             ev->buf = b->bufs + (size_t)bid * b->bufsize;
             return 1;
@@ -721,12 +726,7 @@ static int on_cqe(struct backend *b, struct io_uring_cqe *c,
         if (res >= 0) {
             if (!more)
                 rearm(b, h, IO_ACCEPT);
-            ev->h = h;
-            ev->res = res;
-            ev->op = IO_ACCEPT;
-            ev->more = 1;
-            ev->buf_id = 0;
-            ev->buf = NULL;
+            set_event(h, IO_ACCEPT, res, 1, ev);
             return 1;
         }
         if (!more && res == -EINVAL && (h->pending & P_ACCEPT_MS) &&
@@ -739,12 +739,7 @@ static int on_cqe(struct backend *b, struct io_uring_cqe *c,
             /* The kernel keeps the multishot accept armed through errors
              * such as EMFILE; the core must still hear of them, to pause
              * accepting instead of letting the kernel retry at once. */
-            ev->h = h;
-            ev->res = res;
-            ev->op = IO_ACCEPT;
-            ev->more = 1;
-            ev->buf_id = 0;
-            ev->buf = NULL;
+            set_event(h, IO_ACCEPT, res, 1, ev);
             return 1;
         }
         final_event(h, IO_ACCEPT, res, ev);

@@ -23,6 +23,33 @@ import iocport
 DEADLINE = 20.0   # seconds any single condition may take before the test fails
 
 
+class Events:
+    """Thread-safe record of callbacks: connections opened and closed (for
+    on_connect / on_close) and messages handled (``count`` as a handler)."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.opened = []
+        self.closed = []
+        self.handled = 0
+
+    def on_connect(self, conn):
+        with self.lock:
+            self.opened.append(conn)
+
+    def on_close(self, conn):
+        with self.lock:
+            self.closed.append(conn)
+
+    def count(self, conn=None, msg=None):
+        with self.lock:
+            self.handled += 1
+
+    def closed_with(self, reason):
+        with self.lock:
+            return [c for c in self.closed if c.close_reason == reason]
+
+
 def wait_for(predicate, timeout=DEADLINE, what=None, interval=0.002):
     """Poll ``predicate`` until it returns a true value (returned); fail the
     test if it has not by ``timeout`` seconds."""

@@ -33,7 +33,7 @@ import time
 import pytest
 
 import iocport
-from conftest import (DEADLINE, Codec, is_closed_by_peer, recv_until_eof,
+from conftest import (DEADLINE, Codec, Events, is_closed_by_peer, recv_until_eof,
                       wait_for)
 
 pytestmark = pytest.mark.timeout(60)
@@ -46,28 +46,6 @@ _IOCPORT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(iocport.__file__
 def rss_bytes():
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * _PAGE
-
-
-class Events:
-    """Thread-safe record of connections, closes and handled messages."""
-
-    def __init__(self):
-        self.lock = threading.Lock()
-        self.opened = []
-        self.closed = []
-        self.handled = 0
-
-    def on_connect(self, conn):
-        with self.lock:
-            self.opened.append(conn)
-
-    def on_close(self, conn):
-        with self.lock:
-            self.closed.append(conn)
-
-    def count(self, conn=None, msg=None):
-        with self.lock:
-            self.handled += 1
 
 
 def run_script(source, *args, timeout=45):

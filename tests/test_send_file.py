@@ -203,16 +203,22 @@ def statm_resident():
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def test_send_large_sparse_file_bounded_memory(conns, tmp_path, threads):
-    size = 1 << 30
+def sparse_file(tmp_path, size, markers=None):
+    """A file of `size` bytes, holes but for `markers` {offset: bytes}."""
     path = tmp_path / "sparse"
-    markers = {0: b"first", 12345: b"marker-a", 300 * 1024 * 1024 + 7: b"marker-b",
-               (1 << 29) - 3: b"across-a-chunk-edge", size - 4: b"last"}
     with open(path, "wb") as fh:
         fh.truncate(size)
-        for off, m in markers.items():
+        for off, m in (markers or {}).items():
             fh.seek(off)
             fh.write(m)
+    return path
+
+
+def test_send_large_sparse_file_bounded_memory(conns, tmp_path, threads):
+    size = 1 << 30
+    markers = {0: b"first", 12345: b"marker-a", 300 * 1024 * 1024 + 7: b"marker-b",
+               (1 << 29) - 3: b"across-a-chunk-edge", size - 4: b"last"}
+    path = sparse_file(tmp_path, size, markers)
     assert os.path.getsize(path) == size
     # The expected hash, read back in chunks (never the whole file in memory).
     want = hashlib.sha256()
@@ -269,9 +275,7 @@ def test_slow_reader_keeps_memory_bounded(conns, tmp_path):
     """A peer that reads nothing for a while: the transfer waits rather than
     reading the whole file into memory."""
     size = 256 * 1024 * 1024
-    path = tmp_path / "sparse"
-    with open(path, "wb") as fh:
-        fh.truncate(size)
+    path = sparse_file(tmp_path, size)
     srv, accept = conns()
     f = srv.open_file(path, "r")
     sock, conn = accept()
@@ -296,18 +300,22 @@ def test_slow_reader_keeps_memory_bounded(conns, tmp_path):
     f.close()
 
 
-@pytest.mark.parametrize("how", ["close", "reset"])
-def test_peer_closing_mid_transfer_reports_error(conns, tmp_path, how):
-    size = 512 * 1024 * 1024
-    path = tmp_path / "sparse"
-    with open(path, "wb") as fh:
-        fh.truncate(size)
+def transfer_under_way(conns, tmp_path, size):
+    """send_file of a sparse file of `size` bytes, its first MiB received:
+    (file, client socket, connection, Sent callback)."""
     srv, accept = conns()
-    f = srv.open_file(path, "r")
+    f = srv.open_file(sparse_file(tmp_path, size), "r")
     sock, conn = accept()
     sent = Sent()
     conn.send_file(f, callback=sent)
-    recv_exact(sock, 1 << 20)               # the transfer is under way
+    recv_exact(sock, 1 << 20)
+    return f, sock, conn, sent
+
+
+@pytest.mark.parametrize("how", ["close", "reset"])
+def test_peer_closing_mid_transfer_reports_error(conns, tmp_path, how):
+    size = 512 * 1024 * 1024
+    f, sock, conn, sent = transfer_under_way(conns, tmp_path, size)
     if how == "reset":
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     sock.close()                            # unread data: the kernel resets
@@ -324,11 +332,7 @@ def test_peer_closing_mid_transfer_reports_error(conns, tmp_path, how):
 
 def test_second_send_file_while_one_is_under_way(conns, tmp_path):
     size = 64 * 1024 * 1024
-    path = tmp_path / "sparse"
-    with open(path, "wb") as fh:
-        fh.truncate(size)
-        fh.seek(size - 3)
-        fh.write(b"end")
+    path = sparse_file(tmp_path, size, {size - 3: b"end"})
     srv, accept = conns()
     f = srv.open_file(path, "r")
     g = srv.open_file(path, "r")
@@ -458,15 +462,7 @@ def test_send_file_racing_close(conns, tmp_path):
 
 def test_connection_closed_by_server_during_send_file(conns, tmp_path):
     size = 256 * 1024 * 1024
-    path = tmp_path / "sparse"
-    with open(path, "wb") as fh:
-        fh.truncate(size)
-    srv, accept = conns()
-    f = srv.open_file(path, "r")
-    sock, conn = accept()
-    sent = Sent()
-    conn.send_file(f, callback=sent)
-    recv_exact(sock, 1 << 20)
+    f, sock, conn, sent = transfer_under_way(conns, tmp_path, size)
     conn.abort()
     ((n, err),) = sent.wait()
     assert isinstance(err, OSError)
@@ -477,9 +473,7 @@ def test_connection_closed_by_server_during_send_file(conns, tmp_path):
 @pytest.mark.parametrize("workers", [1, 2])
 def test_stop_during_send_file(backend, tmp_path, workers):
     size = 256 * 1024 * 1024
-    path = tmp_path / "sparse"
-    with open(path, "wb") as fh:
-        fh.truncate(size)
+    path = sparse_file(tmp_path, size)
     q = queue.Queue()
     srv = iocport.Server(lambda c, m: None, backend=backend, workers=workers,
                          on_connect=q.put)

@@ -25,7 +25,7 @@ import time
 import pytest
 
 import iocport
-from conftest import (DEADLINE, Codec, is_closed_by_peer, recv_messages,
+from conftest import (DEADLINE, Codec, Events, is_closed_by_peer, recv_messages,
                       recv_until_eof, wait_for)
 
 pytestmark = pytest.mark.timeout(60)
@@ -33,28 +33,6 @@ pytestmark = pytest.mark.timeout(60)
 
 def echo(conn, msg):
     conn.send(msg)
-
-
-class Events:
-    """Thread-safe record of callbacks, for on_connect/on_close/handler."""
-
-    def __init__(self):
-        self.lock = threading.Lock()
-        self.opened = []
-        self.closed = []
-        self.messages = []
-
-    def on_connect(self, conn):
-        with self.lock:
-            self.opened.append(conn)
-
-    def on_close(self, conn):
-        with self.lock:
-            self.closed.append(conn)
-
-    def closed_with(self, reason):
-        with self.lock:
-            return [c for c in self.closed if c.close_reason == reason]
 
 
 def chunked_send(sock, data, rng, max_chunk=None):
