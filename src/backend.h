@@ -20,8 +20,10 @@
  *    cancel or stop;
  *  - a recv event with res > 0 carries a buffer (buf, buf_id) that belongs to
  *    the core until it calls release_buf(); the engine never reuses it before;
- *  - buffers passed to send()/connect() belong to the engine until the final
- *    event of that operation is reaped.
+ *    a direct receive (recv_into) instead fills the core's own buffer and
+ *    says so with buf_id IO_NO_BUF;
+ *  - buffers passed to send()/connect()/recv_into() belong to the engine
+ *    until the final event of that operation is reaped.
  */
 #ifndef IOCPORT_BACKEND_H
 #define IOCPORT_BACKEND_H
@@ -58,7 +60,11 @@ struct io_handle {
     void *priv;               /* engine-private */
     uint64_t file_off;        /* engine-private: file_op() offset (epoll's
                                  thread pool reads it from the handle) */
+    char *recv_buf;           /* engine-private: recv_into() in progress */
+    size_t recv_len;
 };
+
+#define IO_NO_BUF 0xFFFFu     /* io_event.buf_id of a direct receive */
 
 struct io_event {
     struct io_handle *h;      /* NULL for a wake-up */
@@ -82,6 +88,14 @@ struct backend_ops {
     int (*accept_start)(struct backend *b, struct io_handle *h);
     /* Start receiving (continuous until stop/cancel/EOF/error). 0 or -errno */
     int (*recv_start)(struct backend *b, struct io_handle *h);
+    /* Receive once, straight into buf[0..len) (len <= INT32_MAX): one final
+     * IO_RECV event, buf_id IO_NO_BUF, res = bytes placed (1..len), 0 = EOF
+     * or -errno.  For large messages, which would otherwise be copied out
+     * of the engine's buffers.  At most one recv (of either kind) per
+     * handle.  recv_stop()/cancel() end it early; its final event then
+     * still counts the bytes that had arrived.  0 or -errno. */
+    int (*recv_into)(struct backend *b, struct io_handle *h, char *buf,
+                     size_t len);
     /* Stop receiving (backpressure); the recv ends with a final event. */
     int (*recv_stop)(struct backend *b, struct io_handle *h);
     /* Send buf[0..len).  At most one send in flight per handle (the core

@@ -297,7 +297,37 @@ static bool process(struct backend *b, struct io_handle *h,
         }
     }
 
-    if ((h->active & OPBIT(IO_RECV)) && (h->pending & H_IN)) {
+    if ((h->active & OPBIT(IO_RECV)) && (h->pending & H_IN) && h->recv_buf) {
+        if (*n == max)
+            return true;
+        /* recv_into: read until the buffer is full or the socket empty */
+        size_t got = 0;
+        ssize_t r = 0;
+        int e = 0;
+        while (got < h->recv_len) {
+            r = read(h->fd, h->recv_buf + got, h->recv_len - got);
+            if (r > 0) {
+                got += (size_t)r;
+                continue;
+            }
+            e = errno;
+            if (r < 0 && e == EINTR)
+                continue;
+            if (r < 0 && (e == EAGAIN || e == EWOULDBLOCK))
+                h->pending &= ~H_IN;
+            break;
+        }
+        /* The bytes first; an EOF or error after them shows next time
+         * (H_IN stays set). */
+        if (got > 0 || (h->pending & H_IN)) {
+            char *buf = h->recv_buf;
+            h->recv_buf = NULL;
+            h->active &= ~OPBIT(IO_RECV);
+            emit(out, n, h, IO_RECV, got > 0 ? (long)got : r == 0 ? 0 : -e, 0);
+            out[*n - 1].buf_id = IO_NO_BUF;
+            out[*n - 1].buf = got > 0 ? buf : NULL;
+        }
+    } else if ((h->active & OPBIT(IO_RECV)) && (h->pending & H_IN)) {
         for (;;) {
             if (*n == max || b->nfree == 0)
                 return true;
@@ -586,6 +616,19 @@ static int ep_recv_start(struct backend *b, struct io_handle *h)
     return 0;
 }
 
+static int ep_recv_into(struct backend *b, struct io_handle *h, char *buf,
+                        size_t len)
+{
+    if (len == 0 || len > INT32_MAX)
+        return -EINVAL;
+    int r = ep_recv_start(b, h);
+    if (r < 0)
+        return r;
+    h->recv_buf = buf;
+    h->recv_len = len;
+    return 0;
+}
+
 static int ep_recv_stop(struct backend *b, struct io_handle *h)
 {
     if (!(h->active & OPBIT(IO_RECV)))
@@ -594,6 +637,7 @@ static int ep_recv_stop(struct backend *b, struct io_handle *h)
     if (r < 0)
         return r;
     h->active &= ~OPBIT(IO_RECV);
+    h->recv_buf = NULL;
     return 0;
 }
 
@@ -657,6 +701,8 @@ static int ep_cancel(struct backend *b, struct io_handle *h)
         if (op == IO_SEND) {
             h->send_buf = NULL;
             h->send_len = 0;
+        } else if (op == IO_RECV) {
+            h->recv_buf = NULL;
         }
     }
     return 0;
@@ -685,6 +731,7 @@ static void ep_forget(struct backend *b, struct io_handle *h)
     h->priv = NULL;
     h->send_buf = NULL;
     h->send_len = 0;
+    h->recv_buf = NULL;
     b->nregistered--;
 }
 
@@ -733,7 +780,7 @@ static void ep_destroy(struct backend *b)
 
 static struct backend *ep_create(unsigned nbufs, unsigned bufsize)
 {
-    if (nbufs == 0 || nbufs > 65536 || bufsize == 0) {
+    if (nbufs == 0 || nbufs >= IO_NO_BUF || bufsize == 0) {
         errno = EINVAL;
         return NULL;
     }
@@ -790,6 +837,7 @@ const struct backend_ops iocp_epoll_ops = {
     .destroy = ep_destroy,
     .accept_start = ep_accept_start,
     .recv_start = ep_recv_start,
+    .recv_into = ep_recv_into,
     .recv_stop = ep_recv_stop,
     .send = ep_send,
     .connect = ep_connect,

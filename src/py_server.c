@@ -193,6 +193,10 @@ d_dispatch(struct worker *w, unsigned from, unsigned to)
         }
         if (c->reason == CLOSE_HANDLER)
             continue;   /* a handler of this connection already failed */
+        if (e->kind == ENTRY_MSG && c->state >= CONN_DRAINING &&
+            c->reason == CLOSE_NONE)
+            continue;   /* we closed it: close() stops handling input, even
+                           messages framed in the same turn */
         if ((o = conn_object(so, c)) == NULL) {
             callback_failed(so, c, "creating the connection object");
             continue;

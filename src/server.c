@@ -48,6 +48,16 @@ const char *const close_reason_name[CLOSE_REASON_COUNT] = {
 #define XFER_CHUNK (256 * 1024)   /* send_file reads this much at a time */
 #define XFER_MARK (1024 * 1024)   /* ...while fewer bytes than this wait */
 #define ACCEPT_RETRY_MS 100   /* pause after EMFILE & co, so accept never spins */
+/* Large messages are received straight into rbuf (recv_into) instead of
+ * through the engine's buffers, which would cost a copy per byte: from a
+ * message with at least DIRECT_MIN bytes still to come until a direct
+ * receive brings fewer than DIRECT_SMALL bytes and leaves nothing
+ * unfinished.  Each asks for DIRECT_CHUNK bytes, or for the rest of the
+ * message, at most DIRECT_MAX (rbuf grows with the bytes that come). */
+#define DIRECT_MIN (32 * 1024)
+#define DIRECT_SMALL 4096
+#define DIRECT_CHUNK (64 * 1024)
+#define DIRECT_MAX (1024 * 1024)
 
 static int64_t
 now_ms(void)
@@ -230,6 +240,43 @@ recv_start(struct conn *c)
     c->inflight++;
 }
 
+static int rbuf_room(struct conn *c, size_t n, size_t need);
+
+/* How much a direct receive should ask for now, or 0 for the engine's
+ * buffers.  A message with DIRECT_MIN bytes still to come marks the
+ * connection as carrying large messages (c->big). */
+static size_t
+direct_len(struct conn *c)
+{
+    if (c->state != CONN_OPEN)
+        return 0;
+    size_t avail = c->rlen - c->rstart;
+    size_t rest = c->rneed > avail ? c->rneed - avail : 0;
+    if (rest >= DIRECT_MIN)
+        c->big = 1;
+    if (!c->big)
+        return 0;
+    return rest < DIRECT_CHUNK ? DIRECT_CHUNK : rest > DIRECT_MAX ? DIRECT_MAX : rest;
+}
+
+/* Receive up to `len` bytes straight into rbuf at rlen.  rbuf must not
+ * move until the final event: frame_rbuf(), the compaction after dispatch
+ * and trim() leave it alone while c->direct. */
+static void
+recv_direct(struct conn *c, size_t len)
+{
+    int rc = rbuf_room(c, len, 0);
+    if (rc == 0)
+        rc = c->w->ops->recv_into(c->w->be, &c->h, (char *)c->rbuf + c->rlen, len);
+    if (rc < 0) {
+        conn_fail(c, CLOSE_RESET, -rc);
+        return;
+    }
+    c->recv = RECV_ON;
+    c->direct = 1;
+    c->inflight++;
+}
+
 static void
 recv_stop(struct conn *c)
 {
@@ -253,10 +300,22 @@ update_recv(struct conn *c)
     else
         want = !c->paused &&
                !(c->deferred && c->rlen - c->rstart > BACKLOG_MAX);
-    if (want && c->recv == RECV_OFF)
-        recv_start(c);
-    else if (!want && c->recv == RECV_ON)
-        recv_stop(c);
+    if (!want) {
+        if (c->recv == RECV_ON)
+            recv_stop(c);
+        return;
+    }
+    size_t dlen = direct_len(c);
+    if (c->recv == RECV_OFF) {
+        if (dlen == 0)
+            recv_start(c);
+        else if (!c->rbuf_pinned)
+            recv_direct(c, dlen);
+        /* else after dispatch, once rbuf may move (dispatch_batch) */
+    } else if (c->recv == RECV_ON && dlen != 0 && !c->direct) {
+        recv_stop(c);   /* the rest of a large message: direct, from the
+                           final event on */
+    }
 }
 
 static void
@@ -526,8 +585,9 @@ emit(struct conn *c, const uint8_t *ptr, size_t off, size_t len,
     return push_entry(w, c, ENTRY_MSG, ptr, off, len);
 }
 
+/* Make room for n more bytes at rlen (and up to `need` from rstart). */
 static int
-rbuf_append(struct conn *c, const uint8_t *p, size_t n, size_t need)
+rbuf_room(struct conn *c, size_t n, size_t need)
 {
     /* Compact only when the buffer would otherwise grow: moving a long
      * backlog on every append would be quadratic. */
@@ -542,7 +602,13 @@ rbuf_append(struct conn *c, const uint8_t *p, size_t n, size_t need)
     if (need > 0 && c->rstart + need > want)
         want = c->rstart + need < want + KEEP_BUF ? c->rstart + need
                                                   : want + KEEP_BUF;
-    if (reserve(&c->rbuf, &c->rcap, want) < 0)
+    return reserve(&c->rbuf, &c->rcap, want);
+}
+
+static int
+rbuf_append(struct conn *c, const uint8_t *p, size_t n, size_t need)
+{
+    if (rbuf_room(c, n, need) < 0)
         return -ENOMEM;
     memcpy(c->rbuf + c->rlen, p, n);
     c->rlen += n;
@@ -598,7 +664,7 @@ frame_rbuf(struct worker *w, struct conn *c)
         c->rscan = 0;
     }
     c->rneed = 0;
-    if (!c->rbuf_pinned)
+    if (!c->rbuf_pinned && !c->direct)
         c->rstart = c->rlen = 0;
     return 0;
 nomem:
@@ -687,6 +753,22 @@ later:
     return;
 nomem:
     conn_fail(c, CLOSE_RESET, ENOMEM);
+}
+
+/* The final event of a direct receive brought n bytes, at rlen. */
+static void
+on_direct(struct worker *w, struct conn *c, size_t n)
+{
+    stat_add(&w->srv->stats.bytes_in, n);
+    if (c->state != CONN_OPEN)
+        return;   /* draining: discarded */
+    c->rlen += n;
+    if (c->paused || c->deferred)
+        return;   /* framed when the replies drain, or next turn */
+    if (frame_rbuf(w, c) < 0)
+        return;
+    if (n < DIRECT_SMALL && c->rstart == c->rlen)
+        c->big = 0;   /* small messages again: the engine's buffers */
 }
 
 /* ---- events ----------------------------------------------------------------- */
@@ -805,16 +887,24 @@ on_event(struct worker *w, const struct io_event *ev)
     struct conn *c = (struct conn *)h;
     switch (ev->op) {
     case IO_RECV:
-        if (ev->res > 0) {
+        if (ev->res > 0 && c->direct) {
+            c->last_active = w->now;
+            c->direct = 0;   /* single shot: this is its final event */
+            on_direct(w, c, (size_t)ev->res);
+        } else if (ev->res > 0) {
             c->last_active = w->now;
             on_recv(w, c, ev);
             /* Held buffers are released after dispatch; others now. */
             if (w->nheld == 0 || w->held_bufs[w->nheld - 1] != ev->buf_id)
                 w->ops->release_buf(w->be, ev->buf_id);
+            /* A large message began: the rest goes direct. */
+            if (ev->more && c->recv == RECV_ON && direct_len(c) != 0)
+                recv_stop(c);
         }
         if (ev->more)
             return;
         c->recv = RECV_OFF;
+        c->direct = 0;
         if (ev->res == 0) {
             c->peer_eof = 1;
             if (c->rlen != c->rstart && !c->paused && !c->deferred &&
@@ -1253,6 +1343,10 @@ dispatch_batch(struct worker *w)
     for (unsigned i = 0; i < w->ncompact; i++) {
         struct conn *c = w->compact[i];
         c->rbuf_pinned = 0;
+        if (c->direct) {
+            conn_unref(c);   /* a receive writes at rlen: next time */
+            continue;
+        }
         /* Nothing points into rbuf now: move what is left (a partial
          * message, unframed bytes) to the front, or appends made while it
          * was pinned would slide it ever further and grow it without
@@ -1266,6 +1360,8 @@ dispatch_batch(struct worker *w)
             c->rstart = 0;
             c->rlen = left;
         }
+        if (c->recv == RECV_OFF)
+            update_recv(c);   /* a direct receive waited for this */
         conn_unref(c);
     }
     w->ncompact = 0;
@@ -1328,7 +1424,14 @@ static size_t
 trim(struct conn *c)
 {
     size_t freed = 0;
-    if (c->rstart == c->rlen && !c->rbuf_pinned && c->rbuf != NULL) {
+    if (c->big && c->direct) {
+        /* Quiet: stop holding a large buffer open for the next message;
+         * the final event re-arms with the engine's buffers. */
+        c->big = 0;
+        recv_stop(c);
+    }
+    if (c->rstart == c->rlen && !c->rbuf_pinned && !c->direct &&
+        c->rbuf != NULL) {
         freed += heap_bytes(c->rcap);
         free(c->rbuf);
         c->rbuf = NULL;

@@ -17,6 +17,7 @@
  *  - multishot accept (5.19) and multishot recv (6.0): a kernel that
  *    rejects the multishot form (-EINVAL) gets the single-shot form,
  *    re-armed after each completion, for the life of the engine;
+ *  - recv_into(): a single-shot IORING_OP_RECV into the core's buffer;
  *  - file_op(): IORING_OP_READ / WRITE (5.6) at an explicit offset, never
  *    with buffer selection, and IORING_OP_FSYNC (+IORING_FSYNC_DATASYNC).
  *    A ring whose probe lacks them makes file_op() return -EOPNOTSUPP.
@@ -588,8 +589,10 @@ static void final_event(struct io_handle *h, unsigned op, int32_t res,
                         struct io_event *ev)
 {
     h->active &= ~BIT(op);
-    if (op == IO_RECV)
+    if (op == IO_RECV) {
         h->pending &= ~(P_RECV_STOP | P_RECV_MS);
+        h->recv_buf = NULL;
+    }
     else if (op == IO_ACCEPT)
         h->pending &= ~P_ACCEPT_MS;
     else if (op == IO_SEND) {
@@ -686,6 +689,15 @@ static int on_cqe(struct backend *b, struct io_uring_cqe *c,
 
     switch (op) {
     case IO_RECV: {
+        char *direct = h->recv_buf;
+        if (direct != NULL) {
+            /* recv_into: single shot (partial bytes count even when it
+             * was cancelled: the kernel reports them instead) */
+            final_event(h, IO_RECV, res, ev);
+            ev->buf_id = IO_NO_BUF;
+            ev->buf = res > 0 ? direct : NULL;
+            return 1;
+        }
         int has_buf = (flags & IORING_CQE_F_BUFFER) != 0;
         uint16_t bid = (uint16_t)(flags >> IORING_CQE_BUFFER_SHIFT);
         if (has_buf && (res <= 0 || bid >= b->nbufs)) {
@@ -782,13 +794,20 @@ static int check_handle(struct io_handle *h)
                ? -EINVAL : 0;
 }
 
-static int uring_accept_start(struct backend *b, struct io_handle *h)
+/* The checks every operation on a handle starts with; 0 or -errno. */
+static int op_begin(struct backend *b, struct io_handle *h, unsigned op)
 {
     int r = check_handle(h);
     if (r < 0 || (r = ensure_started(b)) < 0)
         return r;
-    if (h->active & BIT(IO_ACCEPT))
-        return -EBUSY;
+    return (h->active & BIT(op)) ? -EBUSY : 0;
+}
+
+static int uring_accept_start(struct backend *b, struct io_handle *h)
+{
+    int r = op_begin(b, h, IO_ACCEPT);
+    if (r < 0)
+        return r;
     r = arm_accept(b, h);
     if (r < 0)
         return r;
@@ -798,17 +817,50 @@ static int uring_accept_start(struct backend *b, struct io_handle *h)
 
 static int uring_recv_start(struct backend *b, struct io_handle *h)
 {
-    int r = check_handle(h);
-    if (r < 0 || (r = ensure_started(b)) < 0)
+    int r = op_begin(b, h, IO_RECV);
+    if (r < 0)
         return r;
-    if (h->active & BIT(IO_RECV))
-        return -EBUSY;
     h->active |= BIT(IO_RECV);
     h->pending &= ~P_RECV_STOP;
     if (b->bufs_out >= b->nbufs)
         idle_add(b, h, P_RECV_IDLE);   /* armed once buffers come back */
     else
         rearm(b, h, IO_RECV);
+    return 0;
+}
+
+/* Queue a send or receive on buf[0..len) as operation `op`; 0 or -errno. */
+static int queue_buf_op(struct backend *b, struct io_handle *h, unsigned op,
+                        uint8_t opcode, const char *buf, uint32_t len,
+                        uint32_t msg_flags)
+{
+    int err = 0;
+    struct io_uring_sqe *sqe = get_sqe(b, &err);
+    if (sqe == NULL)
+        return err;
+    sqe->opcode = opcode;
+    sqe->fd = h->fd;
+    sqe->addr = (uint64_t)(uintptr_t)buf;
+    sqe->len = len;
+    sqe->msg_flags = msg_flags;
+    sqe->user_data = ud_of(h, op);
+    h->active |= BIT(op);
+    return 0;
+}
+
+static int uring_recv_into(struct backend *b, struct io_handle *h, char *buf,
+                           size_t len)
+{
+    int r = op_begin(b, h, IO_RECV);
+    if (r < 0)
+        return r;
+    if (len == 0 || len > INT32_MAX)
+        return -EINVAL;
+    r = queue_buf_op(b, h, IO_RECV, IORING_OP_RECV, buf, (uint32_t)len, 0);
+    if (r < 0)
+        return r;
+    h->pending &= ~(P_RECV_STOP | P_RECV_MS);
+    h->recv_buf = buf;
     return 0;
 }
 
@@ -832,11 +884,9 @@ static int uring_recv_stop(struct backend *b, struct io_handle *h)
 static long uring_send(struct backend *b, struct io_handle *h,
                        const char *buf, size_t len)
 {
-    int r = check_handle(h);
-    if (r < 0 || (r = ensure_started(b)) < 0)
+    int r = op_begin(b, h, IO_SEND);
+    if (r < 0)
         return r;
-    if (h->active & BIT(IO_SEND))
-        return -EBUSY;
     if (len > UINT32_MAX)
         len = UINT32_MAX;   /* a short send; the core sends the rest */
     /* Always through the ring: the turn's single io_uring_enter submits
@@ -846,17 +896,10 @@ static long uring_send(struct backend *b, struct io_handle *h,
      * in flight, about even with 1). */
     if (len == 0)
         return 0;
-    int err = 0;
-    struct io_uring_sqe *sqe = get_sqe(b, &err);
-    if (sqe == NULL)
-        return err;
-    sqe->opcode = IORING_OP_SEND;
-    sqe->fd = h->fd;
-    sqe->addr = (uint64_t)(uintptr_t)buf;
-    sqe->len = (uint32_t)len;
-    sqe->msg_flags = MSG_NOSIGNAL;
-    sqe->user_data = ud_of(h, IO_SEND);
-    h->active |= BIT(IO_SEND);
+    r = queue_buf_op(b, h, IO_SEND, IORING_OP_SEND, buf, (uint32_t)len,
+                     MSG_NOSIGNAL);
+    if (r < 0)
+        return r;
     h->send_buf = buf;
     h->send_len = len;
     return -EINPROGRESS;
@@ -865,11 +908,9 @@ static long uring_send(struct backend *b, struct io_handle *h,
 static int uring_connect(struct backend *b, struct io_handle *h,
                          const struct sockaddr *addr, socklen_t addrlen)
 {
-    int r = check_handle(h);
-    if (r < 0 || (r = ensure_started(b)) < 0)
+    int r = op_begin(b, h, IO_CONNECT);
+    if (r < 0)
         return r;
-    if (h->active & BIT(IO_CONNECT))
-        return -EBUSY;
     int err = 0;
     struct io_uring_sqe *sqe = get_sqe(b, &err);
     if (sqe == NULL)
@@ -959,6 +1000,7 @@ static void uring_forget(struct backend *b, struct io_handle *h)
     h->pending = 0;
     h->send_buf = NULL;
     h->send_len = 0;
+    h->recv_buf = NULL;
 }
 
 static void uring_release_buf(struct backend *b, uint16_t buf_id)
@@ -1040,6 +1082,7 @@ const struct backend_ops iocp_uring_ops = {
     .destroy = uring_destroy,
     .accept_start = uring_accept_start,
     .recv_start = uring_recv_start,
+    .recv_into = uring_recv_into,
     .recv_stop = uring_recv_stop,
     .send = uring_send,
     .connect = uring_connect,
