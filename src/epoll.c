@@ -122,7 +122,8 @@ static int pq_push(struct backend *b, struct io_handle *h, int op, int res)
     if (b->pq_len == b->pq_cap && pq_reserve(b, b->pq_cap + 1) < 0)
         return -ENOMEM;
     b->pq[(b->pq_head + b->pq_len++) % b->pq_cap] = (struct io_event){
-        .h = h, .res = res, .op = (uint8_t)op, .more = 0 };
+        .h = h, .res = res, .op = (uint8_t)op, .more = 0,
+        .buf_id = op == IO_RECV && h->recv_buf ? IO_NO_BUF : 0 };
     return 0;
 }
 

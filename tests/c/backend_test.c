@@ -115,6 +115,8 @@ static char *make_src(size_t len)
 
 struct th {
     struct io_handle h;      /* first: events carry &th.h */
+    char *into;              /* recv_into() in flight: its buffer */
+    size_t into_len;
     int started[IO_OP_COUNT];
     int finals[IO_OP_COUNT];
     int last_res[IO_OP_COUNT];
@@ -174,6 +176,18 @@ static void do_recv_start(struct th *t)
     if (r)
         FAIL("recv_start: %s", strerror(-r));
     t->started[IO_RECV]++;
+}
+
+static void do_recv_into(struct th *t, char *buf, size_t len)
+{
+    if (th_active(t, IO_RECV))
+        FAIL("test bug: recv_into while recv active");
+    int r = ops->recv_into(B, &t->h, buf, len);
+    if (r)
+        FAIL("recv_into: %s", strerror(-r));
+    t->started[IO_RECV]++;
+    t->into = buf;
+    t->into_len = len;
 }
 
 static void do_recv_stop(struct th *t)
@@ -252,7 +266,14 @@ static int get_events(struct io_event *out, int max, int timeout_ms)
             FAIL("more=1 with error res %d on op %d", e.res, e.op);
         if (e.op == IO_RECV && e.more && e.res == 0)
             FAIL("EOF (res 0) with more=1");
-        if (e.op == IO_RECV && e.res > 0) {
+        if (e.op == IO_RECV && t->into != NULL) {
+            if (e.more || e.buf_id != IO_NO_BUF)
+                FAIL("recv_into event more %d buf_id %u", e.more, e.buf_id);
+            if (e.res > 0 && (e.buf != t->into || (size_t)e.res > t->into_len))
+                FAIL("recv_into event res %d buf %p (asked %zu at %p)", e.res,
+                     (void *)e.buf, t->into_len, (void *)t->into);
+            t->into = NULL;
+        } else if (e.op == IO_RECV && e.res > 0) {
             if (e.buf_id >= NB)
                 FAIL("buf_id %u >= nbufs %u", e.buf_id, NB);
             if (held[e.buf_id])
@@ -1106,6 +1127,70 @@ static void test_eof(void)
     eof_case(true);
 }
 
+/* ---- (7b) recv_into: straight into the caller's buffer ------------------ */
+
+/* One recv_into; returns its final result (bytes, 0 or -errno). */
+static int recv_into_once(struct th *t, char *buf, size_t len)
+{
+    struct io_event ev[4];
+    do_recv_into(t, buf, len);
+    double end = now_ms() + 5000;
+    while (th_active(t, IO_RECV)) {
+        if (now_ms() > end)
+            FAIL("recv_into: no final event");
+        int k = get_events(ev, 4, 100);
+        for (int i = 0; i < k; i++)
+            CHECK(ev[i].h == &t->h && ev[i].op == IO_RECV);
+    }
+    return t->last_res[IO_RECV];
+}
+
+static void test_recv_into(void)
+{
+    mk(4, 64);
+    int sfd, cli;
+    tcp_pair(&sfd, &cli);
+    struct th S;
+    th_init(&S, sfd);
+
+    /* Nothing there: it waits; recv_stop ends it without bytes. */
+    static char small[16];
+    do_recv_into(&S, small, sizeof small);
+    expect_quiet(30);
+    do_recv_stop(&S);
+    drain_finals(&S, 3000);
+    CHECK_EQ(S.last_res[IO_RECV], -ECANCELED);
+
+    /* A stream written in random pieces arrives whole and in order, a
+     * receive never past what it asked for. */
+    enum { TOTAL = 3 * 1000 * 1000 + 17 };
+    struct writer_arg wa = { .fd = cli, .total = TOTAL };
+    CHECK(pthread_create(&wa.tid, NULL, pattern_writer, &wa) == 0);
+    char *got = malloc(TOTAL);
+    CHECK(got);
+    size_t n = 0;
+    while (n < TOTAL) {
+        size_t ask = TOTAL - n < 65536 ? TOTAL - n : 65536;
+        int r = recv_into_once(&S, got + n, ask);
+        if (r <= 0)
+            FAIL("recv_into at %zu: %d", n, r);
+        n += (size_t)r;
+    }
+    CHECK(pthread_join(wa.tid, NULL) == 0);   /* the writer closed cli */
+    for (size_t i = 0; i < TOTAL; i++)
+        if ((unsigned char)got[i] != pat(i))
+            FAIL("byte %zu wrong", i);
+    free(got);
+    /* Then EOF, and a multishot recv afterwards sees it too. */
+    CHECK_EQ(recv_into_once(&S, small, sizeof small), 0);
+    do_recv_start(&S);
+    drain_finals(&S, 3000);
+    CHECK_EQ(S.last_res[IO_RECV], 0);
+    do_forget(&S);
+    close(sfd);
+    unmk();
+}
+
 /* ---- (8) send to a peer that doesn't read ------------------------------ */
 
 struct reader_arg { pthread_t tid; int fd; size_t got; };
@@ -1577,6 +1662,7 @@ static const struct { const char *name; void (*fn)(void); } tests[] = {
     { "connect", test_connect },
     { "connect_pending", test_connect_pending },
     { "eof", test_eof },
+    { "recv_into", test_recv_into },
     { "send_blocked", test_send_blocked },
     { "file_rw", test_file_rw },
     { "file_efbig", test_file_efbig },
