@@ -81,6 +81,9 @@ STORE_RATIOS = [("store: python handler / asyncio + run_in_executor", "iocport-s
 def add_arguments(p):
     p.add_argument("--full", action="store_true",
                    help="add 4 KiB and 64 KiB payloads and every server variant")
+    p.add_argument("--sizes", default=None, metavar="BYTES,...",
+                   help="payload sizes of the throughput runs (default 64; "
+                        "with --full 64,4096,65536)")
     p.add_argument("--seconds", type=float, default=1.5,
                    help="measured seconds per run (default 1.5)")
     p.add_argument("--rounds", type=int, default=3, help="A B A B rounds (default 3)")
@@ -711,6 +714,16 @@ def run_group(servers, scenarios, args, progress, tools):
     return results, notes, banners, exits
 
 
+def _sizes(text):
+    try:
+        sizes = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        sizes = []
+    if not sizes or min(sizes) <= 0:
+        raise SystemExit(f"iocport bench: --sizes wants positive integers, got {text!r}")
+    return sizes
+
+
 def _rates(text):
     try:
         rates = [int(r) for r in text.split(",") if r.strip()]
@@ -732,7 +745,7 @@ def plan(args, store_dir):
         chosen = [s for s in SERVERS if args.full or not s[3]]
         if only:
             chosen = [s for s in SERVERS if s[0] in only]
-        sizes = [64, 4096, 65536] if args.full else [64]
+        sizes = _sizes(args.sizes) if args.sizes else [64, 4096, 65536] if args.full else [64]
         groups.append(("throughput", [s[:3] for s in chosen],
                        [dict(common, size=size, depth=d, mode="closed")
                         for size in sizes for d in (1, 16)]))

@@ -61,7 +61,8 @@ struct io_handle {
     uint64_t file_off;        /* engine-private: file_op() offset (epoll's
                                  thread pool reads it from the handle) */
     char *recv_buf;           /* engine-private: recv_into() in progress */
-    size_t recv_len;
+    uint32_t recv_len;
+    int32_t recv_err;         /* engine-private */
 };
 
 #define IO_NO_BUF 0xFFFFu     /* io_event.buf_id of a direct receive */

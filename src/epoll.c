@@ -298,7 +298,16 @@ static bool process(struct backend *b, struct io_handle *h,
         }
     }
 
-    if ((h->active & OPBIT(IO_RECV)) && (h->pending & H_IN) && h->recv_buf) {
+    if ((h->active & OPBIT(IO_RECV)) && h->recv_err) {
+        if (*n == max)
+            return true;
+        /* the error that came after a direct receive's bytes */
+        emit(out, n, h, IO_RECV, -h->recv_err, 0);
+        out[*n - 1].buf_id = h->recv_buf ? IO_NO_BUF : 0;
+        h->active &= ~OPBIT(IO_RECV);
+        h->recv_buf = NULL;
+        h->recv_err = 0;
+    } else if ((h->active & OPBIT(IO_RECV)) && (h->pending & H_IN) && h->recv_buf) {
         if (*n == max)
             return true;
         /* recv_into: read until the buffer is full or the socket empty */
@@ -319,7 +328,9 @@ static bool process(struct backend *b, struct io_handle *h,
             break;
         }
         /* The bytes first; an EOF or error after them shows next time
-         * (H_IN stays set). */
+         * (H_IN stays set; the kernel reports an error only once). */
+        if (got > 0 && r < 0 && !(e == EAGAIN || e == EWOULDBLOCK))
+            h->recv_err = e;
         if (got > 0 || (h->pending & H_IN)) {
             char *buf = h->recv_buf;
             h->recv_buf = NULL;
@@ -626,7 +637,7 @@ static int ep_recv_into(struct backend *b, struct io_handle *h, char *buf,
     if (r < 0)
         return r;
     h->recv_buf = buf;
-    h->recv_len = len;
+    h->recv_len = (uint32_t)len;
     return 0;
 }
 
@@ -733,6 +744,7 @@ static void ep_forget(struct backend *b, struct io_handle *h)
     h->send_buf = NULL;
     h->send_len = 0;
     h->recv_buf = NULL;
+    h->recv_err = 0;
     b->nregistered--;
 }
 

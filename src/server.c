@@ -52,8 +52,10 @@ const char *const close_reason_name[CLOSE_REASON_COUNT] = {
  * through the engine's buffers, which would cost a copy per byte: from a
  * message with at least DIRECT_MIN bytes still to come until a direct
  * receive brings fewer than DIRECT_SMALL bytes and leaves nothing
- * unfinished.  Each asks for DIRECT_CHUNK bytes, or for the rest of the
- * message, at most DIRECT_MAX (rbuf grows with the bytes that come). */
+ * unfinished.  Each asks for the rest of the message, but for no more
+ * than the bytes already buffered (at least DIRECT_CHUNK, at most
+ * DIRECT_MAX): rbuf grows with the bytes that really come, never on a
+ * header's word alone. */
 #define DIRECT_MIN (32 * 1024)
 #define DIRECT_SMALL 4096
 #define DIRECT_CHUNK (64 * 1024)
@@ -242,9 +244,9 @@ recv_start(struct conn *c)
 
 static int rbuf_room(struct conn *c, size_t n, size_t need);
 
-/* How much a direct receive should ask for now, or 0 for the engine's
- * buffers.  A message with DIRECT_MIN bytes still to come marks the
- * connection as carrying large messages (c->big). */
+/* Note a large message (DIRECT_MIN bytes or more still to come: c->big)
+ * and return how much a direct receive should ask for now, or 0 for the
+ * engine's buffers. */
 static size_t
 direct_len(struct conn *c)
 {
@@ -256,7 +258,8 @@ direct_len(struct conn *c)
         c->big = 1;
     if (!c->big)
         return 0;
-    return rest < DIRECT_CHUNK ? DIRECT_CHUNK : rest > DIRECT_MAX ? DIRECT_MAX : rest;
+    size_t most = avail < DIRECT_CHUNK ? DIRECT_CHUNK : avail > DIRECT_MAX ? DIRECT_MAX : avail;
+    return rest < DIRECT_CHUNK ? DIRECT_CHUNK : rest > most ? most : rest;
 }
 
 /* Receive up to `len` bytes straight into rbuf at rlen.  rbuf must not
@@ -1424,9 +1427,10 @@ static size_t
 trim(struct conn *c)
 {
     size_t freed = 0;
-    if (c->big && c->direct) {
-        /* Quiet: stop holding a large buffer open for the next message;
-         * the final event re-arms with the engine's buffers. */
+    if (c->big && c->direct && c->rstart == c->rlen) {
+        /* Quiet between messages: stop holding a large buffer open for the
+         * next one; the final event re-arms with the engine's buffers.
+         * (Mid-message the buffer holds what came, as it would anyway.) */
         c->big = 0;
         recv_stop(c);
     }
@@ -1579,6 +1583,8 @@ shutdown_worker(struct worker *w)
              * its final events rather than hang stop() forever. */
             for (struct conn *c = w->conns.next, *next; c != &w->conns; c = next) {
                 next = c->next;
+                if (c->direct)
+                    c->rbuf = NULL;   /* leaked: the kernel may still write it */
                 c->inflight = 0;
                 finish_close(c);
             }
