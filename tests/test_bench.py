@@ -269,6 +269,10 @@ def test_plan_covers_every_scenario(tmp_path):
     some = bench.plan(p.parse_args(["--latency", "--store"]), tmp_path)
     assert [g[0] for g in some] == ["latency", "store"]
     assert bench.plan(p.parse_args(["--idle"]), tmp_path) == []   # idle alone
+    sized = bench.plan(p.parse_args(["--sizes", "4096,65536"]), tmp_path)
+    assert sorted({sc["size"] for sc in sized[0][2]}) == [4096, 65536]
+    with pytest.raises(SystemExit, match="--sizes"):
+        bench.plan(p.parse_args(["--sizes", "64,x"]), tmp_path)
 
 
 def test_machine_info_describes_the_host():
