@@ -48,11 +48,12 @@ const char *const close_reason_name[CLOSE_REASON_COUNT] = {
 #define XFER_CHUNK (256 * 1024)   /* send_file reads this much at a time */
 #define XFER_MARK (1024 * 1024)   /* ...while fewer bytes than this wait */
 #define ACCEPT_RETRY_MS 100   /* pause after EMFILE & co, so accept never spins */
-/* Large messages are received straight into rbuf (recv_into) instead of
- * through the engine's buffers, which would cost a copy per byte: from a
- * message with at least DIRECT_MIN bytes still to come until a direct
- * receive brings fewer than DIRECT_SMALL bytes and leaves nothing
- * unfinished.  Each asks for the rest of the message, but for no more
+/* Large messages and bulk input are received straight into rbuf
+ * (recv_into) instead of through the engine's buffers, which would cost a
+ * copy per byte and a completion per buffer: from a message with at least
+ * DIRECT_MIN bytes still to come, or a receive that filled a whole engine
+ * buffer (more was waiting), until a direct receive brings fewer than
+ * DIRECT_SMALL bytes and leaves nothing unfinished.  Each asks for the rest of the message, but for no more
  * than the bytes already buffered (at least DIRECT_CHUNK, at most
  * DIRECT_MAX): rbuf grows with the bytes that really come, never on a
  * header's word alone. */
@@ -900,9 +901,14 @@ on_event(struct worker *w, const struct io_event *ev)
             /* Held buffers are released after dispatch; others now. */
             if (w->nheld == 0 || w->held_bufs[w->nheld - 1] != ev->buf_id)
                 w->ops->release_buf(w->be, ev->buf_id);
-            /* A large message began: the rest goes direct. */
-            if (ev->more && c->recv == RECV_ON && direct_len(c) != 0)
-                recv_stop(c);
+            /* A large message began, or a full buffer says more than a
+             * buffer's worth was waiting (bulk input): direct from now. */
+            if (ev->more && c->recv == RECV_ON) {
+                if ((size_t)ev->res >= w->srv->cfg.bufsize)
+                    c->big = 1;
+                if (direct_len(c) != 0)
+                    recv_stop(c);
+            }
         }
         if (ev->more)
             return;

@@ -57,7 +57,7 @@ struct conn {
     uint8_t outgoing;            /* we connected (not accepted) */
     uint8_t wr_shut;             /* graceful close: our FIN is sent */
     uint8_t direct;              /* the recv in flight is a recv_into() */
-    uint8_t big;                 /* large messages: receive them direct */
+    uint8_t big;                 /* large messages or bulk input: direct */
     int64_t drain_since;         /* when the graceful close began / FIN sent */
     unsigned inflight;           /* operations whose final event is due */
     unsigned queued;             /* messages in the batch, not yet handled */

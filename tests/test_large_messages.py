@@ -1,7 +1,8 @@
-"""Large messages: from one with 32 KiB or more still to come, the core
-receives straight into the connection's buffer (recv_into) instead of through
-the engine's buffers, and goes back to those once messages are small again
-(see DIRECT_* in src/server.c).  These tests cross the edges of that mode:
+"""Large messages and bulk input: from a message with 32 KiB or more still to
+come, or a receive that filled a whole engine buffer, the core receives
+straight into the connection's buffer (recv_into) instead of through the
+engine's buffers, and goes back to those once messages are small again (see
+DIRECT_* in src/server.c).  These tests cross the edges of that mode:
 switching in and out mid-stream, slow arrival, EOF, a close or a pause while
 a direct receive is in flight, and an idle connection giving its buffer back.
 
@@ -184,3 +185,28 @@ def test_other_framings_with_large_messages(make_server, client, threads, framin
     s = client(srv.address)
     threads(s.sendall, b"".join(codec.encode(m) for m in msgs))
     assert recv_messages(s, codec, len(msgs)) == msgs
+
+
+@pytest.mark.parametrize("framing", [LEN4, iocport.Delimited(b"\r\n")], ids=["len4", "crlf"])
+def test_bulk_small_messages_then_request_response(make_server, client, threads, framing):
+    """A burst of small messages fills whole engine buffers (bulk input:
+    direct receives), then one message at a time (back to the engine's
+    buffers), then a burst again."""
+    srv = make_server(echo, framing=framing)
+    codec = Codec(framing)
+    rng = random.Random(9)
+    s = client(srv.address)
+
+    def burst(n):
+        msgs = [rng.randbytes(rng.randint(0, 1500)).replace(b"\r\n", b"..")
+                for _ in range(n)]
+        threads(s.sendall, b"".join(codec.encode(m) for m in msgs))
+        assert recv_messages(s, codec, n) == msgs
+
+    burst(3000)
+    for i in range(20):
+        m = b"one at a time %d" % i
+        s.sendall(codec.encode(m))
+        assert recv_messages(s, codec, 1) == [m]
+    burst(3000)
+    assert sum(srv.stats()["errors"].values()) == 0
