@@ -22,8 +22,9 @@
  *    the core until it calls release_buf(); the engine never reuses it before;
  *    a direct receive (recv_into) instead fills the core's own buffer and
  *    says so with buf_id IO_NO_BUF;
- *  - buffers passed to send()/connect()/recv_into() belong to the engine
- *    until the final event of that operation is reaped.
+ *  - buffers passed to send()/sendv()/connect()/recv_into() (and sendv's
+ *    msghdr and iovec) belong to the engine until the final event of that
+ *    operation is reaped.
  */
 #ifndef IOCPORT_BACKEND_H
 #define IOCPORT_BACKEND_H
@@ -57,6 +58,7 @@ struct io_handle {
     uint32_t registered;      /* engine-private */
     const char *send_buf;     /* engine-private: send in progress */
     size_t send_len;
+    const struct msghdr *send_msg;  /* engine-private: sendv in progress */
     void *priv;               /* engine-private */
     uint64_t file_off;        /* engine-private: file_op() offset (epoll's
                                  thread pool reads it from the handle) */
@@ -105,6 +107,10 @@ struct backend_ops {
      * another -errno (failed, no event follows). */
     long (*send)(struct backend *b, struct io_handle *h, const char *buf,
                  size_t len);
+    /* send() of the bytes m->msg_iov describes, in order (a gathered send:
+     * no copy into one buffer).  Same returns and events as send(). */
+    long (*sendv)(struct backend *b, struct io_handle *h,
+                  const struct msghdr *m);
     /* Connect a nonblocking socket; an IO_CONNECT event follows. */
     int (*connect)(struct backend *b, struct io_handle *h,
                    const struct sockaddr *addr, socklen_t addrlen);

@@ -260,8 +260,9 @@ static bool process(struct backend *b, struct io_handle *h,
             return true;
         ssize_t r;
         do
-            r = send(h->fd, h->send_buf, h->send_len,
-                     MSG_NOSIGNAL | MSG_DONTWAIT);
+            r = h->send_msg ? sendmsg(h->fd, h->send_msg, MSG_NOSIGNAL | MSG_DONTWAIT)
+                            : send(h->fd, h->send_buf, h->send_len,
+                                   MSG_NOSIGNAL | MSG_DONTWAIT);
         while (r < 0 && errno == EINTR);
         if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
             h->pending &= ~H_OUT;
@@ -269,6 +270,7 @@ static bool process(struct backend *b, struct io_handle *h,
             h->active &= ~OPBIT(IO_SEND);
             h->send_buf = NULL;
             h->send_len = 0;
+            h->send_msg = NULL;
             emit(out, n, h, IO_SEND, r < 0 ? -errno : r, 0);
         }
     }
@@ -653,8 +655,10 @@ static int ep_recv_stop(struct backend *b, struct io_handle *h)
     return 0;
 }
 
-static long ep_send(struct backend *b, struct io_handle *h, const char *buf,
-                    size_t len)
+/* send() and sendv(): one attempt now; a full socket makes it wait for
+ * EPOLLOUT (m != NULL: a gathered send). */
+static long ep_send_some(struct backend *b, struct io_handle *h,
+                         const char *buf, size_t len, const struct msghdr *m)
 {
     if (h->active & OPBIT(IO_SEND))
         return -EBUSY;
@@ -663,7 +667,8 @@ static long ep_send(struct backend *b, struct io_handle *h, const char *buf,
         return r;
     ssize_t n;
     do
-        n = send(h->fd, buf, len, MSG_NOSIGNAL | MSG_DONTWAIT);
+        n = m ? sendmsg(h->fd, m, MSG_NOSIGNAL | MSG_DONTWAIT)
+              : send(h->fd, buf, len, MSG_NOSIGNAL | MSG_DONTWAIT);
     while (n < 0 && errno == EINTR);
     if (n >= 0)
         return n;
@@ -674,8 +679,21 @@ static long ep_send(struct backend *b, struct io_handle *h, const char *buf,
     h->pending &= ~H_OUT;
     h->send_buf = buf;
     h->send_len = len;
+    h->send_msg = m;
     h->active |= OPBIT(IO_SEND);
     return -EINPROGRESS;
+}
+
+static long ep_send(struct backend *b, struct io_handle *h, const char *buf,
+                    size_t len)
+{
+    return ep_send_some(b, h, buf, len, NULL);
+}
+
+static long ep_sendv(struct backend *b, struct io_handle *h,
+                     const struct msghdr *m)
+{
+    return ep_send_some(b, h, NULL, 0, m);
 }
 
 static int ep_connect(struct backend *b, struct io_handle *h,
@@ -713,6 +731,7 @@ static int ep_cancel(struct backend *b, struct io_handle *h)
         if (op == IO_SEND) {
             h->send_buf = NULL;
             h->send_len = 0;
+            h->send_msg = NULL;
         } else if (op == IO_RECV) {
             h->recv_buf = NULL;
         }
@@ -743,6 +762,7 @@ static void ep_forget(struct backend *b, struct io_handle *h)
     h->priv = NULL;
     h->send_buf = NULL;
     h->send_len = 0;
+    h->send_msg = NULL;
     h->recv_buf = NULL;
     h->recv_err = 0;
     b->nregistered--;
@@ -851,6 +871,7 @@ const struct backend_ops iocp_epoll_ops = {
     .accept_start = ep_accept_start,
     .recv_start = ep_recv_start,
     .recv_into = ep_recv_into,
+    .sendv = ep_sendv,
     .recv_stop = ep_recv_stop,
     .send = ep_send,
     .connect = ep_connect,

@@ -212,6 +212,11 @@ d_dispatch(struct worker *w, unsigned from, unsigned to)
             Py_XDECREF(r);
             continue;
         }
+        /* One sent reference given back per message, before the message
+         * and its reply are allocated: the heap reuses the block instead
+         * of growing, then trimming, around a batch of frees. */
+        if (w->nrelease > 0)
+            Py_DECREF((PyObject *)w->release[--w->nrelease]);
         const char *p = (const char *)(e->ptr ? e->ptr : c->rbuf + e->off);
         PyObject *msg = PyBytes_FromStringAndSize(p, (Py_ssize_t)e->len);
         if (msg == NULL) {
@@ -228,10 +233,22 @@ d_dispatch(struct worker *w, unsigned from, unsigned to)
     w->dctx = PyEval_SaveThread();
 }
 
+static void
+d_release(struct worker *w, void **owners, unsigned n)
+{
+    if (Py_IsFinalizing())
+        return;   /* leaked: no Python once finalization has begun */
+    PyEval_RestoreThread(w->dctx);
+    for (unsigned i = 0; i < n; i++)
+        Py_DECREF((PyObject *)owners[i]);
+    w->dctx = PyEval_SaveThread();
+}
+
 static const struct dispatch_ops py_dispatch = {
     .thread_start = d_thread_start,
     .thread_exit = d_thread_exit,
     .dispatch = d_dispatch,
+    .release = d_release,
 };
 
 /* ---- Connection ------------------------------------------------------------ */
@@ -265,8 +282,11 @@ conn_dealloc(ConnObject *self)
     Py_DECREF(tp);
 }
 
+/* `owner` (or NULL): an immutable object holding buf, which a large
+ * message is then sent from instead of a copy. */
 static PyObject *
-send_data(ConnObject *self, const void *buf, Py_ssize_t len, int frame)
+send_data(ConnObject *self, const void *buf, Py_ssize_t len, int frame,
+          PyObject *owner)
 {
     struct conn *c = self->c;
     if (c == NULL)
@@ -279,8 +299,10 @@ send_data(ConnObject *self, const void *buf, Py_ssize_t len, int frame)
                         "bytes that are already framed");
         return NULL;
     }
-    int rc = conn_send(c, buf, (size_t)len, frame);
-    if (rc == 0)
+    int rc = conn_send(c, buf, (size_t)len, frame, owner);
+    if (rc == 1)
+        Py_INCREF(owner);   /* given back by d_release once sent */
+    if (rc >= 0)
         Py_RETURN_TRUE;
     if (rc == -EPIPE)
         Py_RETURN_FALSE;
@@ -295,7 +317,8 @@ static PyObject *
 send_common(ConnObject *self, PyObject *arg, int frame)
 {
     if (PyBytes_CheckExact(arg))   /* the usual case: no buffer export */
-        return send_data(self, PyBytes_AS_STRING(arg), PyBytes_GET_SIZE(arg), frame);
+        return send_data(self, PyBytes_AS_STRING(arg), PyBytes_GET_SIZE(arg),
+                         frame, arg);
     Py_buffer view;
     if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0) {
         PyErr_Format(PyExc_TypeError,
@@ -303,7 +326,7 @@ send_common(ConnObject *self, PyObject *arg, int frame)
                      Py_TYPE(arg)->tp_name);
         return NULL;
     }
-    PyObject *r = send_data(self, view.buf, view.len, frame);
+    PyObject *r = send_data(self, view.buf, view.len, frame, NULL);
     PyBuffer_Release(&view);
     return r;
 }

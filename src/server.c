@@ -57,6 +57,9 @@ const char *const close_reason_name[CLOSE_REASON_COUNT] = {
  * than the bytes already buffered (at least DIRECT_CHUNK, at most
  * DIRECT_MAX): rbuf grows with the bytes that really come, never on a
  * header's word alone. */
+/* A message at least this big, handed over with an owner, is sent from
+ * the caller's memory (struct sref) instead of being copied. */
+#define SEND_REF_MIN (32 * 1024)
 #define DIRECT_MIN (32 * 1024)
 #define DIRECT_SMALL 4096
 #define DIRECT_CHUNK (64 * 1024)
@@ -123,6 +126,11 @@ static void
 conn_free(struct conn *c)
 {
     pthread_mutex_destroy(&c->lock);
+    if (c->rq != NULL) {
+        free(c->rq->o);
+        free(c->rq->s);
+        free(c->rq);
+    }
     free(c->hbuf);
     free(c->rbuf);
     free(c->obuf);
@@ -144,6 +152,7 @@ conn_ref(struct conn *c)
 }
 
 static void begin_close(struct conn *c);
+static void refs_drop(struct conn *c);
 static void on_file_event(struct worker *w, struct file_req *r,
                           const struct io_event *ev);
 static void xfer_on_read(struct worker *w, struct xfer *x, long res);
@@ -203,6 +212,7 @@ finish_close(struct conn *c)
     pthread_mutex_lock(&c->lock);
     c->state = CONN_DEAD;
     pthread_mutex_unlock(&c->lock);
+    refs_drop(c);
     xfer_attach(c);           /* one asked for but never started */
     xfer_finish(c, EPIPE);    /* waits for its read if one is in flight */
     if (s->dops != NULL)
@@ -349,7 +359,7 @@ defer(struct worker *w, struct conn *c)
 static size_t
 unsent_locked(const struct conn *c)
 {
-    return c->olen + (c->slen - c->soff);
+    return c->olen + (c->rq ? c->rq->obytes : 0) + (c->slen - c->soff);
 }
 
 size_t
@@ -391,8 +401,23 @@ copy_small(char *dst, const uint8_t *src, size_t n)
         memcpy(dst, src, n);
 }
 
+/* Queue data[0..len) by reference after obuf's bytes (under the lock). */
+static int
+queue_ref(struct conn *c, const void *data, size_t len, void *owner)
+{
+    struct refq *q = c->rq;
+    if (q == NULL && (q = c->rq = calloc(1, sizeof(*q))) == NULL)
+        return -ENOMEM;
+    if (grow_array(&q->o, &q->ocap, q->no + 1, sizeof(*q->o)) < 0)
+        return -ENOMEM;
+    q->o[q->no++] = (struct sref){c->olen, data, len, owner};
+    q->obytes += len;
+    return 0;
+}
+
 int
-conn_send(struct conn *c, const void *data, size_t len, int frame)
+conn_send(struct conn *c, const void *data, size_t len, int frame,
+          void *owner)
 {
     struct worker *w = c->w;
     uint8_t hdr[8], trl[8];
@@ -406,18 +431,29 @@ conn_send(struct conn *c, const void *data, size_t len, int frame)
         pthread_mutex_unlock(&c->lock);
         return -EPIPE;
     }
-    /* While a file streams, later messages wait behind it. */
+    /* While a file streams, later messages wait behind it (copied). */
     int held = c->xfer_new != NULL || c->xfer_busy;
+    int ref = owner != NULL && len >= SEND_REF_MIN && !held;
+    size_t copied = ref ? 0 : len;
     char **buf = held ? &c->hbuf : &c->obuf;
     size_t *used = held ? &c->hlen : &c->olen;
-    if (reserve(buf, held ? &c->hcap : &c->ocap, *used + hlen + len + tlen) < 0) {
+    if (reserve(buf, held ? &c->hcap : &c->ocap, *used + hlen + copied + tlen) < 0) {
         pthread_mutex_unlock(&c->lock);
         return -ENOMEM;
     }
     copy_small(*buf + *used, hdr, hlen);
-    memcpy(*buf + *used + hlen, data, len);
-    copy_small(*buf + *used + hlen + len, trl, tlen);
-    *used += hlen + len + tlen;
+    *used += hlen;
+    if (ref && queue_ref(c, data, len, owner) < 0)
+        ref = 0, copied = len;   /* no memory for the record: copy */
+    if (copied != 0 && reserve(buf, held ? &c->hcap : &c->ocap,
+                               *used + copied + tlen) < 0) {
+        *used -= hlen;
+        pthread_mutex_unlock(&c->lock);
+        return -ENOMEM;
+    }
+    memcpy(*buf + *used, data, copied);
+    copy_small(*buf + *used + copied, trl, tlen);
+    *used += copied + tlen;
     int local = on_worker_thread(w);
     if (!local)
         post_to_mailbox(c);
@@ -431,7 +467,7 @@ conn_send(struct conn *c, const void *data, size_t len, int frame)
             check_backpressure(c, unsent);
     }
     stat_add(&w->srv->stats.msgs_out, 1);
-    return 0;
+    return ref;
 }
 
 void
@@ -479,6 +515,115 @@ check_backpressure(struct conn *c, size_t unsent)
     }
 }
 
+/* ---- sends by reference ----------------------------------------------- */
+
+/* The queued references go out with the buffer just swapped in (lock). */
+static void
+refs_swap(struct conn *c, struct refq *q)
+{
+    struct sref *t = q->s; q->s = q->o; q->o = t;
+    unsigned tc = q->scap; q->scap = q->ocap; q->ocap = tc;
+    q->ns = q->no;
+    q->no = 0;
+    c->refs_out = q->ns != 0;
+    q->sdone = 0;
+    q->sflat = c->slen;
+    c->slen += q->obytes;
+    q->obytes = 0;
+}
+
+static void
+release_ref(struct worker *w, void *owner)
+{
+    if (grow_array(&w->release, &w->release_cap, w->nrelease + 1,
+                   sizeof(*w->release)) == 0)
+        w->release[w->nrelease++] = owner;
+    /* else leaked: it cannot be given back without the dispatch layer */
+}
+
+/* Give back the references wholly sent (s[] up to soff). */
+static void
+refs_sent(struct conn *c)
+{
+    struct refq *q = c->rq;
+    size_t before = 0;   /* bytes of the references before s[i] */
+    for (unsigned i = 0; i < q->ns; i++) {
+        size_t end = q->s[i].at + before + q->s[i].len;
+        before += q->s[i].len;
+        if (i < q->sdone)
+            continue;
+        if (end > c->soff)
+            break;
+        release_ref(c->w, q->s[i].owner);
+        q->sdone = i + 1;
+    }
+}
+
+/* Closed: give every reference back, sent or not. */
+static void
+refs_drop(struct conn *c)
+{
+    struct refq *q = c->rq;
+    if (q == NULL)
+        return;
+    pthread_mutex_lock(&c->lock);
+    for (unsigned i = 0; i < q->no; i++)
+        release_ref(c->w, q->o[i].owner);
+    q->no = 0;
+    q->obytes = 0;
+    pthread_mutex_unlock(&c->lock);
+    for (unsigned i = q->sdone; i < q->ns; i++)
+        release_ref(c->w, q->s[i].owner);
+    q->ns = q->sdone = 0;
+    c->refs_out = 0;
+}
+
+/* Send sbuf's bytes and the references among them from soff on, in one
+ * gathered send (at most SEND_IOV pieces: the rest next time). */
+static long
+send_gathered(struct conn *c)
+{
+    struct refq *q = c->rq;
+    size_t pos = 0, flat = 0;   /* logical offset; offset in sbuf */
+    int n = 0;
+    for (unsigned i = 0; i <= q->ns && n < SEND_IOV; i++) {
+        const char *piece[2];
+        size_t plen[2];
+        size_t at = i < q->ns ? q->s[i].at : q->sflat;
+        plen[0] = at - flat;
+        piece[0] = plen[0] ? c->sbuf + flat : NULL;
+        piece[1] = i < q->ns ? q->s[i].ptr : NULL;
+        plen[1] = i < q->ns ? q->s[i].len : 0;
+        flat = at;
+        for (int k = 0; k < 2 && n < SEND_IOV; k++) {
+            size_t end = pos + plen[k];
+            if (end > c->soff && plen[k] != 0) {
+                size_t skip = c->soff > pos ? c->soff - pos : 0;
+                q->iov[n].iov_base = (void *)(uintptr_t)(piece[k] + skip);
+                q->iov[n].iov_len = plen[k] - skip;
+                n++;
+            }
+            pos = end;
+        }
+    }
+    memset(&q->mh, 0, sizeof(q->mh));
+    q->mh.msg_iov = q->iov;
+    q->mh.msg_iovlen = (size_t)n;
+    return c->w->ops->sendv(c->w->be, &c->h, &q->mh);
+}
+
+/* n more bytes of the send queue went to the kernel. */
+static void
+sent(struct conn *c, size_t n)
+{
+    struct worker *w = c->w;
+    c->soff += n;
+    c->last_active = w->now;
+    stat_add(&w->srv->stats.bytes_out, (uint64_t)n);
+    if (c->refs_out)
+        refs_sent(c);
+}
+
 /* Push queued output to the backend until it is all sent or a send is in
  * flight; close a draining connection once nothing is left. */
 static void
@@ -492,7 +637,8 @@ flush(struct conn *c)
     while (c->state <= CONN_DRAINING && !c->send_busy) {
         if (c->soff == c->slen) {
             pthread_mutex_lock(&c->lock);
-            if (c->olen == 0) {
+            struct refq *q = c->rq;
+            if (c->olen == 0 && (q == NULL || q->no == 0)) {
                 pthread_mutex_unlock(&c->lock);
                 break;
             }
@@ -501,14 +647,18 @@ flush(struct conn *c)
             c->slen = c->olen;
             c->soff = 0;
             c->olen = 0;
+            if (q != NULL)
+                refs_swap(c, q);
+            else
+                c->refs_out = 0;
             pthread_mutex_unlock(&c->lock);
         }
-        long r = w->ops->send(w->be, &c->h, c->sbuf + c->soff,
-                              c->slen - c->soff);
+        long r = c->refs_out
+                     ? send_gathered(c)
+                     : w->ops->send(w->be, &c->h, c->sbuf + c->soff,
+                                    c->slen - c->soff);
         if (r >= 0) {
-            c->soff += (size_t)r;
-            c->last_active = w->now;
-            stat_add(&w->srv->stats.bytes_out, (uint64_t)r);
+            sent(c, (size_t)r);
         } else if (r == -EINPROGRESS) {
             c->send_busy = 1;
             c->inflight++;
@@ -585,7 +735,7 @@ emit(struct conn *c, const uint8_t *ptr, size_t off, size_t len,
     struct worker *w = c->w;
     stat_add(&w->srv->stats.msgs_in, 1);
     if (w->srv->cfg.native_echo)
-        return conn_send(c, raw, rawlen, 0);
+        return conn_send(c, raw, rawlen, 0, NULL);
     return push_entry(w, c, ENTRY_MSG, ptr, off, len);
 }
 
@@ -933,9 +1083,7 @@ on_event(struct worker *w, const struct io_event *ev)
     case IO_SEND:
         c->send_busy = 0;
         if (ev->res >= 0) {
-            c->soff += (size_t)ev->res;
-            c->last_active = w->now;
-            stat_add(&w->srv->stats.bytes_out, (uint64_t)ev->res);
+            sent(c, (size_t)ev->res);
             mark_dirty(w, c);
         } else if (ev->res != -ECANCELED) {
             conn_fail(c, CLOSE_RESET, -ev->res);
@@ -1327,6 +1475,7 @@ dispatch_batch(struct worker *w)
     unsigned n = w->nbatch;
 
     if (n > 0) {
+        w->delivered = 1;
         s->dops->dispatch(w, 0, n);
         /* Handlers may have closed connections and queued CLOSE entries
          * of their own: deliver those too before dropping references. */
@@ -1460,6 +1609,15 @@ trim(struct conn *c)
         c->obuf = NULL;
         c->ocap = 0;
     }
+    struct refq *q = c->rq;
+    if (q != NULL && q->no == 0 && !c->send_busy && c->soff == c->slen) {
+        /* all sent (and given back) */
+        c->refs_out = 0;
+        free(q->o);
+        free(q->s);
+        free(q);
+        c->rq = NULL;
+    }
     pthread_mutex_unlock(&c->lock);
     return freed;
 }
@@ -1526,14 +1684,36 @@ timers(struct worker *w)
     }
 }
 
+/* Sent references wait for the next dispatch, which gives one back before
+ * each message it delivers (the heap then reuses each block for the next
+ * message instead of trimming and faulting in again after a batch of
+ * frees).  Given back here, all at once, after a turn that delivered no
+ * message, when many wait, or at the end (all = 1). */
+#define RELEASE_KEEP 256
+#define RELEASE_WAIT_MS 50
+
+static void
+release_refs(struct worker *w, int all)
+{
+    if (w->nrelease == 0 || w->srv->dops == NULL)
+        return;
+    if (!all && w->delivered && w->nrelease <= RELEASE_KEEP)
+        return;
+    w->srv->dops->release(w, w->release, w->nrelease);
+    w->nrelease = 0;
+}
+
 /* One turn: reap, frame, dispatch, give buffers back, flush. */
 static int
 turn(struct worker *w, int timeout)
 {
+    if (w->nrelease > 0 && (timeout < 0 || timeout > RELEASE_WAIT_MS))
+        timeout = RELEASE_WAIT_MS;
     int n = w->ops->wait(w->be, w->events, EVENT_BATCH, timeout);
     if (n < 0 && n != -EINTR)
         return n;
     w->now = now_ms();
+    w->delivered = 0;
     for (int i = 0; i < n; i++)
         on_event(w, &w->events[i]);
     if (atomic_load_explicit(&w->mbox_flag, memory_order_acquire) ||
@@ -1545,6 +1725,7 @@ turn(struct worker *w, int timeout)
      * unpaused by the flush), and CLOSE notices queued by the flush. */
     run_deferred(w);
     dispatch_batch(w);
+    release_refs(w, 0);
     timers(w);
     return 0;
 }
@@ -1603,6 +1784,7 @@ shutdown_worker(struct worker *w)
     drain_mailbox(w);
     flush_dirty(w);
     dispatch_batch(w);
+    release_refs(w, 1);
 }
 
 static void *
@@ -1668,6 +1850,7 @@ worker_release(struct worker *w)
     free(w->batch);
     free(w->held_bufs);
     free(w->compact);
+    free(w->release);
 }
 
 static int

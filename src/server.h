@@ -10,6 +10,7 @@
 #include <stdatomic.h>
 #include <stdint.h>
 #include <netinet/in.h>
+#include <sys/uio.h>
 
 #include "backend.h"
 #include "framing.h"
@@ -35,6 +36,31 @@ enum close_reason {
 };
 extern const char *const close_reason_name[CLOSE_REASON_COUNT];
 
+/* A send by reference: `len` bytes at `ptr`, kept alive by `owner` (the
+ * dispatch layer's object, given back through dispatch_ops.release), sent
+ * after the first `at` bytes of the flat buffer it was queued with. */
+struct sref {
+    size_t at;
+    const char *ptr;
+    size_t len;
+    void *owner;
+};
+
+#define SEND_IOV 64   /* iovec entries per gathered send */
+
+/* A connection's sends by reference, allocated at its first.  The `o`
+ * side is queued with obuf (under the lock), the `s` side goes out with
+ * sbuf: the two swap together. */
+struct refq {
+    struct sref *o, *s;
+    unsigned no, ocap, ns, scap;
+    unsigned sdone;              /* s[0..sdone) sent and given back */
+    size_t obytes;               /* bytes of o[] */
+    size_t sflat;                /* sbuf's own bytes (slen counts s[] too) */
+    struct msghdr mh;
+    struct iovec iov[SEND_IOV];
+};
+
 struct conn {
     struct io_handle h;          /* first: the backend's view, h.fd */
     struct worker *w;
@@ -58,6 +84,7 @@ struct conn {
     uint8_t wr_shut;             /* graceful close: our FIN is sent */
     uint8_t direct;              /* the recv in flight is a recv_into() */
     uint8_t big;                 /* large messages or bulk input: direct */
+    uint8_t refs_out;            /* sbuf goes out with references (worker) */
     int64_t drain_since;         /* when the graceful close began / FIN sent */
     unsigned inflight;           /* operations whose final event is due */
     unsigned queued;             /* messages in the batch, not yet handled */
@@ -75,6 +102,8 @@ struct conn {
     char *obuf, *sbuf;
     size_t olen, ocap, slen, soff, scap;
 
+    struct refq *rq;             /* sends by reference, or NULL; set from
+                                    NULL under the lock, freed by trim() */
     union {                      /* TCP: IPv4 or IPv6 */
         struct sockaddr sa;
         struct sockaddr_in in4;
@@ -194,6 +223,9 @@ struct worker {
     unsigned nheld, held_cap;
     struct conn **compact;       /* connections whose rbuf to compact */
     unsigned ncompact, compact_cap;
+    void **release;              /* sent references to give back */
+    unsigned nrelease, release_cap;
+    int delivered;               /* this turn dispatched something */
 
     int64_t now;                 /* monotonic ms, refreshed every turn */
     int loop_err;                /* last errno from wait(), or 0 */
@@ -224,6 +256,9 @@ struct dispatch_ops {
     /* Deliver w->batch[from..to).  Handlers may call conn_send/conn_close,
      * which can append entries and move w->batch: index it afresh. */
     void (*dispatch)(struct worker *w, unsigned from, unsigned to);
+    /* Give back the owners of references that were sent (conn_send's
+     * `owner`); on the worker thread, once a turn. */
+    void (*release)(struct worker *w, void **owners, unsigned n);
 };
 
 struct server {
@@ -280,8 +315,13 @@ unsigned server_pick_worker(struct server *s);
 int conn_send_file(struct conn *c, struct xfer *x);
 
 /* Called from any thread (the dispatch layer holds the GIL, which keeps `c`
- * alive while c->py links to it). */
-int conn_send(struct conn *c, const void *data, size_t len, int frame);
+ * alive while c->py links to it).  With an `owner` that keeps data[0..len)
+ * alive and unchanged, a large message may be sent from data itself, not a
+ * copy: then it returns 1 and the caller must add a reference to owner,
+ * which dispatch_ops.release gives back once sent (before release can run,
+ * so under the lock that orders them: the GIL).  0 when copied, or -errno. */
+int conn_send(struct conn *c, const void *data, size_t len, int frame,
+              void *owner);
 void conn_close(struct conn *c, int graceful);
 /* Worker thread only: close at once, counting `why` (a handler raised). */
 void conn_abort(struct conn *c, enum close_reason why);

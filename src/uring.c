@@ -18,6 +18,7 @@
  *    rejects the multishot form (-EINVAL) gets the single-shot form,
  *    re-armed after each completion, for the life of the engine;
  *  - recv_into(): a single-shot IORING_OP_RECV into the core's buffer;
+ *    sendv(): IORING_OP_SENDMSG;
  *  - file_op(): IORING_OP_READ / WRITE (5.6) at an explicit offset, never
  *    with buffer selection, and IORING_OP_FSYNC (+IORING_FSYNC_DATASYNC).
  *    A ring whose probe lacks them makes file_op() return -EOPNOTSUPP.
@@ -343,6 +344,7 @@ static int probe_ops(struct backend *b, int ring_fd)
     static const uint8_t need[] = {
         IORING_OP_POLL_ADD, IORING_OP_ACCEPT, IORING_OP_ASYNC_CANCEL,
         IORING_OP_CONNECT, IORING_OP_SEND, IORING_OP_RECV,
+        IORING_OP_SENDMSG,
     };
     union {
         struct io_uring_probe p;
@@ -598,6 +600,7 @@ static void final_event(struct io_handle *h, unsigned op, int32_t res,
     else if (op == IO_SEND) {
         h->send_buf = NULL;
         h->send_len = 0;
+        h->send_msg = NULL;
     }
     if (h->active == 0)
         h->pending &= ~P_CANCEL;
@@ -905,6 +908,22 @@ static long uring_send(struct backend *b, struct io_handle *h,
     return -EINPROGRESS;
 }
 
+static long uring_sendv(struct backend *b, struct io_handle *h,
+                        const struct msghdr *m)
+{
+    int r = op_begin(b, h, IO_SEND);
+    if (r < 0)
+        return r;
+    /* len 1: one msghdr (the kernel reads it, and the iovec, when it
+     * issues the request; both stay put until the final event anyway) */
+    r = queue_buf_op(b, h, IO_SEND, IORING_OP_SENDMSG, (const char *)m, 1,
+                     MSG_NOSIGNAL);
+    if (r < 0)
+        return r;
+    h->send_msg = m;
+    return -EINPROGRESS;
+}
+
 static int uring_connect(struct backend *b, struct io_handle *h,
                          const struct sockaddr *addr, socklen_t addrlen)
 {
@@ -1000,6 +1019,7 @@ static void uring_forget(struct backend *b, struct io_handle *h)
     h->pending = 0;
     h->send_buf = NULL;
     h->send_len = 0;
+    h->send_msg = NULL;
     h->recv_buf = NULL;
 }
 
@@ -1083,6 +1103,7 @@ const struct backend_ops iocp_uring_ops = {
     .accept_start = uring_accept_start,
     .recv_start = uring_recv_start,
     .recv_into = uring_recv_into,
+    .sendv = uring_sendv,
     .recv_stop = uring_recv_stop,
     .send = uring_send,
     .connect = uring_connect,
