@@ -443,15 +443,18 @@ conn_send(struct conn *c, const void *data, size_t len, int frame,
     }
     copy_small(*buf + *used, hdr, hlen);
     *used += hlen;
-    if (ref && queue_ref(c, data, len, owner) < 0)
-        ref = 0, copied = len;   /* no memory for the record: copy */
+    if (ref && queue_ref(c, data, len, owner) < 0) {
+        ref = 0;                 /* no memory for the record: copy */
+        copied = len;
+    }
     if (copied != 0 && reserve(buf, held ? &c->hcap : &c->ocap,
                                *used + copied + tlen) < 0) {
         *used -= hlen;
         pthread_mutex_unlock(&c->lock);
         return -ENOMEM;
     }
-    memcpy(*buf + *used, data, copied);
+    if (copied != 0)
+        memcpy(*buf + *used, data, copied);
     copy_small(*buf + *used + copied, trl, tlen);
     *used += copied + tlen;
     int local = on_worker_thread(w);
