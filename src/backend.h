@@ -108,7 +108,8 @@ struct backend_ops {
     long (*send)(struct backend *b, struct io_handle *h, const char *buf,
                  size_t len);
     /* send() of the bytes m->msg_iov describes, in order (a gathered send:
-     * no copy into one buffer).  Same returns and events as send(). */
+     * no copy into one buffer).  Same returns and events as send().
+     * Every engine must provide it (the core calls it unchecked). */
     long (*sendv)(struct backend *b, struct io_handle *h,
                   const struct msghdr *m);
     /* Connect a nonblocking socket; an IO_CONNECT event follows. */

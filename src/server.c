@@ -530,17 +530,20 @@ refs_swap(struct conn *c, struct refq *q)
     q->no = 0;
     c->refs_out = q->ns != 0;
     q->sdone = 0;
+    q->sbefore = 0;
     q->sflat = c->slen;
     c->slen += q->obytes;
     q->obytes = 0;
 }
 
 static void
-release_ref(struct worker *w, void *owner)
+release_ref(struct worker *w, const struct sref *r)
 {
     if (grow_array(&w->release, &w->release_cap, w->nrelease + 1,
-                   sizeof(*w->release)) == 0)
-        w->release[w->nrelease++] = owner;
+                   sizeof(*w->release)) == 0) {
+        w->release[w->nrelease++] = r->owner;
+        w->release_bytes += r->len;
+    }
     /* else leaked: it cannot be given back without the dispatch layer */
 }
 
@@ -549,15 +552,12 @@ static void
 refs_sent(struct conn *c)
 {
     struct refq *q = c->rq;
-    size_t before = 0;   /* bytes of the references before s[i] */
-    for (unsigned i = 0; i < q->ns; i++) {
-        size_t end = q->s[i].at + before + q->s[i].len;
-        before += q->s[i].len;
-        if (i < q->sdone)
-            continue;
+    for (unsigned i = q->sdone; i < q->ns; i++) {
+        size_t end = q->s[i].at + q->sbefore + q->s[i].len;
         if (end > c->soff)
             break;
-        release_ref(c->w, q->s[i].owner);
+        release_ref(c->w, &q->s[i]);
+        q->sbefore += q->s[i].len;
         q->sdone = i + 1;
     }
 }
@@ -571,13 +571,14 @@ refs_drop(struct conn *c)
         return;
     pthread_mutex_lock(&c->lock);
     for (unsigned i = 0; i < q->no; i++)
-        release_ref(c->w, q->o[i].owner);
+        release_ref(c->w, &q->o[i]);
     q->no = 0;
     q->obytes = 0;
     pthread_mutex_unlock(&c->lock);
     for (unsigned i = q->sdone; i < q->ns; i++)
-        release_ref(c->w, q->s[i].owner);
+        release_ref(c->w, &q->s[i]);
     q->ns = q->sdone = 0;
+    q->sbefore = 0;
     c->refs_out = 0;
 }
 
@@ -587,9 +588,11 @@ static long
 send_gathered(struct conn *c)
 {
     struct refq *q = c->rq;
-    size_t pos = 0, flat = 0;   /* logical offset; offset in sbuf */
+    /* from the first reference not wholly sent: all before it went out */
+    size_t flat = q->sdone ? q->s[q->sdone - 1].at : 0;   /* in sbuf */
+    size_t pos = flat + q->sbefore;                        /* logical */
     int n = 0;
-    for (unsigned i = 0; i <= q->ns && n < SEND_IOV; i++) {
+    for (unsigned i = q->sdone; i <= q->ns && n < SEND_IOV; i++) {
         const char *piece[2];
         size_t plen[2];
         size_t at = i < q->ns ? q->s[i].at : q->sflat;
@@ -1478,7 +1481,6 @@ dispatch_batch(struct worker *w)
     unsigned n = w->nbatch;
 
     if (n > 0) {
-        w->delivered = 1;
         s->dops->dispatch(w, 0, n);
         /* Handlers may have closed connections and queued CLOSE entries
          * of their own: deliver those too before dropping references. */
@@ -1491,6 +1493,8 @@ dispatch_batch(struct worker *w)
             struct conn *c = w->batch[i].c;
             if (c == NULL)
                 continue;   /* a file completion: the dispatch layer owns it */
+            if (w->batch[i].kind == ENTRY_MSG)
+                w->delivered = 1;   /* and gave a reference back first */
             if (w->batch[i].kind == ENTRY_MSG && --c->queued == 0 &&
                 (c->peer_eof || c->graceful) && c->state <= CONN_DRAINING)
                 mark_dirty(w, c);   /* flush() decides whether to close */
@@ -1693,17 +1697,22 @@ timers(struct worker *w)
  * frees).  Given back here, all at once, after a turn that delivered no
  * message, when many wait, or at the end (all = 1). */
 #define RELEASE_KEEP 256
+#define RELEASE_KEEP_BYTES (8 * 1024 * 1024)
 #define RELEASE_WAIT_MS 50
 
 static void
 release_refs(struct worker *w, int all)
 {
-    if (w->nrelease == 0 || w->srv->dops == NULL)
+    if (w->nrelease == 0 || w->srv->dops == NULL) {
+        w->release_bytes = 0;   /* (an upper bound: dispatch pops too) */
         return;
-    if (!all && w->delivered && w->nrelease <= RELEASE_KEEP)
+    }
+    if (!all && w->delivered && w->nrelease <= RELEASE_KEEP &&
+        w->release_bytes <= RELEASE_KEEP_BYTES)
         return;
     w->srv->dops->release(w, w->release, w->nrelease);
     w->nrelease = 0;
+    w->release_bytes = 0;
 }
 
 /* One turn: reap, frame, dispatch, give buffers back, flush. */
@@ -1775,6 +1784,11 @@ shutdown_worker(struct worker *w)
                 next = c->next;
                 if (c->direct)
                     c->rbuf = NULL;   /* leaked: the kernel may still write it */
+                if (c->send_busy) {   /* ...or still read these (the
+                                          references too: never given back) */
+                    c->sbuf = NULL;
+                    c->rq = NULL;
+                }
                 c->inflight = 0;
                 finish_close(c);
             }

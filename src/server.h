@@ -55,6 +55,7 @@ struct refq {
     struct sref *o, *s;
     unsigned no, ocap, ns, scap;
     unsigned sdone;              /* s[0..sdone) sent and given back */
+    size_t sbefore;              /* their bytes */
     size_t obytes;               /* bytes of o[] */
     size_t sflat;                /* sbuf's own bytes (slen counts s[] too) */
     struct msghdr mh;
@@ -225,7 +226,8 @@ struct worker {
     unsigned ncompact, compact_cap;
     void **release;              /* sent references to give back */
     unsigned nrelease, release_cap;
-    int delivered;               /* this turn dispatched something */
+    size_t release_bytes;        /* their bytes (at most) */
+    int delivered;               /* this turn delivered a message */
 
     int64_t now;                 /* monotonic ms, refreshed every turn */
     int loop_err;                /* last errno from wait(), or 0 */
