@@ -714,24 +714,22 @@ def run_group(servers, scenarios, args, progress, tools):
     return results, notes, banners, exits
 
 
-def _sizes(text):
+def _positive_ints(text, option):
     try:
-        sizes = [int(v) for v in text.split(",") if v.strip()]
+        values = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        sizes = []
-    if not sizes or min(sizes) <= 0:
-        raise SystemExit(f"iocport bench: --sizes wants positive integers, got {text!r}")
-    return sizes
+        values = []
+    if not values or min(values) <= 0:
+        raise SystemExit(f"iocport bench: {option} wants positive integers, got {text!r}")
+    return values
+
+
+def _sizes(text):
+    return _positive_ints(text, "--sizes")
 
 
 def _rates(text):
-    try:
-        rates = [int(r) for r in text.split(",") if r.strip()]
-    except ValueError:
-        rates = []
-    if not rates or min(rates) <= 0:
-        raise SystemExit(f"iocport bench: --rates wants positive integers, got {text!r}")
-    return rates
+    return _positive_ints(text, "--rates")
 
 
 def plan(args, store_dir):
