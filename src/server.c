@@ -53,17 +53,22 @@ const char *const close_reason_name[CLOSE_REASON_COUNT] = {
  * copy per byte and a completion per buffer: from a message with at least
  * DIRECT_MIN bytes still to come, or a receive that filled a whole engine
  * buffer (more was waiting), until a direct receive brings fewer than
- * DIRECT_SMALL bytes and leaves nothing unfinished.  Each asks for the rest of the message, but for no more
- * than the bytes already buffered (at least DIRECT_CHUNK, at most
- * DIRECT_MAX): rbuf grows with the bytes that really come, never on a
- * header's word alone. */
+ * DIRECT_SMALL bytes and leaves nothing unfinished.  Each asks for the rest
+ * of the message, but for no more than the bytes already buffered (at least
+ * DIRECT_CHUNK, at most DIRECT_MAX): rbuf grows with the bytes that really
+ * come, never on a header's word alone. */
+#define DIRECT_MIN (32 * 1024)
+#define DIRECT_SMALL 4096
+#define DIRECT_CHUNK (128 * 1024)
+#define DIRECT_MAX (1024 * 1024)
 /* A message at least this big, handed over with an owner, is sent from
  * the caller's memory (struct sref) instead of being copied. */
 #define SEND_REF_MIN (32 * 1024)
-#define DIRECT_MIN (32 * 1024)
-#define DIRECT_SMALL 4096
-#define DIRECT_CHUNK (64 * 1024)
-#define DIRECT_MAX (1024 * 1024)
+/* Native echo sends a run of frames at least this big at once, from where
+ * it was received, when nothing else waits to go: one send() costs less
+ * than copying that much into obuf.  Smaller runs wait for the turn's
+ * batched sends. */
+#define ECHO_NOW_MIN (32 * 1024)
 
 static int64_t
 now_ms(void)
@@ -415,6 +420,37 @@ queue_ref(struct conn *c, const void *data, size_t len, void *owner)
     return 0;
 }
 
+/* n bytes went to the kernel. */
+static void
+sent_now(struct conn *c, size_t n)
+{
+    c->last_active = c->w->now;
+    stat_add(&c->w->srv->stats.bytes_out, (uint64_t)n);
+}
+
+static void refs_sent(struct conn *c);
+
+/* n more bytes of the send queue went to the kernel. */
+static void
+sent(struct conn *c, size_t n)
+{
+    c->soff += n;
+    sent_now(c, n);
+    if (c->refs_out)
+        refs_sent(c);
+}
+
+/* On the worker thread, after bytes joined obuf: flush them this turn, and
+ * pause at once, not after the batch (a batch can hold many messages, each
+ * with a big reply). */
+static void
+queued_here(struct conn *c, size_t unsent)
+{
+    mark_dirty(c->w, c);
+    if (!c->paused && unsent > c->w->srv->cfg.max_unsent)
+        check_backpressure(c, unsent);
+}
+
 int
 conn_send(struct conn *c, const void *data, size_t len, int frame,
           void *owner)
@@ -462,15 +498,92 @@ conn_send(struct conn *c, const void *data, size_t len, int frame,
         post_to_mailbox(c);
     size_t unsent = unsent_locked(c);
     pthread_mutex_unlock(&c->lock);
-    if (local) {
-        mark_dirty(w, c);
-        /* Pause at once, not after the batch: a batch can hold many
-         * messages, each with a big reply. */
-        if (!c->paused && unsent > w->srv->cfg.max_unsent)
-            check_backpressure(c, unsent);
-    }
+    if (local)
+        queued_here(c, unsent);
     stat_add(&w->srv->stats.msgs_out, 1);
     return ref;
+}
+
+/* ---- native echo ------------------------------------------------------------ */
+
+/* Native echo's replies: n messages, p[0..len), queued after what waits. */
+static int
+echo_queue(struct conn *c, const void *p, size_t len, size_t n)
+{
+    struct stats *st = &c->w->srv->stats;
+    stat_add(&st->msgs_in, n);
+    stat_add(&st->msgs_out, n - (len != 0));   /* conn_send counts one */
+    return len != 0 ? conn_send(c, p, len, 0, NULL) : 0;
+}
+
+/* Under c->lock: nothing waits to be sent or is being sent. */
+static int
+output_idle(const struct conn *c)
+{
+    return c->state == CONN_OPEN && c->olen == 0 && c->soff == c->slen &&
+           !c->send_busy && (c->rq == NULL || c->rq->no == 0) &&
+           c->xfer_new == NULL && !c->xfer_busy;
+}
+
+/* Nothing queued: send p[0..len) at once, as much as the socket takes, so
+ * that a large reply is not first copied into obuf.  The bytes sent (the
+ * rest is the caller's to queue), or -1 if the connection failed. */
+static long
+echo_send_now(struct conn *c, const void *p, size_t len)
+{
+    long k = 0;
+    pthread_mutex_lock(&c->lock);
+    if (output_idle(c)) {
+        k = send(c->h.fd, p, len, MSG_DONTWAIT | MSG_NOSIGNAL);
+        if (k < 0)
+            k = errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR ? 0 : -errno;
+    }
+    pthread_mutex_unlock(&c->lock);
+    if (k < 0) {
+        conn_fail(c, CLOSE_RESET, (int)-k);
+        return -1;
+    }
+    if (k > 0)
+        sent_now(c, (size_t)k);
+    return k;
+}
+
+/* Native echo: rbuf[from..rstart) holds n whole frames, sent back as they
+ * came, in one piece.  A large run goes to the socket at once if nothing
+ * waits; what it does not take is queued: when it begins rbuf and nothing
+ * waits in obuf, rbuf becomes obuf instead of being copied into it (a
+ * partial message after it, if the smaller part, moves to the new rbuf). */
+static int
+echo_rbuf(struct conn *c, size_t from, size_t n)
+{
+    size_t len = c->rstart - from, tail = c->rlen - c->rstart;
+    if (len >= ECHO_NOW_MIN) {
+        long k = echo_send_now(c, c->rbuf + from, len);
+        if (k < 0)
+            return -EPIPE;
+        from += (size_t)k;
+        len -= (size_t)k;
+    }
+    int swap = len != 0 && from == 0 && tail <= len / 2 && !c->direct &&
+               !c->rbuf_pinned;
+    if (swap) {
+        pthread_mutex_lock(&c->lock);
+        swap = output_idle(c) && reserve(&c->obuf, &c->ocap, tail) == 0;
+        if (!swap)
+            pthread_mutex_unlock(&c->lock);
+    }
+    if (!swap)
+        return echo_queue(c, c->rbuf + from, len, n);
+    memcpy(c->obuf, c->rbuf + c->rstart, tail);
+    uint8_t *t = c->rbuf; c->rbuf = (uint8_t *)c->obuf; c->obuf = (char *)t;
+    size_t tc = c->rcap; c->rcap = c->ocap; c->ocap = tc;
+    c->olen = len;
+    c->rstart = 0;
+    c->rlen = tail;
+    size_t unsent = unsent_locked(c);
+    pthread_mutex_unlock(&c->lock);
+    queued_here(c, unsent);
+    return echo_queue(c, NULL, 0, n);
 }
 
 void
@@ -618,17 +731,7 @@ send_gathered(struct conn *c)
     return c->w->ops->sendv(c->w->be, &c->h, &q->mh);
 }
 
-/* n more bytes of the send queue went to the kernel. */
-static void
-sent(struct conn *c, size_t n)
-{
-    struct worker *w = c->w;
-    c->soff += n;
-    c->last_active = w->now;
-    stat_add(&w->srv->stats.bytes_out, (uint64_t)n);
-    if (c->refs_out)
-        refs_sent(c);
-}
+
 
 /* Push queued output to the backend until it is all sent or a send is in
  * flight; close a draining connection once nothing is left. */
@@ -732,17 +835,13 @@ hold_buffer(struct worker *w, uint16_t id, int *held)
     return 0;
 }
 
-/* A whole message: native echo sends the frame back as it came; otherwise
- * it joins the batch for the dispatch layer. */
+/* A whole message for the dispatch layer's batch: at ptr (an engine
+ * buffer), or at rbuf + off when ptr is NULL. */
 static int
-emit(struct conn *c, const uint8_t *ptr, size_t off, size_t len,
-     const uint8_t *raw, size_t rawlen)
+emit(struct conn *c, const uint8_t *ptr, size_t off, size_t len)
 {
-    struct worker *w = c->w;
-    stat_add(&w->srv->stats.msgs_in, 1);
-    if (w->srv->cfg.native_echo)
-        return conn_send(c, raw, rawlen, 0, NULL);
-    return push_entry(w, c, ENTRY_MSG, ptr, off, len);
+    stat_add(&c->w->srv->stats.msgs_in, 1);
+    return push_entry(c->w, c, ENTRY_MSG, ptr, off, len);
 }
 
 /* Make room for n more bytes at rlen (and up to `need` from rstart). */
@@ -786,30 +885,28 @@ static int
 frame_rbuf(struct worker *w, struct conn *c)
 {
     const struct framing *f = &w->srv->cfg.framing;
+    size_t from = c->rstart, echoed = 0;   /* native echo's frames */
     struct frame fr;
+    int st = FRAME_OK;
 
     while (c->rstart < c->rlen) {
         if (c->queued >= FRAME_BUDGET) {
             defer(w, c);
-            return 0;
+            break;
         }
         size_t avail = c->rlen - c->rstart;
-        int st = framing_next(f, c->rbuf + c->rstart, avail, c->rscan, &fr);
-        if (st < 0) {
-            frame_error(c, st);
-            return -1;
-        }
+        st = framing_next(f, c->rbuf + c->rstart, avail, c->rscan, &fr);
+        if (st < 0)
+            break;
         if (st == FRAME_NEED) {
             c->rscan = fr.scanned;
             c->rneed = fr.need;
-            return 0;
+            break;
         }
-        const uint8_t *base = c->rbuf + c->rstart;
         if (w->srv->cfg.native_echo) {
-            if (emit(c, NULL, 0, fr.len, base, fr.consumed) < 0)
-                goto nomem;
+            echoed++;
         } else {
-            if (emit(c, NULL, c->rstart + fr.off, fr.len, NULL, 0) < 0)
+            if (emit(c, NULL, c->rstart + fr.off, fr.len) < 0)
                 goto nomem;
             if (!c->rbuf_pinned) {
                 if (grow_array(&w->compact, &w->compact_cap, w->ncompact + 1,
@@ -823,6 +920,15 @@ frame_rbuf(struct worker *w, struct conn *c)
         c->rstart += fr.consumed;
         c->rscan = 0;
     }
+    /* (Whole messages before a bad frame are still answered.) */
+    if (echoed != 0 && echo_rbuf(c, from, echoed) < 0)
+        goto nomem;
+    if (st < 0) {
+        frame_error(c, st);
+        return -1;
+    }
+    if (c->rstart < c->rlen)
+        return 0;   /* the rest of a message, or over budget */
     c->rneed = 0;
     if (!c->rbuf_pinned && !c->direct)
         c->rstart = c->rlen = 0;
@@ -879,20 +985,28 @@ on_recv(struct worker *w, struct conn *c, const struct io_event *ev)
      * handler's bytes object. */
     fr.need = fr.scanned = 0;
     st = FRAME_NEED;
+    const uint8_t *echo = p;   /* native echo: whole frames from here */
+    size_t echoed = 0;
     while (len > 0) {
         if (c->queued >= FRAME_BUDGET) {
             defer(w, c);
-            goto later;
+            break;
         }
         if ((st = framing_next(f, p, len, 0, &fr)) != FRAME_OK)
             break;
-        if (!w->srv->cfg.native_echo && hold_buffer(w, ev->buf_id, &held) < 0)
+        if (w->srv->cfg.native_echo) {
+            echoed++;
+        } else if (hold_buffer(w, ev->buf_id, &held) < 0 ||
+                   emit(c, p + fr.off, 0, fr.len) < 0) {
             goto nomem;
-        if (emit(c, p + fr.off, 0, fr.len, p, fr.consumed) < 0)
-            goto nomem;
+        }
         p += fr.consumed;
         len -= fr.consumed;
     }
+    if (echoed != 0 && echo_queue(c, echo, (size_t)(p - echo), echoed) < 0)
+        goto nomem;
+    if (c->deferred)
+        goto later;
     if (len == 0)
         return;
     if (st < 0) {

@@ -12,8 +12,8 @@
  *    SQE), IORING_SETUP_SUBMIT_ALL, ASYNC_CANCEL by fd (CANCEL_FD|ALL);
  *  - IORING_SETUP_SINGLE_ISSUER|DEFER_TASKRUN (6.1), else COOP_TASKRUN
  *    (5.19), else no task-run flags;
- *  - send() tries a direct nonblocking send first; only a send that would
- *    block becomes an IORING_OP_SEND (so an IO_SEND event follows);
+ *  - send(): always an IORING_OP_SEND (an IO_SEND event follows), submitted
+ *    with the turn's other requests by its single io_uring_enter;
  *  - multishot accept (5.19) and multishot recv (6.0): a kernel that
  *    rejects the multishot form (-EINVAL) gets the single-shot form,
  *    re-armed after each completion, for the life of the engine;

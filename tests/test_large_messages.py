@@ -48,6 +48,48 @@ def test_large_and_small_interleaved(make_server, client, threads, native):
     assert sum(srv.stats()["errors"].values()) == 0
 
 
+def test_native_echo_pipelined_counts_every_message(make_server, client, threads):
+    """Native echo answers each run of whole frames in one piece, handing
+    the connection's buffer over when it can: many pipelined messages of
+    mixed sizes on several connections come back intact, each counted."""
+    srv = make_server(None, native_echo=True)
+    codec = Codec(LEN4)
+    conns = []
+    for i in range(6):
+        rng = random.Random(200 + i)
+        msgs = payloads(rng, [rng.choice([0, 64, 4096, 50_000, 65_536, 130_000])
+                              for _ in range(50)])
+        s = client(srv.address)
+        threads(s.sendall, b"".join(codec.encode(m) for m in msgs))
+        conns.append((s, msgs))
+    for s, msgs in conns:
+        assert recv_messages(s, codec, len(msgs)) == msgs
+    st = srv.stats()
+    assert st["messages_in"] == st["messages_out"] == 6 * 50
+    assert sum(st["errors"].values()) == 0
+
+
+def test_native_echo_too_big_after_large_messages(make_server, client):
+    """A frame over max_message after large whole ones: those are counted,
+    only that connection closes (too_big), and another carries on."""
+    ev = Events()
+    srv = make_server(None, native_echo=True, max_message=100_000,
+                      on_close=ev.on_close)
+    codec = Codec(LEN4)
+    other = client(srv.address)
+    s = client(srv.address)
+    good = payloads(random.Random(10), [60_000, 40_000, 5])
+    s.sendall(b"".join(codec.encode(m) for m in good)
+              + struct.pack(">I", 100_001) + b"y" * 1000)
+    wait_for(lambda: ev.closed_with("too_big"), what="a too_big close")
+    wait_for(lambda: is_closed_by_peer(s), what="the server to close")
+    assert srv.stats()["messages_in"] == 3
+    msgs = payloads(random.Random(11), [99_000, 1])
+    other.sendall(b"".join(codec.encode(m) for m in msgs))
+    assert recv_messages(other, codec, 2) == msgs
+    assert srv.stats()["errors"]["too_big"] == 1
+
+
 def test_large_messages_pipelined_many_connections(make_server, client, threads):
     srv = make_server(echo)
     conns = []
