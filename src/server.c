@@ -574,7 +574,8 @@ echo_rbuf(struct conn *c, size_t from, size_t n)
     }
     if (!swap)
         return echo_queue(c, c->rbuf + from, len, n);
-    memcpy(c->obuf, c->rbuf + c->rstart, tail);
+    if (tail != 0)
+        memcpy(c->obuf, c->rbuf + c->rstart, tail);
     uint8_t *t = c->rbuf; c->rbuf = (uint8_t *)c->obuf; c->obuf = (char *)t;
     size_t tc = c->rcap; c->rcap = c->ocap; c->ocap = tc;
     c->olen = len;
@@ -730,8 +731,6 @@ send_gathered(struct conn *c)
     q->mh.msg_iovlen = (size_t)n;
     return c->w->ops->sendv(c->w->be, &c->h, &q->mh);
 }
-
-
 
 /* Push queued output to the backend until it is all sent or a send is in
  * flight; close a draining connection once nothing is left. */
