@@ -14,6 +14,11 @@
  * round robin (handles that were not reached go first), so one busy
  * connection cannot starve the others.
  *
+ * A read that returns less than it asked for has emptied the socket: it
+ * consumes the edge like EAGAIN (data arriving later raises a new one),
+ * saving a read that could only fail.  Not once the peer's FIN has been
+ * reported (H_HUP): no new edge would say that the EOF is there too.
+ *
  * connect(): errors of connect(2) itself (ECONNREFUSED, ENETUNREACH, ...) are
  * reported through the IO_CONNECT event like asynchronous ones, so a 0 return
  * always means an event follows; a negative return (-EALREADY, -ENOMEM, an
@@ -57,6 +62,7 @@
 #define H_IN     1u   /* readable edge not yet consumed down to EAGAIN */
 #define H_OUT    2u   /* writable edge not yet consumed */
 #define H_LISTED 4u   /* on the revisit list, index in h->priv */
+#define H_HUP    8u   /* the peer's FIN (or an error) was reported */
 
 #define EP_BATCH 256
 #define MIN_CAP  64
@@ -200,6 +206,16 @@ static int reg(struct backend *b, struct io_handle *h)
 
 /* ---- readiness -> events ----------------------------------------------- */
 
+/* A read came back short: the socket is empty, unless the peer's FIN was
+ * reported (then read on to the EOF).  True if the edge is consumed. */
+static inline bool drained(struct io_handle *h)
+{
+    if (h->pending & H_HUP)
+        return false;
+    h->pending &= ~H_IN;
+    return true;
+}
+
 static inline void emit(struct io_event *out, int *n, struct io_handle *h,
                         int op, long res, int more)
 {
@@ -320,6 +336,8 @@ static bool process(struct backend *b, struct io_handle *h,
             r = read(h->fd, h->recv_buf + got, h->recv_len - got);
             if (r > 0) {
                 got += (size_t)r;
+                if (got < h->recv_len && drained(h))
+                    break;
                 continue;
             }
             e = errno;
@@ -354,6 +372,8 @@ static bool process(struct backend *b, struct io_handle *h,
                 emit(out, n, h, IO_RECV, r, 1);
                 out[*n - 1].buf_id = id;
                 out[*n - 1].buf = p;
+                if ((size_t)r < b->bufsize && drained(h))
+                    break;
                 continue;
             }
             int e = errno;
@@ -583,6 +603,8 @@ static int ep_wait(struct backend *b, struct io_event *out, int max,
             uint32_t e = b->evs[i].events;
             if (e & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
                 h->pending |= H_IN;
+            if (e & (EPOLLRDHUP | EPOLLHUP | EPOLLERR))
+                h->pending |= H_HUP;
             if (e & (EPOLLOUT | EPOLLHUP | EPOLLERR))
                 h->pending |= H_OUT;
             if (n == max || process(b, h, out, max, &n))
