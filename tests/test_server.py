@@ -587,6 +587,40 @@ def test_half_close_replies_still_arrive(make_server, client, framing):
     assert srv.stats()["eof"] == 1
 
 
+def test_message_and_eof_waiting_together(make_server, client):
+    """A message and the peer's FIN both wait in the socket when the worker
+    next looks (it was held in a handler meanwhile): the reply goes out and
+    the connection closes with 'eof' -- the EOF is not lost behind the data
+    (the epoll engine reads on past a short read once the FIN is reported)."""
+    ev = Events()
+    entered, gate = threading.Event(), threading.Event()
+
+    def handler(conn, msg):
+        if msg == b"hold":
+            entered.set()
+            gate.wait(DEADLINE)
+        conn.send(msg)
+
+    srv = make_server(handler, on_connect=ev.on_connect, on_close=ev.on_close)
+    codec = Codec(iocport.LengthPrefixed(4))
+    a = client(srv.address)
+    b = client(srv.address)
+    wait_for(lambda: len(ev.opened) == 2, what="both connections")
+    b_id = next(c.id for c in ev.opened if c.peer == b.getsockname())
+    a.sendall(codec.encode(b"hold"))
+    assert entered.wait(DEADLINE)
+    try:
+        # On loopback both are in the server's socket when these return.
+        b.sendall(codec.encode(b"x"))
+        b.shutdown(socket.SHUT_WR)
+    finally:
+        gate.set()
+    assert recv_until_eof(b) == codec.encode(b"x")
+    assert recv_messages(a, codec, 1) == [b"hold"]
+    wait_for(lambda: ev.closed_with("eof"), what="an eof close")
+    assert [c.id for c in ev.closed_with("eof")] == [b_id]
+
+
 def test_half_close_after_replies_read(make_server, client):
     # The client reads its replies first, then half-closes: the server
     # closes with 'eof' at once (nothing left to send).
