@@ -42,16 +42,17 @@ SERVERS = [
 ]
 RIVAL_PACKAGES = {"uvloop": "uvloop", "rloop": "rloop"}
 
-# (label, A, B, depth or None for any, target); B may be a tuple: the
-# better of those, round by round.
+# (label, A, B, depth or None for any, target, payload size the target is
+# set for or None for any); B may be a tuple: the better of those, round by
+# round.  Other sizes show the ratio without a target.
 RATIOS = [
-    ("python handler / best of uvloop,rloop", "iocport-python", ("uvloop", "rloop"), 1, 1.5),
-    ("python handler / best of uvloop,rloop", "iocport-python", ("uvloop", "rloop"), 16, 3.5),
-    ("python handler / c-epoll", "iocport-python", "c-epoll", 16, 0.85),
-    ("python handler / asyncio", "iocport-python", "asyncio", 1, 1.9),
-    ("python handler / asyncio", "iocport-python", "asyncio", 16, 4.0),
-    ("native / c-epoll", "iocport-native", "c-epoll", None, 1.0),
-    ("epoll backend / uring backend", "iocport-epoll", "iocport-python", None, 0.8),
+    ("python handler / best of uvloop,rloop", "iocport-python", ("uvloop", "rloop"), 1, 1.5, 64),
+    ("python handler / best of uvloop,rloop", "iocport-python", ("uvloop", "rloop"), 16, 3.5, 64),
+    ("python handler / c-epoll", "iocport-python", "c-epoll", 16, 0.85, 64),
+    ("python handler / asyncio", "iocport-python", "asyncio", 1, 1.9, 64),
+    ("python handler / asyncio", "iocport-python", "asyncio", 16, 4.0, 64),
+    ("native / c-epoll", "iocport-native", "c-epoll", None, 1.0, 64),
+    ("epoll backend / uring backend", "iocport-epoll", "iocport-python", None, 0.8, None),
 ]
 
 
@@ -369,11 +370,11 @@ def ratio_table(scenarios, results, banners):
     for sc in scenarios:
         mode = "rate" if sc.get("rate") else sc.get("mode", "closed")
         if mode == "closed":
-            for label, a, b, depth, target in RATIOS:
+            for label, a, b, depth, target, size in RATIOS:
                 if b == "iocport-python" and "backend uring" not in banners.get(b, ""):
                     continue   # auto fell back to epoll: no uring figures to compare
                 if depth is None or sc["depth"] == depth:
-                    row(label, a, b, sc, target)
+                    row(label, a, b, sc, target if size in (None, sc["size"]) else None)
         elif mode == "rate":
             for label, a, b, target in LATENCY_RATIOS:
                 row(label, a, b, sc, target, field="p99_us", most=True)
