@@ -392,21 +392,24 @@ def write_chart(path, scenarios, names, results):
     except ImportError:
         return False
     keys = [scenario_name(sc) for sc in scenarios]
-    fig, ax = plt.subplots(figsize=(max(6, 2.2 * len(keys)), 4.5))
-    width = 0.8 / max(1, len(names))
-    for j, name in enumerate(names):
-        vals = []
-        for key in keys:
+    # One panel per scenario, each on its own scale: 64 KiB figures are a
+    # hundredth of 64 B ones and would not show on a shared axis.
+    fig, axes = plt.subplots(1, len(keys), squeeze=False,
+                             figsize=(max(6, 2.3 * len(keys) + 1.5), 4.2))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, key in zip(axes[0], keys):
+        for j, name in enumerate(names):
             ok = [r for r in results[key].get(name, []) if "failed" not in r]
             v = _median([r["msgs_per_cpu_s"] for r in ok])
-            vals.append(v or 0)
-        ax.bar([i + j * width for i in range(len(keys))], vals, width, label=name)
-    ax.set_xticks([i + width * (len(names) - 1) / 2 for i in range(len(keys))])
-    ax.set_xticklabels(keys)
-    ax.set_ylabel("messages per server CPU-second")
-    ax.set_title("echo: messages per server CPU-second (higher is better)")
-    ax.legend(fontsize="small")
-    fig.tight_layout()
+            ax.bar(j, (v or 0) / 1000, 0.8, color=colors[j % len(colors)], label=name)
+        ax.set_title(key, fontsize="medium")
+        ax.set_xticks([])
+        ax.tick_params(axis="y", labelsize="small")
+    axes[0][0].set_ylabel("thousand messages per server CPU-second")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center right", fontsize="small")
+    fig.suptitle("echo: messages per server CPU-second (higher is better)")
+    fig.tight_layout(rect=(0, 0, 0.88, 1))
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return True
