@@ -348,24 +348,27 @@ def ratio_table(scenarios, results, banners):
     closed-loop scenarios, p99 latency (LATENCY_RATIOS) on the open-loop
     ones, and the store scenario's figures (STORE_RATIOS, no target)."""
     out = ["\n## Ratios (median of the round-by-round ratios)\n",
-           "| ratio | scenario | per server CPU-s | msgs/s | p99 | target | met |",
-           "|---|---|---:|---:|---:|---|---|"]
+           "| ratio | scenario | per server CPU-s | msgs/s | p99 | rounds' range | target | met |",
+           "|---|---|---:|---:|---:|---:|---|---|"]
     rows = []
 
     def row(label, a, b, sc, target=None, field="msgs_per_cpu_s", most=False):
         key = scenario_name(sc)
-        fig = {f: _median(_pair_ratios(results, key, a, b, f))
-               for f in ("msgs_per_cpu_s", "msgs_per_sec", "p99_us")}
+        each = {f: _pair_ratios(results, key, a, b, f)
+                for f in ("msgs_per_cpu_s", "msgs_per_sec", "p99_us")}
+        fig = {f: _median(r) for f, r in each.items()}
         v = fig[field]
         met = "-" if v is None or target is None else \
             ("yes" if (v <= target if most else v >= target) else "NO")
         goal = "" if target is None else f"{'<=' if most else '>='} {target}"
+        # how far the judged ratio moved between rounds
+        spread = f"{min(each[field]):.2f}-{max(each[field]):.2f}" if each[field] else "-"
         out.append(f"| {label} | {key} | {_fmt(fig['msgs_per_cpu_s'], '.2f')} "
                    f"| {_fmt(fig['msgs_per_sec'], '.2f')} | {_fmt(fig['p99_us'], '.2f')} "
-                   f"| {goal} | {met} |")
+                   f"| {spread} | {goal} | {met} |")
         rows.append({"ratio": label, "scenario": key, "per_cpu": fig["msgs_per_cpu_s"],
                      "throughput": fig["msgs_per_sec"], "p99": fig["p99_us"],
-                     "target": target, "target_is_max": most})
+                     "rounds": each[field], "target": target, "target_is_max": most})
 
     for sc in scenarios:
         mode = "rate" if sc.get("rate") else sc.get("mode", "closed")

@@ -275,6 +275,41 @@ def test_plan_covers_every_scenario(tmp_path):
         bench.plan(p.parse_args(["--sizes", "64,x"]), tmp_path)
 
 
+def test_ratio_table_pairs_rounds_and_sets_targets_for_64_bytes():
+    """Ratios are taken round by round (A over the better of B's servers in
+    that round), their median reported with the rounds' range; the targets
+    apply to 64-byte rows only, except epoll/io_uring parity."""
+    def runs(*per_cpu):
+        return [{"msgs_per_cpu_s": v, "msgs_per_sec": v, "p99_us": 100.0} for v in per_cpu]
+
+    scenarios = [dict(size=size, depth=1, conns=50, framing="len4", mode="closed")
+                 for size in (64, 4096)]
+    results = {}
+    for sc in scenarios:
+        results[bench.scenario_name(sc)] = {
+            "iocport-python": runs(300, 150, 200),
+            "uvloop": runs(100, 100, 200),      # best of uvloop and rloop,
+            "rloop": runs(200, 50, 100),        # round by round: 200, 100, 200
+            "iocport-epoll": runs(270, 150, 100),
+        }
+    banners = {"iocport-python": "listening on 127.0.0.1:1 (backend uring, python echo)"}
+    text, rows = bench.ratio_table(scenarios, results, banners)
+    best = {r["scenario"]: r for r in rows if r["ratio"].endswith("best of uvloop,rloop")}
+    assert best["64 B, depth 1"]["rounds"] == [1.5, 1.5, 1.0]
+    assert best["64 B, depth 1"]["per_cpu"] == 1.5
+    assert best["64 B, depth 1"]["target"] == 1.5
+    assert best["4 KiB, depth 1"]["target"] is None
+    parity = {r["scenario"]: r for r in rows if r["ratio"].startswith("epoll backend")}
+    assert parity["4 KiB, depth 1"]["target"] == 0.8
+    assert parity["4 KiB, depth 1"]["per_cpu"] == 0.9     # 0.9, 1.0, 0.5
+    line = next(ln for ln in text.splitlines()
+                if ln.startswith("| python handler / best") and "64 B" in ln)
+    assert "| 1.00-1.50 | >= 1.5 | yes |" in line
+    # without an io_uring run to compare with, there is no parity row
+    _, rows = bench.ratio_table(scenarios, results, {})
+    assert not [r for r in rows if r["ratio"].startswith("epoll backend")]
+
+
 def test_machine_info_describes_the_host():
     info = bench.machine_info()
     assert info["cpus"] == os.cpu_count()
