@@ -178,11 +178,14 @@ def test_close_from_handler_while_large_messages_stream(make_server, client, thr
     wait_for(lambda: srv.stats()["connections"] == 0, what="the connection to go")
 
 
-def test_backpressure_pauses_a_direct_receive(make_server, threads):
+@pytest.mark.parametrize("native", [False, True], ids=["python", "native"])
+def test_backpressure_pauses_a_direct_receive(make_server, threads, native):
     """The client sends large messages and reads nothing for a while: the
     server stops receiving (cancelling a direct receive in flight) and later
-    resumes; every reply arrives, in order."""
-    srv = make_server(echo, max_unsent=256 * 1024)
+    resumes; every reply arrives, in order.  (Native echo: replies sent at
+    once from the receive buffer until the socket is full, then queued.)"""
+    srv = make_server(None if native else echo, native_echo=native,
+                      max_unsent=256 * 1024)
     codec = Codec(LEN4)
     msgs = payloads(random.Random(6), [90_000 + i for i in range(60)])
     s = socket.socket()
