@@ -428,18 +428,6 @@ sent_now(struct conn *c, size_t n)
     stat_add(&c->w->srv->stats.bytes_out, (uint64_t)n);
 }
 
-static void refs_sent(struct conn *c);
-
-/* n more bytes of the send queue went to the kernel. */
-static void
-sent(struct conn *c, size_t n)
-{
-    c->soff += n;
-    sent_now(c, n);
-    if (c->refs_out)
-        refs_sent(c);
-}
-
 /* On the worker thread, after bytes joined obuf: flush them this turn, and
  * pause at once, not after the batch (a batch can hold many messages, each
  * with a big reply). */
@@ -730,6 +718,16 @@ send_gathered(struct conn *c)
     q->mh.msg_iov = q->iov;
     q->mh.msg_iovlen = (size_t)n;
     return c->w->ops->sendv(c->w->be, &c->h, &q->mh);
+}
+
+/* n more bytes of the send queue went to the kernel. */
+static void
+sent(struct conn *c, size_t n)
+{
+    c->soff += n;
+    sent_now(c, n);
+    if (c->refs_out)
+        refs_sent(c);
 }
 
 /* Push queued output to the backend until it is all sent or a send is in
