@@ -279,26 +279,38 @@ def test_ratio_table_pairs_rounds_and_sets_targets_for_64_bytes():
     """Ratios are taken round by round (A over the better of B's servers in
     that round), their median reported with the rounds' range; the targets
     apply to 64-byte rows only, except epoll/io_uring parity."""
-    def runs(*per_cpu):
-        return [{"msgs_per_cpu_s": v, "msgs_per_sec": v, "p99_us": 100.0} for v in per_cpu]
+    def runs(*per_cpu, kernel=1.0):
+        # one CPU-second each, `kernel` of it in the kernel
+        return [{"msgs_per_cpu_s": v, "msgs_per_sec": v, "p99_us": 100.0, "msgs": v,
+                 "server_cpu_s": 1.0, "server_sys_s": kernel} for v in per_cpu]
 
     scenarios = [dict(size=size, depth=1, conns=50, framing="len4", mode="closed")
                  for size in (64, 4096)]
     results = {}
     for sc in scenarios:
         results[bench.scenario_name(sc)] = {
-            "iocport-python": runs(300, 150, 200),
+            "iocport-python": runs(300, 150, 200, kernel=0.75),
             "uvloop": runs(100, 100, 200),      # best of uvloop and rloop,
             "rloop": runs(200, 50, 100),        # round by round: 200, 100, 200
             "iocport-epoll": runs(270, 150, 100),
         }
     banners = {"iocport-python": "listening on 127.0.0.1:1 (backend uring, python echo)"}
     text, rows = bench.ratio_table(scenarios, results, banners)
-    best = {r["scenario"]: r for r in rows if r["ratio"].endswith("best of uvloop,rloop")}
+    best = {r["scenario"]: r for r in rows if r["ratio"].startswith("python handler / best")}
     assert best["64 B, depth 1"]["rounds"] == [1.5, 1.5, 1.0]
     assert best["64 B, depth 1"]["per_cpu"] == 1.5
     assert best["64 B, depth 1"]["target"] == 1.5
     assert best["4 KiB, depth 1"]["target"] is None
+    # the bound: the python handler's messages per second of kernel time
+    # (400, 200, 266.7) over the best rival's per CPU-second (200, 100, 200)
+    bound = {r["scenario"]: r for r in rows if r["ratio"].startswith("bound")
+             and r["ratio"].endswith("best of uvloop,rloop")}
+    assert list(bound) == ["64 B, depth 1"]             # only where a target is set
+    assert bound["64 B, depth 1"]["per_cpu"] == pytest.approx(2.0)
+    assert bound["64 B, depth 1"]["rounds"] == pytest.approx([2.0, 2.0, 4 / 3])
+    line = next(ln for ln in text.splitlines() if ln.startswith("| bound")
+                and "best of" in ln)
+    assert "| 2.00 | - | - | 1.33-2.00 | >= 1.5 | in reach |" in line
     parity = {r["scenario"]: r for r in rows if r["ratio"].startswith("epoll backend")}
     assert parity["4 KiB, depth 1"]["target"] == 0.8
     assert parity["4 KiB, depth 1"]["per_cpu"] == 0.9     # 0.9, 1.0, 0.5
