@@ -17,7 +17,9 @@
  * A read that returns less than it asked for has emptied the socket: it
  * consumes the edge like EAGAIN (data arriving later raises a new one),
  * saving a read that could only fail.  Not once the peer's FIN has been
- * reported (H_HUP): no new edge would say that the EOF is there too.
+ * reported (H_HUP): no new edge would say that the EOF is there too; nor
+ * once urgent data has been (H_URG): a read stops short at its mark with
+ * more data queued behind it.
  *
  * connect(): errors of connect(2) itself (ECONNREFUSED, ENETUNREACH, ...) are
  * reported through the IO_CONNECT event like asynchronous ones, so a 0 return
@@ -63,6 +65,7 @@
 #define H_OUT    2u   /* writable edge not yet consumed */
 #define H_LISTED 4u   /* on the revisit list, index in h->priv */
 #define H_HUP    8u   /* the peer's FIN (or an error) was reported */
+#define H_URG   16u   /* TCP urgent data was reported (EPOLLPRI) */
 
 #define EP_BATCH 256
 #define MIN_CAP  64
@@ -189,7 +192,7 @@ static int reg(struct backend *b, struct io_handle *h)
         pq_reserve(b, 4 * (b->nregistered + 1)) < 0)
         return -ENOMEM;
     struct epoll_event ev = {
-        .events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET,
+        .events = EPOLLIN | EPOLLPRI | EPOLLOUT | EPOLLRDHUP | EPOLLET,
         .data.ptr = h,
     };
     if (epoll_ctl(b->epfd, EPOLL_CTL_ADD, h->fd, &ev) < 0)
@@ -206,11 +209,12 @@ static int reg(struct backend *b, struct io_handle *h)
 
 /* ---- readiness -> events ----------------------------------------------- */
 
-/* A read came back short: the socket is empty, unless the peer's FIN was
- * reported (then read on to the EOF).  True if the edge is consumed. */
+/* A read came back short: the socket is empty, unless the peer's FIN or
+ * urgent data was reported (then read on to EAGAIN or the EOF).  True if the
+ * edge is consumed. */
 static inline bool drained(struct io_handle *h)
 {
-    if (h->pending & H_HUP)
+    if (h->pending & (H_HUP | H_URG))
         return false;
     h->pending &= ~H_IN;
     return true;
@@ -601,10 +605,12 @@ static int ep_wait(struct backend *b, struct io_event *out, int max,
             }
             struct io_handle *h = b->evs[i].data.ptr;
             uint32_t e = b->evs[i].events;
-            if (e & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
+            if (e & (EPOLLIN | EPOLLPRI | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
                 h->pending |= H_IN;
             if (e & (EPOLLRDHUP | EPOLLHUP | EPOLLERR))
                 h->pending |= H_HUP;
+            if (e & EPOLLPRI)
+                h->pending |= H_URG;   /* for the connection's life: rare */
             if (e & (EPOLLOUT | EPOLLHUP | EPOLLERR))
                 h->pending |= H_OUT;
             if (n == max || process(b, h, out, max, &n))

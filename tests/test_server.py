@@ -621,6 +621,39 @@ def test_message_and_eof_waiting_together(make_server, client):
     assert [c.id for c in ev.closed_with("eof")] == [b_id]
 
 
+def test_urgent_byte_inside_a_message_does_not_stall(make_server, client):
+    """The peer sends TCP urgent data (MSG_OOB) in the middle of a message
+    while the worker is held: a read stops short at the urgent mark with the
+    rest queued behind it, so the epoll engine must not take that short read
+    for an empty socket.  The urgent byte is out of band (not in the
+    stream): the message arrives whole without it."""
+    entered, gate = threading.Event(), threading.Event()
+
+    def handler(conn, msg):
+        if msg == b"hold":
+            entered.set()
+            gate.wait(DEADLINE)
+        conn.send(msg)
+
+    srv = make_server(handler)
+    codec = Codec(iocport.LengthPrefixed(4))
+    a = client(srv.address)
+    b = client(srv.address)
+    frame = codec.encode(b"before urgent, after urgent")
+    a.sendall(codec.encode(b"hold"))
+    assert entered.wait(DEADLINE)
+    try:
+        b.sendall(frame[:18])
+        b.send(b"!", socket.MSG_OOB)
+        b.sendall(frame[18:])
+    finally:
+        gate.set()
+    assert recv_messages(a, codec, 1) == [b"hold"]
+    assert recv_messages(b, codec, 1) == [b"before urgent, after urgent"]
+    b.sendall(codec.encode(b"next"))
+    assert recv_messages(b, codec, 1) == [b"next"]
+
+
 def test_half_close_after_replies_read(make_server, client):
     # The client reads its replies first, then half-closes: the server
     # closes with 'eof' at once (nothing left to send).
