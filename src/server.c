@@ -164,7 +164,7 @@ static void xfer_on_read(struct worker *w, struct xfer *x, long res);
 static void xfer_pump(struct conn *c, size_t unsent);
 static void xfer_finish(struct conn *c, int err);
 static void xfer_attach(struct conn *c);
-static void check_backpressure(struct conn *c, size_t unsent);
+static int check_backpressure(struct conn *c, size_t unsent);
 static int frame_rbuf(struct worker *w, struct conn *c);
 
 static int
@@ -514,17 +514,31 @@ output_idle(const struct conn *c)
 }
 
 /* Nothing queued: send p[0..len) at once, as much as the socket takes, so
- * that a large reply is not first copied into obuf.  The bytes sent (the
- * rest is the caller's to queue), or -1 if the connection failed. */
+ * that a large reply is not first copied into obuf.  What the socket does
+ * not take of a run it took part of is queued under the same lock, so that
+ * no send from another thread (an outgoing connection's) comes between the
+ * two parts.  The bytes sent or queued (the rest, if none were sent, is the
+ * caller's to queue), or -1 if the connection failed. */
 static long
 echo_send_now(struct conn *c, const void *p, size_t len)
 {
     long k = 0;
+    size_t rest = 0, unsent = 0;
     pthread_mutex_lock(&c->lock);
     if (output_idle(c)) {
         k = send(c->h.fd, p, len, MSG_DONTWAIT | MSG_NOSIGNAL);
         if (k < 0)
             k = errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR ? 0 : -errno;
+        if (k > 0 && (size_t)k < len) {
+            rest = len - (size_t)k;
+            if (reserve(&c->obuf, &c->ocap, rest) == 0) {
+                memcpy(c->obuf, (const char *)p + k, rest);   /* olen was 0 */
+                c->olen = rest;
+                unsent = unsent_locked(c);
+            } else {
+                k = -ENOMEM;
+            }
+        }
     }
     pthread_mutex_unlock(&c->lock);
     if (k < 0) {
@@ -533,7 +547,9 @@ echo_send_now(struct conn *c, const void *p, size_t len)
     }
     if (k > 0)
         sent_now(c, (size_t)k);
-    return k;
+    if (rest != 0)
+        queued_here(c, unsent);
+    return k + (long)rest;
 }
 
 /* Native echo: rbuf[from..rstart) holds n whole frames, sent back as they
@@ -604,7 +620,7 @@ conn_close(struct conn *c, int graceful)
     pthread_mutex_unlock(&c->lock);
 }
 
-static void
+static int
 check_backpressure(struct conn *c, size_t unsent)
 {
     size_t hi = c->w->srv->cfg.max_unsent;
@@ -613,11 +629,13 @@ check_backpressure(struct conn *c, size_t unsent)
         update_recv(c);
     } else if (c->paused && unsent <= hi / 2) {
         c->paused = 0;
-        /* Messages that arrived while paused: frame them now. */
-        if (c->state != CONN_OPEN || frame_rbuf(c->w, c) < 0)
-            return;
-        update_recv(c);
+        /* Messages that arrived while paused: frame them now (native echo
+         * queues their replies: the caller's `unsent` is then stale). */
+        if (c->state == CONN_OPEN && frame_rbuf(c->w, c) == 0)
+            update_recv(c);
+        return 1;
     }
+    return 0;
 }
 
 /* ---- sends by reference ----------------------------------------------- */
@@ -778,7 +796,11 @@ flush(struct conn *c)
     pthread_mutex_lock(&c->lock);
     unsent = unsent_locked(c);
     pthread_mutex_unlock(&c->lock);
-    check_backpressure(c, unsent);
+    if (check_backpressure(c, unsent)) {
+        pthread_mutex_lock(&c->lock);
+        unsent = unsent_locked(c);
+        pthread_mutex_unlock(&c->lock);
+    }
     if (c->xfer != NULL) {
         xfer_pump(c, unsent);
         return;   /* closing waits for the file (its end marks c dirty) */
