@@ -587,12 +587,9 @@ def test_half_close_replies_still_arrive(make_server, client, framing):
     assert srv.stats()["eof"] == 1
 
 
-def test_message_and_eof_waiting_together(make_server, client):
-    """A message and the peer's FIN both wait in the socket when the worker
-    next looks (it was held in a handler meanwhile): the reply goes out and
-    the connection closes with 'eof' -- the EOF is not lost behind the data
-    (the epoll engine reads on past a short read once the FIN is reported)."""
-    ev = Events()
+def holding_echo():
+    """An echo handler that holds its worker on the message b"hold" (setting
+    `entered`) until `gate` is set: the test then queues input meanwhile."""
     entered, gate = threading.Event(), threading.Event()
 
     def handler(conn, msg):
@@ -601,6 +598,16 @@ def test_message_and_eof_waiting_together(make_server, client):
             gate.wait(DEADLINE)
         conn.send(msg)
 
+    return handler, entered, gate
+
+
+def test_message_and_eof_waiting_together(make_server, client):
+    """A message and the peer's FIN both wait in the socket when the worker
+    next looks (it was held in a handler meanwhile): the reply goes out and
+    the connection closes with 'eof' -- the EOF is not lost behind the data
+    (the epoll engine reads on past a short read once the FIN is reported)."""
+    ev = Events()
+    handler, entered, gate = holding_echo()
     srv = make_server(handler, on_connect=ev.on_connect, on_close=ev.on_close)
     codec = Codec(iocport.LengthPrefixed(4))
     a = client(srv.address)
@@ -627,14 +634,7 @@ def test_urgent_byte_inside_a_message_does_not_stall(make_server, client):
     rest queued behind it, so the epoll engine must not take that short read
     for an empty socket.  The urgent byte is out of band (not in the
     stream): the message arrives whole without it."""
-    entered, gate = threading.Event(), threading.Event()
-
-    def handler(conn, msg):
-        if msg == b"hold":
-            entered.set()
-            gate.wait(DEADLINE)
-        conn.send(msg)
-
+    handler, entered, gate = holding_echo()
     srv = make_server(handler)
     codec = Codec(iocport.LengthPrefixed(4))
     a = client(srv.address)
