@@ -60,8 +60,11 @@ RATIOS = [
 # of the TCP segments they carry (on loopback, the peer's receive too), which
 # no user-space work removes; a target above this bound cannot be met
 # without less kernel work per message.
-BOUNDED = ("python handler / best of uvloop,rloop", "python handler / asyncio")
-BOUND_PREFIX = "bound, the python handler's kernel time alone"
+BOUNDS = {
+    "python handler / best of uvloop,rloop":
+        "bound, the python handler's kernel time alone / best of uvloop,rloop",
+    "python handler / asyncio": "bound, the python handler's kernel time alone / asyncio",
+}
 
 
 # Latency at a fixed offered load (loadgen --rate: open loop, latency counted
@@ -404,9 +407,8 @@ def ratio_table(scenarios, results, banners):
                 if depth is None or sc["depth"] == depth:
                     goal = target if size in (None, sc["size"]) else None
                     row(label, a, b, sc, goal)
-                    if label in BOUNDED and goal is not None:
-                        row(BOUND_PREFIX + label[len("python handler"):], a, b, sc, goal,
-                            bound=True)
+                    if label in BOUNDS and goal is not None:
+                        row(BOUNDS[label], a, b, sc, goal, bound=True)
         elif mode == "rate":
             for label, a, b, target in LATENCY_RATIOS:
                 row(label, a, b, sc, target, field="p99_us", most=True)

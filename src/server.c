@@ -524,29 +524,32 @@ echo_send_now(struct conn *c, const void *p, size_t len)
 {
     long k = 0;
     size_t rest = 0, unsent = 0;
+    int err = 0;
     pthread_mutex_lock(&c->lock);
     if (output_idle(c)) {
         k = send(c->h.fd, p, len, MSG_DONTWAIT | MSG_NOSIGNAL);
-        if (k < 0)
-            k = errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR ? 0 : -errno;
-        if (k > 0 && (size_t)k < len) {
+        if (k < 0) {
+            if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+                err = errno;
+            k = 0;
+        } else if ((size_t)k < len) {
             rest = len - (size_t)k;
             if (reserve(&c->obuf, &c->ocap, rest) == 0) {
                 memcpy(c->obuf, (const char *)p + k, rest);   /* olen was 0 */
                 c->olen = rest;
                 unsent = unsent_locked(c);
             } else {
-                k = -ENOMEM;
+                err = ENOMEM;
             }
         }
     }
     pthread_mutex_unlock(&c->lock);
-    if (k < 0) {
-        conn_fail(c, CLOSE_RESET, (int)-k);
-        return -1;
-    }
     if (k > 0)
         sent_now(c, (size_t)k);
+    if (err != 0) {
+        conn_fail(c, CLOSE_RESET, err);
+        return -1;
+    }
     if (rest != 0)
         queued_here(c, unsent);
     return k + (long)rest;
