@@ -5,6 +5,7 @@ the backend, creates listening sockets, and runs serve_forever's signal
 handling.
 """
 import atexit
+import errno
 import logging
 import os
 import signal
@@ -64,6 +65,26 @@ def _check_int(name, value, minimum=1):
     return value
 
 
+def _check_port(port):
+    _check_int("port", port, 0)
+    if port > 65535:
+        raise ValueError(f"port must be between 0 and 65535, got {port}")
+    return port
+
+
+def _check_seconds(name, value, allow_none=False, allow_zero=True):
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number of seconds"
+                        f"{' or None' if allow_none else ''}, "
+                        f"got {type(value).__name__}")
+    if not (value >= 0 if allow_zero else value > 0):
+        raise ValueError(f"{name} must be {'>=' if allow_zero else '>'} 0, "
+                         f"got {value}")
+    return float(value)
+
+
 class Server:
     """A TCP server whose handler receives whole messages.
 
@@ -73,9 +94,11 @@ class Server:
     """
 
     def __init__(self, handler=None, *, framing=None, workers=1, backend=None,
-                 on_connect=None, on_close=None, max_message=None,
-                 max_unsent=4 * 1024 * 1024, max_connections=100_000,
-                 idle_timeout=None, native_echo=False):
+                 on_connect=None, on_close=None, on_eof=None, on_drain=None,
+                 max_message=None, max_unsent=4 * 1024 * 1024,
+                 unsent_limit=64 * 1024 * 1024, max_connections=100_000,
+                 idle_timeout=None, half_close_timeout=30.0,
+                 native_echo=False):
         if framing is None:
             framing = LengthPrefixed(4)
         if not isinstance(framing, Framing):
@@ -87,14 +110,14 @@ class Server:
             framing = _WithMax(framing, _check_int("max_message", max_message))
         _check_int("workers", workers)
         _check_int("max_unsent", max_unsent)
+        _check_int("unsent_limit", unsent_limit)
+        if unsent_limit < max_unsent:
+            raise ValueError(f"unsent_limit ({unsent_limit}) must be at least "
+                             f"max_unsent ({max_unsent})")
         _check_int("max_connections", max_connections)
-        if idle_timeout is None:
-            idle_timeout = 0.0
-        if isinstance(idle_timeout, bool) or not isinstance(idle_timeout, (int, float)):
-            raise TypeError("idle_timeout must be a number of seconds or None, "
-                            f"got {type(idle_timeout).__name__}")
-        if idle_timeout < 0:
-            raise ValueError(f"idle_timeout must be >= 0, got {idle_timeout}")
+        idle_timeout = _check_seconds("idle_timeout", idle_timeout, True) or 0.0
+        half_close_timeout = _check_seconds(
+            "half_close_timeout", half_close_timeout, True) or 0.0
         if backend is None:
             backend = default_backend()
         if not isinstance(backend, str):
@@ -110,8 +133,10 @@ class Server:
         self._core = _iocport.Server(
             handler, framing, workers=workers,
             backend="epoll" if backend == "epoll" else "uring",
-            on_connect=on_connect, on_close=on_close, max_unsent=max_unsent,
-            max_connections=max_connections, idle_timeout=float(idle_timeout),
+            on_connect=on_connect, on_close=on_close, on_eof=on_eof,
+            on_drain=on_drain, max_unsent=max_unsent,
+            unsent_limit=unsent_limit, max_connections=max_connections,
+            idle_timeout=idle_timeout, half_close_timeout=half_close_timeout,
             native_echo=bool(native_echo), fallback=backend == "auto")
         self._framing = framing
         self._addresses = []
@@ -123,9 +148,7 @@ class Server:
         bound address.  Call before start()."""
         if not isinstance(host, str):
             raise TypeError(f"host must be a str, got {type(host).__name__}")
-        _check_int("port", port, 0)
-        if port > 65535:
-            raise ValueError(f"port must be <= 65535, got {port}")
+        _check_port(port)
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.create_server((host, port), family=family, backlog=backlog,
                                     reuse_port=reuse_port)
@@ -172,30 +195,39 @@ class Server:
                         os.strerror(err))
         return self
 
-    def connect(self, host, port, callback=None):
+    def connect(self, host, port, callback=None, *, timeout=30.0):
         """Open an outgoing connection, overlapped: returns its Connection
         at once (send() may be called before it is connected; the bytes go
-        out once it is).  ``callback(conn, error)`` runs on a worker with
-        the GIL held when the connect completes: ``error`` is None, or the
-        OSError that made it fail (the connection is then closed).  Messages
-        arrive at this server's handler, framed the same way; on_close is
-        called when an established connection closes.  The host is resolved
-        here (a name lookup blocks the caller; numeric addresses do not)."""
+        out once it is).
+
+        Every address the host resolves to is tried in turn (``localhost``:
+        ::1, then 127.0.0.1), each with an equal share of the time left, until
+        one answers or ``timeout`` seconds have passed.  ``callback(conn,
+        error)`` then runs on a worker with the GIL held: ``error`` is None,
+        or the OSError that made it fail (the last attempt's, or
+        TimeoutError).  Once connected, on_connect(conn) runs (before the
+        callback); every connection, failed ones too, ends with one
+        on_close(conn).  Messages arrive at this server's handler, framed
+        the same way.  The host is resolved here (a name lookup blocks the
+        caller; numeric addresses do not)."""
         if not isinstance(host, str):
             raise TypeError(f"host must be a str, got {type(host).__name__}")
-        _check_int("port", port, 0)
+        _check_port(port)
+        timeout = _check_seconds("timeout", timeout, allow_zero=False)
         if callback is not None and not callable(callback):
             raise TypeError("callback must be callable or None, "
                             f"got {type(callback).__name__}")
         if not self.running:
             raise RuntimeError("the server is not running; call start() first")
-        family, _, _, _, address = socket.getaddrinfo(
-            host, port, type=socket.SOCK_STREAM)[0]
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            return self._core.connect(sock, address, callback)
-        finally:
-            sock.close()
+        addresses = []
+        for family, _, _, _, address in socket.getaddrinfo(
+                host, port, type=socket.SOCK_STREAM):
+            if (family in (socket.AF_INET, socket.AF_INET6) and
+                    (family, address) not in addresses):
+                addresses.append((family, address))
+        if not addresses:
+            raise OSError(f"{host!r} has no IPv4 or IPv6 address")
+        return self._core.connect(addresses, callback, timeout)
 
     # -- files ----------------------------------------------------------
     _MODES = {
@@ -216,8 +248,18 @@ class Server:
         if not isinstance(mode, str) or mode not in self._MODES:
             raise ValueError(f"mode must be one of {', '.join(self._MODES)}, "
                              f"got {mode!r}")
-        fd = os.open(path, self._MODES[mode] | os.O_CLOEXEC, perms)
+        # O_NONBLOCK: opening a FIFO (or a device) must not block the
+        # caller; adopt_file() then refuses whatever is not a regular file.
         try:
+            fd = os.open(path, self._MODES[mode] | os.O_CLOEXEC | os.O_NONBLOCK,
+                         perms)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:   # a FIFO with no reader, for writing
+                raise ValueError(f"File is for regular files; {path!r} is not "
+                                 "one") from None
+            raise
+        try:
+            os.set_blocking(fd, True)
             return self.adopt_file(fd)
         except BaseException:
             os.close(fd)

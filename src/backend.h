@@ -35,7 +35,9 @@
 
 enum io_op {
     IO_NONE = 0,
-    IO_ACCEPT,   /* res: new fd (nonblocking, cloexec) or -errno; an error
+    IO_ACCEPT,   /* res: new fd (cloexec; nonblocking or not as the engine
+                    needs: the core's own calls on it pass MSG_DONTWAIT)
+                    or -errno; an error
                     may come with more == 1 (io_uring's multishot accept
                     survives EMFILE): the core then cancels and re-arms */
     IO_RECV,     /* res: bytes in buf, 0 = EOF, or -errno */
@@ -112,7 +114,8 @@ struct backend_ops {
      * Every engine must provide it (the core calls it unchecked). */
     long (*sendv)(struct backend *b, struct io_handle *h,
                   const struct msghdr *m);
-    /* Connect a nonblocking socket; an IO_CONNECT event follows. */
+    /* Connect a nonblocking socket (the engine may make it blocking, see
+     * IO_ACCEPT); an IO_CONNECT event follows. */
     int (*connect)(struct backend *b, struct io_handle *h,
                    const struct sockaddr *addr, socklen_t addrlen);
     /* A regular-file operation on h->fd: read into / write from

@@ -207,6 +207,11 @@ new_req(FileObject *self, int op, PyObject *cb)
     q->r.f = &self->f;
     q->r.op = (uint8_t)op;
     q->r.py = q;
+    /* Started by a handler or callback of a connection: a reply may come
+     * from its callback, so a half-closed connection waits for it. */
+    q->r.hold = server_current_conn(self->srv);
+    if (q->r.hold != NULL)
+        conn_hold(q->r.hold);
     q->file = (FileObject *)Py_NewRef(self);
     q->callback = cb == Py_None ? NULL : Py_NewRef(cb);
     return q;
@@ -215,6 +220,8 @@ new_req(FileObject *self, int op, PyObject *cb)
 static void
 drop_req(FileReq *q)
 {
+    if (q->r.hold != NULL)
+        conn_unhold(q->r.hold);
     if (q->has_view)
         PyBuffer_Release(&q->view);
     Py_XDECREF(q->rbytes);
@@ -465,6 +472,8 @@ iocp_send_file(PyObject *file, struct conn *c, unsigned long long offset,
         return -1;
     }
     q->x.r.f = &fo->f;
+    q->x.r.hold = c;     /* its callback may still reply: see new_req() */
+    conn_hold(c);
     q->x.chunk = chunk;
     q->x.off = offset;
     q->x.end = offset + (unsigned long long)count;
@@ -475,6 +484,7 @@ iocp_send_file(PyObject *file, struct conn *c, unsigned long long offset,
     int rc = conn_send_file(c, &q->x);
     if (rc < 0) {
         fo->pending--;
+        conn_unhold(c);
         free(chunk);
         Py_DECREF(q->file);
         Py_XDECREF(q->callback);

@@ -22,7 +22,7 @@
 typedef struct {
     PyObject_HEAD
     struct server srv;
-    PyObject *handler, *on_connect, *on_close;
+    PyObject *handler, *on_connect, *on_close, *on_eof, *on_drain;
     PyObject *logger;
     PyTypeObject *conn_type;
     PyTypeObject *file_type;
@@ -124,20 +124,37 @@ connect_done(ServerObject *so, ConnObject *o, int err)
     Py_DECREF(cb);
 }
 
+/* The level a close is logged at: the peer broke the protocol or was
+ * refused (warning), left inside a message (info), anything else worth a
+ * line (debug); our own closes, clean EOFs and handler errors (logged with
+ * their traceback already) are not logged here. */
+static const char *
+close_log_level(enum close_reason why)
+{
+    switch (why) {
+    case CLOSE_TOO_BIG: case CLOSE_BAD_FRAME: case CLOSE_OVERFLOW:
+        return "warning";
+    case CLOSE_TRUNCATED:
+        return "info";
+    case CLOSE_NONE: case CLOSE_EOF: case CLOSE_HANDLER:
+        return NULL;
+    default:
+        return "debug";
+    }
+}
+
 static void
 deliver_close(ServerObject *so, struct conn *c)
 {
     ConnObject *o = c->py;
-    if (c->reason != CLOSE_NONE && c->reason != CLOSE_EOF &&
-        c->reason != CLOSE_HANDLER) {
+    const char *level = close_log_level((enum close_reason)c->reason);
+    if (level != NULL) {
         PyObject *msg = PyUnicode_FromFormat(
             "connection %llu closed: %s%s%s", (unsigned long long)c->id,
             close_reason_name[c->reason], c->err ? ": " : "",
             c->err ? strerror(c->err) : "");
         if (msg != NULL) {
-            iocp_log(so->logger, c->reason == CLOSE_TOO_BIG ||
-                     c->reason == CLOSE_BAD_FRAME ? "warning" : "debug",
-                     msg, NULL);
+            iocp_log(so->logger, level, msg, NULL);
             Py_DECREF(msg);
         } else {
             PyErr_Clear();
@@ -153,10 +170,11 @@ deliver_close(ServerObject *so, struct conn *c)
     o->err = c->err;
     o->c = NULL;
     c->py = NULL;
-    if (o->connect_cb != NULL) {
-        /* Never connected: the callback hears why; on_close does not. */
+    /* Never connected: the callback hears why, then on_close runs as for
+     * every connection (reason 'connect'). */
+    if (o->connect_cb != NULL)
         connect_done(so, o, c->err ? c->err : ECONNABORTED);
-    } else if (so->on_close != Py_None) {
+    if (so->on_close != Py_None) {
         PyObject *r = PyObject_CallOneArg(so->on_close, (PyObject *)o);
         if (r == NULL)
             iocp_log_exception(so->logger, PyUnicode_FromFormat(
@@ -165,6 +183,46 @@ deliver_close(ServerObject *so, struct conn *c)
     }
     Py_DECREF(o);
     conn_unref(c);
+}
+
+/* Call cb(conn) for a notice; False on an exception (logged, and the
+ * connection closed).  *result, if given, gets whether it returned true. */
+static int
+notify(ServerObject *so, struct conn *c, ConnObject *o, PyObject *cb,
+       const char *what, int *result)
+{
+    PyObject *r = PyObject_CallOneArg(cb, (PyObject *)o);
+    if (r == NULL) {
+        callback_failed(so, c, what);
+        return 0;
+    }
+    if (result != NULL) {
+        *result = PyObject_IsTrue(r);
+        if (*result < 0) {
+            Py_DECREF(r);
+            callback_failed(so, c, what);
+            return 0;
+        }
+    }
+    Py_DECREF(r);
+    return 1;
+}
+
+/* A file or send_file completion: its callback runs as part of the
+ * connection it was started for, if any (so what it starts is held for
+ * that connection too), whose hold it then gives back. */
+static void
+deliver_file(struct worker *w, struct entry *e)
+{
+    struct conn *hold = e->fr->hold;
+    w->current = hold;
+    if (e->kind == ENTRY_FILE)
+        iocp_file_done(e->fr);   /* frees e->fr */
+    else
+        iocp_send_file_done((struct xfer *)e->fr);
+    w->current = NULL;
+    if (hold != NULL)
+        conn_unhold(hold);
 }
 
 static void
@@ -179,12 +237,8 @@ d_dispatch(struct worker *w, unsigned from, unsigned to)
         struct conn *c = e->c;
         ConnObject *o;
 
-        if (e->kind == ENTRY_FILE) {
-            iocp_file_done(e->fr);
-            continue;
-        }
-        if (e->kind == ENTRY_XFER) {
-            iocp_send_file_done((struct xfer *)e->fr);
+        if (e->kind == ENTRY_FILE || e->kind == ENTRY_XFER) {
+            deliver_file(w, e);
             continue;
         }
         if (e->kind == ENTRY_CLOSE) {
@@ -193,6 +247,9 @@ d_dispatch(struct worker *w, unsigned from, unsigned to)
         }
         if (c->reason == CLOSE_HANDLER)
             continue;   /* a handler of this connection already failed */
+        if ((e->kind == ENTRY_EOF || e->kind == ENTRY_DRAIN) &&
+            c->state >= CONN_CLOSING)
+            continue;   /* closed since: on_close says so */
         if (e->kind == ENTRY_MSG && c->state >= CONN_DRAINING &&
             c->reason == CLOSE_NONE)
             continue;   /* we closed it: close() stops handling input, even
@@ -201,34 +258,41 @@ d_dispatch(struct worker *w, unsigned from, unsigned to)
             callback_failed(so, c, "creating the connection object");
             continue;
         }
-        if (e->kind == ENTRY_OPEN && c->outgoing) {
-            connect_done(so, o, 0);
-            continue;
-        }
+        w->current = c;
         if (e->kind == ENTRY_OPEN) {
-            PyObject *r = PyObject_CallOneArg(so->on_connect, (PyObject *)o);
-            if (r == NULL)
-                callback_failed(so, c, "on_connect");
-            Py_XDECREF(r);
-            continue;
+            /* on_connect for every connection, accepted or connected;
+             * then an outgoing one's connect callback. */
+            if ((so->on_connect == Py_None ||
+                 notify(so, c, o, so->on_connect, "on_connect", NULL)) &&
+                c->outgoing)
+                connect_done(so, o, 0);
+        } else if (e->kind == ENTRY_EOF) {
+            int keep = 0;
+            if (notify(so, c, o, so->on_eof, "on_eof", &keep) && keep)
+                c->keep_open = 1;
+        } else if (e->kind == ENTRY_DRAIN) {
+            notify(so, c, o, so->on_drain, "on_drain", NULL);
+        } else {
+            /* One sent reference given back per message, before the
+             * message and its reply are allocated: the heap reuses the
+             * block instead of growing, then trimming, around a batch of
+             * frees. */
+            if (w->nrelease > 0)
+                Py_DECREF((PyObject *)w->release[--w->nrelease]);
+            const char *p = (const char *)(e->ptr ? e->ptr : c->rbuf + e->off);
+            PyObject *msg = PyBytes_FromStringAndSize(p, (Py_ssize_t)e->len);
+            if (msg == NULL) {
+                callback_failed(so, c, "creating the message");
+            } else {
+                PyObject *args[2] = {(PyObject *)o, msg};
+                PyObject *r = PyObject_Vectorcall(so->handler, args, 2, NULL);
+                Py_DECREF(msg);
+                if (r == NULL)
+                    callback_failed(so, c, "handler");
+                Py_XDECREF(r);
+            }
         }
-        /* One sent reference given back per message, before the message
-         * and its reply are allocated: the heap reuses the block instead
-         * of growing, then trimming, around a batch of frees. */
-        if (w->nrelease > 0)
-            Py_DECREF((PyObject *)w->release[--w->nrelease]);
-        const char *p = (const char *)(e->ptr ? e->ptr : c->rbuf + e->off);
-        PyObject *msg = PyBytes_FromStringAndSize(p, (Py_ssize_t)e->len);
-        if (msg == NULL) {
-            callback_failed(so, c, "creating the message");
-            continue;
-        }
-        PyObject *args[2] = {(PyObject *)o, msg};
-        PyObject *r = PyObject_Vectorcall(so->handler, args, 2, NULL);
-        Py_DECREF(msg);
-        if (r == NULL)
-            callback_failed(so, c, "handler");
-        Py_XDECREF(r);
+        w->current = NULL;
     }
     w->dctx = PyEval_SaveThread();
 }
@@ -304,7 +368,7 @@ send_data(ConnObject *self, const void *buf, Py_ssize_t len, int frame,
         Py_INCREF(owner);   /* given back by d_release once sent */
     if (rc >= 0)
         Py_RETURN_TRUE;
-    if (rc == -EPIPE)
+    if (rc == -EPIPE || rc == -ENOBUFS)   /* closed, or closed by this send (overflow) */
         Py_RETURN_FALSE;
     if (rc == -EMSGSIZE)
         return PyErr_Format(PyExc_ValueError,
@@ -461,6 +525,12 @@ conn_get_unsent(ConnObject *self, void *Py_UNUSED(closure))
 }
 
 static PyObject *
+conn_get_writable(ConnObject *self, void *Py_UNUSED(closure))
+{
+    return PyBool_FromLong(self->c != NULL && conn_writable(self->c));
+}
+
+static PyObject *
 conn_get_state(ConnObject *self, void *Py_UNUSED(closure))
 {
     return Py_NewRef(self->state ? self->state : Py_None);
@@ -486,7 +556,9 @@ static PyMethodDef conn_methods[] = {
      "send(data) -> bool\n--\n\n"
      "Queue one message, framed with the server's framing, and return at once.\n"
      "Safe from any thread.  Returns False (and sends nothing) once the\n"
-     "connection is closing or closed."},
+     "connection is closing or closed, or when the message would take its\n"
+     "unsent bytes past unsent_limit: the connection is then closed\n"
+     "(reason 'overflow')."},
     {"send_raw", (PyCFunction)conn_send_raw, METH_O,
      "send_raw(data) -> bool\n--\n\nQueue bytes that are already framed."},
     {"send_file", (PyCFunction)(void (*)(void))conn_send_file_m,
@@ -509,9 +581,13 @@ static PyGetSetDef conn_getset[] = {
     {"peer", (getter)conn_get_peer, NULL, "The peer's address, e.g. (host, port).", NULL},
     {"closed", (getter)conn_get_closed, NULL, "True once the connection is closed.", NULL},
     {"close_reason", (getter)conn_get_reason, NULL,
-     "Why it closed ('closed', 'eof', 'reset', 'too_big', 'bad_frame',\n"
-     "'handler', 'idle'), or None while open.", NULL},
+     "Why it closed ('closed', 'eof', 'reset', 'truncated', 'too_big',\n"
+     "'bad_frame', 'handler', 'idle', 'connect', 'overflow'), or None while\n"
+     "open.", NULL},
     {"unsent", (getter)conn_get_unsent, NULL, "Bytes queued but not yet sent.", NULL},
+    {"writable", (getter)conn_get_writable, NULL,
+     "True while the bytes queued are at most max_unsent (a server that\n"
+     "pushes should wait for on_drain otherwise); False once closed.", NULL},
     {"state", (getter)conn_get_state, (setter)conn_set_state,
      "A slot for the user's own state (None at first).", NULL},
     {NULL, NULL, NULL, NULL, NULL},
@@ -545,6 +621,8 @@ server_traverse(ServerObject *self, visitproc visit, void *arg)
     Py_VISIT(self->handler);
     Py_VISIT(self->on_connect);
     Py_VISIT(self->on_close);
+    Py_VISIT(self->on_eof);
+    Py_VISIT(self->on_drain);
     Py_VISIT(self->logger);
     Py_VISIT(self->conn_type);
     Py_VISIT(self->file_type);
@@ -557,6 +635,8 @@ server_clear(ServerObject *self)
     Py_CLEAR(self->handler);
     Py_CLEAR(self->on_connect);
     Py_CLEAR(self->on_close);
+    Py_CLEAR(self->on_eof);
+    Py_CLEAR(self->on_drain);
     Py_CLEAR(self->logger);
     Py_CLEAR(self->conn_type);
     Py_CLEAR(self->file_type);
@@ -589,31 +669,44 @@ check_callable(PyObject *v, const char *name, int allow_none)
     return -1;
 }
 
+/* Seconds (>= 0, checked) as milliseconds; a positive time is never 0. */
+static int64_t
+seconds_to_ms(double seconds)
+{
+    int64_t ms = (int64_t)(seconds * 1000.0 + 0.5);
+    return seconds > 0.0 && ms == 0 ? 1 : ms;
+}
+
 static PyObject *
 server_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"handler", "framing", "workers", "backend",
                              "on_connect", "on_close", "max_unsent",
                              "max_connections", "idle_timeout", "native_echo",
-                             "fallback", "bufsize", NULL};
+                             "fallback", "bufsize", "on_eof", "on_drain",
+                             "half_close_timeout", "unsent_limit", NULL};
     PyObject *handler, *framing, *on_connect = Py_None, *on_close = Py_None;
+    PyObject *on_eof = Py_None, *on_drain = Py_None;
     const char *backend = "uring";
     unsigned workers = 1, max_conns = 100000, bufsize = 16384;
-    Py_ssize_t max_unsent = 4 << 20;
-    double idle = 0.0;
+    Py_ssize_t max_unsent = 4 << 20, unsent_limit = (Py_ssize_t)64 << 20;
+    double idle = 0.0, half_close = 30.0;
     int native_echo = 0, fallback = 1;
     struct server_config cfg;
 
     memset(&cfg, 0, sizeof(cfg));
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO|$IsOOnIdppI", kwlist,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO|$IsOOnIdppIOOdn", kwlist,
                                      &handler, &framing, &workers, &backend,
                                      &on_connect, &on_close, &max_unsent,
                                      &max_conns, &idle, &native_echo,
-                                     &fallback, &bufsize))
+                                     &fallback, &bufsize, &on_eof, &on_drain,
+                                     &half_close, &unsent_limit))
         return NULL;
     if (check_callable(handler, "handler", native_echo) < 0 ||
         check_callable(on_connect, "on_connect", 1) < 0 ||
-        check_callable(on_close, "on_close", 1) < 0)
+        check_callable(on_close, "on_close", 1) < 0 ||
+        check_callable(on_eof, "on_eof", 1) < 0 ||
+        check_callable(on_drain, "on_drain", 1) < 0)
         return NULL;
     if (iocp_framing_from_py(framing, &cfg.framing) < 0)
         return NULL;
@@ -628,6 +721,14 @@ server_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     if (!(idle >= 0.0) || idle > 1e9)
         return PyErr_Format(PyExc_ValueError,
                             "idle_timeout must be >= 0 seconds, got %g", idle);
+    if (!(half_close >= 0.0) || half_close > 1e9)
+        return PyErr_Format(PyExc_ValueError,
+                            "half_close_timeout must be >= 0 seconds, got %g",
+                            half_close);
+    if (unsent_limit < max_unsent)
+        return PyErr_Format(PyExc_ValueError,
+                            "unsent_limit (%zd) must be at least max_unsent "
+                            "(%zd)", unsent_limit, max_unsent);
     if (bufsize < 512 || bufsize > (1u << 20))
         return PyErr_Format(PyExc_ValueError,
                             "bufsize must be between 512 and 1 MiB, got %u", bufsize);
@@ -643,9 +744,9 @@ server_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     cfg.native_echo = native_echo;
     cfg.max_unsent = (size_t)max_unsent;
     cfg.max_connections = max_conns;
-    cfg.idle_timeout_ms = (int64_t)(idle * 1000.0 + 0.5);
-    if (idle > 0.0 && cfg.idle_timeout_ms == 0)
-        cfg.idle_timeout_ms = 1;
+    cfg.idle_timeout_ms = seconds_to_ms(idle);
+    cfg.half_close_ms = seconds_to_ms(half_close);
+    cfg.unsent_limit = (size_t)unsent_limit;
     cfg.bufsize = bufsize;
 
     PyObject *module = PyType_GetModule(type);
@@ -658,6 +759,8 @@ server_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     self->handler = Py_NewRef(handler);
     self->on_connect = Py_NewRef(on_connect);
     self->on_close = Py_NewRef(on_close);
+    self->on_eof = Py_NewRef(on_eof);
+    self->on_drain = Py_NewRef(on_drain);
     self->logger = Py_NewRef(st->logger);
     self->conn_type = (PyTypeObject *)Py_NewRef(st->ConnectionType);
     self->file_type = (PyTypeObject *)Py_NewRef(st->FileType);
@@ -669,6 +772,8 @@ server_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         return PyErr_SetFromErrno(PyExc_OSError);
     }
     self->srv.want_open = on_connect != Py_None;
+    self->srv.want_eof = on_eof != Py_None;
+    self->srv.want_drain = on_drain != Py_None;
     self->initialized = 1;
     return (PyObject *)self;
 }
@@ -754,46 +859,45 @@ bad_host:
     return -1;
 }
 
+#define CONNECT_MAX_ADDRS 16   /* addresses tried per connect() */
+
 static PyObject *
 server_connect_m(ServerObject *self, PyObject *args)
 {
-    PyObject *sock, *addr, *cb;
-    struct sockaddr_storage ss;
-    socklen_t len;
-    if (!PyArg_ParseTuple(args, "OOO:connect", &sock, &addr, &cb))
+    PyObject *addrs, *cb;
+    double timeout;
+    struct sockaddr_storage ss[CONNECT_MAX_ADDRS];
+    socklen_t lens[CONNECT_MAX_ADDRS];
+    if (!PyArg_ParseTuple(args, "OOd:connect", &addrs, &cb, &timeout))
         return NULL;
     if (check_callable(cb, "callback", 1) < 0)
         return NULL;
-    PyObject *fam = PyObject_GetAttrString(sock, "family");
-    if (fam == NULL)
-        return NULL;
-    long family = PyLong_AsLong(fam);
-    Py_DECREF(fam);
-    if (family == -1 && PyErr_Occurred())
-        return NULL;
-    if (py_to_sockaddr((int)family, addr, &ss, &len) < 0)
-        return NULL;
-    int fd = PyObject_AsFileDescriptor(sock);
-    if (fd < 0)
-        return NULL;
+    if (!(timeout > 0.0) || timeout > 1e9)
+        return PyErr_Format(PyExc_ValueError,
+                            "timeout must be > 0 seconds, got %g", timeout);
+    if (!PyList_Check(addrs) || PyList_GET_SIZE(addrs) == 0)
+        return PyErr_Format(PyExc_TypeError, "addresses must be a non-empty "
+                            "list of (family, address) pairs");
+    Py_ssize_t n = PyList_GET_SIZE(addrs);
+    if (n > CONNECT_MAX_ADDRS)
+        n = CONNECT_MAX_ADDRS;   /* the first ones: the resolver's order */
+    for (Py_ssize_t i = 0; i < n; i++) {
+        int family;
+        PyObject *addr, *item = PyList_GET_ITEM(addrs, i);
+        if (!PyArg_ParseTuple(item, "iO;addresses must be (family, address) "
+                              "pairs", &family, &addr) ||
+            py_to_sockaddr(family, addr, &ss[i], &lens[i]) < 0)
+            return NULL;
+    }
     ConnObject *o = (ConnObject *)self->conn_type->tp_alloc(self->conn_type, 0);
     if (o == NULL)
         return NULL;
-    int dup = fcntl(fd, F_DUPFD_CLOEXEC, 0);
-    int fl = dup < 0 ? -1 : fcntl(dup, F_GETFL);
-    if (fl < 0 || fcntl(dup, F_SETFL, fl | O_NONBLOCK) < 0) {
-        PyErr_SetFromErrno(PyExc_OSError);
-        if (dup >= 0)
-            close(dup);
-        Py_DECREF(o);
-        return NULL;
-    }
     if (cb != Py_None)
         o->connect_cb = Py_NewRef(cb);
     struct conn *c;
-    int rc = server_connect(&self->srv, dup, (struct sockaddr *)&ss, len, o, &c);
+    int rc = server_connect(&self->srv, ss, lens, (unsigned)n,
+                            seconds_to_ms(timeout), o, &c);
     if (rc < 0) {
-        close(dup);
         Py_DECREF(o);
         if (rc == -EPIPE) {
             PyErr_SetString(PyExc_RuntimeError,
@@ -889,15 +993,36 @@ server_stats_m(ServerObject *self, PyObject *Py_UNUSED(ignored))
         }
         Py_DECREF(v);
     }
+    /* Per worker: its live connections and those it was ever given (the
+     * spread of the load).  workers[] is valid while the server runs, and
+     * stop() cannot run concurrently: it needs the GIL we hold to begin. */
+    PyObject *per = PyList_New(0);
+    if (per == NULL) {
+        Py_DECREF(errors);
+        return NULL;
+    }
+    for (unsigned i = 0; self->started && i < self->srv.nworkers; i++) {
+        struct worker *w = &self->srv.workers[i];
+        PyObject *d = Py_BuildValue(
+            "{sIsK}", "connections", atomic_load(&w->load),
+            "opened", LD(w->opened));
+        if (d == NULL || PyList_Append(per, d) < 0) {
+            Py_XDECREF(d);
+            Py_DECREF(per);
+            Py_DECREF(errors);
+            return NULL;
+        }
+        Py_DECREF(d);
+    }
     return Py_BuildValue(
-        "{sIsKsKsKsKsKsKsKsKsKsN}",
+        "{sIsKsKsKsKsKsKsKsKsKsNsN}",
         "connections", atomic_load(&self->srv.nconns),
         "accepted", LD(st->accepted), "closed", LD(st->closed),
         "messages_in", LD(st->msgs_in), "messages_out", LD(st->msgs_out),
         "bytes_in", LD(st->bytes_in), "bytes_out", LD(st->bytes_out),
         "eof", LD(st->errors[CLOSE_EOF]),
         "accept_errors", LD(st->accept_errors), "refused", LD(st->refused),
-        "errors", errors);
+        "errors", errors, "workers", per);
 #undef LD
 }
 
@@ -926,9 +1051,11 @@ static PyMethodDef server_methods[] = {
      "add_listener(sock) -> None\n--\n\n"
      "Serve a listening socket (its fd is duplicated).  Before start()."},
     {"connect", (PyCFunction)server_connect_m, METH_VARARGS,
-     "connect(sock, address, callback) -> Connection\n--\n\n"
-     "Connect a socket to a numeric address on a worker; callback(conn, error)\n"
-     "runs when it completes (error is None or an OSError)."},
+     "connect(addresses, callback, timeout) -> Connection\n--\n\n"
+     "Connect to the first of addresses ((family, numeric address) pairs,\n"
+     "tried in turn) that answers within timeout seconds, on a worker;\n"
+     "callback(conn, error) runs when it completes (error is None or an\n"
+     "OSError: the last attempt's, TimeoutError once the time is up)."},
     {"adopt_file", (PyCFunction)server_adopt_file_m, METH_VARARGS,
      "adopt_file(fd, append_offset) -> File\n--\n\n"
      "A File for a descriptor, taken over (closed by File.close())."},

@@ -29,8 +29,8 @@
 #include <unistd.h>
 
 const char *const close_reason_name[CLOSE_REASON_COUNT] = {
-    "closed", "eof", "reset", "too_big", "bad_frame", "handler", "idle",
-    "connect",
+    "closed", "eof", "reset", "truncated", "too_big", "bad_frame", "handler",
+    "idle", "connect", "overflow",
 };
 
 #define KEEP_BUF (64 * 1024)  /* most a header makes us reserve ahead */
@@ -90,6 +90,21 @@ on_worker_thread(const struct worker *w)
     return pthread_equal(pthread_self(), w->thread);
 }
 
+/* The sent offset: the worker's own reads and writes need no ordering
+ * (it is the only writer); other threads read it under c->lock, where a
+ * value a moment old only makes the unsent count a moment old. */
+static inline size_t
+sent_off(const struct conn *c)
+{
+    return atomic_load_explicit(&c->soff, memory_order_relaxed);
+}
+
+static inline void
+set_sent_off(struct conn *c, size_t v)
+{
+    atomic_store_explicit(&c->soff, v, memory_order_relaxed);
+}
+
 /* Grow *buf to hold at least `need` bytes; doubling, so appends amortise. */
 static int
 reserve(void *bufp, size_t *cap, size_t need)
@@ -136,6 +151,11 @@ conn_free(struct conn *c)
         free(c->rq->s);
         free(c->rq);
     }
+    if (c->dial != NULL) {
+        free(c->dial->addrs);
+        free(c->dial->lens);
+        free(c->dial);
+    }
     free(c->hbuf);
     free(c->rbuf);
     free(c->obuf);
@@ -181,16 +201,23 @@ push_entry(struct worker *w, struct conn *c, uint8_t kind,
     return 0;
 }
 
-/* Record why a connection goes away (the first reason wins) and close it
- * at once, dropping unsent output. */
+/* Record why a connection goes away; the first reason wins and is the
+ * one counted. */
 static void
-conn_fail(struct conn *c, enum close_reason why, int err)
+note_reason(struct conn *c, enum close_reason why, int err)
 {
     if (c->reason == CLOSE_NONE) {
         c->reason = (uint8_t)why;
         c->err = err;
         stat_add(&c->w->srv->stats.errors[why], 1);
     }
+}
+
+/* Record why and close at once, dropping unsent output. */
+static void
+conn_fail(struct conn *c, enum close_reason why, int err)
+{
+    note_reason(c, why, err);
     begin_close(c);
 }
 
@@ -200,19 +227,61 @@ conn_abort(struct conn *c, enum close_reason why)
     conn_fail(c, why, 0);
 }
 
+/* The worker a new connection goes to: the one with the fewest, ties
+ * broken round robin, so that connections opened together spread as
+ * evenly as those that come and go.  (Two workers picking at once may
+ * both choose the same one: off by one, never worse.) */
+static struct worker *
+least_loaded(struct server *s)
+{
+    unsigned n = s->nworkers;
+    unsigned first = atomic_fetch_add_explicit(&s->next_worker, 1,
+                                               memory_order_relaxed);
+    struct worker *best = &s->workers[first % n];
+    unsigned best_load = atomic_load_explicit(&best->load, memory_order_relaxed);
+    for (unsigned k = 1; k < n && best_load > 0; k++) {
+        struct worker *w = &s->workers[(first + k) % n];
+        unsigned load = atomic_load_explicit(&w->load, memory_order_relaxed);
+        if (load < best_load) {
+            best = w;
+            best_load = load;
+        }
+    }
+    return best;
+}
+
+/* A new connection counts against max_connections and its worker's load
+ * from here until finish_close() (or unassign(), if it never starts). */
+static void
+assign(struct worker *w)
+{
+    atomic_fetch_add_explicit(&w->load, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&w->opened, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&w->srv->nconns, 1, memory_order_relaxed);
+}
+
+static void
+unassign(struct worker *w)
+{
+    atomic_fetch_sub_explicit(&w->load, 1, memory_order_relaxed);
+    atomic_fetch_sub_explicit(&w->srv->nconns, 1, memory_order_relaxed);
+}
+
 static void
 finish_close(struct conn *c)
 {
     struct worker *w = c->w;
     struct server *s = w->srv;
 
-    w->ops->forget(w->be, &c->h);
-    close(c->h.fd);   /* errors from close are not actionable here */
-    c->h.fd = -1;
+    if (c->h.fd >= 0) {   /* (-1: an outgoing one that got no socket) */
+        w->ops->forget(w->be, &c->h);
+        close(c->h.fd);   /* errors from close are not actionable here */
+        c->h.fd = -1;
+    }
     c->next->prev = c->prev;
     c->prev->next = c->next;
     w->nconns--;
-    atomic_fetch_sub_explicit(&s->nconns, 1, memory_order_relaxed);
+    unassign(w);
     stat_add(&s->stats.closed, 1);
     pthread_mutex_lock(&c->lock);
     c->state = CONN_DEAD;
@@ -266,7 +335,7 @@ static int rbuf_room(struct conn *c, size_t n, size_t need);
 static size_t
 direct_len(struct conn *c)
 {
-    if (c->state != CONN_OPEN)
+    if (c->state != CONN_OPEN || c->bad_input)
         return 0;
     size_t avail = c->rlen - c->rstart;
     size_t rest = c->rneed > avail ? c->rneed - avail : 0;
@@ -306,15 +375,16 @@ recv_stop(struct conn *c)
 }
 
 /* Receive while open and neither paused by backpressure nor holding too
- * much unframed input; while draining (our graceful close) keep receiving,
- * and discarding, until the peer's EOF. */
+ * much unframed input; while draining (our graceful close) or after a bad
+ * frame keep receiving, and discarding, until the peer's EOF: closing with
+ * unread input would reset the connection and lose the replies in flight. */
 static void
 update_recv(struct conn *c)
 {
     int want;
     if (c->peer_eof || c->state > CONN_DRAINING || c->state == CONN_CONNECTING)
         want = 0;
-    else if (c->state == CONN_DRAINING)
+    else if (c->state == CONN_DRAINING || c->bad_input)
         want = 1;
     else
         want = !c->paused &&
@@ -359,12 +429,35 @@ defer(struct worker *w, struct conn *c)
     }
 }
 
+/* Every message received has been handled, and no operation started for
+ * the connection can still add a reply. */
+static int
+settled(const struct conn *c)
+{
+    return c->queued == 0 && !c->deferred && !c->paused &&
+           atomic_load_explicit(&c->holds, memory_order_acquire) == 0;
+}
+
+/* Worker thread: our graceful close begins.  No more input is handled;
+ * what is queued goes out, then our FIN (flush()). */
+static void
+start_drain(struct conn *c)
+{
+    c->graceful = 1;
+    c->drain_since = c->w->now;
+    pthread_mutex_lock(&c->lock);
+    c->state = CONN_DRAINING;
+    pthread_mutex_unlock(&c->lock);
+    update_recv(c);
+    mark_dirty(c->w, c);
+}
+
 /* ---- sending ------------------------------------------------------------ */
 
 static size_t
 unsent_locked(const struct conn *c)
 {
-    return c->olen + (c->rq ? c->rq->obytes : 0) + (c->slen - c->soff);
+    return c->olen + (c->rq ? c->rq->obytes : 0) + (c->slen - sent_off(c));
 }
 
 size_t
@@ -374,6 +467,12 @@ conn_unsent(struct conn *c)
     size_t n = unsent_locked(c);
     pthread_mutex_unlock(&c->lock);
     return n;
+}
+
+int
+conn_writable(struct conn *c)
+{
+    return conn_unsent(c) <= c->w->srv->cfg.max_unsent;
 }
 
 /* Under c->lock: queue work for the worker from another thread. */
@@ -391,6 +490,31 @@ post_to_mailbox(struct conn *c)
     pthread_mutex_unlock(&w->mbox_lock);
     if (atomic_exchange_explicit(&w->mbox_flag, 1, memory_order_acq_rel) == 0)
         w->ops->wake(w->be);
+}
+
+void
+conn_hold(struct conn *c)
+{
+    conn_ref(c);
+    atomic_fetch_add_explicit(&c->holds, 1, memory_order_relaxed);
+}
+
+void
+conn_unhold(struct conn *c)
+{
+    if (atomic_fetch_sub_explicit(&c->holds, 1, memory_order_acq_rel) == 1) {
+        /* The last one: a half-closed connection may now close.  (A closed
+         * one is left alone: its worker may have stopped since.) */
+        pthread_mutex_lock(&c->lock);
+        int live = c->state <= CONN_DRAINING;
+        int local = live && on_worker_thread(c->w);
+        if (live && !local)
+            post_to_mailbox(c);
+        pthread_mutex_unlock(&c->lock);
+        if (local)
+            mark_dirty(c->w, c);
+    }
+    conn_unref(c);
 }
 
 /* A frame's header or trailer (0 to 8 bytes): the usual sizes as one
@@ -455,6 +579,20 @@ conn_send(struct conn *c, const void *data, size_t len, int frame,
         pthread_mutex_unlock(&c->lock);
         return -EPIPE;
     }
+    int local = on_worker_thread(w);
+    if (unsent_locked(c) + c->hlen + hlen + len + tlen > w->srv->cfg.unsent_limit) {
+        /* The peer takes our bytes far slower than we queue them: close
+         * it (counted and logged) rather than buffer without bound. */
+        if (!local) {
+            c->close_req = 2;
+            c->close_why = CLOSE_OVERFLOW;
+            post_to_mailbox(c);
+        }
+        pthread_mutex_unlock(&c->lock);
+        if (local)
+            conn_fail(c, CLOSE_OVERFLOW, 0);
+        return -ENOBUFS;
+    }
     /* While a file streams, later messages wait behind it (copied). */
     int held = c->xfer_new != NULL || c->xfer_busy;
     int ref = owner != NULL && len >= SEND_REF_MIN && !held;
@@ -481,7 +619,6 @@ conn_send(struct conn *c, const void *data, size_t len, int frame,
         memcpy(*buf + *used, data, copied);
     copy_small(*buf + *used + copied, trl, tlen);
     *used += copied + tlen;
-    int local = on_worker_thread(w);
     if (!local)
         post_to_mailbox(c);
     size_t unsent = unsent_locked(c);
@@ -508,7 +645,7 @@ echo_queue(struct conn *c, const void *p, size_t len, size_t n)
 static int
 output_idle(const struct conn *c)
 {
-    return c->state == CONN_OPEN && c->olen == 0 && c->soff == c->slen &&
+    return c->state == CONN_OPEN && c->olen == 0 && sent_off(c) == c->slen &&
            !c->send_busy && (c->rq == NULL || c->rq->no == 0) &&
            c->xfer_new == NULL && !c->xfer_busy;
 }
@@ -604,15 +741,8 @@ conn_close(struct conn *c, int graceful)
             begin_close(c);
             return;
         }
-        if (c->state == CONN_DRAINING)
-            return;
-        c->graceful = 1;
-        c->drain_since = c->w->now;
-        pthread_mutex_lock(&c->lock);
-        c->state = CONN_DRAINING;
-        pthread_mutex_unlock(&c->lock);
-        update_recv(c);
-        mark_dirty(c->w, c);
+        if (c->state != CONN_DRAINING)
+            start_drain(c);
         return;
     }
     pthread_mutex_lock(&c->lock);
@@ -632,6 +762,8 @@ check_backpressure(struct conn *c, size_t unsent)
         update_recv(c);
     } else if (c->paused && unsent <= hi / 2) {
         c->paused = 0;
+        if (c->w->srv->want_drain && c->state == CONN_OPEN)
+            push_entry(c->w, c, ENTRY_DRAIN, NULL, 0, 0);
         /* Messages that arrived while paused: frame them now (native echo
          * queues their replies: the caller's `unsent` is then stale). */
         if (c->state == CONN_OPEN && frame_rbuf(c->w, c) == 0)
@@ -675,9 +807,10 @@ static void
 refs_sent(struct conn *c)
 {
     struct refq *q = c->rq;
+    size_t soff = sent_off(c);
     for (unsigned i = q->sdone; i < q->ns; i++) {
         size_t end = q->s[i].at + q->sbefore + q->s[i].len;
-        if (end > c->soff)
+        if (end > soff)
             break;
         release_ref(c->w, &q->s[i]);
         q->sbefore += q->s[i].len;
@@ -711,6 +844,7 @@ static long
 send_gathered(struct conn *c)
 {
     struct refq *q = c->rq;
+    size_t soff = sent_off(c);
     /* from the first reference not wholly sent: all before it went out */
     size_t flat = q->sdone ? q->s[q->sdone - 1].at : 0;   /* in sbuf */
     size_t pos = flat + q->sbefore;                        /* logical */
@@ -726,8 +860,8 @@ send_gathered(struct conn *c)
         flat = at;
         for (int k = 0; k < 2 && n < SEND_IOV; k++) {
             size_t end = pos + plen[k];
-            if (end > c->soff && plen[k] != 0) {
-                size_t skip = c->soff > pos ? c->soff - pos : 0;
+            if (end > soff && plen[k] != 0) {
+                size_t skip = soff > pos ? soff - pos : 0;
                 q->iov[n].iov_base = (void *)(uintptr_t)(piece[k] + skip);
                 q->iov[n].iov_len = plen[k] - skip;
                 n++;
@@ -745,14 +879,16 @@ send_gathered(struct conn *c)
 static void
 sent(struct conn *c, size_t n)
 {
-    c->soff += n;
+    set_sent_off(c, sent_off(c) + n);
     sent_now(c, n);
     if (c->refs_out)
         refs_sent(c);
 }
 
 /* Push queued output to the backend until it is all sent or a send is in
- * flight; close a draining connection once nothing is left. */
+ * flight; close a draining connection once nothing is left, and one whose
+ * input has ended (the peer's FIN, a bad frame) once every reply owed has
+ * gone out. */
 static void
 flush(struct conn *c)
 {
@@ -762,7 +898,7 @@ flush(struct conn *c)
     if (c->state == CONN_CONNECTING)
         return;   /* sent once connected */
     while (c->state <= CONN_DRAINING && !c->send_busy) {
-        if (c->soff == c->slen) {
+        if (sent_off(c) == c->slen) {
             pthread_mutex_lock(&c->lock);
             struct refq *q = c->rq;
             if (c->olen == 0 && (q == NULL || q->no == 0)) {
@@ -772,7 +908,7 @@ flush(struct conn *c)
             char *t = c->sbuf; c->sbuf = c->obuf; c->obuf = t;
             size_t tc = c->scap; c->scap = c->ocap; c->ocap = tc;
             c->slen = c->olen;
-            c->soff = 0;
+            set_sent_off(c, 0);
             c->olen = 0;
             if (q != NULL)
                 refs_swap(c, q);
@@ -780,10 +916,11 @@ flush(struct conn *c)
                 c->refs_out = 0;
             pthread_mutex_unlock(&c->lock);
         }
+        size_t soff = sent_off(c);
         long r = c->refs_out
                      ? send_gathered(c)
-                     : w->ops->send(w->be, &c->h, c->sbuf + c->soff,
-                                    c->slen - c->soff);
+                     : w->ops->send(w->be, &c->h, c->sbuf + soff,
+                                    c->slen - soff);
         if (r >= 0) {
             sent(c, (size_t)r);
         } else if (r == -EINPROGRESS) {
@@ -827,19 +964,28 @@ flush(struct conn *c)
             begin_close(c);
         return;
     }
-    /* The peer half-closed: close once every message it sent has been
-     * handled and every reply has gone out. */
-    if (c->peer_eof && !c->paused && !c->deferred && c->queued == 0) {
-        if (c->rlen != c->rstart) {
-            conn_fail(c, CLOSE_RESET, 0);   /* it left mid-message */
-            return;
-        }
-        if (c->reason == CLOSE_NONE) {
-            c->reason = CLOSE_EOF;
-            stat_add(&w->srv->stats.errors[CLOSE_EOF], 1);
-        }
-        begin_close(c);
+    if (!settled(c))
+        return;
+    if (c->bad_input) {
+        start_drain(c);   /* every message before the bad frame answered */
+        return;
     }
+    if (!c->peer_eof)
+        return;
+    /* The peer half-closed, and everything it sent has been handled and
+     * answered.  The application has the last word (on_eof): it may keep
+     * the connection open for replies still to come, until its close(). */
+    if (c->rlen != c->rstart)
+        note_reason(c, CLOSE_TRUNCATED, 0);   /* it left inside a message */
+    if (w->srv->want_eof && !c->eof_told) {
+        c->eof_told = 1;
+        if (push_entry(w, c, ENTRY_EOF, NULL, 0, 0) == 0)
+            return;   /* flush() decides again once it has been told */
+    }
+    if (c->keep_open)
+        return;   /* bounded by half_close_ms (sweep()) */
+    note_reason(c, CLOSE_EOF, 0);
+    begin_close(c);
 }
 
 /* ---- receiving ------------------------------------------------------------ */
@@ -896,10 +1042,21 @@ rbuf_append(struct conn *c, const uint8_t *p, size_t n, size_t need)
     return 0;
 }
 
+/* A bad frame ends the input: nothing after it can be framed.  The whole
+ * messages before it are still handled and their replies sent; then the
+ * connection closes gracefully (flush()), our FIN first and the peer's
+ * input discarded until its own. */
 static void
 frame_error(struct conn *c, int st)
 {
-    conn_fail(c, st == FRAME_TOO_BIG ? CLOSE_TOO_BIG : CLOSE_BAD_FRAME, 0);
+    note_reason(c, st == FRAME_TOO_BIG ? CLOSE_TOO_BIG : CLOSE_BAD_FRAME, 0);
+    c->bad_input = 1;
+    c->big = 0;
+    c->rneed = 0;
+    if (!c->direct)
+        c->rlen = c->rstart;   /* (a direct receive's bytes: on_direct) */
+    mark_dirty(c->w, c);
+    update_recv(c);
 }
 
 /* Frame what rbuf holds.  0, or -1 if the connection failed. */
@@ -911,6 +1068,8 @@ frame_rbuf(struct worker *w, struct conn *c)
     struct frame fr;
     int st = FRAME_OK;
 
+    if (c->bad_input)
+        return 0;
     while (c->rstart < c->rlen) {
         if (c->queued >= FRAME_BUDGET) {
             defer(w, c);
@@ -947,7 +1106,7 @@ frame_rbuf(struct worker *w, struct conn *c)
         goto nomem;
     if (st < 0) {
         frame_error(c, st);
-        return -1;
+        return 0;
     }
     if (c->rstart < c->rlen)
         return 0;   /* the rest of a message, or over budget */
@@ -987,8 +1146,8 @@ on_recv(struct worker *w, struct conn *c, const struct io_event *ev)
     int held = 0, st;
 
     stat_add(&w->srv->stats.bytes_in, len);
-    if (c->state != CONN_OPEN)
-        return;
+    if (c->state != CONN_OPEN || c->bad_input)
+        return;   /* draining, or after a bad frame: discarded */
     if (c->paused || c->deferred)
         goto later;
     /* First finish the message already buffered, copying only its bytes. */
@@ -998,7 +1157,7 @@ on_recv(struct worker *w, struct conn *c, const struct io_event *ev)
             goto nomem;
         p += take;
         len -= take;
-        if (frame_rbuf(w, c) < 0)
+        if (frame_rbuf(w, c) < 0 || c->bad_input)
             return;
         if (c->deferred)
             goto later;
@@ -1058,6 +1217,10 @@ on_direct(struct worker *w, struct conn *c, size_t n)
     stat_add(&w->srv->stats.bytes_in, n);
     if (c->state != CONN_OPEN)
         return;   /* draining: discarded */
+    if (c->bad_input) {
+        c->rlen = c->rstart;   /* after a bad frame: discarded */
+        return;
+    }
     c->rlen += n;
     if (c->paused || c->deferred)
         return;   /* framed when the replies drain, or next turn */
@@ -1083,6 +1246,8 @@ conn_alloc(struct server *s, struct worker *w, int fd)
     c->w = w;
     c->id = atomic_fetch_add_explicit(&s->next_id, 1, memory_order_relaxed) + 1;
     atomic_init(&c->refs, 1);
+    atomic_init(&c->holds, 0);
+    atomic_init(&c->soff, 0);
     return c;
 }
 
@@ -1096,7 +1261,6 @@ conn_link(struct worker *w, struct conn *c)
     w->conns.prev->next = c;
     w->conns.prev = c;
     w->nconns++;
-    atomic_fetch_add_explicit(&w->srv->nconns, 1, memory_order_relaxed);
 }
 
 static void
@@ -1105,6 +1269,50 @@ set_nodelay(int fd)
     int one = 1;
     /* Best effort: not every socket type has Nagle's algorithm. */
     (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+}
+
+/* Worker thread: an accepted connection given to this worker starts: its
+ * first receive, and the dispatch layer hears of it. */
+static void
+conn_adopt(struct worker *w, struct conn *c)
+{
+    struct server *s = w->srv;
+    c->adopt_req = 0;
+    if (atomic_load_explicit(&w->stopping, memory_order_acquire)) {
+        c->state = CONN_DEAD;
+        close(c->h.fd);   /* handed over as the server stops */
+        stat_add(&s->stats.refused, 1);
+        unassign(w);
+        conn_unref(c);
+        return;
+    }
+    conn_link(w, c);
+    c->state = CONN_OPEN;
+    if (s->dops != NULL && !s->cfg.native_echo && s->want_open)
+        push_entry(w, c, ENTRY_OPEN, NULL, 0, 0);
+    recv_start(c);
+}
+
+/* An accepted connection goes to another worker, through its mailbox.
+ * Under start_lock: once the server stops taking work, no mailbox takes
+ * it (a worker that has drained its own for the last time would leak it). */
+static void
+hand_over(struct server *s, struct conn *c)
+{
+    pthread_mutex_lock(&s->start_lock);
+    if (s->accepting_work) {
+        c->adopt_req = 1;
+        pthread_mutex_lock(&c->lock);
+        post_to_mailbox(c);
+        pthread_mutex_unlock(&c->lock);
+        pthread_mutex_unlock(&s->start_lock);
+        return;
+    }
+    pthread_mutex_unlock(&s->start_lock);
+    close(c->h.fd);
+    stat_add(&s->stats.refused, 1);
+    unassign(c->w);
+    conn_unref(c);
 }
 
 static void
@@ -1145,26 +1353,199 @@ on_accept(struct worker *w, struct listener_slot *ls, const struct io_event *ev)
         stat_add(&s->stats.refused, 1);
     } else {
         set_nodelay(fd);
-        struct conn *c = conn_alloc(s, w, fd);
+        /* Whichever worker the kernel woke, the connection goes to the
+         * least loaded one (io_uring wakes the same ring every time). */
+        struct worker *t = s->nworkers > 1 ? least_loaded(s) : w;
+        struct conn *c = conn_alloc(s, t, fd);
         if (c == NULL) {
             close(fd);
             stat_add(&s->stats.accept_errors, 1);
         } else {
-            conn_link(w, c);
-            c->state = CONN_OPEN;
+            assign(t);
+            stat_add(&s->stats.accepted, 1);
             c->peerlen = sizeof(c->peer);
             if (getpeername(fd, &c->peer.sa, &c->peerlen) < 0 ||
                 c->peerlen > sizeof(c->peer))
                 c->peerlen = 0;   /* already reset (the first recv says so),
                                    * or not TCP: no address kept */
-            stat_add(&s->stats.accepted, 1);
-            if (s->dops != NULL && !s->cfg.native_echo && s->want_open)
-                push_entry(w, c, ENTRY_OPEN, NULL, 0, 0);
-            recv_start(c);
+            if (t == w)
+                conn_adopt(w, c);
+            else
+                hand_over(s, c);
         }
     }
     if (!ls->armed && !atomic_load(&w->stopping))
         arm_accept(w, ls);
+}
+
+/* Worker thread: the next attempt of an outgoing connection, on a new
+ * socket (the last one failed, or there was none yet); once no address is
+ * left, or the deadline has passed, it fails. */
+static void
+dial_next(struct worker *w, struct conn *c)
+{
+    struct dial *d = c->dial;
+    if (atomic_load(&w->stopping))
+        d->last_err = ECANCELED;
+    while (d->last_err != ECANCELED && d->next < d->n && w->now < d->deadline) {
+        unsigned i = d->next++;
+        if (c->h.fd >= 0) {
+            w->ops->forget(w->be, &c->h);
+            close(c->h.fd);
+        }
+        c->h.fd = socket(d->addrs[i].ss_family,
+                         SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        if (c->h.fd < 0) {
+            d->last_err = errno;
+            continue;
+        }
+        memcpy(&c->peer, &d->addrs[i], d->lens[i]);
+        c->peerlen = d->lens[i];
+        /* Each attempt gets an equal share of the time left, so that an
+         * address that never answers leaves time for the others. */
+        d->attempt_due = w->now + (d->deadline - w->now) / (int64_t)(d->n - i);
+        if (w->connect_due == 0 || d->attempt_due < w->connect_due)
+            w->connect_due = d->attempt_due;
+        int rc = w->ops->connect(w->be, &c->h, &c->peer.sa, c->peerlen);
+        if (rc == 0) {
+            c->inflight++;
+            return;
+        }
+        d->last_err = -rc;
+    }
+    if (w->now >= d->deadline && d->last_err != ECANCELED)
+        d->last_err = ETIMEDOUT;
+    conn_fail(c, CLOSE_CONNECT, d->last_err ? d->last_err : ECONNREFUSED);
+}
+
+/* Worker thread: a connect() request from the mailbox. */
+static void
+start_connect(struct worker *w, struct conn *c)
+{
+    c->connect_req = 0;
+    conn_link(w, c);
+    dial_next(w, c);
+}
+
+static void
+on_connect_event(struct worker *w, struct conn *c, int res)
+{
+    struct dial *d = c->dial;
+    if (c->state != CONN_CONNECTING) {
+        /* Closed while connecting (close(), stop). */
+        if (c->reason == CLOSE_NONE) {
+            c->reason = CLOSE_CONNECT;
+            c->err = ECANCELED;
+        }
+        op_done(c);
+        return;
+    }
+    if (res == 0) {
+        pthread_mutex_lock(&c->lock);
+        c->state = CONN_OPEN;
+        c->dial = NULL;
+        pthread_mutex_unlock(&c->lock);
+        free(d->addrs);
+        free(d->lens);
+        free(d);
+        set_nodelay(c->h.fd);
+        c->last_active = w->now;
+        push_entry(w, c, ENTRY_OPEN, NULL, 0, 0);
+        recv_start(c);
+        mark_dirty(w, c);   /* what was sent while connecting */
+        op_done(c);
+        return;
+    }
+    /* Only an expired attempt is cancelled while still connecting. */
+    d->last_err = res == -ECANCELED ? ETIMEDOUT : -res;
+    d->timed_out = 0;
+    c->inflight--;
+    dial_next(w, c);
+}
+
+/* Worker thread: cancel the connect attempts past their share of time
+ * (their final events try the next address); note the next deadline. */
+static void
+expire_connects(struct worker *w)
+{
+    int64_t due = 0;
+    for (struct conn *c = w->conns.next; c != &w->conns; c = c->next) {
+        struct dial *d = c->dial;
+        if (c->state != CONN_CONNECTING || d == NULL || d->timed_out)
+            continue;
+        if (w->now >= d->attempt_due) {
+            d->timed_out = 1;
+            w->ops->cancel(w->be, &c->h);
+        } else if (due == 0 || d->attempt_due < due) {
+            due = d->attempt_due;
+        }
+    }
+    w->connect_due = due;
+}
+
+int
+server_connect(struct server *s, const struct sockaddr_storage *addrs,
+               const socklen_t *lens, unsigned n, int64_t timeout_ms,
+               void *py, struct conn **out)
+{
+    if (n == 0)
+        return -EINVAL;
+    for (unsigned i = 0; i < n; i++)
+        if ((addrs[i].ss_family != AF_INET && addrs[i].ss_family != AF_INET6) ||
+            lens[i] > sizeof(((struct conn *)0)->peer))
+            return -EINVAL;   /* TCP over IPv4 or IPv6 only */
+    struct dial *d = calloc(1, sizeof(*d));
+    if (d == NULL)
+        return -ENOMEM;
+    d->addrs = malloc(n * sizeof(*d->addrs));
+    d->lens = malloc(n * sizeof(*d->lens));
+    if (d->addrs == NULL || d->lens == NULL) {
+        free(d->addrs);
+        free(d->lens);
+        free(d);
+        return -ENOMEM;
+    }
+    memcpy(d->addrs, addrs, n * sizeof(*d->addrs));
+    memcpy(d->lens, lens, n * sizeof(*d->lens));
+    d->n = n;
+    d->deadline = now_ms() + timeout_ms;
+    pthread_mutex_lock(&s->start_lock);
+    struct conn *c = NULL;
+    if (s->accepting_work) {
+        struct worker *w = least_loaded(s);
+        c = conn_alloc(s, w, -1);
+        if (c != NULL)
+            assign(w);
+    }
+    if (c == NULL) {
+        int running = s->accepting_work;
+        pthread_mutex_unlock(&s->start_lock);
+        free(d->addrs);
+        free(d->lens);
+        free(d);
+        return running ? -ENOMEM : -EPIPE;
+    }
+    c->dial = d;
+    c->outgoing = 1;
+    c->connect_req = 1;
+    c->state = CONN_CONNECTING;
+    c->py = py;
+    conn_ref(c);   /* the dispatch layer's link */
+    pthread_mutex_lock(&c->lock);
+    post_to_mailbox(c);
+    pthread_mutex_unlock(&c->lock);
+    pthread_mutex_unlock(&s->start_lock);
+    *out = c;
+    return 0;
+}
+
+/* An operation ended by our cancel: -ECANCELED, or, once we are closing,
+ * whatever the interrupted call returned (a blocking send that io_uring
+ * handed to a kernel thread ends with -EINTR). */
+static int
+cancelled(const struct conn *c, int res)
+{
+    return res == -ECANCELED || c->state >= CONN_CLOSING;
 }
 
 static void
@@ -1208,14 +1589,8 @@ on_event(struct worker *w, const struct io_event *ev)
         c->direct = 0;
         if (ev->res == 0) {
             c->peer_eof = 1;
-            if (c->rlen != c->rstart && !c->paused && !c->deferred &&
-                c->state == CONN_OPEN && c->reason == CLOSE_NONE) {
-                /* The peer left in the middle of a message. */
-                conn_fail(c, CLOSE_RESET, 0);
-            } else {
-                mark_dirty(w, c);   /* close once replies are out */
-            }
-        } else if (ev->res < 0 && ev->res != -ECANCELED) {
+            mark_dirty(w, c);   /* close once every reply owed is out */
+        } else if (ev->res < 0 && !cancelled(c, ev->res)) {
             conn_fail(c, CLOSE_RESET, -ev->res);
         } else {
             update_recv(c);   /* stopped; resumed since? */
@@ -1227,83 +1602,18 @@ on_event(struct worker *w, const struct io_event *ev)
         if (ev->res >= 0) {
             sent(c, (size_t)ev->res);
             mark_dirty(w, c);
-        } else if (ev->res != -ECANCELED) {
+        } else if (!cancelled(c, ev->res)) {
             conn_fail(c, CLOSE_RESET, -ev->res);
         }
         op_done(c);
         return;
     case IO_CONNECT:
-        if (ev->res == 0 && c->state == CONN_CONNECTING) {
-            pthread_mutex_lock(&c->lock);
-            c->state = CONN_OPEN;
-            pthread_mutex_unlock(&c->lock);
-            set_nodelay(c->h.fd);
-            c->last_active = w->now;
-            push_entry(w, c, ENTRY_OPEN, NULL, 0, 0);
-            recv_start(c);
-            mark_dirty(w, c);   /* what was sent while connecting */
-        } else if (ev->res < 0 && ev->res != -ECANCELED) {
-            conn_fail(c, CLOSE_CONNECT, -ev->res);
-        } else if (ev->res == -ECANCELED && c->reason == CLOSE_NONE) {
-            c->reason = CLOSE_CONNECT;
-            c->err = ECANCELED;
-        }
-        op_done(c);
+        on_connect_event(w, c, ev->res);
         return;
     default:
         op_done(c);
         return;
     }
-}
-
-/* Worker thread: a connect() request from the mailbox. */
-static void
-start_connect(struct worker *w, struct conn *c)
-{
-    c->connect_req = 0;
-    conn_link(w, c);
-    int rc = atomic_load(&w->stopping) ? -ECANCELED
-             : w->ops->connect(w->be, &c->h, (struct sockaddr *)&c->peer,
-                               c->peerlen);
-    if (rc < 0) {
-        conn_fail(c, CLOSE_CONNECT, -rc);
-        return;
-    }
-    c->inflight++;
-}
-
-int
-server_connect(struct server *s, int fd, const struct sockaddr *addr,
-               socklen_t addrlen, void *py, struct conn **out)
-{
-    if (addrlen > sizeof(((struct conn *)0)->peer))
-        return -EINVAL;   /* TCP over IPv4 or IPv6 only */
-    pthread_mutex_lock(&s->start_lock);
-    if (!s->accepting_work) {
-        pthread_mutex_unlock(&s->start_lock);
-        return -EPIPE;
-    }
-    unsigned i = atomic_fetch_add_explicit(&s->next_worker, 1,
-                                           memory_order_relaxed);
-    struct worker *w = &s->workers[i % s->nworkers];
-    struct conn *c = conn_alloc(s, w, fd);
-    if (c == NULL) {
-        pthread_mutex_unlock(&s->start_lock);
-        return -ENOMEM;
-    }
-    memcpy(&c->peer, addr, addrlen);
-    c->peerlen = addrlen;
-    c->outgoing = 1;
-    c->connect_req = 1;
-    c->state = CONN_CONNECTING;
-    c->py = py;
-    conn_ref(c);   /* the dispatch layer's link */
-    pthread_mutex_lock(&c->lock);
-    post_to_mailbox(c);
-    pthread_mutex_unlock(&c->lock);
-    pthread_mutex_unlock(&s->start_lock);
-    *out = c;
-    return 0;
 }
 
 /* ---- files ------------------------------------------------------------- */
@@ -1385,17 +1695,32 @@ start_file_mail(struct worker *w, struct file_req *r)
     }
 }
 
-unsigned
-server_pick_worker(struct server *s)
+struct worker *
+server_this_worker(struct server *s)
 {
-    unsigned pick = atomic_fetch_add_explicit(&s->next_worker, 1,
-                                              memory_order_relaxed);
+    struct worker *w = NULL;
     pthread_mutex_lock(&s->start_lock);   /* workers[] is valid while set */
     for (unsigned i = 0; s->accepting_work && i < s->nworkers; i++)
         if (on_worker_thread(&s->workers[i]))
-            pick = i;
+            w = &s->workers[i];
     pthread_mutex_unlock(&s->start_lock);
-    return pick;
+    return w;
+}
+
+struct conn *
+server_current_conn(struct server *s)
+{
+    struct worker *w = server_this_worker(s);
+    return w != NULL ? w->current : NULL;
+}
+
+unsigned
+server_pick_worker(struct server *s)
+{
+    struct worker *w = server_this_worker(s);
+    if (w != NULL)
+        return w->index;
+    return atomic_fetch_add_explicit(&s->next_worker, 1, memory_order_relaxed);
 }
 
 int
@@ -1591,16 +1916,20 @@ drain_mailbox(struct worker *w)
 
     while (c != NULL) {
         struct conn *next = c->next_drain;
+        if (c->adopt_req)
+            conn_adopt(w, c);
         if (c->connect_req)
             start_connect(w, c);
         if (c->xfer_new != NULL)   /* racy read; xfer_attach rechecks */
             xfer_attach(c);
         pthread_mutex_lock(&c->lock);
-        int req = c->close_req;
+        int req = c->close_req, why = c->close_why;
         c->close_req = 0;
         pthread_mutex_unlock(&c->lock);
         if (c->state <= CONN_DRAINING) {
-            if (req)
+            if (req == 2 && why != CLOSE_NONE)
+                conn_fail(c, (enum close_reason)why, 0);
+            else if (req)
                 conn_close(c, req == 1);
             else
                 mark_dirty(w, c);
@@ -1631,8 +1960,10 @@ dispatch_batch(struct worker *w)
                 continue;   /* a file completion: the dispatch layer owns it */
             if (w->batch[i].kind == ENTRY_MSG)
                 w->delivered = 1;   /* and gave a reference back first */
-            if (w->batch[i].kind == ENTRY_MSG && --c->queued == 0 &&
-                (c->peer_eof || c->graceful) && c->state <= CONN_DRAINING)
+            if (((w->batch[i].kind == ENTRY_MSG && --c->queued == 0 &&
+                  (c->peer_eof || c->graceful || c->bad_input)) ||
+                 w->batch[i].kind == ENTRY_EOF) &&
+                c->state <= CONN_DRAINING)
                 mark_dirty(w, c);   /* flush() decides whether to close */
             conn_unref(c);
         }
@@ -1739,11 +2070,12 @@ trim(struct conn *c)
         c->rbuf = NULL;
         c->rcap = c->rstart = c->rlen = 0;
     }
-    if (!c->send_busy && c->soff == c->slen && c->sbuf != NULL) {
+    if (!c->send_busy && sent_off(c) == c->slen && c->sbuf != NULL) {
         freed += heap_bytes(c->scap);
         free(c->sbuf);
         c->sbuf = NULL;
-        c->scap = c->slen = c->soff = 0;
+        c->scap = c->slen = 0;
+        set_sent_off(c, 0);
     }
     pthread_mutex_lock(&c->lock);
     if (c->olen == 0 && c->obuf != NULL) {
@@ -1753,7 +2085,7 @@ trim(struct conn *c)
         c->ocap = 0;
     }
     struct refq *q = c->rq;
-    if (q != NULL && q->no == 0 && !c->send_busy && c->soff == c->slen) {
+    if (q != NULL && q->no == 0 && !c->send_busy && sent_off(c) == c->slen) {
         /* all sent (and given back) */
         c->refs_out = 0;
         free(q->o);
@@ -1769,6 +2101,7 @@ static void
 sweep(struct worker *w)
 {
     int64_t idle = w->srv->cfg.idle_timeout_ms;
+    int64_t half = w->srv->cfg.half_close_ms;
     size_t freed = 0;
     struct conn *c = w->conns.next;
     while (c != &w->conns) {
@@ -1776,6 +2109,9 @@ sweep(struct worker *w)
         int64_t quiet = w->now - c->last_active;
         if (idle > 0 && c->state <= CONN_DRAINING && quiet >= idle)
             conn_fail(c, CLOSE_IDLE, 0);
+        else if (c->peer_eof && half > 0 && c->state <= CONN_DRAINING &&
+                 quiet >= half)
+            conn_fail(c, CLOSE_IDLE, 0);   /* half-closed, nothing more sent */
         else if (c->state == CONN_DRAINING &&
                  ((c->wr_shut && w->now - c->drain_since >= LINGER_MS) ||
                   quiet >= DRAIN_MAX_MS))
@@ -1798,6 +2134,8 @@ static int
 next_timeout(struct worker *w)
 {
     int64_t due = w->nconns ? w->next_sweep : INT64_MAX;
+    if (w->connect_due != 0 && w->connect_due < due)
+        due = w->connect_due;
     for (unsigned i = 0; i < w->nls; i++)
         if (!w->ls[i].armed && w->ls[i].retry_at && w->ls[i].retry_at < due)
             due = w->ls[i].retry_at;
@@ -1813,6 +2151,8 @@ static void
 timers(struct worker *w)
 {
     int64_t idle = w->srv->cfg.idle_timeout_ms;
+    if (w->connect_due != 0 && w->now >= w->connect_due)
+        expire_connects(w);
     if (w->now >= w->next_sweep) {
         sweep(w);
         w->next_sweep = w->now + (idle == 0 || idle >= 4000 ? 1000 : idle / 4 + 1);
@@ -1979,6 +2319,8 @@ server_init(struct server *s, const struct server_config *cfg,
         s->cfg.nbufs = 256;
     if (s->cfg.bufsize == 0)
         s->cfg.bufsize = 16384;
+    if (s->cfg.unsent_limit == 0)
+        s->cfg.unsent_limit = SIZE_MAX;
     return server_setup(s);
 }
 

@@ -27,11 +27,14 @@ enum close_reason {
     CLOSE_NONE = 0,   /* closed by us: close()/abort(), server stop */
     CLOSE_EOF,        /* the peer closed (after our replies went out) */
     CLOSE_RESET,      /* the peer reset, or another receive/send error */
+    CLOSE_TRUNCATED,  /* the peer closed inside a message (replies to the
+                         whole ones went out first) */
     CLOSE_TOO_BIG,    /* a frame over the size limit */
     CLOSE_BAD_FRAME,  /* a malformed frame header */
     CLOSE_HANDLER,    /* the handler raised */
     CLOSE_IDLE,       /* idle timeout */
     CLOSE_CONNECT,    /* an outgoing connect failed */
+    CLOSE_OVERFLOW,   /* a send would have queued more than unsent_limit */
     CLOSE_REASON_COUNT
 };
 extern const char *const close_reason_name[CLOSE_REASON_COUNT];
@@ -86,9 +89,20 @@ struct conn {
     uint8_t direct;              /* the recv in flight is a recv_into() */
     uint8_t big;                 /* large messages or bulk input: direct */
     uint8_t refs_out;            /* sbuf goes out with references (worker) */
+    uint8_t bad_input;           /* a bad frame ended the input: nothing
+                                    more is framed, what comes is discarded */
+    uint8_t eof_told;            /* ENTRY_EOF went to the dispatch layer */
+    uint8_t keep_open;           /* on_eof asked to stay open after the
+                                    peer's FIN, until closed */
+    uint8_t adopt_req;           /* accepted by another worker: adopt it */
+    uint8_t close_why;           /* enum close_reason of an abort asked
+                                    from another thread (under lock) */
     int64_t drain_since;         /* when the graceful close began / FIN sent */
     unsigned inflight;           /* operations whose final event is due */
     unsigned queued;             /* messages in the batch, not yet handled */
+    /* Operations started for this connection whose callbacks may still
+     * reply (conn_hold): a half-closed connection stays open for them. */
+    atomic_uint holds;
     int err;                     /* errno behind CLOSE_RESET */
     int64_t last_active;         /* monotonic ms */
 
@@ -101,7 +115,11 @@ struct conn {
      * with sbuf, which the backend owns while send_busy. */
     pthread_mutex_t lock;
     char *obuf, *sbuf;
-    size_t olen, ocap, slen, soff, scap;
+    size_t olen, ocap, slen, scap;
+    /* sbuf[0..soff) is sent.  Written by the worker alone, without the
+     * lock, and read under the lock by senders on other threads (for the
+     * unsent count): atomic, relaxed (see sent_off()). */
+    _Atomic size_t soff;
 
     struct refq *rq;             /* sends by reference, or NULL; set from
                                     NULL under the lock, freed by trim() */
@@ -122,6 +140,19 @@ struct conn {
     uint8_t xfer_busy;           /* xfer != NULL, readable under lock */
     char *hbuf;                  /* sends held back behind the file (lock) */
     size_t hlen, hcap;
+    struct dial *dial;           /* outgoing, until connected: the addresses */
+};
+
+/* An outgoing connection's addresses, tried in turn until one connects or
+ * the deadline passes; each attempt gets an equal share of what is left. */
+struct dial {
+    struct sockaddr_storage *addrs;
+    socklen_t *lens;
+    unsigned n, next;            /* next: the address to try after this one */
+    int64_t deadline;            /* monotonic ms: the whole connect */
+    int64_t attempt_due;         /* this attempt is cancelled then */
+    uint8_t timed_out;           /* the cancel was ours: the attempt expired */
+    int last_err;                /* why the last attempt failed */
 };
 
 /* An open regular file.  Its memory belongs to the dispatch layer's
@@ -148,6 +179,9 @@ struct file_req {
     uint64_t off;
     long res;                    /* final: bytes (done) or -errno */
     void *py;                    /* dispatch layer's data */
+    struct conn *hold;           /* the connection it was started for
+                                    (conn_hold), or NULL: the dispatch
+                                    layer's to set and give back */
 };
 
 /* send_file(): a range of a file streamed to a connection in chunks, one
@@ -164,7 +198,12 @@ struct xfer {
     void *py;                    /* dispatch layer's data */
 };
 
-enum entry_kind { ENTRY_MSG, ENTRY_OPEN, ENTRY_CLOSE, ENTRY_FILE, ENTRY_XFER };
+enum entry_kind {
+    ENTRY_MSG, ENTRY_OPEN, ENTRY_CLOSE, ENTRY_FILE, ENTRY_XFER,
+    ENTRY_EOF,                   /* the peer half-closed; every message
+                                    before its FIN has been handled */
+    ENTRY_DRAIN,                 /* unsent fell back below max_unsent/2 */
+};
 
 /* One item for the dispatch layer: a whole message, a new connection or a
  * closed one.  A message lies in `ptr` or, when ptr is NULL, in the
@@ -202,6 +241,11 @@ struct worker {
     int start_err;               /* errno if the backend could not start */
     int fell_back;               /* io_uring refused; running on epoll */
     atomic_int stopping;
+    atomic_uint load;            /* connections given to it, not yet closed */
+    _Atomic uint64_t opened;     /* connections given to it, ever */
+    struct conn *current;        /* the connection whose callback the
+                                    dispatch layer is running, or NULL */
+    int64_t connect_due;         /* earliest outgoing attempt deadline */
 
     struct listener_slot ls[MAX_LISTENERS];
     unsigned nls;
@@ -247,6 +291,9 @@ struct server_config {
     size_t max_unsent;           /* pause receiving above this */
     unsigned max_connections;
     int64_t idle_timeout_ms;     /* 0: none */
+    int64_t half_close_ms;       /* a half-closed connection that sends
+                                    nothing this long is closed; 0: never */
+    size_t unsent_limit;         /* a send past this closes (overflow) */
     unsigned nbufs, bufsize;     /* receive buffers per worker */
 };
 
@@ -273,10 +320,12 @@ struct server {
     unsigned nworkers;
     atomic_uint nconns;
     atomic_uint_fast64_t next_id;
-    atomic_uint next_worker;     /* round robin for outgoing connections */
+    atomic_uint next_worker;     /* round robin among equally loaded ones */
     int accepting_work;          /* under start_lock: connect() may post */
     struct stats stats;
     int want_open;               /* dispatch wants ENTRY_OPEN notices */
+    int want_eof;                /* ... ENTRY_EOF notices */
+    int want_drain;              /* ... ENTRY_DRAIN notices */
     int running;
     const char *backend_name;    /* set by server_start */
     int fell_back;               /* errno that refused io_uring, or 0 */
@@ -297,12 +346,15 @@ int server_start(struct server *s);
 void server_stop(struct server *s);
 void server_destroy(struct server *s);
 
-/* Open an outgoing connection on a nonblocking socket `fd` (taken over):
- * a worker connects it and reports ENTRY_OPEN, or ENTRY_CLOSE with reason
- * CLOSE_CONNECT.  `py` becomes c->py (a reference for the dispatch layer).
- * Any thread; -EPIPE if the server is not running. */
-int server_connect(struct server *s, int fd, const struct sockaddr *addr,
-                   socklen_t addrlen, void *py, struct conn **out);
+/* Open an outgoing connection to addrs[0..n) (numeric addresses, tried in
+ * turn): a worker creates the socket, connects it and reports ENTRY_OPEN,
+ * or ENTRY_CLOSE with reason CLOSE_CONNECT (err: why the last attempt
+ * failed, ETIMEDOUT once timeout_ms has passed).  `py` becomes c->py (a
+ * reference for the dispatch layer).  Any thread; -EPIPE if the server is
+ * not running, -EINVAL for an address that is not IPv4 or IPv6. */
+int server_connect(struct server *s, const struct sockaddr_storage *addrs,
+                   const socklen_t *lens, unsigned n, int64_t timeout_ms,
+                   void *py, struct conn **out);
 
 /* Submit a file operation; its ENTRY_FILE reaches the dispatch layer on
  * worker f->windex.  Any thread; -EPIPE if the server is not running. */
@@ -328,6 +380,19 @@ void conn_close(struct conn *c, int graceful);
 /* Worker thread only: close at once, counting `why` (a handler raised). */
 void conn_abort(struct conn *c, enum close_reason why);
 size_t conn_unsent(struct conn *c);
+/* Whether the unsent bytes are at most max_unsent (a pushing application
+ * should wait for ENTRY_DRAIN otherwise). */
+int conn_writable(struct conn *c);
+/* An operation started for c may still reply (its callback has not run):
+ * a half-closed c stays open until conn_unhold().  Any thread; each keeps
+ * a reference to c. */
+void conn_hold(struct conn *c);
+void conn_unhold(struct conn *c);
+/* The connection whose callback the calling worker thread is running (the
+ * dispatch layer sets w->current), or NULL on any other thread. */
+struct conn *server_current_conn(struct server *s);
+/* The worker the calling thread is, or NULL. */
+struct worker *server_this_worker(struct server *s);
 /* Drop a reference taken for the dispatch layer's object. */
 void conn_unref(struct conn *c);
 

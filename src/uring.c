@@ -26,6 +26,20 @@
  * first call made on the owning worker thread, so that thread becomes the
  * single issuer even when create() ran on another thread.
  *
+ * Sockets are blocking (accepted without SOCK_NONBLOCK; connect() clears
+ * O_NONBLOCK).  io_uring tries a socket request nonblocking first and
+ * waits for readiness with a poll; when a retry still cannot proceed it
+ * hands the request to an io-wq worker, which issues it blocking.  On an
+ * O_NONBLOCK socket that last attempt returns -EAGAIN as the result, and
+ * one case makes it happen every time: a send with the socket buffer full
+ * to a peer that half-closed, whose poll reports ready (EPOLLRDHUP wakes
+ * every poll) while the send cannot proceed.  Re-issuing spun at about
+ * 3,000 requests a second per connection; a blocking socket makes the
+ * io-wq worker wait in the kernel instead.  Such waits are bounded:
+ * IOWQ_UNBOUND_MAX workers per ring (more wait in the queue, and every
+ * one ends with a cancel).  The core's own direct calls (native echo's
+ * send) pass MSG_DONTWAIT.
+ *
  * Compile-time switches that force the fallbacks (for CI):
  *   IOCP_URING_NO_MULTISHOT, IOCP_URING_NO_CANCEL_FD,
  *   IOCP_URING_NO_DEFER_TASKRUN (use COOP_TASKRUN).
@@ -55,6 +69,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
 #include <time.h>
@@ -64,6 +79,7 @@
 #define CQ_ENTRIES 1024u
 #define MAX_BUFS 32768u     /* the kernel's limit for a buffer ring */
 #define BGID 0
+#define IOWQ_UNBOUND_MAX 64u  /* io-wq workers for socket requests, per ring */
 
 /* Internal user_data tags (no handle pointer). */
 enum { UD_WAKE = 5, UD_CANCEL = 6, UD_PROBE = 7 };
@@ -220,7 +236,7 @@ static int arm_accept(struct backend *b, struct io_handle *h)
         return err;
     sqe->opcode = IORING_OP_ACCEPT;
     sqe->fd = h->fd;
-    sqe->accept_flags = SOCK_NONBLOCK | SOCK_CLOEXEC;
+    sqe->accept_flags = SOCK_CLOEXEC;   /* blocking: see the top comment */
     sqe->user_data = ud_of(h, IO_ACCEPT);
     if (b->ms_accept) {
         sqe->ioprio = IORING_ACCEPT_MULTISHOT;
@@ -325,6 +341,11 @@ static int start(struct backend *b)
     res = -EINVAL;
 #endif
     b->cancel_fd = (res != -EINVAL);
+    /* Cap the io-wq workers that blocking socket requests may hold (see
+     * the top comment); the bounded (file) pool keeps its default.  A
+     * kernel without the call (before 5.15) keeps its own limits. */
+    unsigned limits[2] = {0, IOWQ_UNBOUND_MAX};
+    (void)sys_register(b->ring_fd, IORING_REGISTER_IOWQ_MAX_WORKERS, limits, 2);
     r = arm_wake(b);
     if (r < 0)
         return r;
@@ -744,6 +765,12 @@ static int on_cqe(struct backend *b, struct io_uring_cqe *c,
             set_event(h, IO_ACCEPT, res, 1, ev);
             return 1;
         }
+        if (!more && res == -EAGAIN) {
+            /* The listener is O_NONBLOCK (the core's, shared with the
+             * epoll engine) and another ring took the connection. */
+            rearm(b, h, IO_ACCEPT);
+            return 0;
+        }
         if (!more && res == -EINVAL && (h->pending & P_ACCEPT_MS) &&
             b->ms_accept) {
             b->ms_accept = 0;
@@ -930,6 +957,9 @@ static int uring_connect(struct backend *b, struct io_handle *h,
     int r = op_begin(b, h, IO_CONNECT);
     if (r < 0)
         return r;
+    int blocking = 0;   /* see the top comment */
+    if (ioctl(h->fd, FIONBIO, &blocking) < 0)
+        return -errno;
     int err = 0;
     struct io_uring_sqe *sqe = get_sqe(b, &err);
     if (sqe == NULL)

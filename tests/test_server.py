@@ -563,9 +563,13 @@ def test_eof_mid_message_is_not_clean(make_server, client):
     s = client(srv.address)
     s.sendall(codec.encode(b"one") + struct.pack(">I", 10) + b"abc")
     s.shutdown(socket.SHUT_WR)
+    # The reply to the whole message arrives, then the close.
+    assert recv_until_eof(s) == codec.encode(b"one")
     wait_for(lambda: len(ev.closed) == 1)
-    assert ev.closed[0].close_reason == "reset"
+    assert ev.closed[0].close_reason == "truncated"
     assert srv.stats()["eof"] == 0
+    errors = srv.stats()["errors"]
+    assert (errors["truncated"], errors["reset"]) == (1, 0)
 
 
 @pytest.mark.parametrize("framing", [iocport.LengthPrefixed(2),
