@@ -59,11 +59,21 @@ class Port:
     @property
     def closed(self) -> bool: ...
 
+class FramingError(ValueError):
+    """Raised by Framer.feed() on a framing error (a message over max_size,
+    a bad length header)."""
+    messages: list[bytes]
+    """The whole messages that feed() call framed before the bad frame, in
+    order ([] when the Framer had already failed)."""
+
 @final
 class Framer:
     """Incremental message framer for an iocport framing spec."""
     def __new__(cls, spec: Framing) -> Framer: ...
-    def feed(self, data: _Bytes, /) -> list[bytes]: ...
+    def feed(self, data: _Bytes, /) -> list[bytes]:
+        """Whole messages now complete.  On a bad frame: FramingError, its
+        messages those framed before it; later calls raise it again."""
+        ...
     def wrap(self, payload: _Bytes, /) -> bytes: ...
     @property
     def pending(self) -> int: ...
