@@ -12,12 +12,15 @@ released; handlers receive whole messages.
     server.listen("127.0.0.1", 9000)
     server.serve_forever()
 """
-from ._iocport import Connection, File, Framer, Packet, Port, PortClosedError
+from ._iocport import (
+    Connection, File, Framer, FramingError, Packet, Port, PortClosedError,
+)
 from .framing import Delimited, FixedSize, LengthPrefixed, parse_framing
 from .server import Server, backends, default_backend
 
 __all__ = [
     "Server", "Connection", "File", "Port", "Packet", "PortClosedError", "Framer",
+    "FramingError",
     "LengthPrefixed", "Delimited", "FixedSize", "parse_framing",
     "backends", "default_backend",
 ]

@@ -116,6 +116,7 @@ iocp_traverse(PyObject *module, visitproc visit, void *arg)
     Py_VISIT(st->ServerType);
     Py_VISIT(st->ConnectionType);
     Py_VISIT(st->FramerType);
+    Py_VISIT(st->FramingError);
     Py_VISIT(st->FileType);
     Py_VISIT(st->logger);
     return 0;
@@ -131,6 +132,7 @@ iocp_clear(PyObject *module)
     Py_CLEAR(st->ServerType);
     Py_CLEAR(st->ConnectionType);
     Py_CLEAR(st->FramerType);
+    Py_CLEAR(st->FramingError);
     Py_CLEAR(st->FileType);
     Py_CLEAR(st->logger);
     return 0;

@@ -14,6 +14,8 @@ typedef struct {
     PyTypeObject *ServerType;
     PyTypeObject *ConnectionType;
     PyTypeObject *FramerType;
+    PyTypeObject *FramingError;      /* exception: subclass of ValueError,
+                                        with .messages */
     PyTypeObject *FileType;
     PyObject *logger;                /* logging.getLogger("iocport") */
 } iocp_state;

@@ -56,13 +56,16 @@ file_clear(FileObject *self)
     return 0;
 }
 
-static void
+/* Close the descriptor if still open (nothing is in flight: see the header
+ * comment): 0, or the errno close(2) reported.  Linux releases the
+ * descriptor even then, so it is never closed again. */
+static int
 close_fd(FileObject *self)
 {
-    if (self->fd_open) {
-        self->fd_open = 0;
-        close(self->f.fd);   /* nothing in flight: see the header comment */
-    }
+    if (!self->fd_open)
+        return 0;
+    self->fd_open = 0;
+    return close(self->f.fd) == 0 ? 0 : errno;
 }
 
 static void
@@ -70,7 +73,7 @@ file_dealloc(FileObject *self)
 {
     PyTypeObject *tp = Py_TYPE(self);
     PyObject_GC_UnTrack(self);
-    close_fd(self);      /* requests hold references: none is in flight */
+    (void)close_fd(self);  /* requests hold references: none is in flight */
     if (self->lock_ok)
         pthread_mutex_destroy(&self->f.lock);
     file_clear(self);
@@ -111,16 +114,28 @@ run_callback(FileObject *self, PyObject *cb, PyObject *a, PyObject *b, int nargs
     Py_XDECREF(r);
 }
 
+/* Close the descriptor and report like every other operation:
+ * callback(0, None), or callback(None, error) with close(2)'s errno. */
 static void
 finish_close(FileObject *self)
 {
-    close_fd(self);
+    int e = close_fd(self);
     PyObject *cb = self->close_cb;
     self->close_cb = NULL;
-    if (cb != NULL) {
-        run_callback(self, cb, Py_None, NULL, 1);
-        Py_DECREF(cb);
-    }
+    if (cb == NULL)
+        return;
+    PyObject *result = e ? Py_NewRef(Py_None) : PyLong_FromLong(0);
+    PyObject *err = NULL;
+    if (result != NULL)
+        err = e ? iocp_oserror(e) : Py_NewRef(Py_None);
+    if (err == NULL)
+        iocp_log_exception(self->logger, PyUnicode_FromString(
+            "building a file close completion failed"));
+    else
+        run_callback(self, cb, result, err, 2);
+    Py_XDECREF(result);
+    Py_XDECREF(err);
+    Py_DECREF(cb);
 }
 
 void
@@ -395,7 +410,8 @@ static PyMethodDef file_methods[] = {
     {"close", (PyCFunction)(void (*)(void))file_close, METH_VARARGS | METH_KEYWORDS,
      "close(callback=None) -> None\n--\n\n"
      "No new operations; the descriptor is closed once those in flight have\n"
-     "completed, then callback(None) runs."},
+     "completed, then callback(0, None) runs, or callback(None, error) with\n"
+     "error an OSError if close(2) failed."},
     {NULL, NULL, 0, NULL},
 };
 

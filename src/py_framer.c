@@ -1,6 +1,7 @@
 /* py_framer.c - the Python side of framing: iocp_framing_from_py() turns an
- * iocport.framing spec into a struct framing, and the Framer type exposes
- * framing.c to Python as an incremental framer (feed/wrap). */
+ * iocport.framing spec into a struct framing, the Framer type exposes
+ * framing.c to Python as an incremental framer (feed/wrap), and
+ * FramingError is what feed() raises on a bad frame. */
 #include "module.h"
 #include "framing.h"
 
@@ -190,11 +191,29 @@ framer_dealloc(FramerObject *self)
     Py_DECREF(tp);
 }
 
-static int
-framer_fail(int status)
+/* Raise FramingError for `status`; its `messages` is `msgs` (the whole
+ * messages framed before the bad frame in this feed()), or a new empty list
+ * when msgs is NULL.  Framer cannot be subclassed, so Py_TYPE(self) is the
+ * class that holds the module state. */
+static void
+framer_fail(FramerObject *self, int status, PyObject *msgs)
 {
-    PyErr_SetString(PyExc_ValueError, framing_strerror(status));
-    return -1;
+    iocp_state *st = PyType_GetModuleState(Py_TYPE(self));
+    if (st == NULL)
+        return;
+    PyObject *exc = PyObject_CallFunction((PyObject *)st->FramingError, "s",
+                                          framing_strerror(status));
+    if (exc == NULL)
+        return;
+    PyObject *list = msgs != NULL ? Py_NewRef(msgs) : PyList_New(0);
+    if (list == NULL || PyObject_SetAttrString(exc, "messages", list) < 0) {
+        Py_XDECREF(list);
+        Py_DECREF(exc);
+        return;
+    }
+    Py_DECREF(list);
+    PyErr_SetObject((PyObject *)st->FramingError, exc);
+    Py_DECREF(exc);
 }
 
 /* Make room for `extra` more bytes. */
@@ -225,7 +244,7 @@ static PyObject *
 framer_feed(FramerObject *self, PyObject *data)
 {
     if (self->error) {
-        framer_fail(self->error);
+        framer_fail(self, self->error, NULL);
         return NULL;
     }
     if (self->busy) {
@@ -260,8 +279,9 @@ framer_feed(FramerObject *self, PyObject *data)
             break;
         }
         if (st != FRAME_OK) {
+            /* The messages before the bad frame go out on the exception. */
             self->error = st;
-            framer_fail(st);
+            framer_fail(self, st, msgs);
             break;
         }
         PyObject *m = PyBytes_FromStringAndSize(
@@ -355,8 +375,10 @@ static PyMethodDef framer_methods[] = {
      "feed($self, data, /)\n--\n\n"
      "Add bytes from the stream; return the whole messages now complete, as\n"
      "a list of bytes (payloads only).  The partial rest stays buffered.\n"
-     "On a framing error (message too big, bad header) raise ValueError;\n"
-     "the Framer is then unusable and every later feed() raises the same."},
+     "On a framing error (message too big, bad header) raise FramingError,\n"
+     "a ValueError whose messages attribute lists the whole messages this\n"
+     "call framed before the bad frame.  The Framer is then unusable: every\n"
+     "later feed() raises the same error, with messages == []."},
     {"wrap", (PyCFunction)framer_wrap, METH_O,
      "wrap($self, payload, /)\n--\n\n"
      "Return payload framed for sending (header or delimiter added).\n"
@@ -402,7 +424,18 @@ iocp_framer_add_types(PyObject *module, iocp_state *st)
 {
     st->FramerType = (PyTypeObject *)PyType_FromModuleAndSpec(
         module, &framer_spec, NULL);
-    if (st->FramerType == NULL)
+    if (st->FramerType == NULL ||
+        PyModule_AddObjectRef(module, "Framer", (PyObject *)st->FramerType) < 0)
         return -1;
-    return PyModule_AddObjectRef(module, "Framer", (PyObject *)st->FramerType);
+    st->FramingError = (PyTypeObject *)PyErr_NewExceptionWithDoc(
+        "iocport._iocport.FramingError",
+        "Raised by Framer.feed() on a framing error (a message over max_size,\n"
+        "a bad length header).  messages: the whole messages (bytes) that\n"
+        "call framed before the bad frame, in order.",
+        PyExc_ValueError, NULL);
+    if (st->FramingError == NULL ||
+        PyModule_AddObjectRef(module, "FramingError",
+                              (PyObject *)st->FramingError) < 0)
+        return -1;
+    return 0;
 }

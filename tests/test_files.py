@@ -121,7 +121,7 @@ def test_write_at_offsets_then_read_back(servers, tmp_path):
     assert f.append_offset == 0
     closed = Calls(1)
     f.close(closed)
-    assert closed.wait() == [(None,)]
+    assert closed.wait() == [(0, None)]
     assert f.closed and f.fd == -1
 
 
@@ -373,7 +373,7 @@ EFBIG_SCRIPT = textwrap.dedent("""
     f.write(b"d" * 8192, 8192 * 4, cb("far"))
     ok = done.wait(20)
     closed = threading.Event()
-    f.close(lambda _: closed.set())
+    f.close(lambda result, err: closed.set())
     closed.wait(20)
     # A write that crosses the limit: part fits, the rest is refused.
     f2 = srv.open_file(path + ".2", "w")
@@ -466,7 +466,7 @@ def test_close_waits_for_operations_in_flight(servers, tmp_path):
     assert f.closed
     assert finished.wait(DEADLINE)
     assert len(events) == n + 1
-    assert events[-1] == ("close", (None,), errno.EBADF, -1)
+    assert events[-1] == ("close", (0, None), errno.EBADF, -1)
     writes = events[:-1]
     assert sorted(e[1] for e in writes) == list(range(n))
     assert all(e[2] == chunk and e[3] is None for e in writes)
@@ -481,11 +481,48 @@ def test_close_with_nothing_in_flight_and_twice(servers, tmp_path):
     f = srv.open_file(tmp_path / "idle.dat", "w")
     closed = Calls(1)
     f.close(closed)
-    assert closed.wait() == [(None,)]
+    assert closed.wait() == [(0, None)]
     assert f.closed and f.fd == -1
     f.close()           # idempotent
     assert f.closed
     assert "closed" in repr(f)
+
+
+def test_close_callback_gets_result_and_error_like_the_others(servers,
+                                                            tmp_path):
+    # close's callback takes (result, error) like read, write and sync:
+    # (0, None) once the operations in flight are done.
+    srv = servers()
+    f = srv.open_file(tmp_path / "two.dat", "w+")
+    wrote = Calls(1)
+    f.write(b"abc", 0, wrote)
+    assert wrote.wait() == [(3, None)]
+    ops = Calls(2)
+    f.sync(lambda *args: ops("sync", args))
+    f.read(0, 3, lambda *args: ops("read", args))
+    closed = Calls(1)
+    f.close(closed)
+    assert closed.wait() == [(0, None)]
+    assert f.pending == 0
+    assert sorted(ops.wait()) == [("read", (b"abc", None)),
+                                  ("sync", (None, None))]
+
+
+def test_close_failure_reaches_the_callback_as_oserror(servers, tmp_path):
+    # A descriptor closed behind the File's back: close(2) says EBADF, and
+    # the callback gets (None, OSError) as a failed read or write would.
+    # The server is not started, so no other thread here can take the
+    # number between the two closes.
+    srv = servers(start=False)
+    fd = os.open(tmp_path / "gone.dat", os.O_RDWR | os.O_CREAT, 0o644)
+    f = srv.adopt_file(fd)
+    os.close(fd)
+    closed = Calls(1)
+    f.close(closed)
+    ((result, err),) = closed.wait()
+    assert result is None
+    assert isinstance(err, OSError) and err.errno == errno.EBADF
+    assert f.closed and f.fd == -1
 
 
 def test_operations_after_close_raise_valueerror(servers, tmp_path):

@@ -1,12 +1,14 @@
 """Framing: the spec classes (iocport.framing) and the native incremental
 framer (iocport._iocport.Framer, i.e. src/framing.c)."""
+import itertools
 import pickle
 import random
 import struct
 
 import pytest
 
-from iocport._iocport import Framer
+import iocport
+from iocport._iocport import Framer, FramingError
 from iocport.framing import (
     DEFAULT_MAX,
     Delimited,
@@ -336,11 +338,53 @@ def test_length_bad_header(size, byteorder):
             fr.feed(b"")
 
 
-def test_error_drops_messages_of_that_feed_and_partial():
+def test_error_keeps_messages_of_that_feed_and_drops_partial():
     fr = Framer(LengthPrefixed(1, max_size=3))
-    with pytest.raises(ValueError):
+    with pytest.raises(FramingError) as info:
         fr.feed(b"\x01a\x02bc\x09")
+    assert info.value.messages == [b"a", b"bc"]
     assert fr.pending == 0
+
+
+def test_framing_error_is_exported_value_error():
+    assert iocport.FramingError is FramingError
+    assert "FramingError" in iocport.__all__
+    assert issubclass(FramingError, ValueError)
+
+
+@pytest.mark.parametrize("size", [1, 2, 4, 8])
+def test_length_error_carries_messages_before_it(size):
+    spec = LengthPrefixed(size, max_size=10)
+    good = Framer(spec)
+    data = good.wrap(b"first") + good.wrap(b"") + good.wrap(b"x" * 10) + \
+        header(size, "big", 11) + b"y" * 11 + good.wrap(b"after")
+    fr = Framer(spec)
+    with pytest.raises(FramingError, match="^message exceeds the maximum size$") \
+            as info:
+        fr.feed(data)
+    err = info.value
+    assert isinstance(err, ValueError)
+    assert err.messages == [b"first", b"", b"x" * 10]
+    assert all(type(m) is bytes for m in err.messages)
+    # Still unusable afterwards, with nothing more to hand over.
+    for later in (good.wrap(b"ok"), b""):
+        with pytest.raises(FramingError, match="maximum size") as info:
+            fr.feed(later)
+        assert info.value.messages == []
+    assert fr.pending == 0
+
+
+def test_bad_header_error_carries_messages_before_it():
+    spec = LengthPrefixed(2, includes_header=True)
+    good = Framer(spec)
+    fr = Framer(spec)
+    assert fr.feed(good.wrap(b"a")[:1]) == []
+    with pytest.raises(FramingError, match="^bad length header") as info:
+        fr.feed(good.wrap(b"a")[1:] + good.wrap(b"bc") + header(2, "big", 1))
+    assert info.value.messages == [b"a", b"bc"]
+    with pytest.raises(FramingError, match="^bad length header") as info:
+        fr.feed(good.wrap(b"d"))
+    assert info.value.messages == []
 
 
 def test_wrap_too_big_for_header():
@@ -462,6 +506,26 @@ def test_delimited_max_size():
             assert fr.feed(b"x") == []
 
 
+def test_delimited_error_carries_lines_before_it():
+    fr = Framer(Delimited(b"\r\n", max_size=5))
+    assert fr.feed(b"one\r\ntw") == [b"one"]
+    # The line over max_size has its delimiter here...
+    with pytest.raises(FramingError, match="^message exceeds the maximum size$") \
+            as info:
+        fr.feed(b"o\r\n\r\n12345\r\n123456\r\nlater\r\n")
+    err = info.value
+    assert isinstance(err, ValueError)
+    assert err.messages == [b"two", b"", b"12345"]
+    with pytest.raises(FramingError) as info:
+        fr.feed(b"ok\r\n")
+    assert info.value.messages == []
+    # ...and here it has none yet: too long already.
+    fr = Framer(Delimited(b"\n", max_size=5))
+    with pytest.raises(FramingError) as info:
+        fr.feed(b"a\nbb\n123456")
+    assert info.value.messages == [b"a", b"bb"]
+
+
 def test_delimited_large_stream_linear():
     # One long message fed in small pieces: must not rescan (this would take
     # far longer than the timeout if every feed searched from the start).
@@ -540,3 +604,75 @@ def test_large_messages():
         out += fr.feed(stream[i:i + 65536])
     assert out == [big] * 3
     assert fr.pending == 0
+
+
+# ---- a bad frame loses none of the messages before it -------------------------
+
+def bad_tail(rng, spec):
+    """Bytes that start with a bad frame for spec (then anything)."""
+    if isinstance(spec, Delimited):
+        # Longer than max_size, with its delimiter; or without, long enough
+        # that no delimiter could still end it in time.
+        extra = rng.randrange(4)
+        if rng.random() < 0.5:
+            return b"x" * (spec.max_size + 1 + extra) + spec.delimiter
+        return b"x" * (spec.max_size + len(spec.delimiter) + extra)
+    size = spec.size
+    if spec.includes_header and rng.random() < 0.5:
+        value = rng.randrange(size)                # shorter than the header
+    else:
+        value = spec.max_size + 1 + rng.randrange(3)
+        if spec.includes_header:
+            value += size
+    return header(size, spec.byteorder, value) + b"z" * rng.randrange(20)
+
+
+@pytest.mark.parametrize("spec", [
+    LengthPrefixed(1, max_size=40), LengthPrefixed(2, byteorder="little",
+                                                   max_size=40),
+    LengthPrefixed(4, includes_header=True, max_size=40),
+    LengthPrefixed(8, includes_header=True, byteorder="little", max_size=40),
+    Delimited(b"\n", max_size=40), Delimited(b"\r\n", max_size=40),
+    Delimited(b"abab", max_size=40),
+])
+def test_bad_frame_loses_nothing_before_it(spec):
+    # Random good frames, one bad frame, maybe more good frames, fed in
+    # random chunks: the messages before the bad frame come out exactly once
+    # and in order, from earlier feed() calls or on the FramingError; none
+    # after it does, and every feed() after the error raises with [].
+    rng = random.Random(repr(spec))
+    delim = getattr(spec, "delimiter", None)
+    wrapper = Framer(spec)
+    for _ in range(150):
+        payloads = []
+        for _ in range(rng.randrange(0, 12)):
+            p = rng.randbytes(rng.randrange(0, spec.max_size + 1))
+            if delim is not None:
+                p = p.replace(delim[:1], b"")
+            payloads.append(p)
+        after = b"".join(wrapper.wrap(b"after%d" % i)
+                         for i in range(rng.randrange(3)))
+        stream = b"".join(wrapper.wrap(p) for p in payloads) + \
+            bad_tail(rng, spec) + after
+        if rng.random() < 0.5:
+            # Small pieces (a frame spans several feeds)...
+            chunks = random_chunks(rng, len(stream))
+            cuts = list(itertools.accumulate(chunks))[:-1]
+        else:
+            # ...or a few cut points (many frames per feed).
+            cuts = sorted(rng.randrange(len(stream) + 1)
+                          for _ in range(rng.randrange(4)))
+        fr = Framer(spec)
+        out = []
+        errors = 0
+        for start, end in zip([0] + cuts, cuts + [len(stream)]):
+            try:
+                out += fr.feed(stream[start:end])
+            except FramingError as e:
+                if errors:
+                    assert e.messages == []
+                else:
+                    out += e.messages
+                errors += 1
+        assert errors >= 1
+        assert out == payloads

@@ -326,7 +326,7 @@ def test_peer_closing_mid_transfer_reports_error(conns, tmp_path, how):
     assert f.pending == 0
     # The file is fine, and can be closed.
     closed = threading.Event()
-    f.close(lambda _: closed.set())
+    f.close(lambda result, err: closed.set())
     assert closed.wait(DEADLINE)
 
 
@@ -402,13 +402,13 @@ def test_close_file_during_send_file_waits_for_it(conns, tmp_path):
     def on_sent(n, err):
         order.append(("sent", n, err))
 
-    def on_close(_):
+    def on_close(result, err):
         try:
             os.fstat(fd)
             state = "open"
         except OSError:
             state = "closed"
-        order.append(("close", state))
+        order.append(("close", (result, err), state))
         closed.set()
 
     conn.send_file(f, callback=on_sent)
@@ -418,7 +418,8 @@ def test_close_file_during_send_file_waits_for_it(conns, tmp_path):
         conn.send_file(f)
     assert recv_exact(sock, len(content)) == content
     assert closed.wait(DEADLINE)
-    assert order == [("sent", len(content), None), ("close", "closed")]
+    assert order == [("sent", len(content), None),
+                     ("close", (0, None), "closed")]
 
 
 def test_send_file_on_closed_connection(conns, tmp_path):

@@ -98,10 +98,10 @@ def test_warehouse_end_to_end(backend, tmp_path, blob, durable, workers):
         # says, and the records are exactly those the client shipped.
         assert len(w.index) == RECORDS
         closed = []
-        w.file.close(closed.append)
+        w.file.close(lambda *args: closed.append(args))
         w.blob.close()
         srv.stop()
-        assert closed == [None]
+        assert closed == [(0, None)]
         content = data.read_bytes()
         spans = sorted(w.index)
         assert sum(n for _, n in spans) == len(content)
