@@ -33,13 +33,25 @@ class Packet(tuple[int, int, Any]):
 
 @final
 class Port:
-    """A completion port: threads post packets and wait for them (LIFO)."""
-    def __new__(cls, concurrency: int = 0) -> Port: ...
+    """A completion port: threads post packets and wait for them (LIFO).
+
+    At most ``concurrency`` threads run between two waits; a thread that got
+    a packet runs until its next get(), its leave(), or its exit (which frees
+    its slot, as on Windows).
+    """
+    def __new__(cls, concurrency: int = 0) -> Port:
+        """concurrency=0 (the default) means os.cpu_count(), or 1 if unknown."""
     def post(self, key: int = 0, nbytes: int = 0, value: object = None) -> None: ...
-    def get(self, timeout: float | None = None) -> Packet: ...
-    def get_many(self, max: int, timeout: float | None = None) -> list[Packet]: ...
+    def get(self, timeout: float | None = None) -> Packet:
+        """One packet; raises TimeoutError when the timeout expires and
+        PortClosedError once the port is closed."""
+    def get_many(self, max: int, timeout: float | None = None) -> list[Packet]:
+        """1 to max packets; [] (not TimeoutError) when the timeout expires."""
     def close(self) -> None: ...
-    def leave(self) -> None: ...
+    def leave(self) -> None:
+        """The calling thread stops counting as running; its slot goes to the
+        most recent waiter if packets are queued.  A thread that exits leaves
+        by itself."""
     def __enter__(self) -> Self: ...
     def __exit__(
         self,

@@ -3,6 +3,7 @@
  * py_server.c. */
 #include "module.h"
 #include "backend.h"
+#include "port.h"
 
 #include <errno.h>
 #include <string.h>
@@ -98,6 +99,13 @@ iocp_exec(PyObject *module)
     Py_DECREF(logging);
     if (st->logger == NULL)
         return -1;
+    int rc = port_key_create(&st->port_key);
+    if (rc < 0) {
+        errno = -rc;
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
+    }
+    st->port_key_ok = 1;
     if (iocp_port_add_types(module, st) < 0 ||
         iocp_framer_add_types(module, st) < 0 ||
         iocp_file_add_types(module, st) < 0 ||
@@ -141,7 +149,16 @@ iocp_clear(PyObject *module)
 static void
 iocp_free(void *module)
 {
+    iocp_state *st = iocp_get_state((PyObject *)module);
     iocp_clear((PyObject *)module);
+    /* Not in iocp_clear: the collector clears a cycle (which may hold the
+     * module and Ports) before freeing it.  Every Port is gone or garbage by
+     * now (each keeps its type, which keeps the module), so no thread can
+     * call port_track() with the key any more. */
+    if (st->port_key_ok) {
+        st->port_key_ok = 0;
+        port_key_delete(st->port_key);
+    }
 }
 
 static PyModuleDef_Slot iocp_slots[] = {

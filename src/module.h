@@ -7,6 +7,8 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include <pthread.h>
+
 typedef struct {
     PyTypeObject *PortType;
     PyTypeObject *PortClosedError;   /* exception: subclass of RuntimeError */
@@ -18,6 +20,11 @@ typedef struct {
                                         with .messages */
     PyTypeObject *FileType;
     PyObject *logger;                /* logging.getLogger("iocport") */
+    /* Per-thread list of the ports a thread waited on, so that its exit
+     * frees its running slots (port_key_create in port.h).  Valid while
+     * port_key_ok; deleted at module free. */
+    pthread_key_t port_key;
+    int port_key_ok;
 } iocp_state;
 
 static inline iocp_state *iocp_get_state(PyObject *module)

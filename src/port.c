@@ -9,10 +9,15 @@
  * running == concurrency (or the port is closed).  Packets are handed to a
  * sleeping wait by whoever frees a slot or posts (handoff()); the chosen
  * wait is popped, filled and counted as running before it even wakes up, so
- * the state after post()/leave() returns is deterministic. */
+ * the state after post()/leave() returns is deterministic.
+ *
+ * Also the per-thread lists behind port_key_create()/port_track(): which
+ * ports a thread must leave when it exits, and the reference counts that
+ * keep a port's memory valid until the last such thread has left it. */
 #include "port.h"
 
 #include <errno.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,7 +35,18 @@ struct port {
     unsigned nwaiters;
     unsigned concurrency, nrunning;
     int closed;
+    /* The owner's reference plus one per tracking thread.  Atomic, not
+     * under mu: the last release destroys mu. */
+    atomic_uint refs;
     pthread_t running[];        /* nrunning <= concurrency */
+};
+
+/* A thread's key value: the ports it tracks, each holding a reference.
+ * Only that thread touches it (port_track, and the key's destructor, which
+ * runs in the exiting thread), so it needs no lock. */
+struct port_thread {
+    struct port **ports;
+    size_t n, cap;
 };
 
 static void
@@ -68,6 +84,7 @@ port_create(unsigned concurrency, unsigned capacity_hint)
     }
     p->cap = cap;
     p->concurrency = concurrency;
+    atomic_init(&p->refs, 1);
     int rc = pthread_mutex_init(&p->mu, NULL);
     if (rc != 0)
         goto fail;
@@ -91,17 +108,18 @@ fail:
 }
 
 void
-port_destroy(struct port *p, void (*drop)(void *value))
+port_release(struct port *p)
 {
     if (p == NULL)
         return;
-    if (p->active != NULL)
-        port_fatal("port_destroy with a wait in progress", EBUSY);
-    for (size_t i = 0; i < p->count; i++) {
-        void *v = p->ring[(p->head + i) & (p->cap - 1)].value;
-        if (drop != NULL)
-            drop(v);
-    }
+    /* acq_rel: whoever frees sees every other holder's last writes. */
+    if (atomic_fetch_sub_explicit(&p->refs, 1, memory_order_acq_rel) != 1)
+        return;
+    /* Values are the owner's to drop (e.g. only under the GIL): one left
+     * here would leak, and a wait in progress would use freed memory. */
+    if (p->active != NULL || p->count != 0)
+        port_fatal("port_release with a wait in progress or packets queued",
+                   EBUSY);
     free(p->ring);
     CHECK(pthread_condattr_destroy(&p->cattr));
     CHECK(pthread_mutex_destroy(&p->mu));
@@ -432,4 +450,98 @@ port_stats(struct port *p, struct port_stats *out)
     out->queued = p->count;
     out->closed = p->closed;
     unlock(p);
+}
+
+/* ---- threads that exit ---- */
+
+/* The key's destructor: runs in the exiting thread (after its Python thread
+ * state is gone, so it must not and does not touch Python), where
+ * pthread_self() is still that thread's id, which port_leave() removes from
+ * running[].  It also runs for ports whose owner has gone: they are closed,
+ * so leaving hands nothing out, and the release frees them. */
+static void
+thread_exit(void *arg)
+{
+    struct port_thread *t = arg;
+    for (size_t i = 0; i < t->n; i++) {
+        port_leave(t->ports[i]);
+        port_release(t->ports[i]);
+    }
+    free(t->ports);
+    free(t);
+}
+
+int
+port_key_create(pthread_key_t *key)
+{
+    return -pthread_key_create(key, thread_exit);
+}
+
+void
+port_key_delete(pthread_key_t key)
+{
+    /* Taken before the delete, which makes it unreachable; the deleted key
+     * will not run thread_exit for it. */
+    struct port_thread *mine = pthread_getspecific(key);
+    CHECK(pthread_key_delete(key));
+    if (mine != NULL)
+        thread_exit(mine);
+}
+
+static int
+is_closed(struct port *p)
+{
+    lock(p);
+    int closed = p->closed;
+    unlock(p);
+    return closed;
+}
+
+int
+port_track(pthread_key_t key, struct port *p)
+{
+    struct port_thread *t = pthread_getspecific(key);
+    if (t != NULL) {
+        /* The common case: already tracked.  A pointer match is the same
+         * port: a tracked port cannot be freed and its memory reused. */
+        for (size_t i = 0; i < t->n; i++)
+            if (t->ports[i] == p)
+                return 0;
+    } else {
+        t = calloc(1, sizeof *t);
+        if (t == NULL)
+            return -ENOMEM;
+        int rc = pthread_setspecific(key, t);
+        if (rc != 0) {
+            free(t);
+            return -rc;
+        }
+    }
+    /* Forget closed ports: once its owner has gone a port is closed, and
+     * keeping it until this thread exits would pile up dead ports in a
+     * long-lived thread.  A closed port hands out nothing, so leaving it
+     * now rather than at exit only changes its `running` count. */
+    size_t kept = 0;
+    for (size_t i = 0; i < t->n; i++) {
+        struct port *q = t->ports[i];
+        if (is_closed(q)) {
+            port_leave(q);
+            port_release(q);
+        } else {
+            t->ports[kept++] = q;
+        }
+    }
+    t->n = kept;
+    if (t->n == t->cap) {
+        size_t cap = t->cap != 0 ? 2 * t->cap : 4;
+        struct port **ports = realloc(t->ports, cap * sizeof *ports);
+        if (ports == NULL)
+            return -ENOMEM;
+        t->ports = ports;
+        t->cap = cap;
+    }
+    /* Relaxed: the caller's own reference keeps p alive meanwhile. */
+    atomic_fetch_add_explicit(&p->refs, 1, memory_order_relaxed);
+    t->ports[t->n++] = p;
+    return 0;
 }

@@ -8,8 +8,18 @@
  * two it may call port_get() several times (e.g. in slices, to check for
  * signals) and keeps its place in the LIFO stack meanwhile.  Packets handed
  * to a wait stay visible to port_visit() until port_wait_done(), so a caller
- * that only runs port_visit/port_wait_done/port_post/port_leave/port_close
- * under one lock (the GIL) sees every value exactly once at any moment. */
+ * that only runs port_visit/port_wait_done/port_post/port_close under one
+ * lock (the GIL) sees every value exactly once at any moment.  port_leave()
+ * needs no such lock (a thread's exit runs it without): its hand-off only
+ * moves packets from the queue to a wait, under the port's own lock.
+ *
+ * A thread that exits stops counting as running, as on Windows: the
+ * embedder owns a pthread key (port_key_create) and registers each thread
+ * with a port before it waits there (port_track); the key's destructor, run
+ * by the exiting thread itself, leaves those ports.  Such a thread may exit
+ * after the port's owner let go of it, so the port is reference counted:
+ * the owner holds the reference port_create() returns and each thread that
+ * tracks the port holds one more. */
 #ifndef IOCPORT_PORT_H
 #define IOCPORT_PORT_H
 
@@ -45,12 +55,14 @@ struct port_stats {
 
 #define PORT_MAX_CONCURRENCY 65536u
 
-/* 1 <= concurrency <= PORT_MAX_CONCURRENCY.  NULL with errno set on
- * failure. */
+/* 1 <= concurrency <= PORT_MAX_CONCURRENCY.  Returns the owner's reference,
+ * or NULL with errno set on failure. */
 struct port *port_create(unsigned concurrency, unsigned capacity_hint);
-/* Frees the port; packets still queued are handed to drop(value).  No wait
- * may be in progress. */
-void port_destroy(struct port *p, void (*drop)(void *value));
+/* Drop a reference; the last one frees the port.  The owner closes the port
+ * and drains it (port_drain) before dropping its reference, so nothing is
+ * queued once only tracking threads hold it, and no wait may be in progress
+ * then. */
+void port_release(struct port *p);
 
 /* 0, or -EPIPE if the port is closed, -ENOMEM. */
 int port_post(struct port *p, const struct port_packet *pk);
@@ -75,11 +87,12 @@ int port_wait_done(struct port *p, struct port_wait *w);
  * they are left in out[0..] for the caller to drop. */
 int port_wait_cancel(struct port *p, struct port_wait *w);
 
-/* The calling thread stops counting as running (e.g. it is exiting); the
+/* The calling thread stops counting as running (e.g. it will block
+ * elsewhere; a thread that exits leaves by itself, see port_track); the
  * freed slot hands queued packets to the top waiter. */
 void port_leave(struct port *p);
 /* Close: every waiter and every later get() returns -EPIPE, post() too.
- * Queued packets stay until port_drain() or port_destroy(). */
+ * Queued packets stay until port_drain(). */
 void port_close(struct port *p);
 /* Remove up to max queued packets without waiting or counting as running. */
 int port_drain(struct port *p, struct port_packet *out, int max);
@@ -87,5 +100,19 @@ int port_drain(struct port *p, struct port_packet *out, int max);
  * progress) until it returns non-zero; returns that. */
 int port_visit(struct port *p, int (*fn)(void *value, void *arg), void *arg);
 void port_stats(struct port *p, struct port_stats *out);
+
+/* Threads that exit.  One key per embedder (e.g. per module state): 0 or
+ * -errno.  port_key_delete() leaves and releases the ports the calling
+ * thread tracks; the lists of other threads still alive then are leaked
+ * (their ports stay allocated, without values), since no thread can reach
+ * another's value and a deleted key runs no destructor. */
+int port_key_create(pthread_key_t *key);
+void port_key_delete(pthread_key_t key);
+/* Register the calling thread with p (once; later calls are cheap) so that
+ * its exit leaves p.  Call it before a get, while the caller keeps p alive.
+ * Also forgets (leaving and releasing them) the closed ports the thread
+ * tracks, so a long-lived thread that uses many ports in turn keeps only
+ * the open ones.  0 or -ENOMEM (the thread is not registered). */
+int port_track(pthread_key_t key, struct port *p);
 
 #endif

@@ -2,11 +2,23 @@
  * type, the Packet result type (a structseq) and PortClosedError.
  *
  * Threads and the GIL: waits run with the GIL released.  Everything that
- * moves a value in or out of the set port_visit() reports (post, leave,
- * close, drain, port_wait_done/cancel) runs with the GIL held, so the cycle
- * collector always sees a consistent set (see port.h).  A thread inside
- * get() holds a strong reference to the Port, so dealloc never races a
- * wait. */
+ * moves a value in or out of the set port_visit() reports (post, close,
+ * drain, port_wait_done/cancel) runs with the GIL held, so the cycle
+ * collector always sees a consistent set (see port.h).  leave() may run
+ * without it (when a thread exits, below): its hand-off only moves values
+ * from the queue to a wait, both in that set, under the port's lock.  A
+ * thread inside get() holds a strong reference to the Port, so dealloc
+ * never races a wait.
+ *
+ * Threads that exit: every get registers the calling thread with the port
+ * core (port_track, with the module state's pthread key), whose destructor
+ * frees the thread's running slot when the OS thread ends, threading.Thread
+ * or not.  That is native rather than a Python finalizer (say, on a
+ * threading.local value) so that nothing on the thread's way out runs
+ * Python code or needs the GIL and a live interpreter.  The core is
+ * reference counted, so a thread may exit after its Port was deallocated:
+ * dealloc closes the core and drops its values under the GIL, and only the
+ * bare C struct waits for the last thread. */
 #include "module.h"
 #include "port.h"
 
@@ -160,12 +172,6 @@ fail:
 }
 
 static void
-drop_value(void *v)
-{
-    Py_DECREF((PyObject *)v);
-}
-
-static void
 drop_packets(struct port_packet *pk, int n)
 {
     for (int i = 0; i < n; i++)
@@ -197,7 +203,15 @@ port_take(PortObject *self, iocp_state *st, struct port_packet *out, int max,
 {
     struct port *p = self->port;
     struct port_wait w;
-    int rc = port_wait_init(p, &w, out, max);
+    /* Before waiting, so that a failure leaves no packet to give back. */
+    int rc = port_track(st->port_key, p);
+    if (rc < 0) {
+        errno = -rc;
+        PyErr_SetFromErrno(rc == -ENOMEM ? PyExc_MemoryError
+                                         : PyExc_OSError);
+        return -1;
+    }
+    rc = port_wait_init(p, &w, out, max);
     if (rc < 0) {
         errno = -rc;
         PyErr_SetFromErrno(PyExc_OSError);
@@ -367,10 +381,14 @@ Port_dealloc(PyObject *op)
     PyTypeObject *tp = Py_TYPE(op);
     PyObject_GC_UnTrack(op);
     if (self->port != NULL) {
-        port_close(self->port);
+        /* Closed, nothing can be queued again: the values go now, under
+         * the GIL; threads that waited on the port may still hold the
+         * core (port_track) and free it when the last one exits. */
         struct port *p = self->port;
         self->port = NULL;
-        port_destroy(p, drop_value);
+        port_close(p);
+        drain_all(p);
+        port_release(p);
     }
     tp->tp_free(op);
     Py_DECREF(tp);
@@ -426,8 +444,8 @@ PyDoc_STRVAR(Port_get_doc,
 "TimeoutError when it expires and PortClosedError if the port is or gets\n"
 "closed.  The GIL is released while waiting; signals are handled (Ctrl-C\n"
 "interrupts a wait in the main thread).  Waiters are served last in,\n"
-"first out, and the caller counts as running until its next get() or\n"
-"leave().");
+"first out, and the caller counts as running until its next get(), its\n"
+"leave() or its end (a thread that exits frees its slot).");
 
 static PyObject *
 Port_get(PyObject *op, PyTypeObject *cls, PyObject *const *args,
@@ -455,8 +473,8 @@ Port_get(PyObject *op, PyTypeObject *cls, PyObject *const *args,
 PyDoc_STRVAR(Port_get_many_doc,
 "get_many($self, /, max, timeout=None)\n--\n\n"
 "Wait for at least one packet and return a list of 1 to max of them\n"
-"(at most 4096 per call), in queue order; [] when the timeout expires.\n"
-"Otherwise like get().");
+"(at most 4096 per call), in queue order.  When the timeout expires it\n"
+"returns [] rather than raising TimeoutError.  Otherwise like get().");
 
 static PyObject *
 Port_get_many(PyObject *op, PyTypeObject *cls, PyObject *const *args,
@@ -535,8 +553,9 @@ Port_close(PyObject *op, PyObject *Py_UNUSED(ignored))
 PyDoc_STRVAR(Port_leave_doc,
 "leave($self, /)\n--\n\n"
 "The calling thread stops counting as running (call it before a worker\n"
-"thread exits or blocks elsewhere for long); the freed slot goes to the\n"
-"most recent waiter if packets are queued.");
+"thread blocks elsewhere for long); the freed slot goes to the most\n"
+"recent waiter if packets are queued.  A thread that exits leaves every\n"
+"port by itself, as on Windows; calling leave() first is harmless.");
 
 static PyObject *
 Port_leave(PyObject *op, PyObject *Py_UNUSED(ignored))
@@ -592,7 +611,8 @@ static PyGetSetDef Port_getset[] = {
     {"concurrency", stat_get, NULL,
      "At most this many threads run between two waits.", (void *)0},
     {"running", stat_get, NULL,
-     "Threads counting as running (took a packet, not waiting again yet).",
+     "Threads counting as running (took a packet, not waiting again yet,\n"
+     "not left, not ended).",
      (void *)1},
     {"waiters", stat_get, NULL, "Threads asleep in get()/get_many().",
      (void *)2},
@@ -605,11 +625,14 @@ PyDoc_STRVAR(Port_doc,
 "Port(concurrency=0)\n--\n\n"
 "A completion port: a queue of packets (key, nbytes, value) that threads\n"
 "post to and wait on.  Waiting threads are served last in, first out, and\n"
-"at most `concurrency` threads (0: os.cpu_count()) run between two waits:\n"
-"a thread that got a packet counts as running until it calls get() or\n"
-"leave() again; while the limit is reached, packets stay queued and\n"
-"waiters stay asleep.  close() wakes every waiter with PortClosedError.\n"
-"Usable as a context manager (closes on exit).");
+"at most `concurrency` threads run between two waits (0, the default,\n"
+"means os.cpu_count(), or 1 if that is unknown).  A thread that got a\n"
+"packet counts as running until it calls get() again, calls leave(), or\n"
+"exits (its slot is then freed, as on Windows); while the limit is\n"
+"reached, packets stay queued and waiters stay asleep.  get() raises\n"
+"TimeoutError when its timeout expires (get_many() returns []).  close()\n"
+"wakes every waiter with PortClosedError.  Usable as a context manager\n"
+"(closes on exit).");
 
 static PyType_Slot Port_slots[] = {
     {Py_tp_new, Port_new},

@@ -7,6 +7,7 @@ leave() decide synchronously which waiter gets a packet (``running``,
 counters with a deadline is synchronisation, not sleep-and-hope.
 """
 
+import contextlib
 import gc
 import os
 import queue
@@ -594,3 +595,169 @@ def test_interrupted_get_requeues_handed_packets():
     assert state == [(0, 1, 0)]     # handed to the interrupted wait
     assert p.running == 0 and p.waiters == 0 and p.queued == 2
     assert [pk.key for pk in p.get_many(5, 0)] == [1, 2]
+
+
+# ---- threads that exit -----------------------------------------------------
+
+
+def run_thread(fn):
+    """Run fn in a new thread, join it and return what it returned (or
+    raise what it raised)."""
+    out = []
+
+    def body():
+        try:
+            out.append(("ok", fn()))
+        except BaseException as e:  # noqa: BLE001 - re-raised in the test
+            out.append(("err", e))
+
+    t = threading.Thread(target=body)
+    t.start()
+    t.join(DEADLINE)
+    assert not t.is_alive()
+    kind, val = out[0]
+    if kind == "err":
+        raise val
+    return val
+
+
+@contextlib.contextmanager
+def alive_after(fn):
+    """Run fn in a new thread that then stays alive, doing nothing else,
+    until the with block ends; join it then.  Yields what fn returned."""
+    out = []
+    done = threading.Event()
+    release = threading.Event()
+
+    def body():
+        try:
+            out.append(fn())
+        finally:
+            done.set()
+        release.wait(DEADLINE)
+
+    t = threading.Thread(target=body)
+    t.start()
+    try:
+        assert done.wait(DEADLINE)
+        assert out, "fn raised in the thread"
+        yield out[0]
+    finally:
+        release.set()
+        t.join(DEADLINE)
+    assert not t.is_alive()
+
+
+def test_exited_threads_free_their_slots(workers):
+    # Fails without the fix: the two exited threads keep both slots, so C's
+    # get() times out with a packet queued.  A and B run at the same time
+    # and C lives throughout, so the three have distinct pthread_t ids (a new
+    # thread may reuse an exited thread's id, and before the fix it then
+    # took over that thread's stale slot, which would hide the bug).
+    p = Port(2)
+    c = workers(p, "C")
+    both_took = threading.Barrier(2, timeout=DEADLINE)
+    keys = []
+
+    def take_then_exit():
+        keys.append(p.get(timeout=DEADLINE).key)
+        both_took.wait()
+
+    p.post(1)
+    p.post(2)
+    threads = [threading.Thread(target=take_then_exit) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(DEADLINE)
+        assert not t.is_alive()
+    assert sorted(keys) == [1, 2]
+    p.post(3)
+    c.start("get", DEADLINE / 2)
+    assert c.result().key == 3
+    # On CPython < 3.13 join() can return just before the OS thread has
+    # ended (and freed its slot): wait for the condition, not a time.
+    wait_until(lambda: p.running == 1, "exited threads leave")
+    assert p.waiters == 0 and p.queued == 0
+
+
+def test_exit_hands_queued_packet_to_waiter(workers):
+    p = Port(1)
+    b = workers(p, "B")
+    p.post(1)
+    with alive_after(lambda: p.get().key) as key:
+        assert key == 1 and p.running == 1
+        start_waiting(b, p, 0, "get", DEADLINE)
+        p.post(2)
+        assert p.queued == 1 and b.idle()     # the slot is still taken
+    # The exiting thread's slot goes to the waiter, as leave() would give it.
+    assert b.result().key == 2
+    assert p.running == 1 and p.queued == 0
+
+
+def test_exit_after_leave_and_after_timeout():
+    p = Port(1)
+    p.post(1)
+
+    def take_leave():
+        p.get()
+        p.leave()               # the exit finds nothing more to free
+
+    run_thread(take_leave)
+    assert p.running == 0
+    p.post(2)
+    assert p.get(0).key == 2    # this (main) thread now runs
+    with pytest.raises(TimeoutError):
+        run_thread(lambda: p.get(timeout=0))
+    # The thread that timed out did not count as running: the main thread
+    # still does.
+    assert p.running == 1
+    p.leave()
+    assert p.running == 0
+
+
+def test_exit_frees_slot_in_every_port():
+    ports = [Port(1) for _ in range(3)]
+    for i, p in enumerate(ports):
+        p.post(i)
+
+    def take_all():
+        return [p.get(0).key for p in ports]
+
+    assert run_thread(take_all) == [0, 1, 2]
+    for p in ports:
+        wait_until(lambda: p.running == 0, "exited thread leaves")
+
+
+def test_port_deallocated_before_thread_exits():
+    # The exiting thread leaves a port whose Python object is gone: the port
+    # core lives on until that last thread has left (no use after free;
+    # meaningful under the ASan build).
+    class Value:
+        pass
+
+    v = Value()
+    ref = weakref.ref(v)
+    box = [Port(1)]
+    box[0].post(1)
+    box[0].post(2, value=v)
+    del v
+    # box.pop(): the thread keeps no reference to the Port once fn returns.
+    with alive_after(lambda: box.pop().get().key) as key:
+        assert key == 1
+        gc.collect()
+        assert ref() is None    # the Port was deallocated: values dropped
+    # Ports created and used after that are unaffected.
+    p = Port(1)
+    p.post(3)
+    assert run_thread(p.get).key == 3
+    wait_until(lambda: p.running == 0, "exited thread leaves")
+
+
+def test_many_short_lived_threads():
+    # Each thread takes a packet and exits without leave(): with
+    # concurrency=1 every one of them needs the slot the previous freed.
+    p = Port(1)
+    for i in range(50):
+        p.post(i)
+        assert run_thread(lambda: p.get(timeout=DEADLINE)).key == i
