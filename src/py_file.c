@@ -115,7 +115,7 @@ run_callback(FileObject *self, PyObject *cb, PyObject *a, PyObject *b, int nargs
 }
 
 /* Close the descriptor and report like every other operation:
- * callback(0, None), or callback(None, error) with close(2)'s errno. */
+ * callback(None, None), or callback(None, error) with close(2)'s errno. */
 static void
 finish_close(FileObject *self)
 {
@@ -124,16 +124,12 @@ finish_close(FileObject *self)
     self->close_cb = NULL;
     if (cb == NULL)
         return;
-    PyObject *result = e ? Py_NewRef(Py_None) : PyLong_FromLong(0);
-    PyObject *err = NULL;
-    if (result != NULL)
-        err = e ? iocp_oserror(e) : Py_NewRef(Py_None);
+    PyObject *err = e ? iocp_oserror(e) : Py_NewRef(Py_None);
     if (err == NULL)
         iocp_log_exception(self->logger, PyUnicode_FromString(
             "building a file close completion failed"));
     else
-        run_callback(self, cb, result, err, 2);
-    Py_XDECREF(result);
+        run_callback(self, cb, Py_None, err, 2);   /* as sync(): no count */
     Py_XDECREF(err);
     Py_DECREF(cb);
 }
@@ -410,7 +406,7 @@ static PyMethodDef file_methods[] = {
     {"close", (PyCFunction)(void (*)(void))file_close, METH_VARARGS | METH_KEYWORDS,
      "close(callback=None) -> None\n--\n\n"
      "No new operations; the descriptor is closed once those in flight have\n"
-     "completed, then callback(0, None) runs, or callback(None, error) with\n"
+     "completed, then callback(None, None) runs, or callback(None, error) with\n"
      "error an OSError if close(2) failed."},
     {NULL, NULL, 0, NULL},
 };

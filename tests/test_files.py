@@ -121,7 +121,7 @@ def test_write_at_offsets_then_read_back(servers, tmp_path):
     assert f.append_offset == 0
     closed = Calls(1)
     f.close(closed)
-    assert closed.wait() == [(0, None)]
+    assert closed.wait() == [(None, None)]
     assert f.closed and f.fd == -1
 
 
@@ -466,7 +466,7 @@ def test_close_waits_for_operations_in_flight(servers, tmp_path):
     assert f.closed
     assert finished.wait(DEADLINE)
     assert len(events) == n + 1
-    assert events[-1] == ("close", (0, None), errno.EBADF, -1)
+    assert events[-1] == ("close", (None, None), errno.EBADF, -1)
     writes = events[:-1]
     assert sorted(e[1] for e in writes) == list(range(n))
     assert all(e[2] == chunk and e[3] is None for e in writes)
@@ -481,7 +481,7 @@ def test_close_with_nothing_in_flight_and_twice(servers, tmp_path):
     f = srv.open_file(tmp_path / "idle.dat", "w")
     closed = Calls(1)
     f.close(closed)
-    assert closed.wait() == [(0, None)]
+    assert closed.wait() == [(None, None)]
     assert f.closed and f.fd == -1
     f.close()           # idempotent
     assert f.closed
@@ -491,7 +491,7 @@ def test_close_with_nothing_in_flight_and_twice(servers, tmp_path):
 def test_close_callback_gets_result_and_error_like_the_others(servers,
                                                             tmp_path):
     # close's callback takes (result, error) like read, write and sync:
-    # (0, None) once the operations in flight are done.
+    # (None, None) once the operations in flight are done.
     srv = servers()
     f = srv.open_file(tmp_path / "two.dat", "w+")
     wrote = Calls(1)
@@ -502,7 +502,7 @@ def test_close_callback_gets_result_and_error_like_the_others(servers,
     f.read(0, 3, lambda *args: ops("read", args))
     closed = Calls(1)
     f.close(closed)
-    assert closed.wait() == [(0, None)]
+    assert closed.wait() == [(None, None)]
     assert f.pending == 0
     assert sorted(ops.wait()) == [("read", (b"abc", None)),
                                   ("sync", (None, None))]

@@ -419,7 +419,7 @@ def test_close_file_during_send_file_waits_for_it(conns, tmp_path):
     assert recv_exact(sock, len(content)) == content
     assert closed.wait(DEADLINE)
     assert order == [("sent", len(content), None),
-                     ("close", (0, None), "closed")]
+                     ("close", (None, None), "closed")]
 
 
 def test_send_file_on_closed_connection(conns, tmp_path):

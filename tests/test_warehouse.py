@@ -101,7 +101,7 @@ def test_warehouse_end_to_end(backend, tmp_path, blob, durable, workers):
         w.file.close(lambda *args: closed.append(args))
         w.blob.close()
         srv.stop()
-        assert closed == [(0, None)]
+        assert closed == [(None, None)]
         content = data.read_bytes()
         spans = sorted(w.index)
         assert sum(n for _, n in spans) == len(content)
