@@ -19,10 +19,14 @@ class Server:
         backend: str | None = None,
         on_connect: Callable[[Connection], object] | None = None,
         on_close: Callable[[Connection], object] | None = None,
+        on_eof: Callable[[Connection], object] | None = None,
+        on_drain: Callable[[Connection], object] | None = None,
         max_message: int | None = None,
         max_unsent: int = ...,
+        unsent_limit: int = ...,
         max_connections: int = ...,
         idle_timeout: float | None = None,
+        half_close_timeout: float | None = 30.0,
         native_echo: bool = False,
     ) -> None: ...
     def listen(self, host: str = "127.0.0.1", port: int = 0, *, backlog: int = 1024,
@@ -39,6 +43,7 @@ class Server:
     def connect(
         self, host: str, port: int,
         callback: Callable[[Connection, OSError | None], object] | None = None,
+        *, timeout: float = 30.0,
     ) -> Connection: ...
     def open_file(self, path: str | bytes | os.PathLike[str], mode: str = "r", *,
                   perms: int = 0o644) -> File: ...
