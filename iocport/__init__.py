@@ -13,7 +13,8 @@ released; handlers receive whole messages.
     server.serve_forever()
 """
 from ._iocport import (
-    Connection, File, Framer, FramingError, Packet, Port, PortClosedError,
+    CLOSE_REASONS, Connection, File, Framer, FramingError, Packet, Port,
+    PortClosedError,
 )
 from .framing import Delimited, FixedSize, LengthPrefixed, parse_framing
 from .server import Server, backends, default_backend
@@ -22,6 +23,6 @@ __all__ = [
     "Server", "Connection", "File", "Port", "Packet", "PortClosedError", "Framer",
     "FramingError",
     "LengthPrefixed", "Delimited", "FixedSize", "parse_framing",
-    "backends", "default_backend",
+    "backends", "default_backend", "CLOSE_REASONS",
 ]
 __version__ = "0.1.0"

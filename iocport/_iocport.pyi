@@ -5,6 +5,9 @@ from typing import Any, Callable, Final, final
 
 from iocport.framing import Framing
 
+CLOSE_REASONS: Final[tuple[str, ...]]
+"""Every value Connection.close_reason can take, and stats()['errors'] keys."""
+
 if sys.version_info >= (3, 11):
     from typing import Self
 else:

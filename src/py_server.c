@@ -124,30 +124,11 @@ connect_done(ServerObject *so, ConnObject *o, int err)
     Py_DECREF(cb);
 }
 
-/* The level a close is logged at: the peer broke the protocol or was
- * refused (warning), left inside a message (info), anything else worth a
- * line (debug); our own closes, clean EOFs and handler errors (logged with
- * their traceback already) are not logged here. */
-static const char *
-close_log_level(enum close_reason why)
-{
-    switch (why) {
-    case CLOSE_TOO_BIG: case CLOSE_BAD_FRAME: case CLOSE_OVERFLOW:
-        return "warning";
-    case CLOSE_TRUNCATED:
-        return "info";
-    case CLOSE_NONE: case CLOSE_EOF: case CLOSE_HANDLER:
-        return NULL;
-    default:
-        return "debug";
-    }
-}
-
 static void
 deliver_close(ServerObject *so, struct conn *c)
 {
     ConnObject *o = c->py;
-    const char *level = close_log_level((enum close_reason)c->reason);
+    const char *level = close_reason_level[c->reason];
     if (level != NULL) {
         PyObject *msg = PyUnicode_FromFormat(
             "connection %llu closed: %s%s%s", (unsigned long long)c->id,
@@ -581,9 +562,8 @@ static PyGetSetDef conn_getset[] = {
     {"peer", (getter)conn_get_peer, NULL, "The peer's address, e.g. (host, port).", NULL},
     {"closed", (getter)conn_get_closed, NULL, "True once the connection is closed.", NULL},
     {"close_reason", (getter)conn_get_reason, NULL,
-     "Why it closed ('closed', 'eof', 'reset', 'truncated', 'too_big',\n"
-     "'bad_frame', 'handler', 'idle', 'connect', 'overflow'), or None while\n"
-     "open.", NULL},
+     "Why it closed (one of iocport.CLOSE_REASONS), or None while open.",
+     NULL},
     {"unsent", (getter)conn_get_unsent, NULL, "Bytes queued but not yet sent.", NULL},
     {"writable", (getter)conn_get_writable, NULL,
      "True while the bytes queued are at most max_unsent (a server that\n"
@@ -1098,6 +1078,21 @@ static PyType_Spec server_spec = {
 int
 iocp_server_add_types(PyObject *module, iocp_state *st)
 {
+    PyObject *reasons = PyTuple_New(CLOSE_REASON_COUNT);
+    if (reasons == NULL)
+        return -1;
+    for (int i = 0; i < CLOSE_REASON_COUNT; i++) {
+        PyObject *name = PyUnicode_FromString(close_reason_name[i]);
+        if (name == NULL) {
+            Py_DECREF(reasons);
+            return -1;
+        }
+        PyTuple_SET_ITEM(reasons, i, name);
+    }
+    int rc = PyModule_AddObjectRef(module, "CLOSE_REASONS", reasons);
+    Py_DECREF(reasons);
+    if (rc < 0)
+        return -1;
     st->ConnectionType = (PyTypeObject *)PyType_FromModuleAndSpec(
         module, &conn_spec, NULL);
     if (st->ConnectionType == NULL ||

@@ -28,10 +28,16 @@
 #include <time.h>
 #include <unistd.h>
 
+#define CLOSE_NAME(name, str, level, doc) str,
+#define CLOSE_LEVEL(name, str, level, doc) level,
 const char *const close_reason_name[CLOSE_REASON_COUNT] = {
-    "closed", "eof", "reset", "truncated", "too_big", "bad_frame", "handler",
-    "idle", "connect", "overflow",
+    CLOSE_REASONS(CLOSE_NAME)
 };
+const char *const close_reason_level[CLOSE_REASON_COUNT] = {
+    CLOSE_REASONS(CLOSE_LEVEL)
+};
+#undef CLOSE_NAME
+#undef CLOSE_LEVEL
 
 #define KEEP_BUF (64 * 1024)  /* most a header makes us reserve ahead */
 #define TRIM_AFTER_MS 1000    /* idle buffers are given back after this */

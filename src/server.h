@@ -22,22 +22,33 @@ struct slab_pool;
 enum conn_state { CONN_CONNECTING, CONN_OPEN, CONN_DRAINING, CONN_CLOSING, CONN_DEAD };
 enum recv_state { RECV_OFF, RECV_ON, RECV_STOPPING };
 
-/* Why a connection closed; indexes srv->stats.errors and close_reason_name. */
+/* Why a connection closed: the one list.  The enum, the names Python sees
+ * (close_reason, stats()'s keys, iocport.CLOSE_REASONS, whose test checks
+ * the README's list) and the log levels all come from it.
+ * X(NAME, "python name", log level of the close line, what it means);
+ * the level is NULL where no line is logged: our own closes, clean EOFs,
+ * handler errors (logged with their traceback already). */
+#define CLOSE_REASONS(X)                                                      \
+    X(NONE,      "closed",    NULL,      "closed by us: close(), abort(), stop") \
+    X(EOF,       "eof",       NULL,      "the peer closed; every reply went out") \
+    X(RESET,     "reset",     "debug",   "the peer reset, or a receive/send error") \
+    X(TRUNCATED, "truncated", "info",    "the peer closed inside a message")  \
+    X(TOO_BIG,   "too_big",   "warning", "a frame over the size limit")       \
+    X(BAD_FRAME, "bad_frame", "warning", "a malformed frame header")          \
+    X(HANDLER,   "handler",   NULL,      "a handler or callback raised")      \
+    X(IDLE,      "idle",      "debug",   "idle, or half-closed and quiet, too long") \
+    X(CONNECT,   "connect",   "debug",   "an outgoing connect failed")        \
+    X(OVERFLOW,  "overflow",  "warning", "a send past unsent_limit")
+
 enum close_reason {
-    CLOSE_NONE = 0,   /* closed by us: close()/abort(), server stop */
-    CLOSE_EOF,        /* the peer closed (after our replies went out) */
-    CLOSE_RESET,      /* the peer reset, or another receive/send error */
-    CLOSE_TRUNCATED,  /* the peer closed inside a message (replies to the
-                         whole ones went out first) */
-    CLOSE_TOO_BIG,    /* a frame over the size limit */
-    CLOSE_BAD_FRAME,  /* a malformed frame header */
-    CLOSE_HANDLER,    /* the handler raised */
-    CLOSE_IDLE,       /* idle timeout */
-    CLOSE_CONNECT,    /* an outgoing connect failed */
-    CLOSE_OVERFLOW,   /* a send would have queued more than unsent_limit */
+#define CLOSE_ENUM(name, str, level, doc) CLOSE_##name,
+    CLOSE_REASONS(CLOSE_ENUM)
+#undef CLOSE_ENUM
     CLOSE_REASON_COUNT
 };
 extern const char *const close_reason_name[CLOSE_REASON_COUNT];
+/* The logging level of a close line, or NULL for none. */
+extern const char *const close_reason_level[CLOSE_REASON_COUNT];
 
 /* A send by reference: `len` bytes at `ptr`, kept alive by `owner` (the
  * dispatch layer's object, given back through dispatch_ops.release), sent

@@ -11,6 +11,7 @@ import gc
 import logging
 import os
 import random
+import re
 import resource
 import selectors
 import signal
@@ -21,6 +22,7 @@ import sys
 import textwrap
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -1309,3 +1311,17 @@ def test_serve_forever_signal_while_starting(backend, spawn, sig):
     out, err = p.communicate(timeout=DEADLINE)
     assert p.returncode == 0, (p.returncode, err)
     assert out.strip() == "stopped False", (out, err)
+
+
+def test_close_reasons_are_documented():
+    """The README lists every close reason, and only those (one list in C)."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    start = readme.index("`conn.close_reason` says")
+    para = readme[start:readme.index("\n- ", start)]
+    listed = re.findall(r"`([a-z_]+)`", para)
+    assert set(listed) - {"conn", "close_reason", "unsent_limit"} == \
+        set(iocport.CLOSE_REASONS)
+    assert iocport.CLOSE_REASONS[0] == "closed"
+    with iocport.Server(print) as srv:
+        assert set(srv.stats()["errors"]) == \
+            set(iocport.CLOSE_REASONS) - {"closed", "eof"}
