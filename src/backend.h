@@ -52,9 +52,12 @@ enum io_op {
 enum file_opcode { FILE_READ = 1, FILE_WRITE, FILE_FSYNC, FILE_FDATASYNC };
 
 /* One registered file descriptor.  Embedded in the core's connection and
- * listener structs; the engine may use `priv` and `pending` as it likes. */
+ * listener structs and file requests; the fields marked engine-private
+ * belong to the engine, `fd` and `tag` to the core. */
 struct io_handle {
     int fd;
+    uint8_t tag;              /* the core's: what embeds this handle (the
+                                 engines never touch it) */
     uint32_t active;          /* engine-private: bit per enum io_op in flight */
     uint32_t pending;         /* engine-private */
     uint32_t registered;      /* engine-private */

@@ -1,6 +1,7 @@
 /* module.c - the _iocport extension module: multi-phase init, module state,
- * module-level functions.  Types live in py_port.c, py_framer.c and
- * py_server.c. */
+ * module-level functions, logging helpers.  Types live in py_port.c (Port,
+ * Packet, PortClosedError), py_framer.c (Framer, FramingError), py_file.c
+ * (File) and py_server.c (Server, Connection). */
 #include "module.h"
 #include "backend.h"
 #include "port.h"

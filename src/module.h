@@ -60,7 +60,6 @@ struct xfer;
 int iocp_send_file(PyObject *file, struct conn *c, unsigned long long offset,
                    long long count, PyObject *callback);
 void iocp_send_file_done(struct xfer *x);
-int iocp_file_check(PyObject *obj);
 
 /* Fill a struct framing from a framing spec object (iocport.framing): any
  * object with a `_spec()` method returning the tuple

@@ -252,11 +252,13 @@ submit(FileObject *self, FileReq *q)
     if (rc < 0) {
         self->pending--;
         drop_req(q);
-        if (rc == -EPIPE)
+        if (rc == -EPIPE) {
             PyErr_SetString(PyExc_RuntimeError,
                             "the server is not running; start() it first");
-        else
+        } else {
+            errno = -rc;
             PyErr_SetFromErrno(PyExc_OSError);
+        }
         return NULL;
     }
     return PyLong_FromUnsignedLongLong(off);
@@ -476,17 +478,13 @@ iocp_send_file(PyObject *file, struct conn *c, unsigned long long offset,
         return -1;
     }
     XferReq *q = PyMem_RawCalloc(1, sizeof(*q));
-    char *chunk = malloc(256 * 1024);
-    if (q == NULL || chunk == NULL) {
-        PyMem_RawFree(q);
-        free(chunk);
+    if (q == NULL) {
         PyErr_NoMemory();
         return -1;
     }
     q->x.r.f = &fo->f;
     q->x.r.hold = c;     /* its callback may still reply: see new_req() */
     conn_hold(c);
-    q->x.chunk = chunk;
     q->x.off = offset;
     q->x.end = offset + (unsigned long long)count;
     q->x.py = q;
@@ -497,13 +495,14 @@ iocp_send_file(PyObject *file, struct conn *c, unsigned long long offset,
     if (rc < 0) {
         fo->pending--;
         conn_unhold(c);
-        free(chunk);
         Py_DECREF(q->file);
         Py_XDECREF(q->callback);
         PyMem_RawFree(q);
         if (rc == -EBUSY)
             PyErr_SetString(PyExc_RuntimeError, "a send_file() is already "
                             "under way on this connection");
+        else if (rc == -ENOMEM)
+            PyErr_NoMemory();
         else
             PyErr_SetString(PyExc_ConnectionError, "the connection is closed");
         return -1;
@@ -535,12 +534,6 @@ iocp_send_file_done(struct xfer *x)
         finish_close(fo);
     Py_DECREF(q->file);
     PyMem_RawFree(q);
-}
-
-int
-iocp_file_check(PyObject *obj)
-{
-    return Py_TYPE(obj)->tp_dealloc == (destructor)file_dealloc;
 }
 
 int

@@ -4,8 +4,9 @@
  * one persistent thread state for its life; a turn's whole messages are
  * delivered under one GIL hold (PyEval_RestoreThread .. PyEval_SaveThread),
  * in arrival order, so the order within a connection is kept.  Nothing here
- * runs once the interpreter is finalizing: iocport/__init__.py stops every
- * server at exit, before finalization begins. */
+ * runs once the interpreter is finalizing: iocport/server.py's atexit hook
+ * stops every running server before finalization begins, and every entry
+ * point checks Py_IsFinalizing() as well. */
 #include "module.h"
 #include "server.h"
 
@@ -416,7 +417,10 @@ conn_send_file_m(ConnObject *self, PyObject *args, PyObject *kwds)
         if (count < 0)
             return PyErr_Format(PyExc_ValueError, "count must be >= 0 or None");
     }
-    if (!iocp_file_check(file))
+    PyObject *module = PyType_GetModule(Py_TYPE(self));
+    if (module == NULL)
+        return NULL;
+    if (!PyObject_TypeCheck(file, iocp_get_state(module)->FileType))
         return PyErr_Format(PyExc_TypeError, "send_file() expects an "
                             "iocport.File (Server.open_file), got %.100s",
                             Py_TYPE(file)->tp_name);

@@ -1559,7 +1559,7 @@ on_event(struct worker *w, const struct io_event *ev)
 {
     struct io_handle *h = ev->h;
 
-    if ((char *)h >= (char *)w->ls && (char *)h < (char *)(w->ls + MAX_LISTENERS)) {
+    if (h->tag == HANDLE_LISTENER) {
         on_accept(w, (struct listener_slot *)h, ev);
         return;
     }
@@ -1766,14 +1766,20 @@ server_file_submit(struct server *s, struct file_req *r)
 int
 conn_send_file(struct conn *c, struct xfer *x)
 {
+    int rc = 0;
+    x->chunk = malloc(XFER_CHUNK);   /* freed by xfer_finish() */
+    if (x->chunk == NULL)
+        return -ENOMEM;
     pthread_mutex_lock(&c->lock);
-    if (c->state > CONN_OPEN) {
+    if (c->state > CONN_OPEN)
+        rc = -EPIPE;
+    else if (c->xfer_new != NULL || c->xfer_busy)
+        rc = -EBUSY;
+    if (rc < 0) {
         pthread_mutex_unlock(&c->lock);
-        return -EPIPE;
-    }
-    if (c->xfer_new != NULL || c->xfer_busy) {
-        pthread_mutex_unlock(&c->lock);
-        return -EBUSY;
+        free(x->chunk);
+        x->chunk = NULL;
+        return rc;
     }
     x->c = c;
     conn_ref(c);
@@ -2366,6 +2372,7 @@ worker_prepare(struct server *s, struct worker *w, unsigned index)
         return -ENOMEM;
     for (unsigned i = 0; i < s->nlfds; i++) {
         w->ls[i].h.fd = s->lfds[i];
+        w->ls[i].h.tag = HANDLE_LISTENER;
         w->nls++;
     }
     return 0;

@@ -216,8 +216,9 @@ enum entry_kind {
     ENTRY_DRAIN,                 /* unsent fell back below max_unsent/2 */
 };
 
-/* One item for the dispatch layer: a whole message, a new connection or a
- * closed one.  A message lies in `ptr` or, when ptr is NULL, in the
+/* One item for the dispatch layer (enum entry_kind): a whole message, a
+ * connection opened, half-closed, drained or closed, a file operation or a
+ * send_file done.  A message lies in `ptr` or, when ptr is NULL, in the
  * connection's rbuf at `off` (rbuf may move until dispatch). */
 struct entry {
     struct conn *c;              /* NULL for ENTRY_FILE */
@@ -232,6 +233,10 @@ struct stats {
     _Atomic uint64_t accept_errors, refused;
     _Atomic uint64_t errors[CLOSE_REASON_COUNT];
 };
+
+/* io_handle.tag: what embeds the handle (file requests are told by their
+ * events' op, IO_FILE). */
+enum handle_tag { HANDLE_CONN = 0, HANDLE_LISTENER };
 
 struct listener_slot {
     struct io_handle h;          /* this worker's registration of the fd */
@@ -376,7 +381,8 @@ unsigned server_pick_worker(struct server *s);
 
 /* Stream x->r.f's bytes [x->off, x->end) to c; an ENTRY_XFER reports the
  * end.  Messages sent meanwhile go out after the file.  Any thread; -EPIPE
- * if c is closing, -EBUSY if a send_file is already under way. */
+ * if c is closing, -EBUSY if a send_file is already under way, -ENOMEM.
+ * The core allocates (and frees) x->chunk. */
 int conn_send_file(struct conn *c, struct xfer *x);
 
 /* Called from any thread (the dispatch layer holds the GIL, which keeps `c`

@@ -45,10 +45,10 @@
  *   IOCP_URING_NO_DEFER_TASKRUN (use COOP_TASKRUN).
  *
  * user_data is the io_handle pointer with the enum io_op in its low 3 bits;
- * values below 8 (no pointer) tag the engine's internal requests.  Tags and
- * ops share the low bits (UD_WAKE == IO_FILE == 5): on_cqe() tells them
- * apart by the pointer part alone, which is never 0 for a handle
- * (check_handle() refuses NULL and misaligned handles).
+ * values below 8 (no pointer) tag the engine's internal requests, with low
+ * bits no operation uses (on_cqe() tells them apart by the pointer part
+ * anyway, which is never 0 for a handle: check_handle() refuses NULL and
+ * misaligned handles).
  *
  * Addresses passed to connect() must stay valid until the IO_CONNECT event
  * (the kernel reads them when the SQE is submitted, in the next wait()).
@@ -82,9 +82,9 @@
 #define IOWQ_UNBOUND_MAX 64u  /* io-wq workers for socket requests, per ring */
 
 /* Internal user_data tags (no handle pointer). */
-enum { UD_WAKE = 5, UD_CANCEL = 6, UD_PROBE = 7 };
+enum { UD_PROBE = 0, UD_WAKE = 6, UD_CANCEL = 7 };
 #define UD_OP_MASK 7u
-_Static_assert(IO_OP_COUNT <= UD_OP_MASK + 1, "enum io_op needs > 3 bits");
+_Static_assert((int)IO_OP_COUNT <= (int)UD_WAKE, "enum io_op and the tags share 3 bits");
 
 /* the kernel's per-call cap (MAX_RW_COUNT); keeps res within int32 */
 #define FILE_MAX_LEN 0x7ffff000u
@@ -702,7 +702,7 @@ static int on_cqe(struct backend *b, struct io_uring_cqe *c,
     int32_t res = c->res;
     uint32_t flags = c->flags;
 
-    if (ud < 8) {
+    if (ud <= UD_OP_MASK) {
         if (ud == UD_WAKE)
             drain_wake(b, c);
         return 0;   /* UD_CANCEL, UD_PROBE: nothing to report */
