@@ -91,8 +91,20 @@ def bench(args):
     return run(args)
 
 
+def _bench_args(p, argv):
+    """The bench command's options, added only when it is the command:
+    iocport.bench is the whole benchmark (building C, processes, reports),
+    which echo and demo have no use for.  The top-level parser takes no
+    option but --help, so the command is argv's first word that is not one."""
+    if next((a for a in argv if not a.startswith("-")), None) == "bench":
+        from .bench import add_arguments
+        add_arguments(p)
+
+
 def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    if argv is None:
+        argv = sys.argv[1:]
     parser = argparse.ArgumentParser(prog="python -m iocport")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("echo", help="run the echo server")
@@ -106,9 +118,8 @@ def main(argv=None):
     p.add_argument("--backend", choices=("auto", "uring", "epoll"), default=None)
     p.add_argument("--native", action="store_true")
     p.set_defaults(func=demo)
-    from .bench import add_arguments as _bench_args
     p = sub.add_parser("bench", help="benchmark iocport against its rivals")
-    _bench_args(p)
+    _bench_args(p, argv)
     p.set_defaults(func=bench)
     args = parser.parse_args(argv)
     return args.func(args)

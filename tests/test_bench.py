@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from iocport import bench
+from iocport.bench import harness, report, scenarios
 
 pytestmark = [
     pytest.mark.timeout(120),
@@ -26,8 +27,8 @@ REPO = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench-bin")
-    return {"loadgen": bench.build("loadgen.c", out),
-            "c_echo": bench.build("c_echo_epoll.c", out)}
+    return {"loadgen": harness.build("loadgen.c", out),
+            "c_echo": harness.build("c_echo_epoll.c", out)}
 
 
 def _env():
@@ -56,7 +57,7 @@ def test_loadgen_against_echo_servers(built, server, framing):
     else:
         argv = [sys.executable, "-m", "iocport", "echo", "--port", "0",
                 "--framing", framing] + (["--native"] if server == "iocport-native" else [])
-    srv = bench.ServerProc(server, argv, env=_env())
+    srv = harness.ServerProc(server, argv, env=_env())
     try:
         rc, res, err = _loadgen(built, srv.host, srv.port, framing=framing, pid=srv.pid)
     finally:
@@ -152,7 +153,7 @@ def test_loadgen_detects_a_lost_connection(built):
 def test_idle_scenario_smoke():
     """The idle-connections scenario runs for iocport with N=200 and gives a
     positive figure. No threshold: sizes are not pass/fail."""
-    idle = bench.run_idle(200, only={"iocport-python"})
+    idle = scenarios.run_idle(200, only={"iocport-python"})
     assert idle["n"] == 200
     r = idle["results"]["iocport-python"]
     assert "failed" not in r, r
@@ -161,7 +162,7 @@ def test_idle_scenario_smoke():
     assert isinstance(r["bytes_per_conn"], float) and r["bytes_per_conn"] > 0
     assert r.get("exit", 0) == 0
     json.loads(json.dumps(idle))          # fits the JSON output
-    assert "iocport-python" in bench.idle_table(idle)
+    assert "iocport-python" in report.idle_table(idle)
 
 
 class _SilentServer:
@@ -217,10 +218,10 @@ def test_open_loop_keeps_sending_without_replies(built):
 
 def test_open_loop_against_iocport(built, backend):
     argv = [sys.executable, "-m", "iocport", "echo", "--port", "0", "--backend", backend]
-    srv = bench.ServerProc("iocport", argv, env=_env())
+    srv = harness.ServerProc("iocport", argv, env=_env())
     try:
-        res = bench.run_loadgen(built["loadgen"], srv, conns=8, depth=1, size=64,
-                                framing="len4", seconds=0.5, warmup=0.1, rate=4000)
+        res = harness.run_loadgen(built["loadgen"], srv, conns=8, depth=1, size=64,
+                                  framing="len4", seconds=0.5, warmup=0.1, rate=4000)
     finally:
         status = srv.stop()
     assert res["errors"] == 0, res
@@ -239,7 +240,7 @@ def test_store_servers_write_before_replying(built, server, tmp_path):
     else:
         argv = [sys.executable, "-m", "iocport", "echo", "--port", "0", "--store",
                 str(path), "--backend", server.split("-")[1]]
-    srv = bench.ServerProc(server, argv, env=_env())
+    srv = harness.ServerProc(server, argv, env=_env())
     try:
         rc, res, err = _loadgen(built, srv.host, srv.port, pid=srv.pid, seconds=0.5)
     finally:
@@ -257,22 +258,22 @@ def test_plan_covers_every_scenario(tmp_path):
     import argparse
     p = argparse.ArgumentParser()
     bench.add_arguments(p)
-    groups = bench.plan(p.parse_args(["--full", "--rates", "100,200"]), tmp_path)
+    groups = scenarios.plan(p.parse_args(["--full", "--rates", "100,200"]), tmp_path)
     assert [g[0] for g in groups] == ["throughput", "latency", "store"]
     assert len(groups[0][2]) == 6
     assert [sc["rate"] for sc in groups[1][2]] == [100, 200]
     assert all("--store" in extra for _, _, extra in groups[2][1])
-    names = {bench.scenario_name(sc) for _, _, scs in groups for sc in scs}
+    names = {scenarios.scenario_name(sc) for _, _, scs in groups for sc in scs}
     assert len(names) == 6 + 2 + 2          # result keys do not collide
-    quick = bench.plan(p.parse_args([]), tmp_path)
+    quick = scenarios.plan(p.parse_args([]), tmp_path)
     assert [g[0] for g in quick] == ["throughput"] and len(quick[0][2]) == 2
-    some = bench.plan(p.parse_args(["--latency", "--store"]), tmp_path)
+    some = scenarios.plan(p.parse_args(["--latency", "--store"]), tmp_path)
     assert [g[0] for g in some] == ["latency", "store"]
-    assert bench.plan(p.parse_args(["--idle"]), tmp_path) == []   # idle alone
-    sized = bench.plan(p.parse_args(["--sizes", "4096,65536"]), tmp_path)
+    assert scenarios.plan(p.parse_args(["--idle"]), tmp_path) == []   # idle alone
+    sized = scenarios.plan(p.parse_args(["--sizes", "4096,65536"]), tmp_path)
     assert sorted({sc["size"] for sc in sized[0][2]}) == [4096, 65536]
     with pytest.raises(SystemExit, match="--sizes"):
-        bench.plan(p.parse_args(["--sizes", "64,x"]), tmp_path)
+        scenarios.plan(p.parse_args(["--sizes", "64,x"]), tmp_path)
 
 
 def test_ratio_table_pairs_rounds_and_sets_targets_for_64_bytes():
@@ -284,18 +285,18 @@ def test_ratio_table_pairs_rounds_and_sets_targets_for_64_bytes():
         return [{"msgs_per_cpu_s": v, "msgs_per_sec": v, "p99_us": 100.0, "msgs": v,
                  "server_cpu_s": 1.0, "server_sys_s": kernel} for v in per_cpu]
 
-    scenarios = [dict(size=size, depth=1, conns=50, framing="len4", mode="closed")
-                 for size in (64, 4096)]
+    scs = [dict(size=size, depth=1, conns=50, framing="len4", mode="closed")
+           for size in (64, 4096)]
     results = {}
-    for sc in scenarios:
-        results[bench.scenario_name(sc)] = {
+    for sc in scs:
+        results[scenarios.scenario_name(sc)] = {
             "iocport-python": runs(300, 150, 200, kernel=0.75),
             "uvloop": runs(100, 100, 200),      # best of uvloop and rloop,
             "rloop": runs(200, 50, 100),        # round by round: 200, 100, 200
             "iocport-epoll": runs(270, 150, 100),
         }
     banners = {"iocport-python": "listening on 127.0.0.1:1 (backend uring, python echo)"}
-    text, rows = bench.ratio_table(scenarios, results, banners)
+    text, rows = report.ratio_table(scs, results, banners)
     best = {r["scenario"]: r for r in rows if r["ratio"].startswith("python handler / best")}
     assert best["64 B, depth 1"]["rounds"] == [1.5, 1.5, 1.0]
     assert best["64 B, depth 1"]["per_cpu"] == 1.5
@@ -318,15 +319,15 @@ def test_ratio_table_pairs_rounds_and_sets_targets_for_64_bytes():
                 if ln.startswith("| python handler / best") and "64 B" in ln)
     assert "| 1.00-1.50 | >= 1.5 | yes |" in line
     # without an io_uring run to compare with, there is no parity row
-    _, rows = bench.ratio_table(scenarios, results, {})
+    _, rows = report.ratio_table(scs, results, {})
     assert not [r for r in rows if r["ratio"].startswith("epoll backend")]
 
 
 def test_machine_info_describes_the_host():
-    info = bench.machine_info()
+    info = harness.machine_info()
     assert info["cpus"] == os.cpu_count()
     assert info["kernel"] == os.uname().release
     assert info["python"].startswith("%d.%d." % sys.version_info[:2])
     assert len(info["loadavg"]) == 3
     json.loads(json.dumps(info))                 # goes into --json as is
-    assert info["kernel"] in bench.machine_line(info)
+    assert info["kernel"] in report.machine_line(info)

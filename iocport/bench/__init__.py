@@ -1,0 +1,166 @@
+"""``python -m iocport bench``: iocport against its rivals, same harness, same run.
+
+The load comes from ``benchmarks/loadgen.c`` (a native closed-loop client
+that checks every reply byte for byte), built with gcc into a cache
+directory together with ``benchmarks/c_echo_epoll.c`` (the plain C
+baseline).  Each server runs pinned to one CPU, the client to another; each
+server is warmed on separate connections before it is measured; servers are
+measured in turn (A B A B ...) for several rounds and every ratio is
+computed round by round, the median reported.  The headline figure is
+messages per server CPU-second (the server's utime+stime from /proc over the
+measured window), which judges a server by its cost per message even when
+the client is the bottleneck.
+
+The package is cut by concern, so that each change has one file to go to:
+
+- ``harness``: the machinery, which knows no plan: building the C tools,
+  starting, pinning and stopping servers, one loadgen run, one idle-memory
+  reading, what the machine is.  How to start a new kind of server, or a
+  new client, goes here.
+- ``scenarios``: what runs and how it is judged: each scenario's servers,
+  ratios and targets, the plan the options make of them, and the A B A B
+  rounds that run it.  A new scenario or a moved target goes here.
+- ``report``: what is printed and drawn: the progress bar, the machine
+  line, medians, the tables, the ratio table, the chart.  A new column
+  goes here.
+- this module: the command (its options, and ``run`` putting the three
+  together).
+
+The imports go one way (harness, scenarios, report, this module: each
+imports only from those before it), so that the harness can be read and
+tested without the plan, and the plan without its presentation.
+``python -m iocport`` imports this package only when the command is
+``bench``: ``echo`` and ``demo`` have no use for any of it.
+"""
+import json
+import subprocess
+import sys
+import tempfile
+import time
+
+from .harness import RIVAL_PACKAGES, bench_env, benchmarks_dir, build, machine_info, pinning
+from .report import Progress, idle_table, machine_line, print_tables, ratio_table, write_chart
+from .scenarios import LATENCY_RATES, plan, run_group, run_idle
+
+
+def add_arguments(p):
+    """The command's options; ``python -m iocport`` adds them only when the
+    command is ``bench``."""
+    p.add_argument("--full", action="store_true",
+                   help="add 4 KiB and 64 KiB payloads and every server variant")
+    p.add_argument("--sizes", default=None, metavar="BYTES,...",
+                   help="payload sizes of the throughput runs (default 64; "
+                        "with --full 64,4096,65536)")
+    p.add_argument("--seconds", type=float, default=1.5,
+                   help="measured seconds per run (default 1.5)")
+    p.add_argument("--rounds", type=int, default=3, help="A B A B rounds (default 3)")
+    p.add_argument("--conns", type=int, default=50, help="connections (default 50)")
+    p.add_argument("--framing", choices=("len4", "line"), default="len4")
+    p.add_argument("--only", default=None,
+                   help="comma-separated server names to run (default: all of the suite)")
+    p.add_argument("--json", metavar="PATH", help="write every run's figures here")
+    p.add_argument("--chart", metavar="PNG", default="iocport-bench.png",
+                   help="chart path when matplotlib is installed (default iocport-bench.png)")
+    p.add_argument("--no-chart", action="store_true")
+    p.add_argument("--install-rivals", action="store_true",
+                   help="pip install uvloop and rloop first")
+    p.add_argument("--idle", action="store_true",
+                   help="run only the idle-connections memory scenario "
+                        "(also part of --full)")
+    p.add_argument("--idle-conns", type=int, default=10000,
+                   help="connections for the idle scenario (default 10000)")
+    p.add_argument("--latency", action="store_true",
+                   help="run only the latency-at-fixed-load scenario (also part of --full)")
+    p.add_argument("--rates", default=LATENCY_RATES,
+                   help="offered loads of the latency scenario, messages per second "
+                        f"in all (default {LATENCY_RATES})")
+    p.add_argument("--store", action="store_true",
+                   help="run only the store-to-disk scenario (also part of --full)")
+
+
+def run_idle_only(args):
+    """``--idle`` alone: the idle scenario has no loadgen and no groups."""
+    idle = run_idle(args.idle_conns, only=set(args.only.split(",")) if args.only else None,
+                    framing="len4")
+    print("# iocport bench --idle")
+    print(f"\n{machine_line(machine_info())}")
+    print(idle_table(idle))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"idle": idle}, f, indent=1)
+    failed = [n for n, r in idle["results"].items() if "failed" in r]
+    return 1 if failed else 0
+
+
+def run(args):
+    """The command: the plan's groups in turn, then the idle scenario when
+    asked; tables on stdout, progress on stderr.  Exit status 1 when any run
+    failed or counted an error (a wrong reply, a lost connection)."""
+    if args.install_rivals:
+        subprocess.run([sys.executable, "-m", "pip", "install", *RIVAL_PACKAGES.values()],
+                       check=False)
+    info = machine_info()
+    if info["loadavg"][0] > 0.5:
+        sys.stderr.write(f"iocport bench: load average {info['loadavg'][0]:.2f}: another "
+                         "job is running; its CPU use will show in the figures\n")
+    server_cpu, client_cpu = pinning()
+    tools = (build("loadgen.c"), build("c_echo_epoll.c"), benchmarks_dir(),
+             server_cpu, client_cpu, bench_env())
+    with tempfile.TemporaryDirectory(prefix="iocport-bench-store-") as store_dir:
+        groups = plan(args, store_dir)
+        if not groups:
+            return run_idle_only(args)
+        steps = sum(len(servers) + sum(sc["rounds"] * len(
+            [s for s in servers if not sc.get("servers") or s[0] in sc["servers"]])
+            for sc in scenarios) for _, servers, scenarios in groups)
+        progress = Progress(steps)
+        t_start = time.monotonic()
+        ran = [(title, servers, scenarios, *run_group(servers, scenarios, args, progress, tools))
+               for title, servers, scenarios in groups]
+        elapsed = time.monotonic() - t_start
+
+    print("# iocport bench")
+    print(f"\n{machine_line(info)}")
+    print(f"server on CPU {server_cpu}, client on CPU {client_cpu}"
+          if server_cpu is not None else "not pinned (taskset or a second CPU missing)")
+    print(f"{args.conns} connections, {args.seconds} s measured per run, "
+          f"{args.rounds} rounds, {elapsed:.0f} s in all")
+    all_results, all_rows, all_notes, all_banners, bad_exit = {}, [], {}, {}, {}
+    for title, servers, scenarios, results, notes, banners, exits in ran:
+        names = [s[0] for s in servers]
+        for name in names:
+            if name in banners:
+                print(f"- {name}: {banners[name]}")
+        print(print_tables(scenarios, names, results, notes))
+        text, rows = ratio_table(scenarios, results, banners)
+        print(text)
+        all_results.update(results)
+        all_rows += rows
+        all_notes.update(notes)
+        all_banners.update(banners)
+        bad_exit.update({n: rc for n, rc in exits.items() if rc != 0})
+    idle = None
+    if args.full or args.idle:
+        idle = run_idle(args.idle_conns,
+                        only=set(args.only.split(",")) if args.only else None)
+        print(idle_table(idle))
+    if bad_exit:
+        print(f"\nservers that did not exit 0 on SIGTERM: {bad_exit}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"machine": info,
+                       "groups": [{"title": t, "servers": [s[0] for s in sv],
+                                   "scenarios": scs} for t, sv, scs, *_ in ran],
+                       "results": all_results, "notes": all_notes,
+                       "banners": all_banners, "ratios": all_rows, "idle": idle},
+                      f, indent=1)
+    if not args.no_chart and args.chart:
+        for title, servers, scenarios, results, *_ in ran:
+            if title == "throughput" and write_chart(
+                    args.chart, scenarios, [s[0] for s in servers], results):
+                print(f"\nchart: {args.chart}")
+    total_errors = sum(r.get("errors", 0) for per in all_results.values()
+                       for runs in per.values() for r in runs)
+    if idle and any("failed" in r for r in idle["results"].values()):
+        total_errors += 1
+    return 1 if total_errors else 0

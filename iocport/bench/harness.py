@@ -1,0 +1,327 @@
+"""The machinery of the benchmark, which knows no plan: building the C tools
+of benchmarks/, starting and stopping servers, pinning them and the clients
+to CPUs, one load-generator run, one idle-memory reading, and what the
+machine is."""
+import hashlib
+import importlib.util
+import json
+import os
+import selectors
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+CFLAGS = ["-O2", "-std=c11", "-D_GNU_SOURCE", "-Wall", "-Wextra"]
+BENCH_SOURCES = ("loadgen.c", "c_echo_epoll.c")
+
+# The rivals' event loops that are not in the standard library, by loop name:
+# what --install-rivals installs, whose absence skips a server rather than
+# failing it, and whose versions go into the machine line.
+RIVAL_PACKAGES = {"uvloop": "uvloop", "rloop": "rloop"}
+
+# The iocport package directory (this file is in iocport/bench/): the
+# benchmarks' C sources are found from it, and the servers this starts import
+# iocport from its parent.
+PACKAGE_DIR = Path(__file__).resolve().parent.parent
+
+
+# ---- building -------------------------------------------------------------
+
+def benchmarks_dir():
+    """The directory holding loadgen.c: the repository's benchmarks/ next to
+    the package, or a copy shipped inside the package."""
+    here = PACKAGE_DIR
+    for d in (here.parent / "benchmarks", here / "benchmarks"):
+        if all((d / s).is_file() for s in BENCH_SOURCES):
+            return d
+    raise SystemExit("iocport bench: benchmarks/loadgen.c not found next to the "
+                     f"package ({here.parent / 'benchmarks'})")
+
+
+def cache_dir():
+    d = os.environ.get("IOCPORT_BENCH_CACHE")
+    if d:
+        return Path(d)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "iocport-bench"
+
+
+def build(source, out_dir=None):
+    """Compile one C file of benchmarks/ (cached by content); return the path."""
+    cc = os.environ.get("CC") or "gcc"
+    if not shutil.which(cc):
+        raise SystemExit(f"iocport bench: {cc} not found (needed to build {source})")
+    src = benchmarks_dir() / source
+    text = src.read_bytes()
+    digest = hashlib.sha256(text + " ".join([cc] + CFLAGS).encode()).hexdigest()[:12]
+    out_dir = Path(out_dir) if out_dir else cache_dir()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    exe = out_dir / f"{src.stem}-{digest}"
+    if exe.is_file():
+        return exe
+    tmp = out_dir / f".{exe.name}.{os.getpid()}"
+    r = subprocess.run([cc, *CFLAGS, str(src), "-o", str(tmp)],
+                       capture_output=True, text=True)
+    if r.returncode:
+        raise SystemExit(f"iocport bench: building {source} failed:\n{r.stderr}")
+    os.replace(tmp, exe)   # atomic: concurrent builds do not trip over each other
+    return exe
+
+
+# ---- processes ------------------------------------------------------------
+
+def pinning():
+    """(server cpu, client cpu) or (None, None) when pinning is impossible."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) >= 2 and shutil.which("taskset"):
+        return cpus[0], cpus[1]
+    return None, None
+
+
+def _pinned(cpu, argv):
+    return argv if cpu is None else ["taskset", "-c", str(cpu), *argv]
+
+
+class ServerProc:
+    def __init__(self, name, argv, env=None, cpu=None):
+        self.name = name
+        self.log = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen(_pinned(cpu, argv), stdout=subprocess.PIPE,
+                                     stderr=self.log, env=env, text=True)
+        self.banner = self._read_banner(20.0)
+        addr = self.banner.split()[2]
+        host, port = addr.rsplit(":", 1)
+        self.host, self.port = host, int(port)
+        self.pid = self.proc.pid     # taskset execs the server: same pid
+
+    def _read_banner(self, timeout):
+        sel = selectors.DefaultSelector()
+        sel.register(self.proc.stdout, selectors.EVENT_READ)
+        ready = sel.select(timeout)
+        sel.close()
+        line = self.proc.stdout.readline() if ready else ""
+        if not line.startswith("listening on "):
+            self.proc.kill()
+            self.proc.wait()
+            self.log.seek(0)
+            err = self.log.read().decode(errors="replace")[-2000:]
+            raise RuntimeError(f"{self.name} did not start: {line!r} {err}")
+        return line.strip()
+
+    def stop(self):
+        """SIGTERM; returns the exit status (None if it had to be killed)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                return None
+        self.proc.stdout.close()
+        self.log.close()
+        return self.proc.returncode
+
+
+def server_argv(kind, extra, framing, bench_dir, c_echo):
+    if kind == "iocport":
+        return [sys.executable, "-m", "iocport", "echo", "--port", "0",
+                "--framing", framing, *extra]
+    if kind == "c":
+        return [str(c_echo), "--port", "0", "--framing", framing]
+    rivals = str(bench_dir / "rivals.py")
+    return [sys.executable, rivals, kind, "--port", "0", "--framing", framing, *extra]
+
+
+def run_loadgen(loadgen, server, *, conns, depth, size, framing, seconds,
+                warmup=0.2, cpu=None, rate=None):
+    """One loadgen run against `server`: closed loop with `depth` messages in
+    flight per connection, or open loop at `rate` messages per second."""
+    argv = [str(loadgen), "--host", server.host, "--port", str(server.port),
+            "--conns", str(conns), "--depth", str(depth), "--size", str(size),
+            "--framing", framing, "--seconds", str(seconds),
+            "--warmup-seconds", str(warmup), "--server-pid", str(server.pid)]
+    if rate:
+        argv += ["--rate", str(rate)]
+    try:
+        r = subprocess.run(_pinned(cpu, argv), capture_output=True, text=True,
+                           timeout=seconds + warmup + 30)
+    except subprocess.TimeoutExpired:
+        return {"failed": "loadgen timed out", "errors": 1}
+    lines = r.stdout.strip().splitlines()
+    try:
+        res = json.loads(lines[-1])
+    except (IndexError, ValueError):
+        return {"failed": f"loadgen exit {r.returncode}: {r.stderr.strip()[-300:]}",
+                "errors": 1}
+    if res.get("server_cpu_s"):
+        res["msgs_per_cpu_s"] = res["msgs"] / res["server_cpu_s"]
+    else:
+        res["msgs_per_cpu_s"] = None
+    return res
+
+
+def bench_env():
+    """The environment of the servers and clients started from here: this
+    iocport first on PYTHONPATH, so that they run the package being
+    benchmarked whatever the working directory."""
+    env = dict(os.environ)
+    pkg_parent = str(PACKAGE_DIR.parent)
+    env["PYTHONPATH"] = pkg_parent + (os.pathsep + env["PYTHONPATH"]
+                                      if env.get("PYTHONPATH") else "")
+    return env
+
+
+def rival_missing(name, kind):
+    """True when server `name` runs on a rival loop that is not installed."""
+    loop = name.split("-")[0]
+    return kind == "asyncio" and loop in RIVAL_PACKAGES and \
+        importlib.util.find_spec(RIVAL_PACKAGES[loop]) is None
+
+
+# ---- the machine ----------------------------------------------------------
+
+def machine_info():
+    """What the figures depend on: CPUs, kernel, Python, the rivals'
+    versions, and the load average when the run starts."""
+    from importlib import metadata
+    import platform
+    model = None
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    versions = {}
+    for pkg in ("iocport", *RIVAL_PACKAGES.values()):
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            versions[pkg] = None
+    return {"cpus": os.cpu_count(), "cpu_model": model,
+            "kernel": platform.release(),
+            "python": platform.python_version(),
+            "versions": versions, "loadavg": os.getloadavg()}
+
+
+# ---- idle connections: one server's resident memory per connection --------
+
+IDLE_FD_MARGIN = 64        # descriptors kept free beyond the N connections
+IDLE_PAYLOAD = b"idle-echo-check!"
+
+
+def raise_nofile():
+    """Raise the soft RLIMIT_NOFILE to the hard limit; return the new soft."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = max(soft, 1 << 20)
+    if soft != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
+def vm_rss(pid):
+    """VmRSS of a process in bytes, from /proc/PID/status."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def idle_client_main(argv):
+    """Client process of the idle scenario: open N connections, one len4
+    echo on each (reply checked), print 'ready N', hold them until a line
+    arrives on stdin (or stdin closes), then close everything."""
+    import socket
+    host, port, n = argv[0], int(argv[1]), int(argv[2])
+    raise_nofile()
+    socks = []
+    try:
+        for i in range(n):
+            s = socket.create_connection((host, port), timeout=10)
+            socks.append(s)
+            payload = IDLE_PAYLOAD + i.to_bytes(4, "big")
+            s.sendall(len(payload).to_bytes(4, "big") + payload)
+            want = 4 + len(payload)
+            got = b""
+            while len(got) < want:
+                chunk = s.recv(want - len(got))
+                if not chunk:
+                    raise RuntimeError(f"connection {i} closed by the server")
+                got += chunk
+            if got[4:] != payload:
+                raise RuntimeError(f"wrong reply on connection {i}")
+            s.setblocking(False)
+    except Exception as exc:
+        print(f"error {len(socks)} {exc}", flush=True)
+        return 1
+    print(f"ready {len(socks)}", flush=True)
+    sys.stdin.readline()
+    for s in socks:
+        s.close()
+    return 0
+
+
+def idle_fit(n):
+    """(N to use, note or None): N lowered when RLIMIT_NOFILE's hard limit
+    cannot hold N connections plus a margin (in the client and the server)."""
+    limit = raise_nofile()       # inherited by the servers started from here
+    if limit < n + IDLE_FD_MARGIN:
+        new = max(1, limit - IDLE_FD_MARGIN)
+        return new, (f"RLIMIT_NOFILE hard limit {limit} is too low for {n} "
+                     f"connections plus {IDLE_FD_MARGIN}: N lowered to {new}")
+    return n, None
+
+
+def measure_idle(srv, n, env, wait, cpu=None):
+    """One server: VmRSS before, N connections each echoing once, `wait`
+    seconds idle, VmRSS after. Returns a dict of figures or {'failed': ...}."""
+    rss_before = vm_rss(srv.pid)
+    code = ("import sys; from iocport.bench.harness import idle_client_main; "
+            "sys.exit(idle_client_main(sys.argv[1:]))")
+    client = subprocess.Popen(_pinned(cpu, [sys.executable, "-c", code, srv.host,
+                                            str(srv.port), str(n)]),
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, env=env, text=True)
+    try:
+        t0 = time.monotonic()
+        line = client.stdout.readline()
+        setup_s = time.monotonic() - t0
+        if not line.startswith("ready "):
+            client.kill()
+            _, err = client.communicate(timeout=10)
+            return {"failed": (line.strip() or err.strip()[-300:] or "client died")}
+        opened = int(line.split()[1])
+        time.sleep(wait)
+        if srv.proc.poll() is not None:
+            return {"failed": f"server exited ({srv.proc.returncode})"}
+        rss_after = vm_rss(srv.pid)
+        client.stdin.write("done\n")
+        client.stdin.flush()
+        client.wait(30)
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.wait()
+        for f in (client.stdin, client.stdout, client.stderr):
+            try:
+                f.close()
+            except OSError:
+                pass
+    return {"conns": opened, "rss_before": rss_before, "rss_after": rss_after,
+            "bytes_per_conn": (rss_after - rss_before) / opened,
+            "setup_s": setup_s, "idle_s": wait}
+

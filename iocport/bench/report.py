@@ -1,0 +1,230 @@
+"""What the benchmark prints and draws: the progress line, the machine
+line, the table of each scenario's figures (medians over the rounds), the
+ratio table with its targets met or not, the chart, and the idle table."""
+import statistics
+import sys
+import time
+
+from .scenarios import (BOUNDS, IDLE_SERVERS, LATENCY_RATIOS, RATIOS, STORE_RATIOS,
+                        scenario_name)
+
+
+class Progress:
+    """A bar on stderr, one step per warm-up and per run: on a terminal it
+    redraws one line, elsewhere (a CI log) it prints a line a step."""
+
+    def __init__(self, total):
+        self.total, self.done = total, 0
+        self.tty = sys.stderr.isatty()
+        self.t0 = time.monotonic()
+
+    def step(self, what):
+        self.done += 1
+        width = 30
+        fill = int(width * self.done / self.total)
+        bar = "#" * fill + "." * (width - fill)
+        text = (f"[{bar}] {self.done:3d}/{self.total} "
+                f"{time.monotonic() - self.t0:5.0f}s  {what}")
+        if self.tty:
+            sys.stderr.write("\r" + text[:100].ljust(100))
+            if self.done == self.total:
+                sys.stderr.write("\n")
+        else:
+            sys.stderr.write(text + "\n")
+        sys.stderr.flush()
+
+
+def _median(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def _fmt(v, spec):
+    return "-" if v is None else format(v, spec)
+
+
+def machine_line(info):
+    """harness.machine_info() in one line, printed above the tables."""
+    vers = ", ".join(f"{k} {v}" for k, v in info["versions"].items() if v)
+    load = ", ".join(f"{x:.2f}" for x in info["loadavg"])
+    return (f"{info['cpus']} CPUs ({info['cpu_model'] or 'unknown model'}), "
+            f"Linux {info['kernel']}, Python {info['python']}; {vers}; "
+            f"load average at the start: {load}")
+
+
+# ---- tables ---------------------------------------------------------------
+
+def print_tables(scenarios, names, results, notes):
+    out = []
+    for sc in scenarios:
+        key = scenario_name(sc)
+        loop = "open loop, " if sc.get("rate") else ""
+        out.append(f"\n## {key}, {sc['conns']} connections, {loop}{sc['framing']} "
+                   f"(medians of {sc['rounds']} rounds)\n")
+        out.append("| server | msgs/s | p50 us | p99 us | p99.9 us | errors "
+                   "| server CPU % | of it in the kernel | msgs per server CPU-s |")
+        out.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for name in names:
+            if sc.get("servers") and name not in sc["servers"]:
+                continue
+            if name in notes:
+                out.append(f"| {name} | {notes[name]} | | | | | | | |")
+                continue
+            runs = results[key].get(name, [])
+            ok = [r for r in runs if "failed" not in r]
+            if not ok:
+                why = runs[0]["failed"] if runs else "not run"
+                out.append(f"| {name} | failed: {why[:60]} | | | | | | | |")
+                continue
+            errs = sum(r.get("errors", 0) for r in runs)
+            cpu_pct = _median([100 * r["server_cpu_s"] / r["seconds"]
+                               for r in ok if r.get("server_cpu_s") is not None])
+            sys_pct = _median([r["server_sys_s"] / r["server_cpu_s"]
+                               for r in ok if r.get("server_cpu_s")
+                               and r.get("server_sys_s") is not None])
+            out.append(
+                f"| {name} | {_fmt(_median([r['msgs_per_sec'] for r in ok]), ',.0f')} "
+                f"| {_fmt(_median([r['p50_us'] for r in ok]), '.0f')} "
+                f"| {_fmt(_median([r['p99_us'] for r in ok]), '.0f')} "
+                f"| {_fmt(_median([r['p999_us'] for r in ok]), '.0f')} "
+                f"| {errs} | {_fmt(cpu_pct, '.0f')} | {_fmt(sys_pct, '.0%')} "
+                f"| {_fmt(_median([r['msgs_per_cpu_s'] for r in ok]), ',.0f')} |")
+    return "\n".join(out)
+
+
+def _figure(run, field):
+    """One run's figure; "msgs_per_sys_s" (messages per second of the
+    server's kernel time) is derived from the loadgen's counts."""
+    if field == "msgs_per_sys_s":
+        sys_s = run.get("server_sys_s")
+        return run["msgs"] / sys_s if sys_s and run.get("msgs") else None
+    return run.get(field)
+
+
+def _pair_ratios(results, key, a, b, field, a_field=None):
+    """Round-by-round ratios of `field`, A over B (B: a name or the better of
+    a tuple of names, per round); A's figure is `a_field` when given."""
+    ra = results[key].get(a, [])
+    bs = b if isinstance(b, tuple) else (b,)
+    rbs = [results[key].get(x, []) for x in bs]
+    ratios = []
+    for i, run_a in enumerate(ra):
+        va = _figure(run_a, a_field or field)
+        vb = [r[i].get(field) for r in rbs if i < len(r) and r[i].get(field)]
+        if va and vb:
+            ratios.append(va / max(vb))
+    return ratios
+
+
+def ratio_table(scenarios, results, banners):
+    """The ratios of every scenario run: throughput targets (RATIOS) on the
+    closed-loop scenarios, p99 latency (LATENCY_RATIOS) on the open-loop
+    ones, and the store scenario's figures (STORE_RATIOS, no target)."""
+    out = ["\n## Ratios (median of the round-by-round ratios)\n",
+           "| ratio | scenario | per server CPU-s | msgs/s | p99 | rounds' range | target | met |",
+           "|---|---|---:|---:|---:|---:|---|---|"]
+    rows = []
+
+    def row(label, a, b, sc, target=None, field="msgs_per_cpu_s", most=False, bound=False):
+        key = scenario_name(sc)
+        # a bound row has a figure per CPU-second only
+        each = {f: _pair_ratios(results, key, a, b, f,
+                                "msgs_per_sys_s" if bound else None)
+                for f in (("msgs_per_cpu_s",) if bound
+                          else ("msgs_per_cpu_s", "msgs_per_sec", "p99_us"))}
+        fig = {f: _median(each.get(f, [])) for f in ("msgs_per_cpu_s", "msgs_per_sec", "p99_us")}
+        v = fig[field]
+        if v is None or target is None:
+            met = "-"
+        elif bound:
+            met = "in reach" if v >= target else "out of reach"
+        else:
+            met = "yes" if (v <= target if most else v >= target) else "NO"
+        goal = "" if target is None else f"{'<=' if most else '>='} {target}"
+        # how far the judged ratio moved between rounds
+        spread = f"{min(each[field]):.2f}-{max(each[field]):.2f}" if each[field] else "-"
+        out.append(f"| {label} | {key} | {_fmt(fig['msgs_per_cpu_s'], '.2f')} "
+                   f"| {_fmt(fig['msgs_per_sec'], '.2f')} | {_fmt(fig['p99_us'], '.2f')} "
+                   f"| {spread} | {goal} | {met} |")
+        rows.append({"ratio": label, "scenario": key, "per_cpu": fig["msgs_per_cpu_s"],
+                     "throughput": fig["msgs_per_sec"], "p99": fig["p99_us"],
+                     "rounds": each[field], "target": target, "target_is_max": most,
+                     "bound": bound})
+
+    for sc in scenarios:
+        mode = "rate" if sc.get("rate") else sc.get("mode", "closed")
+        if mode == "closed":
+            for label, a, b, depth, target, size in RATIOS:
+                if b == "iocport-python" and "backend uring" not in banners.get(b, ""):
+                    continue   # auto fell back to epoll: no uring figures to compare
+                if depth is None or sc["depth"] == depth:
+                    goal = target if size in (None, sc["size"]) else None
+                    row(label, a, b, sc, goal)
+                    if label in BOUNDS and goal is not None:
+                        row(BOUNDS[label], a, b, sc, goal, bound=True)
+        elif mode == "rate":
+            for label, a, b, target in LATENCY_RATIOS:
+                row(label, a, b, sc, target, field="p99_us", most=True)
+        else:
+            for label, a, b in STORE_RATIOS:
+                row(label, a, b, sc)
+    return "\n".join(out), rows
+
+
+# ---- chart ----------------------------------------------------------------
+
+def write_chart(path, scenarios, names, results):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    keys = [scenario_name(sc) for sc in scenarios]
+    # One panel per scenario, each on its own scale: 64 KiB figures are a
+    # hundredth of 64 B ones and would not show on a shared axis.
+    fig, axes = plt.subplots(1, len(keys), squeeze=False,
+                             figsize=(max(6, 2.3 * len(keys) + 1.5), 4.2))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, key in zip(axes[0], keys):
+        for j, name in enumerate(names):
+            ok = [r for r in results[key].get(name, []) if "failed" not in r]
+            v = _median([r["msgs_per_cpu_s"] for r in ok])
+            ax.bar(j, (v or 0) / 1000, 0.8, color=colors[j % len(colors)], label=name)
+        ax.set_title(key, fontsize="medium")
+        ax.set_xticks([])
+        ax.tick_params(axis="y", labelsize="small")
+    axes[0][0].set_ylabel("thousand messages per server CPU-second")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center right", fontsize="small")
+    fig.suptitle("echo: messages per server CPU-second (higher is better)")
+    fig.tight_layout(rect=(0, 0, 0.88, 1))
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+# ---- idle connections -----------------------------------------------------
+
+def idle_table(idle):
+    out = [f"\n## Idle connections: {idle['n']} connections, one len4 echo each, "
+           f"then {idle['wait_s']:g} s idle\n"]
+    if idle["note"]:
+        out.append(f"note: {idle['note']}\n")
+    out.append("| server | RSS before (KiB) | RSS after (KiB) | bytes per connection |")
+    out.append("|---|---:|---:|---:|")
+    for name, _, _ in IDLE_SERVERS:
+        if name in idle["notes"]:
+            out.append(f"| {name} | {idle['notes'][name]} | | |")
+        elif name in idle["results"]:
+            r = idle["results"][name]
+            if "failed" in r:
+                out.append(f"| {name} | failed: {r['failed'][:60]} | | |")
+            else:
+                out.append(f"| {name} | {r['rss_before'] // 1024:,} | "
+                           f"{r['rss_after'] // 1024:,} | {r['bytes_per_conn']:,.0f} |")
+    r = idle["ratio"]
+    met = "-" if r["met"] is None else ("yes" if r["met"] else "NO")
+    out.append(f"\n{r['label']}: {_fmt(r['value'], '.2f')} "
+               f"(target <= {r['target_max']}; met: {met})")
+    return "\n".join(out)

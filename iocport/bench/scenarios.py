@@ -1,0 +1,239 @@
+"""What the benchmark runs and how it is judged: the servers of each
+scenario (throughput, latency at a fixed load, store-to-disk, idle memory),
+the ratios and targets that apply to each, the plan the options make of
+them, and the A B A B rounds that run a plan."""
+import sys
+from pathlib import Path
+
+from .harness import (ServerProc, benchmarks_dir, bench_env, build, idle_fit,
+                      measure_idle, pinning, rival_missing, run_loadgen, server_argv)
+
+# ---- the scenarios: their servers, ratios and targets ---------------------
+
+# Throughput, closed loop (each connection keeps `depth` messages in flight):
+# (name, kind, extra, full_only); kind: iocport | c | asyncio | threads
+SERVERS = [
+    ("iocport-python", "iocport", [], False),             # auto backend
+    ("iocport-epoll", "iocport", ["--backend", "epoll"], False),
+    ("iocport-native", "iocport", ["--native"], False),
+    ("c-epoll", "c", [], False),
+    ("asyncio", "asyncio", ["--loop", "asyncio"], False),
+    ("uvloop", "asyncio", ["--loop", "uvloop"], False),
+    ("rloop", "asyncio", ["--loop", "rloop"], False),
+    ("iocport-native-epoll", "iocport", ["--native", "--backend", "epoll"], True),
+    ("threads", "threads", [], True),
+]
+
+# (label, A, B, depth or None for any, target, payload size the target is
+# set for or None for any); B may be a tuple: the better of those, round by
+# round.  Other sizes show the ratio without a target.
+RATIOS = [
+    ("python handler / best of uvloop,rloop", "iocport-python", ("uvloop", "rloop"), 1, 1.5, 64),
+    ("python handler / best of uvloop,rloop", "iocport-python", ("uvloop", "rloop"), 16, 3.5, 64),
+    ("python handler / c-epoll", "iocport-python", "c-epoll", 16, 0.85, 64),
+    ("python handler / asyncio", "iocport-python", "asyncio", 1, 1.9, 64),
+    ("python handler / asyncio", "iocport-python", "asyncio", 16, 4.0, 64),
+    ("native / c-epoll", "iocport-native", "c-epoll", None, 1.0, 64),
+    ("epoll backend / uring backend", "iocport-epoll", "iocport-python", None, 0.8, None),
+]
+# The ceiling of the python-handler targets against the Python servers: the
+# same ratio with the python handler's CPU cut to its kernel time (its user
+# time taken as nil).  The kernel time is the cost of the system calls and
+# of the TCP segments they carry (on loopback, the peer's receive too), which
+# no user-space work removes; a target above this bound cannot be met
+# without less kernel work per message.
+BOUNDS = {
+    "python handler / best of uvloop,rloop":
+        "bound, the python handler's kernel time alone / best of uvloop,rloop",
+    "python handler / asyncio": "bound, the python handler's kernel time alone / asyncio",
+}
+
+
+# Latency at a fixed offered load (loadgen --rate: open loop, latency counted
+# from each message's scheduled time), below every server's saturation.
+LATENCY_SERVERS = ("iocport-python", "iocport-epoll", "c-epoll", "asyncio", "uvloop",
+                   "rloop")
+LATENCY_RATES = "10000,40000"
+# (label, A, B, target: A's p99 over B's at most this)
+LATENCY_RATIOS = [("p99 latency, python handler / uvloop", "iocport-python", "uvloop", 1.0)]
+
+# Store each message to a file, then echo it: iocport's overlapped file
+# writes against asyncio servers writing through run_in_executor.
+# (name, kind, extra); each gets `--store FILE` in a scratch directory.
+STORE_SERVERS = [
+    ("iocport-store", "iocport", []),
+    ("iocport-epoll-store", "iocport", ["--backend", "epoll"]),
+    ("asyncio-store", "asyncio", ["--loop", "asyncio"]),
+    ("uvloop-store", "asyncio", ["--loop", "uvloop"]),
+]
+STORE_RATIOS = [("store: python handler / asyncio + run_in_executor", "iocport-store",
+                 "asyncio-store"),
+                ("store: python handler / uvloop + run_in_executor", "iocport-store",
+                 "uvloop-store")]
+
+# Idle connections: the resident memory that each costs a server.
+# (name, kind, extra): the servers of the idle scenario
+IDLE_SERVERS = [
+    ("iocport-python", "iocport", []),                  # default backend
+    ("iocport-epoll", "iocport", ["--backend", "epoll"]),
+    ("c-epoll", "c", []),
+    ("asyncio", "asyncio", ["--loop", "asyncio"]),
+    ("uvloop", "asyncio", ["--loop", "uvloop"]),
+    ("rloop", "asyncio", ["--loop", "rloop"]),
+]
+IDLE_TARGET = 0.5          # iocport-python / uvloop bytes per connection, at most
+IDLE_WAIT = 2.0            # seconds of silence before the second reading
+
+
+# ---- the plan -------------------------------------------------------------
+
+def scenario_name(sc):
+    """A scenario's name, unique within a run: the key of its results and
+    its title in the tables and the chart."""
+    size = sc["size"]
+    text = f"{size // 1024} KiB" if size >= 1024 and size % 1024 == 0 else f"{size} B"
+    if sc.get("rate"):
+        return f"{text} at {sc['rate']:,} msgs/s"
+    prefix = "store, " if sc.get("mode") == "store" else ""
+    return f"{prefix}{text}, depth {sc['depth']}"
+
+
+def _positive_ints(text, option):
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) <= 0:
+        raise SystemExit(f"iocport bench: {option} wants positive integers, got {text!r}")
+    return values
+
+
+def _sizes(text):
+    return _positive_ints(text, "--sizes")
+
+
+def _rates(text):
+    return _positive_ints(text, "--rates")
+
+
+def plan(args, store_dir):
+    """The groups to run: [(title, servers, scenarios)]."""
+    common = {"conns": args.conns, "framing": args.framing, "rounds": args.rounds,
+              "seconds": args.seconds}
+    only = set(args.only.split(",")) if args.only else None
+    groups = []
+    just = args.latency or args.store or args.idle
+    if args.full or not just:
+        chosen = [s for s in SERVERS if args.full or not s[3]]
+        if only:
+            chosen = [s for s in SERVERS if s[0] in only]
+        sizes = _sizes(args.sizes) if args.sizes else [64, 4096, 65536] if args.full else [64]
+        groups.append(("throughput", [s[:3] for s in chosen],
+                       [dict(common, size=size, depth=d, mode="closed")
+                        for size in sizes for d in (1, 16)]))
+    if args.full or args.latency:
+        servers = [s[:3] for s in SERVERS if s[0] in LATENCY_SERVERS and
+                   (only is None or s[0] in only)]
+        # open loop: a longer window for steadier tails, a longer warm-up
+        # so the connections' first messages are not counted
+        groups.append(("latency", servers,
+                       [dict(common, size=64, depth=1, rate=r, seconds=max(2.0, args.seconds),
+                             warmup=0.5, servers=LATENCY_SERVERS) for r in _rates(args.rates)]))
+    if args.full or args.store:
+        servers = [(name, kind, [*extra, "--store", str(Path(store_dir) / f"{name}.log")])
+                   for name, kind, extra in STORE_SERVERS if only is None or name in only]
+        groups.append(("store", servers, [dict(common, size=64, depth=d, mode="store")
+                                          for d in (1, 16)]))
+    return groups
+
+
+# ---- running --------------------------------------------------------------
+
+def run_group(servers, scenarios, args, progress, tools):
+    """Start `servers` [(name, kind, extra)], warm each up, then run every
+    scenario round by round, servers in turn (A B A B).  Returns (results by
+    scenario name then server, notes, banners, exit statuses)."""
+    loadgen, c_echo, bench_dir, server_cpu, client_cpu, env = tools
+    results = {scenario_name(sc): {} for sc in scenarios}
+    notes = {name: "not installed" for name, kind, _ in servers
+             if rival_missing(name, kind)}
+    started, banners, exits = {}, {}, {}
+    try:
+        for name, kind, extra in servers:
+            if name in notes:
+                continue
+            try:
+                srv = ServerProc(name, server_argv(kind, extra, args.framing, bench_dir,
+                                                   c_echo), env=env, cpu=server_cpu)
+            except RuntimeError as exc:
+                notes[name] = f"failed to start: {str(exc)[:80]}"
+                progress.step(f"{name}: failed to start")
+                continue
+            started[name] = srv
+            banners[name] = srv.banner
+            # warm-up, on connections of its own
+            warm = run_loadgen(loadgen, srv, conns=args.conns, depth=16, size=64,
+                               framing=args.framing, seconds=0.5, warmup=0, cpu=client_cpu)
+            if "failed" in warm or warm.get("errors"):
+                notes[name] = f"warm-up failed: {warm.get('failed', 'wrong replies')}"
+            progress.step(f"warm-up {name}")
+        for sc in scenarios:
+            key = scenario_name(sc)
+            for rnd in range(sc["rounds"]):
+                for name, _, _ in servers:
+                    srv = started.get(name)
+                    if srv is None or name in notes or \
+                            (sc.get("servers") and name not in sc["servers"]):
+                        continue
+                    res = run_loadgen(loadgen, srv, conns=sc["conns"], depth=sc["depth"],
+                                      size=sc["size"], framing=sc["framing"],
+                                      seconds=sc["seconds"], cpu=client_cpu,
+                                      rate=sc.get("rate"), warmup=sc.get("warmup", 0.2))
+                    results[key].setdefault(name, []).append(res)
+                    progress.step(f"{key} round {rnd + 1} {name}")
+    finally:
+        for name, srv in started.items():
+            exits[name] = srv.stop()
+    for name, _, _ in servers:
+        if name not in started and name not in notes:
+            notes[name] = "not run"
+    return results, notes, banners, exits
+
+
+def run_idle(n=10000, only=None, framing="len4", wait=IDLE_WAIT):
+    """The idle scenario over IDLE_SERVERS (or the names in `only`). Returns
+    {'n', 'requested_n', 'note', 'results', 'notes', 'banners', 'ratio'}."""
+    bench_dir = benchmarks_dir()
+    c_echo = build("c_echo_epoll.c")
+    server_cpu, client_cpu = pinning()
+    requested = n
+    n, note = idle_fit(n)
+    env = bench_env()
+    chosen = [s for s in IDLE_SERVERS if only is None or s[0] in only]
+    results, notes, banners = {}, {}, {}
+    for name, kind, extra in chosen:
+        if rival_missing(name, kind):
+            notes[name] = "not installed"
+            continue
+        try:
+            srv = ServerProc(name, server_argv(kind, extra, framing, bench_dir, c_echo),
+                             env=env, cpu=server_cpu)
+        except RuntimeError as exc:
+            notes[name] = f"failed to start: {str(exc)[:80]}"
+            continue
+        banners[name] = srv.banner
+        try:
+            results[name] = measure_idle(srv, n, env, wait, cpu=client_cpu)
+        finally:
+            rc = srv.stop()
+        if rc != 0:
+            results[name]["exit"] = rc
+        sys.stderr.write(f"idle: {name} done\n")
+    a = results.get("iocport-python", {}).get("bytes_per_conn")
+    b = results.get("uvloop", {}).get("bytes_per_conn")
+    ratio = a / b if a is not None and b else None
+    return {"n": n, "requested_n": requested, "note": note, "wait_s": wait,
+            "results": results, "notes": notes, "banners": banners,
+            "ratio": {"label": "iocport-python / uvloop bytes per connection",
+                      "value": ratio, "target_max": IDLE_TARGET,
+                      "met": None if ratio is None else ratio <= IDLE_TARGET}}
