@@ -1,4 +1,4 @@
-"""Build the iocport._iocport extension from src/*.c (metadata: pyproject.toml).
+"""Build the iocport._iocport extension from src/**/*.c (metadata: pyproject.toml).
 
 IOCPORT_SANITIZE=1 builds with AddressSanitizer and UBSan (CI runs the test
 suite on such a build); IOCPORT_WERROR=1 turns warnings into errors.
@@ -24,8 +24,9 @@ setup(
     ext_modules=[
         Extension(
             "iocport._iocport",
-            sources=sorted(glob.glob("src/*.c")),
-            depends=sorted(glob.glob("src/*.h")),
+            sources=sorted(glob.glob("src/**/*.c", recursive=True)),
+            depends=sorted(glob.glob("src/**/*.h", recursive=True)),
+            include_dirs=["src"],   # includes name their layer: "io/backend.h"
             extra_compile_args=cflags,
             extra_link_args=ldflags,
         )

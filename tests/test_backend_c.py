@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src"
 DRIVER = ROOT / "tests" / "c" / "backend_test.c"
 SLAB_DRIVER = ROOT / "tests" / "c" / "slab_test.c"
-ENGINE_SOURCES = {"epoll": SRC / "epoll.c", "uring": SRC / "uring.c"}
+ENGINE_SOURCES = {"epoll": SRC / "io" / "epoll.c", "uring": SRC / "io" / "uring.c"}
 
 
 @pytest.fixture(params=["epoll", "uring"])

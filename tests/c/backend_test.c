@@ -17,7 +17,7 @@
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
-#include "../../src/backend.h"
+#include "io/backend.h"
 
 #include <arpa/inet.h>
 #include <errno.h>

@@ -2,7 +2,7 @@
  * source is included, so the test can read the pool's counters).  Built
  * with ASan+UBSan by tests/test_backend_c.py.  Exit 0 when every check
  * holds; a failed check prints it and exits 1. */
-#include "../../src/slab.c"
+#include "lib/slab.c"
 
 #include <stdio.h>
 #include <sys/wait.h>

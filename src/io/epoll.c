@@ -43,7 +43,7 @@
  * destroy() stops and joins the pool; requests still queued then (a core
  * bug) are dropped without an event.
  */
-#include "backend.h"
+#include "io/backend.h"
 
 #include <errno.h>
 #include <pthread.h>

@@ -2,8 +2,8 @@
  * iocport.framing spec into a struct framing, the Framer type exposes
  * framing.c to Python as an incremental framer (feed/wrap), and
  * FramingError is what feed() raises on a bad frame. */
-#include "module.h"
-#include "framing.h"
+#include "py/module.h"
+#include "lib/framing.h"
 
 #include <string.h>
 

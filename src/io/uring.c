@@ -58,7 +58,7 @@
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE   /* syscall(), eventfd */
 #endif
-#include "backend.h"
+#include "io/backend.h"
 
 #include <errno.h>
 #include <limits.h>

@@ -14,7 +14,7 @@
  * Also the per-thread lists behind port_key_create()/port_track(): which
  * ports a thread must leave when it exits, and the reference counts that
  * keep a port's memory valid until the last such thread has left it. */
-#include "port.h"
+#include "lib/port.h"
 
 #include <errno.h>
 #include <stdatomic.h>

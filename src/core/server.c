@@ -17,8 +17,8 @@
  * `inflight`: the fd is closed only when the last one has reported its final
  * event, so the kernel never writes into freed memory and a reused fd
  * number never receives an old completion. */
-#include "server.h"
-#include "slab.h"
+#include "core/server.h"
+#include "lib/slab.h"
 
 #include <errno.h>
 #include <malloc.h>

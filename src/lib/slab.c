@@ -5,7 +5,7 @@
  * back is kept while it is the only empty one (so connections coming and
  * going at a slab's edge do not allocate and free a slab each time), and
  * freed otherwise. */
-#include "slab.h"
+#include "lib/slab.h"
 
 #include <pthread.h>
 #include <stdint.h>

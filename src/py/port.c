@@ -19,8 +19,8 @@
  * reference counted, so a thread may exit after its Port was deallocated:
  * dealloc closes the core and drops its values under the GIL, and only the
  * bare C struct waits for the last thread. */
-#include "module.h"
-#include "port.h"
+#include "py/module.h"
+#include "lib/port.h"
 
 #include <errno.h>
 #include <math.h>

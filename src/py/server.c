@@ -7,8 +7,8 @@
  * runs once the interpreter is finalizing: iocport/server.py's atexit hook
  * stops every running server before finalization begins, and every entry
  * point checks Py_IsFinalizing() as well. */
-#include "module.h"
-#include "server.h"
+#include "py/module.h"
+#include "core/server.h"
 
 #include <arpa/inet.h>
 #include <errno.h>

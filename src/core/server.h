@@ -12,8 +12,8 @@
 #include <netinet/in.h>
 #include <sys/uio.h>
 
-#include "backend.h"
-#include "framing.h"
+#include "io/backend.h"
+#include "lib/framing.h"
 
 struct server;
 struct worker;

@@ -2,9 +2,9 @@
  * module-level functions, logging helpers.  Types live in py_port.c (Port,
  * Packet, PortClosedError), py_framer.c (Framer, FramingError), py_file.c
  * (File) and py_server.c (Server, Connection). */
-#include "module.h"
-#include "backend.h"
-#include "port.h"
+#include "py/module.h"
+#include "io/backend.h"
+#include "lib/port.h"
 
 #include <errno.h>
 #include <string.h>

@@ -2,7 +2,7 @@
  * length-prefixed, delimited and fixed-size messages, for receiving
  * (framing_next) and sending (framing_wrap).  Pure C: no Python, no system
  * calls, no allocation. */
-#include "framing.h"
+#include "lib/framing.h"
 
 #include <endian.h>
 #include <string.h>
