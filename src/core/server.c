@@ -478,7 +478,12 @@ conn_unsent(struct conn *c)
 int
 conn_writable(struct conn *c)
 {
-    return conn_unsent(c) <= c->w->srv->cfg.max_unsent;
+    pthread_mutex_lock(&c->lock);
+    int ok = unsent_locked(c) <= c->w->srv->cfg.max_unsent;
+    if (!ok)
+        c->drain_owed = 1;   /* it was told to wait: owed an ENTRY_DRAIN */
+    pthread_mutex_unlock(&c->lock);
+    return ok;
 }
 
 /* Under c->lock: queue work for the worker from another thread. */
@@ -628,6 +633,8 @@ conn_send(struct conn *c, const void *data, size_t len, int frame,
     if (!local)
         post_to_mailbox(c);
     size_t unsent = unsent_locked(c);
+    if (unsent > w->srv->cfg.max_unsent)
+        c->drain_owed = 1;   /* unwritable now: whoever sent is told later */
     pthread_mutex_unlock(&c->lock);
     if (local)
         queued_here(c, unsent);
@@ -768,8 +775,6 @@ check_backpressure(struct conn *c, size_t unsent)
         update_recv(c);
     } else if (c->paused && unsent <= hi / 2) {
         c->paused = 0;
-        if (c->w->srv->want_drain && c->state == CONN_OPEN)
-            push_entry(c->w, c, ENTRY_DRAIN, NULL, 0, 0);
         /* Messages that arrived while paused: frame them now (native echo
          * queues their replies: the caller's `unsent` is then stale). */
         if (c->state == CONN_OPEN && frame_rbuf(c->w, c) == 0)
@@ -941,7 +946,12 @@ flush(struct conn *c)
         return;
     pthread_mutex_lock(&c->lock);
     unsent = unsent_locked(c);
+    int drained = c->drain_owed && unsent <= w->srv->cfg.max_unsent / 2;
+    if (drained)
+        c->drain_owed = 0;
     pthread_mutex_unlock(&c->lock);
+    if (drained && w->srv->want_drain && c->state == CONN_OPEN)
+        push_entry(w, c, ENTRY_DRAIN, NULL, 0, 0);
     if (check_backpressure(c, unsent)) {
         pthread_mutex_lock(&c->lock);
         unsent = unsent_locked(c);

@@ -108,6 +108,9 @@ struct conn {
     uint8_t adopt_req;           /* accepted by another worker: adopt it */
     uint8_t close_why;           /* enum close_reason of an abort asked
                                     from another thread (under lock) */
+    uint8_t drain_owed;          /* unsent went past max_unsent (seen by a
+                                    send or by conn_writable): ENTRY_DRAIN
+                                    once it is back to half (under lock) */
     int64_t drain_since;         /* when the graceful close began / FIN sent */
     unsigned inflight;           /* operations whose final event is due */
     unsigned queued;             /* messages in the batch, not yet handled */
