@@ -1325,3 +1325,14 @@ def test_close_reasons_are_documented():
     with iocport.Server(print) as srv:
         assert set(srv.stats()["errors"]) == \
             set(iocport.CLOSE_REASONS) - {"closed", "eof"}
+
+
+def test_peer_is_known_in_on_close(make_server, client):
+    """conn.peer outlives the connection, read or not while it was open."""
+    ev = Events()
+    srv = make_server(echo, on_close=ev.on_close)
+    s = client(srv.address)
+    port = s.getsockname()[1]
+    s.close()
+    wait_for(lambda: ev.closed, what="on_close")
+    assert ev.closed[0].peer[:2] == ("127.0.0.1", port)

@@ -125,6 +125,8 @@ connect_done(ServerObject *so, ConnObject *o, int err)
     Py_DECREF(cb);
 }
 
+static PyObject *sockaddr_to_py(const struct sockaddr *sa, socklen_t len);
+
 static void
 deliver_close(ServerObject *so, struct conn *c)
 {
@@ -150,6 +152,11 @@ deliver_close(ServerObject *so, struct conn *c)
     }
     o->reason = close_reason_name[c->reason];
     o->err = c->err;
+    if (o->peer == NULL) {   /* conn.peer outlives the connection */
+        o->peer = sockaddr_to_py(&c->peer.sa, c->peerlen);
+        if (o->peer == NULL)
+            PyErr_Clear();
+    }
     o->c = NULL;
     c->py = NULL;
     /* Never connected: the callback hears why, then on_close runs as for
