@@ -55,8 +55,9 @@ def test_backend_driver(engine, tmp_path):
     for name in ("epoll", engine):
         if not ENGINE_SOURCES[name].exists():
             pytest.skip(f"{ENGINE_SOURCES[name].name} not written yet")
-    # Link epoll.c always (the driver's table names it); uring.c when tested.
-    sources = [DRIVER, ENGINE_SOURCES["epoll"]]
+    # Link epoll.c always (the driver's table names it) and sock.c (both
+    # engines' send_now); uring.c when tested.
+    sources = [DRIVER, ENGINE_SOURCES["epoll"], SRC / "io" / "sock.c"]
     if engine == "uring":
         sources.append(ENGINE_SOURCES["uring"])
     run = _build_and_run(sources, [engine], tmp_path)

@@ -112,6 +112,12 @@ struct backend_ops {
      * another -errno (failed, no event follows). */
     long (*send)(struct backend *b, struct io_handle *h, const char *buf,
                  size_t len);
+    /* One nonblocking attempt to send buf[0..len) now, whatever the
+     * engine would do with send(): bytes taken (>= 0) or -errno (-EAGAIN:
+     * the socket is full).  No operation starts, no event follows; not
+     * while a send is in flight on h (the core checks). */
+    long (*send_now)(struct backend *b, struct io_handle *h, const char *buf,
+                     size_t len);
     /* send() of the bytes m->msg_iov describes, in order (a gathered send:
      * no copy into one buffer).  Same returns and events as send().
      * Every engine must provide it (the core calls it unchecked). */
@@ -147,6 +153,11 @@ struct backend_ops {
 };
 
 extern const struct backend_ops iocp_epoll_ops;
+
+/* send_now for sockets (sock.c): every engine's, since it is the same
+ * system call whatever waits for readiness. */
+long io_sock_send_now(struct backend *b, struct io_handle *h, const char *buf,
+                      size_t len);
 extern const struct backend_ops iocp_uring_ops;
 
 /* 0 if io_uring with every feature we need works on this host, else -errno

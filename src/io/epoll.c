@@ -902,6 +902,7 @@ const struct backend_ops iocp_epoll_ops = {
     .sendv = ep_sendv,
     .recv_stop = ep_recv_stop,
     .send = ep_send,
+    .send_now = io_sock_send_now,
     .connect = ep_connect,
     .file_op = ep_file_op,
     .cancel = ep_cancel,

@@ -1136,6 +1136,7 @@ const struct backend_ops iocp_uring_ops = {
     .sendv = uring_sendv,
     .recv_stop = uring_recv_stop,
     .send = uring_send,
+    .send_now = io_sock_send_now,
     .connect = uring_connect,
     .file_op = uring_file_op,
     .cancel = uring_cancel,
