@@ -219,7 +219,7 @@ conn_output_done(struct conn *c)
      * the connection open for replies still to come, until its close(). */
     if (c->rlen != c->rstart)
         conn_note_reason(c, CLOSE_TRUNCATED, 0);   /* it left inside a message */
-    if (w->srv->want_eof && !c->eof_told) {
+    if (w->srv->cfg.want_eof && !c->eof_told) {
         c->eof_told = 1;
         if (push_entry(w, c, ENTRY_EOF, NULL, 0, 0) == 0)
             return;   /* decided again once it has been told */
@@ -291,4 +291,74 @@ conn_unhold(struct conn *c)
             mark_dirty(c->w, c);
     }
     conn_unref(c);
+}
+
+void *
+conn_py(const struct conn *c)
+{
+    return c->py;
+}
+
+void
+conn_attach(struct conn *c, void *py)
+{
+    c->py = py;
+    conn_ref(c);
+}
+
+void
+conn_detach(struct conn *c)
+{
+    c->py = NULL;
+    conn_unref(c);
+}
+
+int
+conn_deliverable(const struct conn *c, enum entry_kind kind)
+{
+    if (c->reason == CLOSE_HANDLER)
+        return 0;   /* a handler of this connection already failed */
+    if (kind == ENTRY_MSG)   /* we closed it: close() stops handling input,
+                                even messages framed in the same turn */
+        return !(c->state >= CONN_DRAINING && c->reason == CLOSE_NONE);
+    if (kind == ENTRY_EOF || kind == ENTRY_DRAIN)
+        return c->state < CONN_CLOSING;   /* closed since: on_close says so */
+    return 1;
+}
+
+uint64_t
+conn_id(const struct conn *c)
+{
+    return c->id;
+}
+
+enum close_reason
+conn_reason(const struct conn *c)
+{
+    return (enum close_reason)c->reason;
+}
+
+int
+conn_err(const struct conn *c)
+{
+    return c->err;
+}
+
+int
+conn_outgoing(const struct conn *c)
+{
+    return c->outgoing;
+}
+
+const struct sockaddr *
+conn_peer(const struct conn *c, socklen_t *len)
+{
+    *len = c->peerlen;
+    return &c->peer.sa;
+}
+
+void
+conn_keep_open(struct conn *c)
+{
+    c->keep_open = 1;
 }

@@ -14,12 +14,232 @@
 #ifndef IOCPORT_CORE_INTERNAL_H
 #define IOCPORT_CORE_INTERNAL_H
 
-#include "core/server.h"
+#include "core/core.h"
 
 #include <errno.h>
+#include <netinet/in.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+
+struct slab_pool;
+
+/* ---- the core's structs ---------------------------------------------------- */
+
+enum conn_state { CONN_CONNECTING, CONN_OPEN, CONN_DRAINING, CONN_CLOSING, CONN_DEAD };
+enum recv_state { RECV_OFF, RECV_ON, RECV_STOPPING };
+
+/* A send by reference: `len` bytes at `ptr`, kept alive by `owner` (the
+ * dispatch layer's object, given back through dispatch_ops.release), sent
+ * after the first `at` bytes of the flat buffer it was queued with. */
+struct sref {
+    size_t at;
+    const char *ptr;
+    size_t len;
+    void *owner;
+};
+
+#define SEND_IOV 64   /* iovec entries per gathered send */
+
+/* A connection's sends by reference, allocated at its first.  The `o`
+ * side is queued with obuf (under the lock), the `s` side goes out with
+ * sbuf: the two swap together. */
+struct refq {
+    struct sref *o, *s;
+    unsigned no, ocap, ns, scap;
+    unsigned sdone;              /* s[0..sdone) sent and given back */
+    size_t sbefore;              /* their bytes */
+    size_t obytes;               /* bytes of o[] */
+    size_t sflat;                /* sbuf's own bytes (slen counts s[] too) */
+    struct msghdr mh;
+    struct iovec iov[SEND_IOV];
+};
+
+struct conn {
+    struct io_handle h;          /* first: the backend's view, h.fd */
+    struct worker *w;
+    uint64_t id;
+    atomic_int refs;             /* see conn_unref() */
+    uint8_t state;               /* enum conn_state */
+    uint8_t recv;                /* enum recv_state */
+    uint8_t paused;              /* backpressure wants receiving stopped */
+    uint8_t peer_eof;            /* the peer half-closed */
+    uint8_t send_busy;           /* a backend send is in flight */
+    uint8_t dirty;               /* on the worker's flush list */
+    uint8_t in_mailbox;          /* on the worker's mailbox (under mbox_lock) */
+    uint8_t reason;              /* enum close_reason, first one wins */
+    uint8_t close_queued;        /* the CLOSE notice is in the batch */
+    uint8_t graceful;            /* close once the send queue is empty */
+    uint8_t close_req;           /* from another thread: 1 graceful, 2 abort */
+    uint8_t rbuf_pinned;         /* batch entries point into rbuf */
+    uint8_t deferred;            /* unframed bytes wait for the next turn */
+    uint8_t connect_req;         /* outgoing: connect when the worker drains */
+    uint8_t outgoing;            /* we connected (not accepted) */
+    uint8_t wr_shut;             /* graceful close: our FIN is sent */
+    uint8_t direct;              /* the recv in flight is a recv_into() */
+    uint8_t big;                 /* large messages or bulk input: direct */
+    uint8_t refs_out;            /* sbuf goes out with references (worker) */
+    uint8_t bad_input;           /* a bad frame ended the input: nothing
+                                    more is framed, what comes is discarded */
+    uint8_t eof_told;            /* ENTRY_EOF went to the dispatch layer */
+    uint8_t keep_open;           /* on_eof asked to stay open after the
+                                    peer's FIN, until closed */
+    uint8_t adopt_req;           /* accepted by another worker: adopt it */
+    uint8_t close_why;           /* enum close_reason of an abort asked
+                                    from another thread (under lock) */
+    uint8_t drain_owed;          /* unsent went past max_unsent (seen by a
+                                    send or by conn_writable): ENTRY_DRAIN
+                                    once it is back to half (under lock) */
+    int64_t drain_since;         /* when the graceful close began / FIN sent */
+    unsigned inflight;           /* operations whose final event is due */
+    unsigned queued;             /* messages in the batch, not yet handled */
+    /* Operations started for this connection whose callbacks may still
+     * reply (conn_hold): a half-closed connection stays open for them. */
+    atomic_uint holds;
+    int err;                     /* errno behind CLOSE_RESET */
+    int64_t last_active;         /* monotonic ms */
+
+    /* Receive assembly: bytes of an unfinished message, rbuf[rstart..rlen). */
+    uint8_t *rbuf;
+    size_t rstart, rlen, rcap, rscan;
+    size_t rneed;                /* bytes the framer needs from rstart, or 0 */
+
+    /* Send queue: the user appends to obuf under `lock`; the worker swaps it
+     * with sbuf, which the backend owns while send_busy. */
+    pthread_mutex_t lock;
+    char *obuf, *sbuf;
+    size_t olen, ocap, slen, scap;
+    /* sbuf[0..soff) is sent.  Written by the worker alone, without the
+     * lock, and read under the lock by senders on other threads (for the
+     * unsent count): atomic, relaxed (see sent_off()). */
+    _Atomic size_t soff;
+
+    struct refq *rq;             /* sends by reference, or NULL; set from
+                                    NULL under the lock, freed by trim() */
+    union {                      /* TCP: IPv4 or IPv6 */
+        struct sockaddr sa;
+        struct sockaddr_in in4;
+        struct sockaddr_in6 in6;
+    } peer;
+    socklen_t peerlen;
+    struct conn *next, *prev;    /* worker's connection list */
+    struct conn *next_dirty;     /* worker's flush list */
+    struct conn *next_mail;      /* worker's mailbox (under mbox_lock) */
+    struct conn *next_drain;     /* the mailbox being drained (worker) */
+    struct conn *next_deferred;  /* worker's deferred list */
+    void *py;                    /* dispatch layer's object, or NULL */
+    struct xfer *xfer;           /* send_file in progress (worker only) */
+    struct xfer *xfer_new;       /* send_file asked, not started (lock) */
+    uint8_t xfer_busy;           /* xfer != NULL, readable under lock */
+    char *hbuf;                  /* sends held back behind the file (lock) */
+    size_t hlen, hcap;
+    struct dial *dial;           /* outgoing, until connected: the addresses */
+};
+
+/* An outgoing connection's addresses, tried in turn until one connects or
+ * the deadline passes; each attempt gets an equal share of what is left. */
+struct dial {
+    struct sockaddr_storage *addrs;
+    socklen_t *lens;
+    unsigned n, next;            /* next: the address to try after this one */
+    int64_t deadline;            /* monotonic ms: the whole connect */
+    int64_t attempt_due;         /* this attempt is cancelled then */
+    uint8_t timed_out;           /* the cancel was ours: the attempt expired */
+    int last_err;                /* why the last attempt failed */
+};
+
+struct stats {
+    _Atomic uint64_t accepted, closed, msgs_in, msgs_out, bytes_in, bytes_out;
+    _Atomic uint64_t accept_errors, refused;
+    _Atomic uint64_t errors[CLOSE_REASON_COUNT];
+};
+
+/* io_handle.tag: what embeds the handle (file requests are told by their
+ * events' op, IO_FILE). */
+enum handle_tag { HANDLE_CONN = 0, HANDLE_LISTENER };
+
+struct listener_slot {
+    struct io_handle h;          /* this worker's registration of the fd */
+    uint8_t armed;               /* accept in flight */
+    uint8_t pausing;             /* cancelled after an error, to re-arm */
+    int64_t retry_at;            /* accept paused until (ms), after EMFILE */
+};
+
+#define EVENT_BATCH 256
+
+struct worker {
+    struct server *srv;
+    unsigned index;
+    pthread_t thread;
+    struct backend *be;
+    const struct backend_ops *ops;
+    int start_err;               /* errno if the backend could not start */
+    int fell_back;               /* io_uring refused; running on epoll */
+    atomic_int stopping;
+    atomic_uint load;            /* connections given to it, not yet closed */
+    _Atomic uint64_t opened;     /* connections given to it, ever */
+    struct conn *current;        /* the connection whose callback the
+                                    dispatch layer is running, or NULL */
+    int64_t connect_due;         /* earliest outgoing attempt deadline */
+
+    struct listener_slot ls[MAX_LISTENERS];
+    unsigned nls;
+
+    struct conn conns;           /* list head of live connections */
+    unsigned nconns;
+    struct conn *dirty;          /* flush list (worker thread only) */
+    struct conn *deferred;       /* to frame next turn (worker only) */
+
+    pthread_mutex_t mbox_lock;
+    struct conn *mailbox;        /* sends from other threads */
+    struct file_req *file_mail;  /* file requests from other threads */
+    unsigned file_inflight;      /* file requests started, not yet final */
+    struct file_req *file_retry; /* finals that found no room in the batch */
+    atomic_int mbox_flag;
+
+    struct entry *batch;
+    unsigned nbatch, batch_cap;
+    uint16_t *held_bufs;         /* receive buffers to release after dispatch */
+    unsigned nheld, held_cap;
+    struct conn **compact;       /* connections whose rbuf to compact */
+    unsigned ncompact, compact_cap;
+    void **release;              /* sent references to give back */
+    unsigned nrelease, release_cap;
+    size_t release_bytes;        /* their bytes (at most) */
+    int delivered;               /* this turn delivered a message */
+
+    int64_t now;                 /* monotonic ms, refreshed every turn */
+    int loop_err;                /* last errno from wait(), or 0 */
+    unsigned loop_errors;        /* how many wait() calls failed */
+    int64_t next_sweep;
+    int64_t last_trim;           /* when the sweep last called malloc_trim */
+    void *dctx;                  /* dispatch layer's per-thread context */
+    struct io_event events[EVENT_BATCH];
+};
+
+struct server {
+    struct server_config cfg;
+    const struct dispatch_ops *dops;
+    void *dispatch_arg;
+    int lfds[MAX_LISTENERS];
+    unsigned nlfds;
+    struct worker *workers;
+    unsigned nworkers;
+    atomic_uint nconns;
+    atomic_uint_fast64_t next_id;
+    atomic_uint next_worker;     /* round robin among equally loaded ones */
+    int accepting_work;          /* under start_lock: connect() may post */
+    struct stats stats;
+    int running;
+    const char *backend_name;    /* set by server_start */
+    int fell_back;               /* errno that refused io_uring, or 0 */
+    pthread_mutex_t start_lock;
+    pthread_mutex_t stop_lock;   /* serialises server_stop */
+    pthread_cond_t start_cond;
+    unsigned nready;             /* workers that finished starting */
+    struct slab_pool *conn_pool; /* every struct conn (slab.h) */
+};
 
 /* ---- helpers ------------------------------------------------------------ */
 
@@ -145,6 +365,8 @@ conn_cancelled(const struct conn *c, int res)
 /* ---- conn.c ------------------------------------------------------------- */
 
 struct conn *conn_alloc(struct server *s, struct worker *w, int fd);
+/* Drop a reference; the last frees the connection. */
+void conn_unref(struct conn *c);
 /* Worker thread: the connection joins this worker's list. */
 void conn_link(struct worker *w, struct conn *c);
 /* Record why a connection goes away; the first reason wins and is the
@@ -225,6 +447,8 @@ void *worker_main(void *arg);
 
 /* ---- server.c ----------------------------------------------------------- */
 
+/* The worker the calling thread is, or NULL. */
+struct worker *server_this_worker(struct server *s);
 void accept_on_event(struct worker *w, struct listener_slot *ls,
                      const struct io_event *ev);
 void accept_arm(struct worker *w, struct listener_slot *ls);

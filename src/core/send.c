@@ -92,9 +92,12 @@ conn_send(struct conn *c, const void *data, size_t len, int frame,
     uint8_t hdr[8], trl[8];
     size_t hlen = 0, tlen = 0;
 
-    if (frame && framing_wrap(&w->srv->cfg.framing, len, hdr, &hlen, trl,
-                              &tlen) != FRAME_OK)
+    const struct framing *f = &w->srv->cfg.framing;
+    if (frame && framing_wrap(f, len, hdr, &hlen, trl, &tlen) != FRAME_OK)
         return -EMSGSIZE;
+    if (frame && f->kind == FRAMING_DELIM &&
+        memmem(data, len, f->delim, f->delim_len) != NULL)
+        return -EILSEQ;   /* the peer would see two messages, or more */
     pthread_mutex_lock(&c->lock);
     if (c->state > CONN_OPEN) {
         pthread_mutex_unlock(&c->lock);
@@ -335,7 +338,7 @@ send_settle(struct conn *c)
     if (drained)
         c->drain_owed = 0;
     pthread_mutex_unlock(&c->lock);
-    if (drained && w->srv->want_drain && c->state == CONN_OPEN)
+    if (drained && w->srv->cfg.want_drain && c->state == CONN_OPEN)
         push_entry(w, c, ENTRY_DRAIN, NULL, 0, 0);
     if (send_backpressure(c, unsent)) {
         recv_resume(c);

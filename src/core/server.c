@@ -82,7 +82,7 @@ accept_adopt(struct worker *w, struct conn *c)
     }
     conn_link(w, c);
     c->state = CONN_OPEN;
-    if (s->dops != NULL && !s->cfg.native_echo && s->want_open)
+    if (s->dops != NULL && !s->cfg.native_echo && s->cfg.want_open)
         push_entry(w, c, ENTRY_OPEN, NULL, 0, 0);
     recv_start(c);
 }
@@ -321,8 +321,7 @@ server_connect(struct server *s, const struct sockaddr_storage *addrs,
     c->outgoing = 1;
     c->connect_req = 1;
     c->state = CONN_CONNECTING;
-    c->py = py;
-    conn_ref(c);   /* the dispatch layer's link */
+    conn_attach(c, py);
     pthread_mutex_lock(&c->lock);
     conn_post(c);
     pthread_mutex_unlock(&c->lock);
@@ -350,11 +349,13 @@ server_current_conn(struct server *s)
     return w != NULL ? w->current : NULL;
 }
 
-int
-server_init(struct server *s, const struct server_config *cfg,
-            const struct dispatch_ops *dops, void *dispatch_arg)
+struct server *
+server_create(const struct server_config *cfg,
+              const struct dispatch_ops *dops, void *dispatch_arg)
 {
-    memset(s, 0, sizeof(*s));
+    struct server *s = calloc(1, sizeof(*s));
+    if (s == NULL)
+        return NULL;
     s->cfg = *cfg;
     s->dops = dops;
     s->dispatch_arg = dispatch_arg;
@@ -366,7 +367,13 @@ server_init(struct server *s, const struct server_config *cfg,
         s->cfg.bufsize = 16384;
     if (s->cfg.unsent_limit == 0)
         s->cfg.unsent_limit = SIZE_MAX;
-    return server_setup(s);
+    int rc = server_setup(s);
+    if (rc < 0) {
+        free(s);
+        errno = -rc;
+        return NULL;
+    }
+    return s;
 }
 
 int
@@ -570,5 +577,63 @@ server_destroy(struct server *s)
     pthread_mutex_destroy(&s->start_lock);
     /* Connections still referenced (none, normally) keep it until freed. */
     slab_pool_release(s->conn_pool);
-    s->conn_pool = NULL;
+    free(s);
+}
+
+const char *
+server_backend(struct server *s)
+{
+    return s->backend_name != NULL ? s->backend_name : s->cfg.ops->name;
+}
+
+int
+server_fell_back(struct server *s)
+{
+    return s->fell_back;
+}
+
+int
+server_on_worker(struct server *s)
+{
+    int yes = 0;
+    pthread_mutex_lock(&s->start_lock);   /* workers[] is valid while set */
+    for (unsigned i = 0; s->workers != NULL && i < s->nworkers; i++)
+        yes |= on_worker_thread(&s->workers[i]);
+    pthread_mutex_unlock(&s->start_lock);
+    return yes;
+}
+
+void
+server_get_stats(struct server *s, struct server_stats *out)
+{
+    const struct stats *st = &s->stats;
+#define LD(x) atomic_load_explicit(&(x), memory_order_relaxed)
+    out->connections = LD(s->nconns);
+    out->accepted = LD(st->accepted);
+    out->closed = LD(st->closed);
+    out->msgs_in = LD(st->msgs_in);
+    out->msgs_out = LD(st->msgs_out);
+    out->bytes_in = LD(st->bytes_in);
+    out->bytes_out = LD(st->bytes_out);
+    out->accept_errors = LD(st->accept_errors);
+    out->refused = LD(st->refused);
+    for (int i = 0; i < CLOSE_REASON_COUNT; i++)
+        out->errors[i] = LD(st->errors[i]);
+#undef LD
+}
+
+int
+server_worker_load(struct server *s, unsigned i, unsigned *live,
+                   uint64_t *opened)
+{
+    int rc = -1;
+    pthread_mutex_lock(&s->start_lock);
+    if (s->accepting_work && i < s->nworkers) {
+        *live = atomic_load_explicit(&s->workers[i].load, memory_order_relaxed);
+        *opened = atomic_load_explicit(&s->workers[i].opened,
+                                       memory_order_relaxed);
+        rc = 0;
+    }
+    pthread_mutex_unlock(&s->start_lock);
+    return rc;
 }

@@ -160,6 +160,14 @@ dispatch_batch(struct worker *w)
     unsigned n = w->nbatch;
 
     if (n > 0) {
+        /* Messages in a connection's own buffer: where they lie now.
+         * (rbuf may move while the turn frames, not while handlers run:
+         * nothing they can call receives, frames or compacts.) */
+        for (unsigned i = 0; i < n; i++) {
+            struct entry *e = &w->batch[i];
+            if (e->kind == ENTRY_MSG && e->ptr == NULL)
+                e->ptr = e->c->rbuf + e->off;
+        }
         s->dops->dispatch(w, 0, n);
         /* Handlers may have closed connections and queued CLOSE entries
          * of their own: deliver those too before dropping references. */
@@ -466,4 +474,34 @@ worker_main(void *arg)
     if (s->dops != NULL && s->dops->thread_exit != NULL)
         s->dops->thread_exit(w);
     return NULL;
+}
+
+struct entry *
+worker_entry(struct worker *w, unsigned i)
+{
+    return &w->batch[i];
+}
+
+void *
+worker_dispatch_arg(struct worker *w)
+{
+    return w->srv->dispatch_arg;
+}
+
+void **
+worker_dctx(struct worker *w)
+{
+    return &w->dctx;
+}
+
+void
+worker_set_current(struct worker *w, struct conn *c)
+{
+    w->current = c;
+}
+
+void *
+worker_pop_release(struct worker *w)
+{
+    return w->nrelease > 0 ? w->release[--w->nrelease] : NULL;
 }

@@ -8,7 +8,7 @@
  * the kernel never writes into or reads from freed memory.  close() closes
  * the descriptor once the last request in flight has completed. */
 #include "py/module.h"
-#include "core/server.h"
+#include "core/core.h"
 
 #include <errno.h>
 #include <string.h>

@@ -3,7 +3,7 @@
  * Packet, PortClosedError), py_framer.c (Framer, FramingError), py_file.c
  * (File) and py_server.c (Server, Connection). */
 #include "py/module.h"
-#include "io/backend.h"
+#include "core/core.h"
 #include "lib/port.h"
 
 #include <errno.h>

@@ -8,7 +8,7 @@
  * stops every running server before finalization begins, and every entry
  * point checks Py_IsFinalizing() as well. */
 #include "py/module.h"
-#include "core/server.h"
+#include "core/core.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -22,13 +22,12 @@
 
 typedef struct {
     PyObject_HEAD
-    struct server srv;
+    struct server *srv;
     PyObject *handler, *on_connect, *on_close, *on_eof, *on_drain;
     PyObject *logger;
     PyTypeObject *conn_type;
     PyTypeObject *file_type;
     PyInterpreterState *interp;
-    int initialized;
     int started;
     int stopping;                /* a stop() has released the GIL */
 } ServerObject;
@@ -49,40 +48,40 @@ typedef struct {
 static int
 d_thread_start(struct worker *w)
 {
-    ServerObject *so = w->srv->dispatch_arg;
+    ServerObject *so = worker_dispatch_arg(w);
     /* Created without the GIL, as PyGILState_Ensure does; bound to this
      * thread at its first PyEval_RestoreThread. */
     PyThreadState *ts = PyThreadState_New(so->interp);
     if (ts == NULL)
         return -ENOMEM;
-    w->dctx = ts;
+    *worker_dctx(w) = ts;
     return 0;
 }
 
 static void
 d_thread_exit(struct worker *w)
 {
-    PyThreadState *ts = w->dctx;
+    PyThreadState *ts = *worker_dctx(w);
     if (ts == NULL || Py_IsFinalizing())
         return;   /* never touch a finalizing interpreter: leak instead */
     PyEval_RestoreThread(ts);
     PyThreadState_Clear(ts);
     PyThreadState_DeleteCurrent();
-    w->dctx = NULL;
+    *worker_dctx(w) = NULL;
 }
 
 static ConnObject *
 conn_object(ServerObject *so, struct conn *c)
 {
-    if (c->py != NULL)
-        return c->py;
+    ConnObject *py = conn_py(c);
+    if (py != NULL)
+        return py;
     ConnObject *o = (ConnObject *)so->conn_type->tp_alloc(so->conn_type, 0);
     if (o == NULL)
         return NULL;
     o->c = c;
-    o->id = c->id;
-    c->py = o;
-    atomic_fetch_add_explicit(&c->refs, 1, memory_order_relaxed);
+    o->id = conn_id(c);
+    conn_attach(c, o);
     return o;
 }
 
@@ -91,7 +90,8 @@ static void
 callback_failed(ServerObject *so, struct conn *c, const char *what)
 {
     iocp_log_exception(so->logger, PyUnicode_FromFormat(
-        "%s raised; closing connection %llu", what, (unsigned long long)c->id));
+        "%s raised; closing connection %llu", what,
+        (unsigned long long)conn_id(c)));
     conn_abort(c, CLOSE_HANDLER);
 }
 
@@ -125,18 +125,19 @@ connect_done(ServerObject *so, ConnObject *o, int err)
     Py_DECREF(cb);
 }
 
-static PyObject *sockaddr_to_py(const struct sockaddr *sa, socklen_t len);
+static int conn_peer_to_py(ConnObject *self);
 
 static void
 deliver_close(ServerObject *so, struct conn *c)
 {
-    ConnObject *o = c->py;
-    const char *level = close_reason_level[c->reason];
+    ConnObject *o = conn_py(c);
+    enum close_reason why = conn_reason(c);
+    int err = conn_err(c);
+    const char *level = close_reason_level[why];
     if (level != NULL) {
         PyObject *msg = PyUnicode_FromFormat(
-            "connection %llu closed: %s%s%s", (unsigned long long)c->id,
-            close_reason_name[c->reason], c->err ? ": " : "",
-            c->err ? strerror(c->err) : "");
+            "connection %llu closed: %s%s%s", (unsigned long long)conn_id(c),
+            close_reason_name[why], err ? ": " : "", err ? strerror(err) : "");
         if (msg != NULL) {
             iocp_log(so->logger, level, msg, NULL);
             Py_DECREF(msg);
@@ -150,19 +151,15 @@ deliver_close(ServerObject *so, struct conn *c)
         PyErr_WriteUnraisable(so->on_close);
         return;
     }
-    o->reason = close_reason_name[c->reason];
-    o->err = c->err;
-    if (o->peer == NULL) {   /* conn.peer outlives the connection */
-        o->peer = sockaddr_to_py(&c->peer.sa, c->peerlen);
-        if (o->peer == NULL)
-            PyErr_Clear();
-    }
+    o->reason = close_reason_name[why];
+    o->err = err;
+    if (o->peer == NULL && conn_peer_to_py(o) < 0)
+        PyErr_Clear();   /* conn.peer outlives the connection, or is None */
     o->c = NULL;
-    c->py = NULL;
     /* Never connected: the callback hears why, then on_close runs as for
      * every connection (reason 'connect'). */
     if (o->connect_cb != NULL)
-        connect_done(so, o, c->err ? c->err : ECONNABORTED);
+        connect_done(so, o, err ? err : ECONNABORTED);
     if (so->on_close != Py_None) {
         PyObject *r = PyObject_CallOneArg(so->on_close, (PyObject *)o);
         if (r == NULL)
@@ -171,7 +168,7 @@ deliver_close(ServerObject *so, struct conn *c)
         Py_XDECREF(r);
     }
     Py_DECREF(o);
-    conn_unref(c);
+    conn_detach(c);
 }
 
 /* Call cb(conn) for a notice; False on an exception (logged, and the
@@ -204,12 +201,12 @@ static void
 deliver_file(struct worker *w, struct entry *e)
 {
     struct conn *hold = e->fr->hold;
-    w->current = hold;
+    worker_set_current(w, hold);
     if (e->kind == ENTRY_FILE)
         iocp_file_done(e->fr);   /* frees e->fr */
     else
         iocp_send_file_done((struct xfer *)e->fr);
-    w->current = NULL;
+    worker_set_current(w, NULL);
     if (hold != NULL)
         conn_unhold(hold);
 }
@@ -217,12 +214,14 @@ deliver_file(struct worker *w, struct entry *e)
 static void
 d_dispatch(struct worker *w, unsigned from, unsigned to)
 {
-    ServerObject *so = w->srv->dispatch_arg;
+    ServerObject *so = worker_dispatch_arg(w);
+    void **dctx = worker_dctx(w);
     if (Py_IsFinalizing())
         return;
-    PyEval_RestoreThread(w->dctx);
+    PyEval_RestoreThread(*dctx);
     for (unsigned i = from; i < to; i++) {
-        struct entry *e = &w->batch[i];   /* afresh: handlers may move it */
+        struct entry *e = worker_entry(w, i);   /* afresh: handlers may
+                                                    move the batch */
         struct conn *c = e->c;
         ConnObject *o;
 
@@ -234,31 +233,24 @@ d_dispatch(struct worker *w, unsigned from, unsigned to)
             deliver_close(so, c);
             continue;
         }
-        if (c->reason == CLOSE_HANDLER)
-            continue;   /* a handler of this connection already failed */
-        if ((e->kind == ENTRY_EOF || e->kind == ENTRY_DRAIN) &&
-            c->state >= CONN_CLOSING)
-            continue;   /* closed since: on_close says so */
-        if (e->kind == ENTRY_MSG && c->state >= CONN_DRAINING &&
-            c->reason == CLOSE_NONE)
-            continue;   /* we closed it: close() stops handling input, even
-                           messages framed in the same turn */
+        if (!conn_deliverable(c, e->kind))
+            continue;
         if ((o = conn_object(so, c)) == NULL) {
             callback_failed(so, c, "creating the connection object");
             continue;
         }
-        w->current = c;
+        worker_set_current(w, c);
         if (e->kind == ENTRY_OPEN) {
             /* on_connect for every connection, accepted or connected;
              * then an outgoing one's connect callback. */
             if ((so->on_connect == Py_None ||
                  notify(so, c, o, so->on_connect, "on_connect", NULL)) &&
-                c->outgoing)
+                conn_outgoing(c))
                 connect_done(so, o, 0);
         } else if (e->kind == ENTRY_EOF) {
             int keep = 0;
             if (notify(so, c, o, so->on_eof, "on_eof", &keep) && keep)
-                c->keep_open = 1;
+                conn_keep_open(c);
         } else if (e->kind == ENTRY_DRAIN) {
             notify(so, c, o, so->on_drain, "on_drain", NULL);
         } else {
@@ -266,10 +258,9 @@ d_dispatch(struct worker *w, unsigned from, unsigned to)
              * message and its reply are allocated: the heap reuses the
              * block instead of growing, then trimming, around a batch of
              * frees. */
-            if (w->nrelease > 0)
-                Py_DECREF((PyObject *)w->release[--w->nrelease]);
-            const char *p = (const char *)(e->ptr ? e->ptr : c->rbuf + e->off);
-            PyObject *msg = PyBytes_FromStringAndSize(p, (Py_ssize_t)e->len);
+            Py_XDECREF((PyObject *)worker_pop_release(w));
+            PyObject *msg = PyBytes_FromStringAndSize((const char *)e->ptr,
+                                                      (Py_ssize_t)e->len);
             if (msg == NULL) {
                 callback_failed(so, c, "creating the message");
             } else {
@@ -281,9 +272,9 @@ d_dispatch(struct worker *w, unsigned from, unsigned to)
                 Py_XDECREF(r);
             }
         }
-        w->current = NULL;
+        worker_set_current(w, NULL);
     }
-    w->dctx = PyEval_SaveThread();
+    *dctx = PyEval_SaveThread();
 }
 
 static void
@@ -291,10 +282,11 @@ d_release(struct worker *w, void **owners, unsigned n)
 {
     if (Py_IsFinalizing())
         return;   /* leaked: no Python once finalization has begun */
-    PyEval_RestoreThread(w->dctx);
+    void **dctx = worker_dctx(w);
+    PyEval_RestoreThread(*dctx);
     for (unsigned i = 0; i < n; i++)
         Py_DECREF((PyObject *)owners[i]);
-    w->dctx = PyEval_SaveThread();
+    *dctx = PyEval_SaveThread();
 }
 
 static const struct dispatch_ops py_dispatch = {
@@ -344,26 +336,27 @@ send_data(ConnObject *self, const void *buf, Py_ssize_t len, int frame,
     struct conn *c = self->c;
     if (c == NULL)
         Py_RETURN_FALSE;
-    const struct framing *f = &c->w->srv->cfg.framing;
-    if (frame && f->kind == FRAMING_DELIM &&
-        memmem(buf, (size_t)len, f->delim, f->delim_len) != NULL) {
-        PyErr_SetString(PyExc_ValueError,
-                        "message contains the delimiter; use send_raw() for "
-                        "bytes that are already framed");
-        return NULL;
-    }
     int rc = conn_send(c, buf, (size_t)len, frame, owner);
     if (rc == 1)
         Py_INCREF(owner);   /* given back by d_release once sent */
     if (rc >= 0)
         Py_RETURN_TRUE;
-    if (rc == -EPIPE || rc == -ENOBUFS)   /* closed, or closed by this send (overflow) */
+    switch (rc) {
+    case -EPIPE:     /* closing or closed */
+    case -ENOBUFS:   /* closed by this send (overflow) */
         Py_RETURN_FALSE;
-    if (rc == -EMSGSIZE)
+    case -EMSGSIZE:
         return PyErr_Format(PyExc_ValueError,
                             "a message of %zd bytes cannot be framed by this "
                             "server's framing", len);
-    return PyErr_NoMemory();
+    case -EILSEQ:
+        PyErr_SetString(PyExc_ValueError,
+                        "message contains the delimiter; use send_raw() for "
+                        "bytes that are already framed");
+        return NULL;
+    default:
+        return PyErr_NoMemory();
+    }
 }
 
 static PyObject *
@@ -477,14 +470,23 @@ sockaddr_to_py(const struct sockaddr *sa, socklen_t len)
     Py_RETURN_NONE;
 }
 
+/* Fill self->peer from the open connection's address; 0 or -1. */
+static int
+conn_peer_to_py(ConnObject *self)
+{
+    socklen_t len;
+    const struct sockaddr *sa = conn_peer(self->c, &len);
+    self->peer = sockaddr_to_py(sa, len);
+    return self->peer != NULL ? 0 : -1;
+}
+
 static PyObject *
 conn_get_peer(ConnObject *self, void *Py_UNUSED(closure))
 {
     if (self->peer == NULL) {
         if (self->c == NULL)
             Py_RETURN_NONE;
-        self->peer = sockaddr_to_py(&self->c->peer.sa, self->c->peerlen);
-        if (self->peer == NULL)
+        if (conn_peer_to_py(self) < 0)
             return NULL;
     }
     return Py_NewRef(self->peer);
@@ -639,10 +641,10 @@ server_dealloc(ServerObject *self)
 {
     PyTypeObject *tp = Py_TYPE(self);
     PyObject_GC_UnTrack(self);
-    if (self->initialized) {
+    if (self->srv != NULL) {
         /* A running server holds a reference to itself: not running here. */
         Py_BEGIN_ALLOW_THREADS
-        server_destroy(&self->srv);
+        server_destroy(self->srv);
         Py_END_ALLOW_THREADS
     }
     server_clear(self);
@@ -756,16 +758,15 @@ server_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     self->conn_type = (PyTypeObject *)Py_NewRef(st->ConnectionType);
     self->file_type = (PyTypeObject *)Py_NewRef(st->FileType);
     self->interp = PyInterpreterState_Get();
-    int rc = server_init(&self->srv, &cfg, &py_dispatch, self);
-    if (rc < 0) {
+    cfg.want_open = on_connect != Py_None;
+    cfg.want_eof = on_eof != Py_None;
+    cfg.want_drain = on_drain != Py_None;
+    self->srv = server_create(&cfg, &py_dispatch, self);
+    if (self->srv == NULL) {
+        PyErr_SetFromErrno(PyExc_OSError);
         Py_DECREF(self);
-        errno = -rc;
-        return PyErr_SetFromErrno(PyExc_OSError);
+        return NULL;
     }
-    self->srv.want_open = on_connect != Py_None;
-    self->srv.want_eof = on_eof != Py_None;
-    self->srv.want_drain = on_drain != Py_None;
-    self->initialized = 1;
     return (PyObject *)self;
 }
 
@@ -789,7 +790,7 @@ server_add_listener_m(ServerObject *self, PyObject *arg)
         close(dup);
         return NULL;
     }
-    int rc = server_add_listener(&self->srv, dup);
+    int rc = server_add_listener(self->srv, dup);
     if (rc < 0) {
         close(dup);
         if (rc == -ENOSPC)
@@ -886,7 +887,7 @@ server_connect_m(ServerObject *self, PyObject *args)
     if (cb != Py_None)
         o->connect_cb = Py_NewRef(cb);
     struct conn *c;
-    int rc = server_connect(&self->srv, ss, lens, (unsigned)n,
+    int rc = server_connect(self->srv, ss, lens, (unsigned)n,
                             seconds_to_ms(timeout), o, &c);
     if (rc < 0) {
         Py_DECREF(o);
@@ -899,8 +900,8 @@ server_connect_m(ServerObject *self, PyObject *args)
         return PyErr_SetFromErrno(PyExc_OSError);
     }
     o->c = c;
-    o->id = c->id;
-    /* c->py holds this reference until the connection closes. */
+    o->id = conn_id(c);
+    /* The core's link (conn_py) holds this reference until it closes. */
     Py_INCREF(o);
     return (PyObject *)o;
 }
@@ -914,7 +915,7 @@ server_adopt_file_m(ServerObject *self, PyObject *args)
         return NULL;
     if (fd < 0)
         return PyErr_Format(PyExc_ValueError, "fd must be >= 0, got %d", fd);
-    return iocp_file_new(self->file_type, (PyObject *)self, &self->srv,
+    return iocp_file_new(self->file_type, (PyObject *)self, self->srv,
                          self->logger, fd, append_off);
 }
 
@@ -928,7 +929,7 @@ server_start_m(ServerObject *self, PyObject *Py_UNUSED(ignored))
         return NULL;
     }
     Py_BEGIN_ALLOW_THREADS
-    rc = server_start(&self->srv);
+    rc = server_start(self->srv);
     Py_END_ALLOW_THREADS
     if (rc < 0) {
         errno = -rc;
@@ -943,23 +944,21 @@ static PyObject *
 server_stop_m(ServerObject *self, PyObject *Py_UNUSED(ignored))
 {
     if (!self->started) {
-        server_stop(&self->srv);   /* closes listeners not yet served */
+        server_stop(self->srv);   /* closes listeners not yet served */
         Py_RETURN_NONE;
     }
     if (self->stopping)
         Py_RETURN_NONE;   /* another thread is stopping it right now */
-    for (unsigned i = 0; i < self->srv.nworkers; i++) {
-        if (pthread_equal(pthread_self(), self->srv.workers[i].thread)) {
-            PyErr_SetString(PyExc_RuntimeError,
-                            "stop() cannot be called from a handler (it joins "
-                            "the worker running it); call it from another "
-                            "thread");
-            return NULL;
-        }
+    if (server_on_worker(self->srv)) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "stop() cannot be called from a handler (it joins "
+                        "the worker running it); call it from another "
+                        "thread");
+        return NULL;
     }
     self->stopping = 1;
     Py_BEGIN_ALLOW_THREADS
-    server_stop(&self->srv);
+    server_stop(self->srv);
     Py_END_ALLOW_THREADS
     self->stopping = 0;
     self->started = 0;
@@ -970,13 +969,13 @@ server_stop_m(ServerObject *self, PyObject *Py_UNUSED(ignored))
 static PyObject *
 server_stats_m(ServerObject *self, PyObject *Py_UNUSED(ignored))
 {
-    struct stats *st = &self->srv.stats;
-#define LD(x) ((unsigned long long)atomic_load_explicit(&(x), memory_order_relaxed))
+    struct server_stats st;
+    server_get_stats(self->srv, &st);
     PyObject *errors = PyDict_New();
     if (errors == NULL)
         return NULL;
     for (int i = CLOSE_RESET; i < CLOSE_REASON_COUNT; i++) {
-        PyObject *v = PyLong_FromUnsignedLongLong(LD(st->errors[i]));
+        PyObject *v = PyLong_FromUnsignedLongLong(st.errors[i]);
         if (v == NULL || PyDict_SetItemString(errors, close_reason_name[i], v) < 0) {
             Py_XDECREF(v);
             Py_DECREF(errors);
@@ -985,18 +984,18 @@ server_stats_m(ServerObject *self, PyObject *Py_UNUSED(ignored))
         Py_DECREF(v);
     }
     /* Per worker: its live connections and those it was ever given (the
-     * spread of the load).  workers[] is valid while the server runs, and
-     * stop() cannot run concurrently: it needs the GIL we hold to begin. */
+     * spread of the load). */
     PyObject *per = PyList_New(0);
     if (per == NULL) {
         Py_DECREF(errors);
         return NULL;
     }
-    for (unsigned i = 0; self->started && i < self->srv.nworkers; i++) {
-        struct worker *w = &self->srv.workers[i];
-        PyObject *d = Py_BuildValue(
-            "{sIsK}", "connections", atomic_load(&w->load),
-            "opened", LD(w->opened));
+    unsigned live;
+    uint64_t opened;
+    for (unsigned i = 0; server_worker_load(self->srv, i, &live, &opened) == 0;
+         i++) {
+        PyObject *d = Py_BuildValue("{sIsK}", "connections", live, "opened",
+                                    (unsigned long long)opened);
         if (d == NULL || PyList_Append(per, d) < 0) {
             Py_XDECREF(d);
             Py_DECREF(per);
@@ -1005,30 +1004,29 @@ server_stats_m(ServerObject *self, PyObject *Py_UNUSED(ignored))
         }
         Py_DECREF(d);
     }
+#define U(x) ((unsigned long long)(x))
     return Py_BuildValue(
         "{sIsKsKsKsKsKsKsKsKsKsNsN}",
-        "connections", atomic_load(&self->srv.nconns),
-        "accepted", LD(st->accepted), "closed", LD(st->closed),
-        "messages_in", LD(st->msgs_in), "messages_out", LD(st->msgs_out),
-        "bytes_in", LD(st->bytes_in), "bytes_out", LD(st->bytes_out),
-        "eof", LD(st->errors[CLOSE_EOF]),
-        "accept_errors", LD(st->accept_errors), "refused", LD(st->refused),
+        "connections", st.connections,
+        "accepted", U(st.accepted), "closed", U(st.closed),
+        "messages_in", U(st.msgs_in), "messages_out", U(st.msgs_out),
+        "bytes_in", U(st.bytes_in), "bytes_out", U(st.bytes_out),
+        "eof", U(st.errors[CLOSE_EOF]),
+        "accept_errors", U(st.accept_errors), "refused", U(st.refused),
         "errors", errors, "workers", per);
-#undef LD
+#undef U
 }
 
 static PyObject *
 server_get_backend(ServerObject *self, void *Py_UNUSED(closure))
 {
-    if (self->srv.backend_name != NULL)
-        return PyUnicode_FromString(self->srv.backend_name);
-    return PyUnicode_FromString(self->srv.cfg.ops->name);
+    return PyUnicode_FromString(server_backend(self->srv));
 }
 
 static PyObject *
 server_get_fallback_errno(ServerObject *self, void *Py_UNUSED(closure))
 {
-    return PyLong_FromLong(self->srv.fell_back);
+    return PyLong_FromLong(server_fell_back(self->srv));
 }
 
 static PyObject *
