@@ -16,6 +16,10 @@ SRC = ROOT / "src"
 DRIVER = ROOT / "tests" / "c" / "backend_test.c"
 SLAB_DRIVER = ROOT / "tests" / "c" / "slab_test.c"
 ENGINE_SOURCES = {"epoll": SRC / "io" / "epoll.c", "uring": SRC / "io" / "uring.c"}
+# What an engine links with besides itself (the ring; the file thread pool
+# and the calls every engine shares).
+ENGINE_DEPS = {"epoll": [], "uring": [SRC / "io" / "ring.c"]}
+IO_COMMON = [SRC / "io" / "common.c", SRC / "io" / "pool.c"]
 
 
 @pytest.fixture(params=["epoll", "uring"])
@@ -23,7 +27,7 @@ def engine(request):
     return request.param
 
 
-def _build_and_run(sources, args, tmp_path):
+def _build_and_run(sources, args, tmp_path, defines=()):
     """Compile `sources` with ASan+UBSan and run the result; returns the
     CompletedProcess (LSan is dropped where the sandbox refuses ptrace)."""
     gcc = shutil.which("gcc")
@@ -33,6 +37,7 @@ def _build_and_run(sources, args, tmp_path):
     cmd = [gcc, "-std=c11", "-D_GNU_SOURCE", "-Wall", "-Wextra", "-Werror",
            "-O1", "-g", "-fno-omit-frame-pointer",
            "-fsanitize=address,undefined", "-fno-sanitize-recover=undefined",
+           *(f"-D{d}" for d in defines),
            "-I", str(SRC), *map(str, sources), "-o", str(exe), "-pthread"]
     build = subprocess.run(cmd, capture_output=True, text=True)
     assert build.returncode == 0, f"build failed:\n{' '.join(cmd)}\n{build.stderr}"
@@ -51,21 +56,32 @@ def _build_and_run(sources, args, tmp_path):
     return run
 
 
-def test_backend_driver(engine, tmp_path):
-    for name in ("epoll", engine):
-        if not ENGINE_SOURCES[name].exists():
-            pytest.skip(f"{ENGINE_SOURCES[name].name} not written yet")
-    # Link epoll.c always (the driver's table names it) and sock.c (both
-    # engines' send_now); uring.c when tested.
-    sources = [DRIVER, ENGINE_SOURCES["epoll"], SRC / "io" / "sock.c"]
+def _driver(engine, tmp_path, defines=()):
+    # Link epoll.c always (the driver's table names it); uring.c when
+    # tested.
+    sources = [DRIVER, ENGINE_SOURCES["epoll"], *IO_COMMON]
     if engine == "uring":
-        sources.append(ENGINE_SOURCES["uring"])
-    run = _build_and_run(sources, [engine], tmp_path)
+        sources += [ENGINE_SOURCES["uring"], *ENGINE_DEPS["uring"]]
+    run = _build_and_run(sources, [engine], tmp_path, defines)
     if run.returncode == 77:
         pytest.skip(f"{engine}: {run.stdout.strip() or 'unavailable'}")
     assert run.returncode == 0, (
         f"{engine} driver exited {run.returncode}\n"
         f"--- stdout ---\n{run.stdout}\n--- stderr ---\n{run.stderr}")
+
+
+def test_backend_driver(engine, tmp_path):
+    _driver(engine, tmp_path)
+
+
+# The io_uring engine's fallbacks for older kernels, forced at compile time
+# (uring.c): single-shot accept and receive, cancel by user_data, no
+# DEFER_TASKRUN, file operations on the thread pool.
+@pytest.mark.parametrize("switch", [
+    "IOCP_URING_NO_MULTISHOT", "IOCP_URING_NO_CANCEL_FD",
+    "IOCP_URING_NO_DEFER_TASKRUN", "IOCP_URING_NO_FILE_OPS"])
+def test_uring_fallbacks(switch, tmp_path):
+    _driver("uring", tmp_path, [switch])
 
 
 def test_slab_pool(tmp_path):

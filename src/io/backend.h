@@ -51,25 +51,57 @@ enum io_op {
 /* Regular-file operations for file_op(). */
 enum file_opcode { FILE_READ = 1, FILE_WRITE, FILE_FSYNC, FILE_FDATASYNC };
 
+/* The longest read or write one call makes (Linux's MAX_RW_COUNT); a
+ * result always fits an int32. */
+#define IO_FILE_MAX_LEN 0x7ffff000u
+
+/* What each engine keeps in a handle: its own member of the union below,
+ * which nothing else reads or writes. */
+struct io_epoll_state {
+    uint32_t active;              /* bit per enum io_op in flight */
+    uint32_t pending;             /* H_* readiness bits (epoll.c) */
+    uint8_t registered;           /* in the epoll set */
+    unsigned rv_index;            /* slot on the revisit list (H_LISTED) */
+    const char *send_buf;         /* send in progress... */
+    size_t send_len;
+    const struct msghdr *send_msg;  /* ...or sendv */
+    char *recv_buf;               /* recv_into() in progress */
+    uint32_t recv_len;
+    int32_t recv_err;             /* an error that followed its bytes */
+};
+
+struct io_uring_state {
+    uint32_t active;              /* bit per enum io_op in flight */
+    uint32_t pending;             /* P_* bits (uring.c) */
+    struct io_handle *next_idle;  /* on the engine's idle list */
+    char *recv_buf;               /* recv_into() in progress */
+};
+
+/* A file operation in the thread pool (pool.c). */
+struct io_pool_req {
+    struct io_handle *next;       /* the pool's queue, then its done list */
+    int op;                       /* enum file_opcode */
+    void *buf;
+    size_t len;
+    uint64_t off;
+    long res;                     /* bytes, 0, or -errno */
+    uint8_t busy;                 /* submitted, its event not yet taken */
+};
+
 /* One registered file descriptor.  Embedded in the core's connection and
- * listener structs and file requests; the fields marked engine-private
- * belong to the engine, `fd` and `tag` to the core. */
+ * listener structs and file requests: `fd` and `tag` are the core's, the
+ * union the engine's, or the pool's once it ran a file operation on the
+ * handle (`pooled`: the engine's cancel() and forget() then leave it be). */
 struct io_handle {
     int fd;
-    uint8_t tag;              /* the core's: what embeds this handle (the
-                                 engines never touch it) */
-    uint32_t active;          /* engine-private: bit per enum io_op in flight */
-    uint32_t pending;         /* engine-private */
-    uint32_t registered;      /* engine-private */
-    const char *send_buf;     /* engine-private: send in progress */
-    size_t send_len;
-    const struct msghdr *send_msg;  /* engine-private: sendv in progress */
-    void *priv;               /* engine-private */
-    uint64_t file_off;        /* engine-private: file_op() offset (epoll's
-                                 thread pool reads it from the handle) */
-    char *recv_buf;           /* engine-private: recv_into() in progress */
-    uint32_t recv_len;
-    int32_t recv_err;         /* engine-private */
+    uint8_t tag;                  /* what embeds this handle (the engines
+                                     never touch it) */
+    uint8_t pooled;               /* the union is the pool's (pool.c) */
+    union {
+        struct io_epoll_state ep;
+        struct io_uring_state ur;
+        struct io_pool_req pool;
+    };
 };
 
 #define IO_NO_BUF 0xFFFFu     /* io_event.buf_id of a direct receive */
@@ -154,10 +186,12 @@ struct backend_ops {
 
 extern const struct backend_ops iocp_epoll_ops;
 
-/* send_now for sockets (sock.c): every engine's, since it is the same
- * system call whatever waits for readiness. */
+/* common.c: send_now for sockets, every engine's (the same system call
+ * whatever waits for readiness); an eventfd's wake-up, written and taken. */
 long io_sock_send_now(struct backend *b, struct io_handle *h, const char *buf,
                       size_t len);
+void io_eventfd_wake(int fd);
+void io_eventfd_drain(int fd);
 extern const struct backend_ops iocp_uring_ops;
 
 /* 0 if io_uring with every feature we need works on this host, else -errno

@@ -7,7 +7,7 @@
  * reports the result as an io_event, keeping backend.h's completion contract.
  *
  * Every fd is registered once, edge-triggered, for in and out.  An edge is
- * remembered in h->pending (H_IN / H_OUT) until the call that consumes it
+ * remembered in h->ep.pending (H_IN / H_OUT) until the call that consumes it
  * hits EAGAIN.  When out[] is full or no receive buffer is free, the handle
  * goes on the revisit list and is served at the next wait() before blocking,
  * because epoll will not report that edge again.  The revisit list is served
@@ -30,20 +30,12 @@
  * registered (each handle is listed at most once) and the final-event queue
  * is reserved at 4 slots per registered handle, growing only beyond that.
  *
- * file_op(): epoll cannot wait on regular files, so the engine owns a small
- * pool of native threads (POOL_THREADS, started at the first file_op) that
- * do pread/pwrite/fsync/fdatasync.  File handles are never registered with
- * epoll.  Requests and completions are intrusive FIFO lists linked through
- * h->priv (queue -> a pool thread -> done list), under pool_mu; the request
- * sits in the handle (send_buf/send_len/file_off, opcode in pending) and the
- * result goes back in send_len.  A pool thread writes the eventfd when the
- * done list becomes non-empty; wait() turns done entries into final IO_FILE
- * events (at most max, the rest next time, never blocking while some wait).
- * Pool threads block every signal, so SIGXFSZ and friends go elsewhere.
- * destroy() stops and joins the pool; requests still queued then (a core
- * bug) are dropped without an event.
+ * file_op(): epoll cannot wait on regular files, so every file operation
+ * goes to the thread pool (pool.c), whose results wait() takes as final
+ * IO_FILE events.
  */
 #include "io/backend.h"
+#include "io/pool.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -60,25 +52,23 @@
 
 #define OPBIT(op) (1u << (op))
 
-/* h->pending bits */
+/* h->ep.pending bits */
 #define H_IN     1u   /* readable edge not yet consumed down to EAGAIN */
 #define H_OUT    2u   /* writable edge not yet consumed */
-#define H_LISTED 4u   /* on the revisit list, index in h->priv */
+#define H_LISTED 4u   /* on the revisit list, at h->ep.rv_index */
 #define H_HUP    8u   /* the peer's FIN (or an error) was reported */
 #define H_URG   16u   /* TCP urgent data was reported (EPOLLPRI) */
 
 #define EP_BATCH 256
 #define MIN_CAP  64
 
-#define POOL_THREADS 2
-#define FILE_MAX_LEN 0x7ffff000u   /* Linux's per-call cap; res fits int32 */
 
 struct backend {
     int epfd;
     int evfd;
     unsigned nbufs;
     unsigned bufsize;
-    char *pool;                 /* nbufs * bufsize, one block */
+    char *bufs;                 /* nbufs * bufsize, one block */
     uint16_t *freeids;          /* stack of free buffer ids */
     unsigned nfree;
     unsigned char *lent;        /* lent[id]: handed to the core */
@@ -91,16 +81,7 @@ struct backend {
     unsigned rv_len, rv_cap;
     unsigned nregistered;
 
-    /* file_op() thread pool; lists linked through h->priv */
-    pthread_mutex_t pool_mu;
-    pthread_cond_t pool_cv;
-    bool pool_init;             /* pool_mu and pool_cv initialised */
-    bool pool_stop;             /* destroy(): threads exit */
-    int nthreads;
-    pthread_t threads[POOL_THREADS];
-    struct io_handle *fq_head, *fq_tail;    /* requests */
-    struct io_handle *fd_head, *fd_tail;    /* completions */
-    _Atomic unsigned ndone;     /* length of the done list */
+    struct io_pool *pool_threads;   /* file_op() */
 
     struct epoll_event evs[EP_BATCH];
 };
@@ -132,7 +113,7 @@ static int pq_push(struct backend *b, struct io_handle *h, int op, int res)
         return -ENOMEM;
     b->pq[(b->pq_head + b->pq_len++) % b->pq_cap] = (struct io_event){
         .h = h, .res = res, .op = (uint8_t)op, .more = 0,
-        .buf_id = op == IO_RECV && h->recv_buf ? IO_NO_BUF : 0 };
+        .buf_id = op == IO_RECV && h->ep.recv_buf ? IO_NO_BUF : 0 };
     return 0;
 }
 
@@ -144,7 +125,7 @@ static void rv_compact(struct backend *b)
     for (unsigned i = 0; i < b->rv_len; i++) {
         struct io_handle *h = b->rv[i];
         if (h) {
-            h->priv = (void *)(uintptr_t)k;
+            h->ep.rv_index = k;
             b->rv[k++] = h;
         }
     }
@@ -154,13 +135,13 @@ static void rv_compact(struct backend *b)
 /* Never fails: rv_cap >= registered handles, each listed at most once. */
 static void rv_add(struct backend *b, struct io_handle *h)
 {
-    if (h->pending & H_LISTED)
+    if (h->ep.pending & H_LISTED)
         return;
     if (b->rv_len == b->rv_cap)
         rv_compact(b);
-    h->priv = (void *)(uintptr_t)b->rv_len;
+    h->ep.rv_index = b->rv_len;
     b->rv[b->rv_len++] = h;
-    h->pending |= H_LISTED;
+    h->ep.pending |= H_LISTED;
 }
 
 static int rv_grow(struct backend *b, unsigned want)
@@ -186,7 +167,7 @@ static int rv_grow(struct backend *b, unsigned want)
 
 static int reg(struct backend *b, struct io_handle *h)
 {
-    if (h->registered)
+    if (h->ep.registered)
         return 0;
     if (rv_grow(b, b->nregistered + 1) < 0 ||
         pq_reserve(b, 4 * (b->nregistered + 1)) < 0)
@@ -197,12 +178,7 @@ static int reg(struct backend *b, struct io_handle *h)
     };
     if (epoll_ctl(b->epfd, EPOLL_CTL_ADD, h->fd, &ev) < 0)
         return -errno;
-    h->registered = 1;
-    h->active = 0;
-    h->pending = 0;
-    h->priv = NULL;
-    h->send_buf = NULL;
-    h->send_len = 0;
+    h->ep = (struct io_epoll_state){ .registered = 1 };
     b->nregistered++;
     return 0;
 }
@@ -214,9 +190,9 @@ static int reg(struct backend *b, struct io_handle *h)
  * edge is consumed. */
 static inline bool drained(struct io_handle *h)
 {
-    if (h->pending & (H_HUP | H_URG))
+    if (h->ep.pending & (H_HUP | H_URG))
         return false;
-    h->pending &= ~H_IN;
+    h->ep.pending &= ~H_IN;
     return true;
 }
 
@@ -241,158 +217,203 @@ static bool accept_retry(int e)
     }
 }
 
-/* Turn h's remembered readiness into events in out[*n..max).  Returns true
- * if readiness is left over (out[] full, or no free receive buffer): the
- * caller must put h on the revisit list. */
+/* An operation is over: its bit goes, and what it kept of its buffers.
+ * (recv_err outlives a receive: it is the next one's final event.) */
+static void op_end(struct io_handle *h, int op)
+{
+    h->ep.active &= ~OPBIT(op);
+    if (op == IO_SEND) {
+        h->ep.send_buf = NULL;
+        h->ep.send_len = 0;
+        h->ep.send_msg = NULL;
+    } else if (op == IO_RECV) {
+        h->ep.recv_buf = NULL;
+    }
+}
+
+/* The final event of an operation, which ends. */
+static void emit_final(struct io_event *out, int *n, struct io_handle *h,
+                       int op, long res)
+{
+    op_end(h, op);
+    emit(out, n, h, op, res, 0);
+}
+
+/* Each do_* turns one operation's readiness into events in out[*n..max)
+ * (the caller checked that it is active and that the fd is ready for it).
+ * True if readiness is left over: out[] is full, or no receive buffer is
+ * free; the handle then goes on the revisit list. */
+
+static bool do_connect(struct io_handle *h, struct io_event *out, int max,
+                       int *n)
+{
+    if (*n == max)
+        return true;
+    int err = 0;
+    socklen_t l = sizeof err;
+    if (getsockopt(h->fd, SOL_SOCKET, SO_ERROR, &err, &l) < 0)
+        err = errno;
+    if (err == 0) {
+        /* A stale edge (e.g. from registering the unconnected socket) is
+         * not a completion: check that we really are connected. */
+        struct sockaddr_storage ss;
+        socklen_t sl = sizeof ss;
+        if (getpeername(h->fd, (struct sockaddr *)&ss, &sl) < 0) {
+            if (errno == ENOTCONN) {
+                h->ep.pending &= ~H_OUT;
+                return false;
+            }
+            err = errno;
+        }
+    }
+    emit_final(out, n, h, IO_CONNECT, -err);
+    return false;
+}
+
+static bool do_send(struct io_handle *h, struct io_event *out, int max,
+                    int *n)
+{
+    if (*n == max)
+        return true;
+    ssize_t r;
+    do
+        r = h->ep.send_msg
+                ? sendmsg(h->fd, h->ep.send_msg, MSG_NOSIGNAL | MSG_DONTWAIT)
+                : send(h->fd, h->ep.send_buf, h->ep.send_len,
+                       MSG_NOSIGNAL | MSG_DONTWAIT);
+    while (r < 0 && errno == EINTR);
+    if (r < 0 && errno == EAGAIN)
+        h->ep.pending &= ~H_OUT;
+    else
+        emit_final(out, n, h, IO_SEND, r < 0 ? -errno : r);
+    return false;
+}
+
+static bool do_accept(struct io_handle *h, struct io_event *out, int max,
+                      int *n)
+{
+    for (;;) {
+        if (*n == max)
+            return true;
+        int fd = accept4(h->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd >= 0) {
+            emit(out, n, h, IO_ACCEPT, fd, 1);
+            continue;
+        }
+        int e = errno;
+        if (e == EAGAIN) {
+            h->ep.pending &= ~H_IN;
+            return false;
+        }
+        if (accept_retry(e))
+            continue;
+        /* EMFILE, ENFILE, ENOBUFS, ...: end the accept; the core re-arms
+         * it later instead of spinning here.  H_IN stays set so the
+         * re-armed accept tries at once. */
+        emit_final(out, n, h, IO_ACCEPT, -e);
+        return false;
+    }
+}
+
+/* recv_into: read until the buffer is full or the socket empty. */
+static bool do_recv_direct(struct io_handle *h, struct io_event *out,
+                           int max, int *n)
+{
+    if (*n == max)
+        return true;
+    size_t got = 0;
+    ssize_t r = 0;
+    int e = 0;
+    while (got < h->ep.recv_len) {
+        r = read(h->fd, h->ep.recv_buf + got, h->ep.recv_len - got);
+        if (r > 0) {
+            got += (size_t)r;
+            if (got < h->ep.recv_len && drained(h))
+                break;
+            continue;
+        }
+        e = errno;
+        if (r < 0 && e == EINTR)
+            continue;
+        if (r < 0 && e == EAGAIN)
+            h->ep.pending &= ~H_IN;
+        break;
+    }
+    if (got == 0 && !(h->ep.pending & H_IN))
+        return false;   /* nothing yet */
+    char *buf = h->ep.recv_buf;
+    /* The bytes first; an EOF or error after them shows next time (H_IN
+     * stays set; the kernel reports an error only once). */
+    if (got > 0 && r < 0 && e != EAGAIN)
+        h->ep.recv_err = e;   /* the next receive's final event */
+    emit_final(out, n, h, IO_RECV, got > 0 ? (long)got : r == 0 ? 0 : -e);
+    out[*n - 1].buf_id = IO_NO_BUF;
+    out[*n - 1].buf = got > 0 ? buf : NULL;
+    return false;
+}
+
+/* A receive into the engine's buffers: one event per buffer filled. */
+static bool do_recv(struct backend *b, struct io_handle *h,
+                    struct io_event *out, int max, int *n)
+{
+    for (;;) {
+        if (*n == max || b->nfree == 0)
+            return true;
+        uint16_t id = b->freeids[b->nfree - 1];
+        char *p = b->bufs + (size_t)id * b->bufsize;
+        ssize_t r = read(h->fd, p, b->bufsize);
+        if (r > 0) {
+            b->nfree--;
+            b->lent[id] = 1;
+            emit(out, n, h, IO_RECV, r, 1);
+            out[*n - 1].buf_id = id;
+            out[*n - 1].buf = p;
+            if ((size_t)r < b->bufsize && drained(h))
+                return false;
+            continue;
+        }
+        int e = errno;
+        if (r < 0 && e == EINTR)
+            continue;
+        if (r < 0 && e == EAGAIN) {
+            h->ep.pending &= ~H_IN;
+            return false;
+        }
+        emit_final(out, n, h, IO_RECV, r == 0 ? 0 : -e);
+        return false;
+    }
+}
+
+/* Turn h's remembered readiness into events in out[*n..max).  True if
+ * readiness is left over: the caller puts h on the revisit list. */
 static bool process(struct backend *b, struct io_handle *h,
                     struct io_event *out, int max, int *n)
 {
-    if ((h->active & OPBIT(IO_CONNECT)) && (h->pending & H_OUT)) {
-        if (*n == max)
-            return true;
-        int err = 0;
-        socklen_t l = sizeof err;
-        if (getsockopt(h->fd, SOL_SOCKET, SO_ERROR, &err, &l) < 0)
-            err = errno;
-        bool done = true;
-        if (err == 0) {
-            /* A stale edge (e.g. from registering the unconnected socket)
-             * is not a completion: check that we really are connected. */
-            struct sockaddr_storage ss;
-            socklen_t sl = sizeof ss;
-            if (getpeername(h->fd, (struct sockaddr *)&ss, &sl) < 0) {
-                if (errno == ENOTCONN) {
-                    h->pending &= ~H_OUT;
-                    done = false;
-                } else {
-                    err = errno;
-                }
-            }
-        }
-        if (done) {
-            h->active &= ~OPBIT(IO_CONNECT);
-            emit(out, n, h, IO_CONNECT, -err, 0);
-        }
-    }
-
-    if ((h->active & OPBIT(IO_SEND)) && (h->pending & H_OUT)) {
-        if (*n == max)
-            return true;
-        ssize_t r;
-        do
-            r = h->send_msg ? sendmsg(h->fd, h->send_msg, MSG_NOSIGNAL | MSG_DONTWAIT)
-                            : send(h->fd, h->send_buf, h->send_len,
-                                   MSG_NOSIGNAL | MSG_DONTWAIT);
-        while (r < 0 && errno == EINTR);
-        if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-            h->pending &= ~H_OUT;
-        } else {
-            h->active &= ~OPBIT(IO_SEND);
-            h->send_buf = NULL;
-            h->send_len = 0;
-            h->send_msg = NULL;
-            emit(out, n, h, IO_SEND, r < 0 ? -errno : r, 0);
-        }
-    }
-
-    if ((h->active & OPBIT(IO_ACCEPT)) && (h->pending & H_IN)) {
-        for (;;) {
-            if (*n == max)
-                return true;
-            int fd = accept4(h->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
-            if (fd >= 0) {
-                emit(out, n, h, IO_ACCEPT, fd, 1);
-                continue;
-            }
-            int e = errno;
-            if (e == EAGAIN || e == EWOULDBLOCK) {
-                h->pending &= ~H_IN;
-                break;
-            }
-            if (accept_retry(e))
-                continue;
-            /* EMFILE, ENFILE, ENOBUFS, ...: end the accept; the core
-             * re-arms it later instead of spinning here.  H_IN stays set
-             * so the re-armed accept tries at once. */
-            h->active &= ~OPBIT(IO_ACCEPT);
-            emit(out, n, h, IO_ACCEPT, -e, 0);
-            break;
-        }
-    }
-
-    if ((h->active & OPBIT(IO_RECV)) && h->recv_err) {
-        if (*n == max)
-            return true;
+    uint32_t act = h->ep.active;
+    bool left = false;
+    if ((act & OPBIT(IO_CONNECT)) && (h->ep.pending & H_OUT))
+        left |= do_connect(h, out, max, n);
+    if ((act & OPBIT(IO_SEND)) && (h->ep.pending & H_OUT))
+        left |= do_send(h, out, max, n);
+    if ((act & OPBIT(IO_ACCEPT)) && (h->ep.pending & H_IN))
+        left |= do_accept(h, out, max, n);
+    if (!(act & OPBIT(IO_RECV)))
+        return left;
+    if (h->ep.recv_err) {
         /* the error that came after a direct receive's bytes */
-        emit(out, n, h, IO_RECV, -h->recv_err, 0);
-        out[*n - 1].buf_id = h->recv_buf ? IO_NO_BUF : 0;
-        h->active &= ~OPBIT(IO_RECV);
-        h->recv_buf = NULL;
-        h->recv_err = 0;
-    } else if ((h->active & OPBIT(IO_RECV)) && (h->pending & H_IN) && h->recv_buf) {
         if (*n == max)
             return true;
-        /* recv_into: read until the buffer is full or the socket empty */
-        size_t got = 0;
-        ssize_t r = 0;
-        int e = 0;
-        while (got < h->recv_len) {
-            r = read(h->fd, h->recv_buf + got, h->recv_len - got);
-            if (r > 0) {
-                got += (size_t)r;
-                if (got < h->recv_len && drained(h))
-                    break;
-                continue;
-            }
-            e = errno;
-            if (r < 0 && e == EINTR)
-                continue;
-            if (r < 0 && (e == EAGAIN || e == EWOULDBLOCK))
-                h->pending &= ~H_IN;
-            break;
-        }
-        /* The bytes first; an EOF or error after them shows next time
-         * (H_IN stays set; the kernel reports an error only once). */
-        if (got > 0 && r < 0 && !(e == EAGAIN || e == EWOULDBLOCK))
-            h->recv_err = e;
-        if (got > 0 || (h->pending & H_IN)) {
-            char *buf = h->recv_buf;
-            h->recv_buf = NULL;
-            h->active &= ~OPBIT(IO_RECV);
-            emit(out, n, h, IO_RECV, got > 0 ? (long)got : r == 0 ? 0 : -e, 0);
-            out[*n - 1].buf_id = IO_NO_BUF;
-            out[*n - 1].buf = got > 0 ? buf : NULL;
-        }
-    } else if ((h->active & OPBIT(IO_RECV)) && (h->pending & H_IN)) {
-        for (;;) {
-            if (*n == max || b->nfree == 0)
-                return true;
-            uint16_t id = b->freeids[b->nfree - 1];
-            char *p = b->pool + (size_t)id * b->bufsize;
-            ssize_t r = read(h->fd, p, b->bufsize);
-            if (r > 0) {
-                b->nfree--;
-                b->lent[id] = 1;
-                emit(out, n, h, IO_RECV, r, 1);
-                out[*n - 1].buf_id = id;
-                out[*n - 1].buf = p;
-                if ((size_t)r < b->bufsize && drained(h))
-                    break;
-                continue;
-            }
-            int e = errno;
-            if (r < 0 && e == EINTR)
-                continue;
-            if (r < 0 && (e == EAGAIN || e == EWOULDBLOCK)) {
-                h->pending &= ~H_IN;
-                break;
-            }
-            h->active &= ~OPBIT(IO_RECV);
-            emit(out, n, h, IO_RECV, r == 0 ? 0 : -e, 0);
-            break;
-        }
+        int e = h->ep.recv_err;
+        bool direct = h->ep.recv_buf != NULL;
+        h->ep.recv_err = 0;
+        emit_final(out, n, h, IO_RECV, -e);
+        out[*n - 1].buf_id = direct ? IO_NO_BUF : 0;
+        return left;
     }
-    return false;
+    if (!(h->ep.pending & H_IN))
+        return left;
+    return (h->ep.recv_buf ? do_recv_direct(h, out, max, n)
+                           : do_recv(b, h, out, max, n)) || left;
 }
 
 /* Serve the revisit list into out[n..max); rebuild it so that handles not
@@ -404,7 +425,7 @@ static int revisit(struct backend *b, struct io_event *out, int max, int n)
         struct io_handle *h = b->rv[i];
         if (!h)
             continue;
-        h->pending &= ~H_LISTED;
+        h->ep.pending &= ~H_LISTED;
         if (process(b, h, out, max, &n))
             b->rv[m++] = h;    /* m <= i: slot already visited */
     }
@@ -419,148 +440,27 @@ static int revisit(struct backend *b, struct io_event *out, int max, int n)
     b->rv2 = t;
     b->rv_len = k;
     for (unsigned j = 0; j < k; j++) {
-        b->rv[j]->priv = (void *)(uintptr_t)j;
-        b->rv[j]->pending |= H_LISTED;
+        b->rv[j]->ep.rv_index = j;
+        b->rv[j]->ep.pending |= H_LISTED;
     }
     return n;
 }
 
-/* ---- file operations: the thread pool ------------------------------- */
+/* ---- file operations --------------------------------------------------- */
 
+/* epoll cannot wait on regular files: every file operation goes to the
+ * pool, which wakes the engine when a result waits. */
 static void ep_wake(struct backend *b);
 
-static long do_file(struct io_handle *h)
+static void pool_wake(void *arg)
 {
-    void *buf = (void *)(uintptr_t)h->send_buf;
-    ssize_t r;
-    do {
-        switch (h->pending) {
-        case FILE_READ:
-            r = pread(h->fd, buf, h->send_len, (off_t)h->file_off);
-            break;
-        case FILE_WRITE:
-            r = pwrite(h->fd, buf, h->send_len, (off_t)h->file_off);
-            break;
-        case FILE_FSYNC:
-            r = fsync(h->fd);
-            break;
-        default:
-            r = fdatasync(h->fd);
-            break;
-        }
-    } while (r < 0 && errno == EINTR);
-    return r < 0 ? -errno : (long)r;
-}
-
-static void *pool_main(void *arg)
-{
-    struct backend *b = arg;
-    pthread_mutex_lock(&b->pool_mu);
-    for (;;) {
-        while (!b->pool_stop && b->fq_head == NULL)
-            pthread_cond_wait(&b->pool_cv, &b->pool_mu);
-        if (b->pool_stop)
-            break;
-        struct io_handle *h = b->fq_head;
-        b->fq_head = h->priv;
-        if (b->fq_head == NULL)
-            b->fq_tail = NULL;
-        pthread_mutex_unlock(&b->pool_mu);
-
-        long res = do_file(h);
-
-        pthread_mutex_lock(&b->pool_mu);
-        h->send_len = (size_t)res;  /* read back as long in take_done() */
-        h->priv = NULL;
-        if (b->fd_tail)
-            b->fd_tail->priv = h;
-        else
-            b->fd_head = h;
-        b->fd_tail = h;
-        unsigned was = atomic_fetch_add(&b->ndone, 1);
-        if (was == 0) {
-            /* the engine drains the list down to empty or keeps looking at
-             * it before it blocks: only the first completion must wake it */
-            pthread_mutex_unlock(&b->pool_mu);
-            ep_wake(b);
-            pthread_mutex_lock(&b->pool_mu);
-        }
-    }
-    pthread_mutex_unlock(&b->pool_mu);
-    return NULL;
-}
-
-/* Start pool threads up to POOL_THREADS; 0 if at least one runs. */
-static int pool_start(struct backend *b)
-{
-    if (b->nthreads == POOL_THREADS)
-        return 0;
-    sigset_t all, old;
-    sigfillset(&all);
-    pthread_sigmask(SIG_SETMASK, &all, &old);   /* inherited by threads */
-    int err = 0;
-    while (b->nthreads < POOL_THREADS) {
-        err = pthread_create(&b->threads[b->nthreads], NULL, pool_main, b);
-        if (err)
-            break;
-        b->nthreads++;
-    }
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
-    return b->nthreads > 0 ? 0 : -err;
-}
-
-/* Move completed file ops into out[n..max) as final IO_FILE events. */
-static int take_done(struct backend *b, struct io_event *out, int max, int n)
-{
-    if (n >= max || atomic_load(&b->ndone) == 0)
-        return n;
-    pthread_mutex_lock(&b->pool_mu);
-    while (b->fd_head != NULL && n < max) {
-        struct io_handle *h = b->fd_head;
-        b->fd_head = h->priv;
-        if (b->fd_head == NULL)
-            b->fd_tail = NULL;
-        atomic_fetch_sub(&b->ndone, 1);
-        long res = (long)h->send_len;
-        h->priv = NULL;
-        h->send_buf = NULL;
-        h->send_len = 0;
-        h->pending = 0;
-        h->active &= ~OPBIT(IO_FILE);
-        emit(out, &n, h, IO_FILE, res, 0);
-    }
-    pthread_mutex_unlock(&b->pool_mu);
-    return n;
+    ep_wake(arg);
 }
 
 static int ep_file_op(struct backend *b, struct io_handle *h, int op,
                       void *buf, size_t len, uint64_t off)
 {
-    if (h == NULL || h->fd < 0 || op < FILE_READ || op > FILE_FDATASYNC ||
-        off > (uint64_t)INT64_MAX)
-        return -EINVAL;
-    if (h->active & OPBIT(IO_FILE))
-        return -EBUSY;
-    if (h->registered)
-        return -EINVAL;   /* a socket handle: file ops get their own */
-    int r = pool_start(b);
-    if (r < 0)
-        return r;
-    h->pending = (uint32_t)op;
-    h->send_buf = buf;
-    h->send_len = len > FILE_MAX_LEN ? FILE_MAX_LEN : len;
-    h->file_off = off;
-    h->active |= OPBIT(IO_FILE);
-    pthread_mutex_lock(&b->pool_mu);
-    h->priv = NULL;
-    if (b->fq_tail)
-        b->fq_tail->priv = h;
-    else
-        b->fq_head = h;
-    b->fq_tail = h;
-    pthread_cond_signal(&b->pool_cv);
-    pthread_mutex_unlock(&b->pool_mu);
-    return 0;
+    return io_pool_submit(b->pool_threads, h, op, buf, len, off);
 }
 
 static double now_ms(void)
@@ -581,7 +481,7 @@ static int ep_wait(struct backend *b, struct io_event *out, int max,
         b->pq_head = (b->pq_head + 1) % b->pq_cap;
         b->pq_len--;
     }
-    n = take_done(b, out, max, n);
+    n += io_pool_take(b->pool_threads, out + n, max - n);
     if (n < max && b->rv_len)
         n = revisit(b, out, max, n);
     if (n == max)
@@ -595,29 +495,25 @@ static int ep_wait(struct backend *b, struct io_event *out, int max,
         bool woke = false;
         for (int i = 0; i < nev; i++) {
             if (b->evs[i].data.ptr == &b->evfd) {
-                uint64_t v;
-                /* EAGAIN: another wait() already consumed it; fine */
-                if (read(b->evfd, &v, sizeof v) < 0 && errno == EINTR)
-                    i--;
-                else
-                    woke = true;
+                io_eventfd_drain(b->evfd);
+                woke = true;
                 continue;
             }
             struct io_handle *h = b->evs[i].data.ptr;
             uint32_t e = b->evs[i].events;
             if (e & (EPOLLIN | EPOLLPRI | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
-                h->pending |= H_IN;
+                h->ep.pending |= H_IN;
             if (e & (EPOLLRDHUP | EPOLLHUP | EPOLLERR))
-                h->pending |= H_HUP;
+                h->ep.pending |= H_HUP;
             if (e & EPOLLPRI)
-                h->pending |= H_URG;   /* for the connection's life: rare */
+                h->ep.pending |= H_URG;   /* for the connection's life: rare */
             if (e & (EPOLLOUT | EPOLLHUP | EPOLLERR))
-                h->pending |= H_OUT;
+                h->ep.pending |= H_OUT;
             if (n == max || process(b, h, out, max, &n))
                 rv_add(b, h);
         }
         if (woke)
-            n = take_done(b, out, max, n);   /* a pool thread's wake-up */
+            n += io_pool_take(b->pool_threads, out + n, max - n);
         if (n > 0 || woke || nev == 0 || timeout_ms == 0)
             return n;
         /* Only stale edges: wait on for the rest of the timeout. */
@@ -637,10 +533,10 @@ static int ep_accept_start(struct backend *b, struct io_handle *h)
     int r = reg(b, h);
     if (r < 0)
         return r;
-    if (h->active & OPBIT(IO_ACCEPT))
+    if (h->ep.active & OPBIT(IO_ACCEPT))
         return -EBUSY;
-    h->active |= OPBIT(IO_ACCEPT);
-    h->pending |= H_IN;         /* connections may be queued already */
+    h->ep.active |= OPBIT(IO_ACCEPT);
+    h->ep.pending |= H_IN;         /* connections may be queued already */
     rv_add(b, h);
     return 0;
 }
@@ -650,10 +546,10 @@ static int ep_recv_start(struct backend *b, struct io_handle *h)
     int r = reg(b, h);
     if (r < 0)
         return r;
-    if (h->active & OPBIT(IO_RECV))
+    if (h->ep.active & OPBIT(IO_RECV))
         return -EBUSY;
-    h->active |= OPBIT(IO_RECV);
-    h->pending |= H_IN;         /* data may be there already */
+    h->ep.active |= OPBIT(IO_RECV);
+    h->ep.pending |= H_IN;         /* data may be there already */
     rv_add(b, h);
     return 0;
 }
@@ -666,20 +562,19 @@ static int ep_recv_into(struct backend *b, struct io_handle *h, char *buf,
     int r = ep_recv_start(b, h);
     if (r < 0)
         return r;
-    h->recv_buf = buf;
-    h->recv_len = (uint32_t)len;
+    h->ep.recv_buf = buf;
+    h->ep.recv_len = (uint32_t)len;
     return 0;
 }
 
 static int ep_recv_stop(struct backend *b, struct io_handle *h)
 {
-    if (!(h->active & OPBIT(IO_RECV)))
+    if (!(h->ep.active & OPBIT(IO_RECV)))
         return 0;               /* already ended with its final event */
     int r = pq_push(b, h, IO_RECV, -ECANCELED);
     if (r < 0)
         return r;
-    h->active &= ~OPBIT(IO_RECV);
-    h->recv_buf = NULL;
+    op_end(h, IO_RECV);
     return 0;
 }
 
@@ -688,7 +583,7 @@ static int ep_recv_stop(struct backend *b, struct io_handle *h)
 static long ep_send_some(struct backend *b, struct io_handle *h,
                          const char *buf, size_t len, const struct msghdr *m)
 {
-    if (h->active & OPBIT(IO_SEND))
+    if (h->ep.active & OPBIT(IO_SEND))
         return -EBUSY;
     int r = reg(b, h);
     if (r < 0)
@@ -704,11 +599,11 @@ static long ep_send_some(struct backend *b, struct io_handle *h,
         return -errno;
     /* Full: the next EPOLLOUT edge comes after this EAGAIN, so dropping the
      * remembered one loses nothing (a stale one only costs an EAGAIN). */
-    h->pending &= ~H_OUT;
-    h->send_buf = buf;
-    h->send_len = len;
-    h->send_msg = m;
-    h->active |= OPBIT(IO_SEND);
+    h->ep.pending &= ~H_OUT;
+    h->ep.send_buf = buf;
+    h->ep.send_len = len;
+    h->ep.send_msg = m;
+    h->ep.active |= OPBIT(IO_SEND);
     return -EINPROGRESS;
 }
 
@@ -727,7 +622,7 @@ static long ep_sendv(struct backend *b, struct io_handle *h,
 static int ep_connect(struct backend *b, struct io_handle *h,
                       const struct sockaddr *addr, socklen_t addrlen)
 {
-    if (h->active & OPBIT(IO_CONNECT))
+    if (h->ep.active & OPBIT(IO_CONNECT))
         return -EALREADY;
     int r = reg(b, h);
     if (r < 0)
@@ -738,8 +633,8 @@ static int ep_connect(struct backend *b, struct io_handle *h,
         return pq_push(b, h, IO_CONNECT, 0);
     int e = errno;
     if (e == EINPROGRESS || e == EINTR) {   /* EINTR: goes on async */
-        h->pending &= ~H_OUT;
-        h->active |= OPBIT(IO_CONNECT);
+        h->ep.pending &= ~H_OUT;
+        h->ep.active |= OPBIT(IO_CONNECT);
         return 0;
     }
     return pq_push(b, h, IO_CONNECT, -e);
@@ -747,34 +642,29 @@ static int ep_connect(struct backend *b, struct io_handle *h,
 
 static int ep_cancel(struct backend *b, struct io_handle *h)
 {
+    if (h->pooled)
+        return 0;   /* a file operation runs to its end */
     static const int ops[] = { IO_ACCEPT, IO_RECV, IO_SEND, IO_CONNECT };
     for (size_t i = 0; i < sizeof ops / sizeof ops[0]; i++) {
         int op = ops[i];
-        if (!(h->active & OPBIT(op)))
+        if (!(h->ep.active & OPBIT(op)))
             continue;
         int r = pq_push(b, h, op, -ECANCELED);
         if (r < 0)
             return r;
-        h->active &= ~OPBIT(op);
-        if (op == IO_SEND) {
-            h->send_buf = NULL;
-            h->send_len = 0;
-            h->send_msg = NULL;
-        } else if (op == IO_RECV) {
-            h->recv_buf = NULL;
-        }
+        op_end(h, op);
     }
     return 0;
 }
 
 static void ep_forget(struct backend *b, struct io_handle *h)
 {
-    if (!h->registered)
+    if (h->pooled || !h->ep.registered)
         return;
     /* ENOENT/EBADF only if the core broke the order; nothing to undo. */
     (void)epoll_ctl(b->epfd, EPOLL_CTL_DEL, h->fd, NULL);
-    if (h->pending & H_LISTED)
-        b->rv[(uintptr_t)h->priv] = NULL;
+    if (h->ep.pending & H_LISTED)
+        b->rv[h->ep.rv_index] = NULL;
     /* The core forgets after the last final event, so normally no queued
      * event names h; drop any anyway rather than hand out a freed h. */
     unsigned k = 0;
@@ -784,15 +674,7 @@ static void ep_forget(struct backend *b, struct io_handle *h)
             b->pq[(b->pq_head + k++) % b->pq_cap] = e;
     }
     b->pq_len = k;
-    h->registered = 0;
-    h->active = 0;
-    h->pending = 0;
-    h->priv = NULL;
-    h->send_buf = NULL;
-    h->send_len = 0;
-    h->send_msg = NULL;
-    h->recv_buf = NULL;
-    h->recv_err = 0;
+    h->ep = (struct io_epoll_state){ 0 };
     b->nregistered--;
 }
 
@@ -806,32 +688,20 @@ static void ep_release_buf(struct backend *b, uint16_t id)
 
 static void ep_wake(struct backend *b)
 {
-    uint64_t one = 1;
-    /* EAGAIN means the counter is huge: a wake-up is pending anyway. */
-    while (write(b->evfd, &one, sizeof one) < 0 && errno == EINTR)
-        ;
+    io_eventfd_wake(b->evfd);
 }
 
 static void ep_destroy(struct backend *b)
 {
     if (!b)
         return;
-    if (b->pool_init) {
-        pthread_mutex_lock(&b->pool_mu);
-        b->pool_stop = true;   /* queued requests (a core bug) are dropped */
-        pthread_cond_broadcast(&b->pool_cv);
-        pthread_mutex_unlock(&b->pool_mu);
-        for (int i = 0; i < b->nthreads; i++)
-            pthread_join(b->threads[i], NULL);
-        pthread_cond_destroy(&b->pool_cv);
-        pthread_mutex_destroy(&b->pool_mu);
-    }
+    io_pool_destroy(b->pool_threads);
     free(b->rv2);
     free(b->rv);
     free(b->pq);
     free(b->lent);
     free(b->freeids);
-    free(b->pool);
+    free(b->bufs);
     if (b->evfd >= 0)
         close(b->evfd);
     if (b->epfd >= 0)
@@ -852,15 +722,13 @@ static struct backend *ep_create(unsigned nbufs, unsigned bufsize)
     b->nbufs = nbufs;
     b->bufsize = bufsize;
 
-    int e0 = pthread_mutex_init(&b->pool_mu, NULL);
-    if (e0 == 0 && (e0 = pthread_cond_init(&b->pool_cv, NULL)) != 0)
-        pthread_mutex_destroy(&b->pool_mu);
-    if (e0 != 0) {
+    b->pool_threads = io_pool_create(pool_wake, b);
+    if (b->pool_threads == NULL) {
+        int e = errno;
         free(b);
-        errno = e0;
+        errno = e;
         return NULL;
     }
-    b->pool_init = true;
     b->epfd = epoll_create1(EPOLL_CLOEXEC);
     if (b->epfd < 0)
         goto fail;
@@ -870,12 +738,12 @@ static struct backend *ep_create(unsigned nbufs, unsigned bufsize)
     struct epoll_event ev = { .events = EPOLLIN, .data.ptr = &b->evfd };
     if (epoll_ctl(b->epfd, EPOLL_CTL_ADD, b->evfd, &ev) < 0)
         goto fail;
-    b->pool = malloc((size_t)nbufs * bufsize);
+    b->bufs = malloc((size_t)nbufs * bufsize);
     b->freeids = malloc((size_t)nbufs * sizeof *b->freeids);
     b->lent = calloc(nbufs, 1);
     b->rv = malloc(MIN_CAP * sizeof *b->rv);
     b->rv2 = malloc(MIN_CAP * sizeof *b->rv2);
-    if (!b->pool || !b->freeids || !b->lent || !b->rv || !b->rv2)
+    if (!b->bufs || !b->freeids || !b->lent || !b->rv || !b->rv2)
         goto fail;
     b->rv_cap = MIN_CAP;
     if (pq_reserve(b, MIN_CAP) < 0)

@@ -1,9 +1,8 @@
-/* uring.c - the io_uring engine (iocp_uring_ops, iocp_uring_probe).
- *
- * Owns one ring per worker thread, driven with raw io_uring_setup/enter/
- * register system calls (no liburing), its receive buffers (one block of
- * nbufs x bufsize bytes published through a ring-mapped provided-buffer
- * group 0), and an eventfd watched by a multishot poll for wake().
+/* uring.c - the io_uring engine (iocp_uring_ops, iocp_uring_probe): the
+ * operations on handles, built on one ring per worker thread (ring.c: the
+ * raw system calls, the queues and the provided receive buffers), an
+ * eventfd watched by a multishot poll for wake(), and the idle list of
+ * handles the engine must revisit itself.
  *
  * Kernel features used (the first kernel that has them):
  *  - IORING_REGISTER_PBUF_RING (5.19): required.  Every other feature below
@@ -21,7 +20,8 @@
  *    sendv(): IORING_OP_SENDMSG;
  *  - file_op(): IORING_OP_READ / WRITE (5.6) at an explicit offset, never
  *    with buffer selection, and IORING_OP_FSYNC (+IORING_FSYNC_DATASYNC).
- *    A ring whose probe lacks them makes file_op() return -EOPNOTSUPP.
+ *    A ring whose probe lacks them hands file operations to the thread
+ *    pool (pool.c), as the epoll engine does.
  * The ring is created disabled (IORING_SETUP_R_DISABLED) and enabled by the
  * first call made on the owning worker thread, so that thread becomes the
  * single issuer even when create() ran on another thread.
@@ -42,7 +42,8 @@
  *
  * Compile-time switches that force the fallbacks (for CI):
  *   IOCP_URING_NO_MULTISHOT, IOCP_URING_NO_CANCEL_FD,
- *   IOCP_URING_NO_DEFER_TASKRUN (use COOP_TASKRUN).
+ *   IOCP_URING_NO_DEFER_TASKRUN (use COOP_TASKRUN), IOCP_URING_NO_FILE_OPS
+ *   (the thread pool runs file operations).
  *
  * user_data is the io_handle pointer with the enum io_op in its low 3 bits;
  * values below 8 (no pointer) tag the engine's internal requests, with low
@@ -55,10 +56,9 @@
  * destroy() with operations in flight does not crash, but their buffers may
  * be written until the kernel has torn the ring down: don't do it.
  */
-#ifndef _GNU_SOURCE
-#define _GNU_SOURCE   /* syscall(), eventfd */
-#endif
 #include "io/backend.h"
+#include "io/pool.h"
+#include "io/ring.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -70,15 +70,11 @@
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
-#include <sys/mman.h>
-#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
 #define SQ_ENTRIES 256u
 #define CQ_ENTRIES 1024u
-#define MAX_BUFS 32768u     /* the kernel's limit for a buffer ring */
-#define BGID 0
 #define IOWQ_UNBOUND_MAX 64u  /* io-wq workers for socket requests, per ring */
 
 /* Internal user_data tags (no handle pointer). */
@@ -86,53 +82,26 @@ enum { UD_PROBE = 0, UD_WAKE = 6, UD_CANCEL = 7 };
 #define UD_OP_MASK 7u
 _Static_assert((int)IO_OP_COUNT <= (int)UD_WAKE, "enum io_op and the tags share 3 bits");
 
-/* the kernel's per-call cap (MAX_RW_COUNT); keeps res within int32 */
-#define FILE_MAX_LEN 0x7ffff000u
-
-/* h->pending bits */
+/* h->ur.pending bits */
 #define P_RECV_STOP   (1u << 0)  /* recv_stop() asked; the recv ends */
 #define P_CANCEL      (1u << 1)  /* cancel() asked; nothing is re-armed */
 #define P_RECV_IDLE   (1u << 2)  /* recv active but not in the kernel */
 #define P_ACCEPT_IDLE (1u << 3)  /* accept active but not in the kernel */
-#define P_LISTED      (1u << 4)  /* on b->idle (linked through h->priv) */
+#define P_LISTED      (1u << 4)  /* on b->idle (linked through h->ur.next_idle) */
 #define P_RECV_MS     (1u << 5)  /* the recv in the kernel is multishot */
 #define P_ACCEPT_MS   (1u << 6)  /* the accept in the kernel is multishot */
 
 #define BIT(op) (1u << (op))
 
 struct backend {
-    int ring_fd;
-    int efd;
-    unsigned setup_flags;
+    struct ring r;
+    int efd;            /* wake()'s eventfd, polled by the ring */
     int started;        /* enabled and probed from the owning thread */
     int ms_accept;      /* multishot accept accepted by this kernel */
     int ms_recv;        /* multishot recv accepted by this kernel */
     int cancel_fd;      /* ASYNC_CANCEL by fd works */
-    int file_ok;        /* READ, WRITE and FSYNC are supported */
-
-    /* rings (one mapping: IORING_FEAT_SINGLE_MMAP) */
-    void *ring_mem;
-    size_t ring_sz;
-    struct io_uring_sqe *sqes;
-    size_t sqes_sz;
-    _Atomic uint32_t *sq_khead;
-    _Atomic uint32_t *sq_ktail;
-    uint32_t sq_mask;
-    uint32_t sq_entries;
-    uint32_t sq_tail;   /* local: next free SQE, published at submit */
-    _Atomic uint32_t *cq_khead;
-    _Atomic uint32_t *cq_ktail;
-    uint32_t cq_mask;
-    struct io_uring_cqe *cqes;
-
-    /* provided buffers */
-    struct io_uring_buf_ring *br;
-    size_t br_sz;
-    char *bufs;
-    size_t bufs_sz;
-    unsigned nbufs;     /* power of two, also the ring's entry count */
-    unsigned bufsize;
-    uint16_t br_tail;   /* local copy of the buffer ring's tail */
+    struct io_pool *files;  /* file operations, where the kernel lacks
+                               READ, WRITE or FSYNC (else NULL) */
     unsigned bufs_out;  /* buffers the core holds (handed out, not back) */
 
     /* handles the engine must look at in wait(): see P_*_IDLE */
@@ -141,70 +110,10 @@ struct backend {
 
 /* ---- system calls ---------------------------------------------------- */
 
-static int sys_setup(unsigned entries, struct io_uring_params *p)
-{
-    long r = syscall(__NR_io_uring_setup, entries, p);
-    return r < 0 ? -errno : (int)r;
-}
-
-static int sys_enter(int fd, unsigned to_submit, unsigned min_complete,
-                     unsigned flags, void *arg, size_t argsz)
-{
-    long r = syscall(__NR_io_uring_enter, fd, to_submit, min_complete, flags,
-                     arg, argsz);
-    return r < 0 ? -errno : (int)r;
-}
-
-static int sys_register(int fd, unsigned op, void *arg, unsigned nr)
-{
-    long r = syscall(__NR_io_uring_register, fd, op, arg, nr);
-    return r < 0 ? -errno : (int)r;
-}
-
 /* ---- submission ------------------------------------------------------ */
-
-static unsigned sq_unsubmitted(struct backend *b)
-{
-    return b->sq_tail - atomic_load_explicit(b->sq_khead,
-                                             memory_order_acquire);
-}
 
 /* Make the SQEs written so far visible to the kernel; returns how many
  * are waiting to be submitted. */
-static unsigned sq_publish(struct backend *b)
-{
-    atomic_store_explicit(b->sq_ktail, b->sq_tail, memory_order_release);
-    return sq_unsubmitted(b);
-}
-
-static int submit_now(struct backend *b)
-{
-    unsigned n = sq_publish(b);
-    if (n == 0)
-        return 0;
-    int r;
-    do {
-        r = sys_enter(b->ring_fd, n, 0, 0, NULL, 0);
-    } while (r == -EINTR);
-    return r < 0 ? r : 0;
-}
-
-/* A zeroed SQE, or NULL with *err set.  A full SQ is submitted first. */
-static struct io_uring_sqe *get_sqe(struct backend *b, int *err)
-{
-    if (sq_unsubmitted(b) >= b->sq_entries) {
-        int r = submit_now(b);
-        if (sq_unsubmitted(b) >= b->sq_entries) {
-            *err = r < 0 ? r : -EBUSY;
-            return NULL;
-        }
-    }
-    struct io_uring_sqe *sqe = &b->sqes[b->sq_tail & b->sq_mask];
-    memset(sqe, 0, sizeof(*sqe));
-    b->sq_tail++;
-    return sqe;
-}
-
 static uint64_t ud_of(struct io_handle *h, unsigned op)
 {
     return (uint64_t)(uintptr_t)h | op;
@@ -213,36 +122,32 @@ static uint64_t ud_of(struct io_handle *h, unsigned op)
 static int arm_wake(struct backend *b)
 {
     int err = 0;
-    struct io_uring_sqe *sqe = get_sqe(b, &err);
+    struct io_uring_sqe *sqe = ring_get_sqe(&b->r, &err);
     if (sqe == NULL)
         return err;
-    sqe->opcode = IORING_OP_POLL_ADD;
-    sqe->fd = b->efd;
+    ring_prep(sqe, IORING_OP_POLL_ADD, b->efd, 0, IORING_POLL_ADD_MULTI, 0,
+              UD_WAKE);
     uint32_t ev = POLLIN;
 #if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
     ev = (ev << 16) | (ev >> 16);   /* poll32_events is word-swapped */
 #endif
     sqe->poll32_events = ev;
-    sqe->len = IORING_POLL_ADD_MULTI;
-    sqe->user_data = UD_WAKE;
     return 0;
 }
 
 static int arm_accept(struct backend *b, struct io_handle *h)
 {
     int err = 0;
-    struct io_uring_sqe *sqe = get_sqe(b, &err);
+    struct io_uring_sqe *sqe = ring_get_sqe(&b->r, &err);
     if (sqe == NULL)
         return err;
-    sqe->opcode = IORING_OP_ACCEPT;
-    sqe->fd = h->fd;
+    ring_prep(sqe, IORING_OP_ACCEPT, h->fd, 0, 0, 0, ud_of(h, IO_ACCEPT));
     sqe->accept_flags = SOCK_CLOEXEC;   /* blocking: see the top comment */
-    sqe->user_data = ud_of(h, IO_ACCEPT);
     if (b->ms_accept) {
         sqe->ioprio = IORING_ACCEPT_MULTISHOT;
-        h->pending |= P_ACCEPT_MS;
+        h->ur.pending |= P_ACCEPT_MS;
     } else {
-        h->pending &= ~P_ACCEPT_MS;
+        h->ur.pending &= ~P_ACCEPT_MS;
     }
     return 0;
 }
@@ -250,20 +155,18 @@ static int arm_accept(struct backend *b, struct io_handle *h)
 static int arm_recv(struct backend *b, struct io_handle *h)
 {
     int err = 0;
-    struct io_uring_sqe *sqe = get_sqe(b, &err);
+    struct io_uring_sqe *sqe = ring_get_sqe(&b->r, &err);
     if (sqe == NULL)
         return err;
-    sqe->opcode = IORING_OP_RECV;
-    sqe->fd = h->fd;
+    /* len 0: the selected buffer's size */
+    ring_prep(sqe, IORING_OP_RECV, h->fd, 0, 0, 0, ud_of(h, IO_RECV));
     sqe->flags = IOSQE_BUFFER_SELECT;
-    sqe->buf_group = BGID;
-    sqe->len = 0;   /* the selected buffer's size */
-    sqe->user_data = ud_of(h, IO_RECV);
+    sqe->buf_group = RING_BGID;
     if (b->ms_recv) {
         sqe->ioprio = IORING_RECV_MULTISHOT;
-        h->pending |= P_RECV_MS;
+        h->ur.pending |= P_RECV_MS;
     } else {
-        h->pending &= ~P_RECV_MS;
+        h->ur.pending &= ~P_RECV_MS;
     }
     return 0;
 }
@@ -272,14 +175,11 @@ static int queue_cancel(struct backend *b, uint64_t ud, int fd,
                         uint32_t flags)
 {
     int err = 0;
-    struct io_uring_sqe *sqe = get_sqe(b, &err);
+    struct io_uring_sqe *sqe = ring_get_sqe(&b->r, &err);
     if (sqe == NULL)
         return err;
-    sqe->opcode = IORING_OP_ASYNC_CANCEL;
-    sqe->fd = fd;
-    sqe->addr = ud;
+    ring_prep(sqe, IORING_OP_ASYNC_CANCEL, fd, ud, 0, 0, UD_CANCEL);
     sqe->cancel_flags = flags;
-    sqe->user_data = UD_CANCEL;
     /* success needs no completion; failures (-ENOENT: it already ended)
      * still post one, which reap() ignores */
     sqe->flags = IOSQE_CQE_SKIP_SUCCESS;
@@ -293,21 +193,17 @@ static int queue_cancel(struct backend *b, uint64_t ud, int fd,
 static int wait_internal(struct backend *b, uint64_t ud, int32_t *res)
 {
     for (;;) {
-        uint32_t head = atomic_load_explicit(b->cq_khead,
-                                             memory_order_relaxed);
-        uint32_t tail = atomic_load_explicit(b->cq_ktail,
-                                             memory_order_acquire);
+        uint32_t head = ring_cq_head(&b->r), tail = ring_cq_tail(&b->r);
         for (; head != tail; head++) {
-            struct io_uring_cqe *c = &b->cqes[head & b->cq_mask];
+            struct io_uring_cqe *c = ring_cqe(&b->r, head);
             if (c->user_data == ud) {
                 *res = c->res;
-                atomic_store_explicit(b->cq_khead, head + 1,
-                                      memory_order_release);
+                ring_cq_advance(&b->r, head + 1);
                 return 0;
             }
         }
-        atomic_store_explicit(b->cq_khead, head, memory_order_release);
-        int r = sys_enter(b->ring_fd, sq_publish(b), 1,
+        ring_cq_advance(&b->r, head);
+        int r = ring_enter(&b->r, ring_publish(&b->r), 1,
                           IORING_ENTER_GETEVENTS, NULL, 0);
         if (r < 0 && r != -EINTR)
             return r;
@@ -317,8 +213,8 @@ static int wait_internal(struct backend *b, uint64_t ud, int32_t *res)
 static int start(struct backend *b)
 {
     int r;
-    if (b->setup_flags & IORING_SETUP_R_DISABLED) {
-        r = sys_register(b->ring_fd, IORING_REGISTER_ENABLE_RINGS, NULL, 0);
+    if (b->r.setup_flags & IORING_SETUP_R_DISABLED) {
+        r = ring_register(&b->r, IORING_REGISTER_ENABLE_RINGS, NULL, 0);
         if (r < 0)
             return r;
     }
@@ -326,13 +222,11 @@ static int start(struct backend *b)
      * knows the flags, -EINVAL if not.  This also proves io_uring_enter
      * works from this thread. */
     int err = 0;
-    struct io_uring_sqe *sqe = get_sqe(b, &err);
+    struct io_uring_sqe *sqe = ring_get_sqe(&b->r, &err);
     if (sqe == NULL)
         return err;
-    sqe->opcode = IORING_OP_ASYNC_CANCEL;
-    sqe->fd = b->efd;
+    ring_prep(sqe, IORING_OP_ASYNC_CANCEL, b->efd, 0, 0, 0, UD_PROBE);
     sqe->cancel_flags = IORING_ASYNC_CANCEL_FD | IORING_ASYNC_CANCEL_ALL;
-    sqe->user_data = UD_PROBE;
     int32_t res = 0;
     r = wait_internal(b, UD_PROBE, &res);
     if (r < 0)
@@ -345,7 +239,7 @@ static int start(struct backend *b)
      * the top comment); the bounded (file) pool keeps its default.  A
      * kernel without the call (before 5.15) keeps its own limits. */
     unsigned limits[2] = {0, IOWQ_UNBOUND_MAX};
-    (void)sys_register(b->ring_fd, IORING_REGISTER_IOWQ_MAX_WORKERS, limits, 2);
+    (void)ring_register(&b->r, IORING_REGISTER_IOWQ_MAX_WORKERS, limits, 2);
     r = arm_wake(b);
     if (r < 0)
         return r;
@@ -360,12 +254,29 @@ static inline int ensure_started(struct backend *b)
 
 /* ---- create / destroy ------------------------------------------------ */
 
-static int probe_ops(struct backend *b, int ring_fd)
+/* Whether every opcode of ops[0..n) is supported, by the probe p. */
+static int supported(const struct io_uring_probe *p, const uint8_t *ops,
+                     size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (ops[i] > p->last_op || ops[i] >= p->ops_len ||
+            !(p->ops[ops[i]].flags & IO_URING_OP_SUPPORTED))
+            return 0;
+    return 1;
+}
+
+/* The operations the engine needs (-EINVAL without them), and whether the
+ * file ones are there (*file_ok; without them the thread pool runs file
+ * operations). */
+static int probe_ops(struct backend *b, int *file_ok)
 {
     static const uint8_t need[] = {
         IORING_OP_POLL_ADD, IORING_OP_ACCEPT, IORING_OP_ASYNC_CANCEL,
         IORING_OP_CONNECT, IORING_OP_SEND, IORING_OP_RECV,
         IORING_OP_SENDMSG,
+    };
+    static const uint8_t file_need[] = {
+        IORING_OP_READ, IORING_OP_WRITE, IORING_OP_FSYNC,
     };
     union {
         struct io_uring_probe p;
@@ -373,45 +284,23 @@ static int probe_ops(struct backend *b, int ring_fd)
                  256 * sizeof(struct io_uring_probe_op)];
     } u;
     memset(&u, 0, sizeof(u));
-    int r = sys_register(ring_fd, IORING_REGISTER_PROBE, &u.p, 256);
+    int r = ring_register(&b->r, IORING_REGISTER_PROBE, &u.p, 256);
     if (r < 0)
         return r;
-    for (size_t i = 0; i < sizeof(need); i++) {
-        if (need[i] > u.p.last_op || need[i] >= u.p.ops_len ||
-            !(u.p.ops[need[i]].flags & IO_URING_OP_SUPPORTED))
-            return -EINVAL;
-    }
-    /* optional: only file_op() needs them */
-    static const uint8_t file_need[] = {
-        IORING_OP_READ, IORING_OP_WRITE, IORING_OP_FSYNC,
-    };
-    b->file_ok = 1;
-    for (size_t i = 0; i < sizeof(file_need); i++) {
-        if (file_need[i] > u.p.last_op || file_need[i] >= u.p.ops_len ||
-            !(u.p.ops[file_need[i]].flags & IO_URING_OP_SUPPORTED))
-            b->file_ok = 0;
-    }
+    if (!supported(&u.p, need, sizeof(need)))
+        return -EINVAL;
+    *file_ok = supported(&u.p, file_need, sizeof(file_need));
+#ifdef IOCP_URING_NO_FILE_OPS
+    *file_ok = 0;
+#endif
     return 0;
-}
-
-static void buf_put(struct backend *b, uint16_t bid)
-{
-    struct io_uring_buf *e = &b->br->bufs[b->br_tail & (b->nbufs - 1)];
-    e->addr = (uint64_t)(uintptr_t)(b->bufs + (size_t)bid * b->bufsize);
-    e->len = b->bufsize;
-    e->bid = bid;
-    b->br_tail++;
-}
-
-static void buf_publish(struct backend *b)
-{
-    _Atomic uint16_t *t = (_Atomic uint16_t *)&b->br->tail;
-    atomic_store_explicit(t, b->br_tail, memory_order_release);
 }
 
 static void uring_destroy(struct backend *b);
 
-static int setup_ring(struct backend *b)
+static void pool_wake(void *arg);
+
+static struct backend *uring_create(unsigned nbufs, unsigned bufsize)
 {
     static const unsigned attempts[] = {
 #ifndef IOCP_URING_NO_DEFER_TASKRUN
@@ -421,130 +310,34 @@ static int setup_ring(struct backend *b)
         IORING_SETUP_COOP_TASKRUN | IORING_SETUP_SUBMIT_ALL,
         0,
     };
-    struct io_uring_params p;
-    int fd = -EINVAL;
-    for (size_t i = 0; i < sizeof(attempts) / sizeof(attempts[0]); i++) {
-        memset(&p, 0, sizeof(p));
-        p.flags = attempts[i] | IORING_SETUP_CQSIZE;
-        p.cq_entries = CQ_ENTRIES;
-        fd = sys_setup(SQ_ENTRIES, &p);
-        if (fd != -EINVAL)
-            break;
-    }
-    if (fd < 0)
-        return fd;
-    b->ring_fd = fd;
-    b->setup_flags = p.flags;
-
-    const unsigned need = IORING_FEAT_SINGLE_MMAP | IORING_FEAT_NODROP |
-                          IORING_FEAT_EXT_ARG;
-    if ((p.features & need) != need)
-        return -EINVAL;
-
-    size_t sq_sz = p.sq_off.array + p.sq_entries * sizeof(uint32_t);
-    size_t cq_sz = p.cq_off.cqes +
-                   p.cq_entries * sizeof(struct io_uring_cqe);
-    b->ring_sz = sq_sz > cq_sz ? sq_sz : cq_sz;
-    void *m = mmap(NULL, b->ring_sz, PROT_READ | PROT_WRITE,
-                   MAP_SHARED | MAP_POPULATE, fd, IORING_OFF_SQ_RING);
-    if (m == MAP_FAILED)
-        return -errno;
-    b->ring_mem = m;
-    b->sqes_sz = p.sq_entries * sizeof(struct io_uring_sqe);
-    m = mmap(NULL, b->sqes_sz, PROT_READ | PROT_WRITE,
-             MAP_SHARED | MAP_POPULATE, fd, IORING_OFF_SQES);
-    if (m == MAP_FAILED)
-        return -errno;
-    b->sqes = m;
-
-    char *r = b->ring_mem;
-    b->sq_khead = (_Atomic uint32_t *)(r + p.sq_off.head);
-    b->sq_ktail = (_Atomic uint32_t *)(r + p.sq_off.tail);
-    b->sq_mask = *(uint32_t *)(r + p.sq_off.ring_mask);
-    b->sq_entries = *(uint32_t *)(r + p.sq_off.ring_entries);
-    b->sq_tail = atomic_load_explicit(b->sq_ktail, memory_order_relaxed);
-    uint32_t *array = (uint32_t *)(r + p.sq_off.array);
-    for (uint32_t i = 0; i < b->sq_entries; i++)
-        array[i] = i;   /* SQE i always sits in slot i */
-    b->cq_khead = (_Atomic uint32_t *)(r + p.cq_off.head);
-    b->cq_ktail = (_Atomic uint32_t *)(r + p.cq_off.tail);
-    b->cq_mask = *(uint32_t *)(r + p.cq_off.ring_mask);
-    b->cqes = (struct io_uring_cqe *)(r + p.cq_off.cqes);
-    return probe_ops(b, fd);
-}
-
-static int setup_bufs(struct backend *b, unsigned nbufs, unsigned bufsize)
-{
-    if (nbufs == 0 || bufsize == 0 || nbufs > MAX_BUFS ||
-        bufsize > INT32_MAX)
-        return -EINVAL;
-    unsigned n = 1;
-    while (n < nbufs)
-        n <<= 1;
-    if ((size_t)n > SIZE_MAX / bufsize)
-        return -EINVAL;
-    b->nbufs = n;
-    b->bufsize = bufsize;
-
-    /* the ring must be page aligned: mmap gives that */
-    b->br_sz = (size_t)n * sizeof(struct io_uring_buf);
-    void *m = mmap(NULL, b->br_sz, PROT_READ | PROT_WRITE,
-                   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (m == MAP_FAILED)
-        return -errno;
-    b->br = m;
-    b->bufs_sz = (size_t)n * bufsize;
-    m = mmap(NULL, b->bufs_sz, PROT_READ | PROT_WRITE,
-             MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (m == MAP_FAILED)
-        return -errno;
-    b->bufs = m;
-
-    struct io_uring_buf_reg reg;
-    memset(&reg, 0, sizeof(reg));
-    reg.ring_addr = (uint64_t)(uintptr_t)b->br;
-    reg.ring_entries = n;
-    reg.bgid = BGID;
-    int r = sys_register(b->ring_fd, IORING_REGISTER_PBUF_RING, &reg, 1);
-    if (r < 0)
-        return r;
-    b->br_tail = 0;
-    for (unsigned i = 0; i < n; i++)
-        buf_put(b, (uint16_t)i);
-    buf_publish(b);
-    return 0;
-}
-
-static struct backend *uring_create(unsigned nbufs, unsigned bufsize)
-{
     struct backend *b = calloc(1, sizeof(*b));
     if (b == NULL)
         return NULL;   /* errno = ENOMEM */
-    b->ring_fd = -1;
+    b->r.fd = -1;
     b->efd = -1;
 #ifdef IOCP_URING_NO_MULTISHOT
     b->ms_accept = b->ms_recv = 0;
 #else
     b->ms_accept = b->ms_recv = 1;
 #endif
-    int r = setup_ring(b);
-    if (r < 0)
-        goto fail;
-    r = setup_bufs(b, nbufs, bufsize);
-    if (r < 0)
-        goto fail;
-    b->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-    if (b->efd < 0) {
+    int r = ring_setup(&b->r, SQ_ENTRIES, CQ_ENTRIES, attempts,
+                       sizeof(attempts) / sizeof(attempts[0]),
+                       IORING_FEAT_NODROP | IORING_FEAT_EXT_ARG);
+    int file_ok = 0;
+    if (r == 0)
+        r = probe_ops(b, &file_ok);
+    if (r == 0)
+        r = ring_setup_bufs(&b->r, nbufs, bufsize);
+    if (r == 0 && !file_ok && (b->files = io_pool_create(pool_wake, b)) == NULL)
         r = -errno;
-        goto fail;
+    if (r == 0 && (b->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) < 0)
+        r = -errno;
+    if (r < 0) {
+        uring_destroy(b);   /* undoes whatever part was set up */
+        errno = -r;
+        return NULL;
     }
     return b;
-
-fail:
-    /* destroy() undoes whatever part was set up, in reverse order */
-    uring_destroy(b);
-    errno = -r;
-    return NULL;
 }
 
 static void uring_destroy(struct backend *b)
@@ -553,18 +346,8 @@ static void uring_destroy(struct backend *b)
         return;
     if (b->efd >= 0)
         close(b->efd);
-    /* closing the ring cancels what is still in flight (a core bug) and
-     * unpins the buffer ring, which is then safe to unmap */
-    if (b->ring_fd >= 0)
-        close(b->ring_fd);
-    if (b->bufs != NULL)
-        munmap(b->bufs, b->bufs_sz);
-    if (b->br != NULL)
-        munmap(b->br, b->br_sz);
-    if (b->sqes != NULL)
-        munmap(b->sqes, b->sqes_sz);
-    if (b->ring_mem != NULL)
-        munmap(b->ring_mem, b->ring_sz);
+    io_pool_destroy(b->files);
+    ring_free(&b->r);
     free(b);
 }
 
@@ -572,27 +355,27 @@ static void uring_destroy(struct backend *b)
 
 static void idle_add(struct backend *b, struct io_handle *h, uint32_t bit)
 {
-    h->pending |= bit;
-    if (!(h->pending & P_LISTED)) {
-        h->pending |= P_LISTED;
-        h->priv = b->idle;
+    h->ur.pending |= bit;
+    if (!(h->ur.pending & P_LISTED)) {
+        h->ur.pending |= P_LISTED;
+        h->ur.next_idle = b->idle;
         b->idle = h;
     }
 }
 
 static void idle_remove(struct backend *b, struct io_handle *h)
 {
-    if (!(h->pending & P_LISTED))
+    if (!(h->ur.pending & P_LISTED))
         return;
     for (struct io_handle **pp = &b->idle; *pp != NULL;
-         pp = (struct io_handle **)&(*pp)->priv) {
+         pp = (struct io_handle **)&(*pp)->ur.next_idle) {
         if (*pp == h) {
-            *pp = h->priv;
+            *pp = h->ur.next_idle;
             break;
         }
     }
-    h->priv = NULL;
-    h->pending &= ~P_LISTED;
+    h->ur.next_idle = NULL;
+    h->ur.pending &= ~P_LISTED;
 }
 
 /* Fill an event; more = 1 while the operation goes on (a multishot's
@@ -611,20 +394,15 @@ static void set_event(struct io_handle *h, unsigned op, int32_t res, int more,
 static void final_event(struct io_handle *h, unsigned op, int32_t res,
                         struct io_event *ev)
 {
-    h->active &= ~BIT(op);
+    h->ur.active &= ~BIT(op);
     if (op == IO_RECV) {
-        h->pending &= ~(P_RECV_STOP | P_RECV_MS);
-        h->recv_buf = NULL;
+        h->ur.pending &= ~(P_RECV_STOP | P_RECV_MS);
+        h->ur.recv_buf = NULL;
     }
     else if (op == IO_ACCEPT)
-        h->pending &= ~P_ACCEPT_MS;
-    else if (op == IO_SEND) {
-        h->send_buf = NULL;
-        h->send_len = 0;
-        h->send_msg = NULL;
-    }
-    if (h->active == 0)
-        h->pending &= ~P_CANCEL;
+        h->ur.pending &= ~P_ACCEPT_MS;
+    if (h->ur.active == 0)
+        h->ur.pending &= ~P_CANCEL;
     set_event(h, op, res, 0, ev);
 }
 
@@ -636,33 +414,33 @@ static int run_idle(struct backend *b, struct io_event *out, int max)
     struct io_handle **pp = &b->idle;
     while (*pp != NULL) {
         struct io_handle *h = *pp;
-        if (h->pending & P_RECV_IDLE) {
-            if (h->pending & (P_RECV_STOP | P_CANCEL)) {
+        if (h->ur.pending & P_RECV_IDLE) {
+            if (h->ur.pending & (P_RECV_STOP | P_CANCEL)) {
                 if (n < max) {
-                    h->pending &= ~P_RECV_IDLE;
+                    h->ur.pending &= ~P_RECV_IDLE;
                     final_event(h, IO_RECV, -ECANCELED, &out[n++]);
                 }
-            } else if (b->bufs_out < b->nbufs) {
+            } else if (b->bufs_out < b->r.nbufs) {
                 if (arm_recv(b, h) == 0)
-                    h->pending &= ~P_RECV_IDLE;
+                    h->ur.pending &= ~P_RECV_IDLE;
             }
         }
-        if (h->pending & P_ACCEPT_IDLE) {
-            if (h->pending & P_CANCEL) {
+        if (h->ur.pending & P_ACCEPT_IDLE) {
+            if (h->ur.pending & P_CANCEL) {
                 if (n < max) {
-                    h->pending &= ~P_ACCEPT_IDLE;
+                    h->ur.pending &= ~P_ACCEPT_IDLE;
                     final_event(h, IO_ACCEPT, -ECANCELED, &out[n++]);
                 }
             } else if (arm_accept(b, h) == 0) {
-                h->pending &= ~P_ACCEPT_IDLE;
+                h->ur.pending &= ~P_ACCEPT_IDLE;
             }
         }
-        if (!(h->pending & (P_RECV_IDLE | P_ACCEPT_IDLE))) {
-            *pp = h->priv;
-            h->priv = NULL;
-            h->pending &= ~P_LISTED;
+        if (!(h->ur.pending & (P_RECV_IDLE | P_ACCEPT_IDLE))) {
+            *pp = h->ur.next_idle;
+            h->ur.next_idle = NULL;
+            h->ur.pending &= ~P_LISTED;
         } else {
-            pp = (struct io_handle **)&h->priv;
+            pp = (struct io_handle **)&h->ur.next_idle;
         }
     }
     return n;
@@ -675,33 +453,110 @@ static int run_idle(struct backend *b, struct io_event *out, int max)
 static void rearm(struct backend *b, struct io_handle *h, unsigned op)
 {
     if (op == IO_RECV) {
-        if ((h->pending & (P_RECV_STOP | P_CANCEL)) || arm_recv(b, h) < 0)
+        if ((h->ur.pending & (P_RECV_STOP | P_CANCEL)) || arm_recv(b, h) < 0)
             idle_add(b, h, P_RECV_IDLE);
     } else {
-        if ((h->pending & P_CANCEL) || arm_accept(b, h) < 0)
+        if ((h->ur.pending & P_CANCEL) || arm_accept(b, h) < 0)
             idle_add(b, h, P_ACCEPT_IDLE);
     }
 }
 
 static void drain_wake(struct backend *b, struct io_uring_cqe *c)
 {
-    uint64_t v;
-    ssize_t r;
-    do {
-        r = read(b->efd, &v, sizeof(v));
-    } while (r < 0 && errno == EINTR);
+    io_eventfd_drain(b->efd);
     if (!(c->flags & IORING_CQE_F_MORE))
         (void)arm_wake(b);   /* SQ trouble: wake() may be lost once */
 }
 
-/* Turn one CQE into at most one event; returns 1 if *ev was filled. */
+/* Each *_cqe turns one completion into at most one event; 1 if *ev was
+ * filled. */
+
+static int recv_cqe(struct backend *b, struct io_handle *h, int32_t res,
+                    uint32_t flags, struct io_event *ev)
+{
+    int more = (flags & IORING_CQE_F_MORE) != 0;
+    char *direct = h->ur.recv_buf;
+    if (direct != NULL) {
+        /* recv_into: single shot (partial bytes count even when it was
+         * cancelled: the kernel reports them instead) */
+        final_event(h, IO_RECV, res, ev);
+        ev->buf_id = IO_NO_BUF;
+        ev->buf = res > 0 ? direct : NULL;
+        return 1;
+    }
+    int has_buf = (flags & IORING_CQE_F_BUFFER) != 0;
+    uint16_t bid = (uint16_t)(flags >> IORING_CQE_BUFFER_SHIFT);
+    if (has_buf && (res <= 0 || bid >= b->r.nbufs)) {
+        /* a buffer the core does not get: straight back */
+        if (bid < b->r.nbufs) {
+            ring_buf_put(&b->r, bid);
+            ring_buf_publish(&b->r);
+        }
+        has_buf = 0;
+    }
+    if (res > 0 && has_buf) {
+        b->bufs_out++;
+        if (!more)
+            rearm(b, h, IO_RECV);
+        set_event(h, IO_RECV, res, 1, ev);
+        ev->buf_id = bid;
+        ev->buf = ring_buf(&b->r, bid);
+        return 1;
+    }
+    if (more)
+        return 0;   /* nothing to deliver, and it goes on */
+    if (res > 0)
+        res = -EIO; /* data without a buffer: cannot happen */
+    if (res == -ENOBUFS) {
+        /* out of buffers: wait for release_buf, or end if stopped */
+        idle_add(b, h, P_RECV_IDLE);
+        return 0;
+    }
+    if (res == -EINVAL && (h->ur.pending & P_RECV_MS) && b->ms_recv) {
+        b->ms_recv = 0;   /* no multishot recv here: single shots */
+        rearm(b, h, IO_RECV);
+        return 0;
+    }
+    final_event(h, IO_RECV, res, ev);
+    return 1;
+}
+
+static int accept_cqe(struct backend *b, struct io_handle *h, int32_t res,
+                      uint32_t flags, struct io_event *ev)
+{
+    int more = (flags & IORING_CQE_F_MORE) != 0;
+    if (res >= 0) {
+        if (!more)
+            rearm(b, h, IO_ACCEPT);
+        set_event(h, IO_ACCEPT, res, 1, ev);
+        return 1;
+    }
+    if (more) {
+        /* The kernel keeps the multishot accept armed through errors such
+         * as EMFILE; the core must still hear of them, to pause accepting
+         * instead of letting the kernel retry at once. */
+        set_event(h, IO_ACCEPT, res, 1, ev);
+        return 1;
+    }
+    if (res == -EAGAIN) {
+        /* The listener is O_NONBLOCK (the core's, shared with the epoll
+         * engine) and another ring took the connection. */
+        rearm(b, h, IO_ACCEPT);
+        return 0;
+    }
+    if (res == -EINVAL && (h->ur.pending & P_ACCEPT_MS) && b->ms_accept) {
+        b->ms_accept = 0;   /* no multishot accept here: single shots */
+        rearm(b, h, IO_ACCEPT);
+        return 0;
+    }
+    final_event(h, IO_ACCEPT, res, ev);
+    return 1;
+}
+
 static int on_cqe(struct backend *b, struct io_uring_cqe *c,
                   struct io_event *ev)
 {
     uint64_t ud = c->user_data;
-    int32_t res = c->res;
-    uint32_t flags = c->flags;
-
     if (ud <= UD_OP_MASK) {
         if (ud == UD_WAKE)
             drain_wake(b, c);
@@ -709,87 +564,15 @@ static int on_cqe(struct backend *b, struct io_uring_cqe *c,
     }
     struct io_handle *h = (struct io_handle *)(uintptr_t)(ud & ~(uint64_t)UD_OP_MASK);
     unsigned op = (unsigned)(ud & UD_OP_MASK);
-    int more = (flags & IORING_CQE_F_MORE) != 0;
-
     switch (op) {
-    case IO_RECV: {
-        char *direct = h->recv_buf;
-        if (direct != NULL) {
-            /* recv_into: single shot (partial bytes count even when it
-             * was cancelled: the kernel reports them instead) */
-            final_event(h, IO_RECV, res, ev);
-            ev->buf_id = IO_NO_BUF;
-            ev->buf = res > 0 ? direct : NULL;
-            return 1;
-        }
-        int has_buf = (flags & IORING_CQE_F_BUFFER) != 0;
-        uint16_t bid = (uint16_t)(flags >> IORING_CQE_BUFFER_SHIFT);
-        if (has_buf && (res <= 0 || bid >= b->nbufs)) {
-            /* a buffer the core does not get: straight back */
-            if (bid < b->nbufs) {
-                buf_put(b, bid);
-                buf_publish(b);
-            }
-            has_buf = 0;
-        }
-        if (res > 0 && has_buf) {
-            b->bufs_out++;
-            if (!more)
-                rearm(b, h, IO_RECV);
-            set_event(h, IO_RECV, res, 1, ev);
-            ev->buf_id = bid;
-            ev->buf = b->bufs + (size_t)bid * b->bufsize;
-            return 1;
-        }
-        if (more)
-            return 0;   /* nothing to deliver, and it goes on */
-        if (res > 0)
-            res = -EIO; /* data without a buffer: cannot happen */
-        if (res == -ENOBUFS) {
-            /* out of buffers: wait for release_buf, or end if stopped */
-            idle_add(b, h, P_RECV_IDLE);
-            return 0;
-        }
-        if (res == -EINVAL && (h->pending & P_RECV_MS) && b->ms_recv) {
-            b->ms_recv = 0;   /* no multishot recv here: single shots */
-            rearm(b, h, IO_RECV);
-            return 0;
-        }
-        final_event(h, IO_RECV, res, ev);
-        return 1;
-    }
+    case IO_RECV:
+        return recv_cqe(b, h, c->res, c->flags, ev);
     case IO_ACCEPT:
-        if (res >= 0) {
-            if (!more)
-                rearm(b, h, IO_ACCEPT);
-            set_event(h, IO_ACCEPT, res, 1, ev);
-            return 1;
-        }
-        if (!more && res == -EAGAIN) {
-            /* The listener is O_NONBLOCK (the core's, shared with the
-             * epoll engine) and another ring took the connection. */
-            rearm(b, h, IO_ACCEPT);
-            return 0;
-        }
-        if (!more && res == -EINVAL && (h->pending & P_ACCEPT_MS) &&
-            b->ms_accept) {
-            b->ms_accept = 0;
-            rearm(b, h, IO_ACCEPT);
-            return 0;
-        }
-        if (more) {
-            /* The kernel keeps the multishot accept armed through errors
-             * such as EMFILE; the core must still hear of them, to pause
-             * accepting instead of letting the kernel retry at once. */
-            set_event(h, IO_ACCEPT, res, 1, ev);
-            return 1;
-        }
-        final_event(h, IO_ACCEPT, res, ev);
-        return 1;
+        return accept_cqe(b, h, c->res, c->flags, ev);
     case IO_SEND:
     case IO_CONNECT:
     case IO_FILE:
-        final_event(h, op, res, ev);
+        final_event(h, op, c->res, ev);
         return 1;
     default:
         return 0;
@@ -799,21 +582,11 @@ static int on_cqe(struct backend *b, struct io_uring_cqe *c,
 static int reap(struct backend *b, struct io_event *out, int max)
 {
     int n = 0;
-    uint32_t head = atomic_load_explicit(b->cq_khead, memory_order_relaxed);
-    uint32_t tail = atomic_load_explicit(b->cq_ktail, memory_order_acquire);
-    while (head != tail && n < max) {
-        struct io_uring_cqe *c = &b->cqes[head & b->cq_mask];
-        n += on_cqe(b, c, &out[n]);
-        head++;
-    }
-    atomic_store_explicit(b->cq_khead, head, memory_order_release);
+    uint32_t head = ring_cq_head(&b->r), tail = ring_cq_tail(&b->r);
+    for (; head != tail && n < max; head++)
+        n += on_cqe(b, ring_cqe(&b->r, head), &out[n]);
+    ring_cq_advance(&b->r, head);
     return n;
-}
-
-static int cq_ready(struct backend *b)
-{
-    return atomic_load_explicit(b->cq_ktail, memory_order_acquire) !=
-           atomic_load_explicit(b->cq_khead, memory_order_relaxed);
 }
 
 /* ---- operations -------------------------------------------------------- */
@@ -830,7 +603,7 @@ static int op_begin(struct backend *b, struct io_handle *h, unsigned op)
     int r = check_handle(h);
     if (r < 0 || (r = ensure_started(b)) < 0)
         return r;
-    return (h->active & BIT(op)) ? -EBUSY : 0;
+    return (h->ur.active & BIT(op)) ? -EBUSY : 0;
 }
 
 static int uring_accept_start(struct backend *b, struct io_handle *h)
@@ -841,7 +614,7 @@ static int uring_accept_start(struct backend *b, struct io_handle *h)
     r = arm_accept(b, h);
     if (r < 0)
         return r;
-    h->active |= BIT(IO_ACCEPT);
+    h->ur.active |= BIT(IO_ACCEPT);
     return 0;
 }
 
@@ -850,9 +623,9 @@ static int uring_recv_start(struct backend *b, struct io_handle *h)
     int r = op_begin(b, h, IO_RECV);
     if (r < 0)
         return r;
-    h->active |= BIT(IO_RECV);
-    h->pending &= ~P_RECV_STOP;
-    if (b->bufs_out >= b->nbufs)
+    h->ur.active |= BIT(IO_RECV);
+    h->ur.pending &= ~P_RECV_STOP;
+    if (b->bufs_out >= b->r.nbufs)
         idle_add(b, h, P_RECV_IDLE);   /* armed once buffers come back */
     else
         rearm(b, h, IO_RECV);
@@ -865,16 +638,13 @@ static int queue_buf_op(struct backend *b, struct io_handle *h, unsigned op,
                         uint32_t msg_flags)
 {
     int err = 0;
-    struct io_uring_sqe *sqe = get_sqe(b, &err);
+    struct io_uring_sqe *sqe = ring_get_sqe(&b->r, &err);
     if (sqe == NULL)
         return err;
-    sqe->opcode = opcode;
-    sqe->fd = h->fd;
-    sqe->addr = (uint64_t)(uintptr_t)buf;
-    sqe->len = len;
+    ring_prep(sqe, opcode, h->fd, (uint64_t)(uintptr_t)buf, len, 0,
+              ud_of(h, op));
     sqe->msg_flags = msg_flags;
-    sqe->user_data = ud_of(h, op);
-    h->active |= BIT(op);
+    h->ur.active |= BIT(op);
     return 0;
 }
 
@@ -889,8 +659,8 @@ static int uring_recv_into(struct backend *b, struct io_handle *h, char *buf,
     r = queue_buf_op(b, h, IO_RECV, IORING_OP_RECV, buf, (uint32_t)len, 0);
     if (r < 0)
         return r;
-    h->pending &= ~(P_RECV_STOP | P_RECV_MS);
-    h->recv_buf = buf;
+    h->ur.pending &= ~(P_RECV_STOP | P_RECV_MS);
+    h->ur.recv_buf = buf;
     return 0;
 }
 
@@ -899,15 +669,15 @@ static int uring_recv_stop(struct backend *b, struct io_handle *h)
     int r = ensure_started(b);
     if (r < 0)
         return r;
-    if (!(h->active & BIT(IO_RECV)) ||
-        (h->pending & (P_RECV_STOP | P_CANCEL)))
+    if (!(h->ur.active & BIT(IO_RECV)) ||
+        (h->ur.pending & (P_RECV_STOP | P_CANCEL)))
         return 0;
-    h->pending |= P_RECV_STOP;
-    if (h->pending & P_RECV_IDLE)
+    h->ur.pending |= P_RECV_STOP;
+    if (h->ur.pending & P_RECV_IDLE)
         return 0;   /* not in the kernel: run_idle() ends it */
     r = queue_cancel(b, ud_of(h, IO_RECV), 0, 0);
     if (r < 0)
-        h->pending &= ~P_RECV_STOP;
+        h->ur.pending &= ~P_RECV_STOP;
     return r;
 }
 
@@ -928,11 +698,7 @@ static long uring_send(struct backend *b, struct io_handle *h,
         return 0;
     r = queue_buf_op(b, h, IO_SEND, IORING_OP_SEND, buf, (uint32_t)len,
                      MSG_NOSIGNAL);
-    if (r < 0)
-        return r;
-    h->send_buf = buf;
-    h->send_len = len;
-    return -EINPROGRESS;
+    return r < 0 ? r : -EINPROGRESS;
 }
 
 static long uring_sendv(struct backend *b, struct io_handle *h,
@@ -945,10 +711,7 @@ static long uring_sendv(struct backend *b, struct io_handle *h,
      * issues the request; both stay put until the final event anyway) */
     r = queue_buf_op(b, h, IO_SEND, IORING_OP_SENDMSG, (const char *)m, 1,
                      MSG_NOSIGNAL);
-    if (r < 0)
-        return r;
-    h->send_msg = m;
-    return -EINPROGRESS;
+    return r < 0 ? r : -EINPROGRESS;
 }
 
 static int uring_connect(struct backend *b, struct io_handle *h,
@@ -961,15 +724,13 @@ static int uring_connect(struct backend *b, struct io_handle *h,
     if (ioctl(h->fd, FIONBIO, &blocking) < 0)
         return -errno;
     int err = 0;
-    struct io_uring_sqe *sqe = get_sqe(b, &err);
+    struct io_uring_sqe *sqe = ring_get_sqe(&b->r, &err);
     if (sqe == NULL)
         return err;
-    sqe->opcode = IORING_OP_CONNECT;
-    sqe->fd = h->fd;
-    sqe->addr = (uint64_t)(uintptr_t)addr;
-    sqe->off = addrlen;
-    sqe->user_data = ud_of(h, IO_CONNECT);
-    h->active |= BIT(IO_CONNECT);
+    /* (off: the address's length) */
+    ring_prep(sqe, IORING_OP_CONNECT, h->fd, (uint64_t)(uintptr_t)addr, 0,
+              addrlen, ud_of(h, IO_CONNECT));
+    h->ur.active |= BIT(IO_CONNECT);
     return 0;
 }
 
@@ -979,33 +740,29 @@ static int uring_file_op(struct backend *b, struct io_handle *h, int op,
     int r = check_handle(h);
     if (r < 0 || (r = ensure_started(b)) < 0)
         return r;
+    if (b->files != NULL)   /* the kernel lacks the file operations */
+        return io_pool_submit(b->files, h, op, buf, len, off);
     if (op < FILE_READ || op > FILE_FDATASYNC || off > (uint64_t)INT64_MAX)
         return -EINVAL;   /* off -1 would mean "the file position" */
-    if (!b->file_ok)
-        return -EOPNOTSUPP;
-    if (h->active & BIT(IO_FILE))
+    if (h->ur.active & BIT(IO_FILE))
         return -EBUSY;
     int err = 0;
-    struct io_uring_sqe *sqe = get_sqe(b, &err);
+    struct io_uring_sqe *sqe = ring_get_sqe(&b->r, &err);
     if (sqe == NULL)
         return err;
-    sqe->fd = h->fd;
-    switch (op) {
-    case FILE_READ:
-    case FILE_WRITE:
-        sqe->opcode = op == FILE_READ ? IORING_OP_READ : IORING_OP_WRITE;
-        sqe->addr = (uint64_t)(uintptr_t)buf;
-        sqe->len = len > FILE_MAX_LEN ? FILE_MAX_LEN : (uint32_t)len;
-        sqe->off = off;
-        break;
-    default:
-        sqe->opcode = IORING_OP_FSYNC;   /* off 0, len 0: the whole file */
+    uint64_t ud = ud_of(h, IO_FILE);
+    if (op == FILE_READ || op == FILE_WRITE) {
+        ring_prep(sqe, op == FILE_READ ? IORING_OP_READ : IORING_OP_WRITE,
+                  h->fd, (uint64_t)(uintptr_t)buf,
+                  len > IO_FILE_MAX_LEN ? IO_FILE_MAX_LEN : (uint32_t)len,
+                  off, ud);
+    } else {
+        /* off 0, len 0: the whole file */
+        ring_prep(sqe, IORING_OP_FSYNC, h->fd, 0, 0, 0, ud);
         if (op == FILE_FDATASYNC)
             sqe->fsync_flags = IORING_FSYNC_DATASYNC;
-        break;
     }
-    sqe->user_data = ud_of(h, IO_FILE);
-    h->active |= BIT(IO_FILE);
+    h->ur.active |= BIT(IO_FILE);
     return 0;
 }
 
@@ -1014,14 +771,14 @@ static int uring_cancel(struct backend *b, struct io_handle *h)
     int r = ensure_started(b);
     if (r < 0)
         return r;
-    if (h->active == 0 || (h->pending & P_CANCEL))
-        return 0;
-    h->pending |= P_CANCEL;
+    if (h->pooled || h->ur.active == 0 || (h->ur.pending & P_CANCEL))
+        return 0;   /* (a file operation in the pool runs to its end) */
+    h->ur.pending |= P_CANCEL;
     /* operations in the kernel right now (idle ones end in run_idle) */
-    uint32_t inkernel = h->active;
-    if (h->pending & P_RECV_IDLE)
+    uint32_t inkernel = h->ur.active;
+    if (h->ur.pending & P_RECV_IDLE)
         inkernel &= ~BIT(IO_RECV);
-    if (h->pending & P_ACCEPT_IDLE)
+    if (h->ur.pending & P_ACCEPT_IDLE)
         inkernel &= ~BIT(IO_ACCEPT);
     if (inkernel == 0)
         return 0;
@@ -1033,7 +790,7 @@ static int uring_cancel(struct backend *b, struct io_handle *h)
     for (unsigned op = IO_ACCEPT; op < IO_OP_COUNT; op++) {
         if (!(inkernel & BIT(op)))
             continue;
-        if (op == IO_RECV && (h->pending & P_RECV_STOP))
+        if (op == IO_RECV && (h->ur.pending & P_RECV_STOP))
             continue;   /* recv_stop() already asked */
         r = queue_cancel(b, ud_of(h, op), 0, 0);
         if (r < 0)
@@ -1044,32 +801,29 @@ static int uring_cancel(struct backend *b, struct io_handle *h)
 
 static void uring_forget(struct backend *b, struct io_handle *h)
 {
+    if (h->pooled)
+        return;
     idle_remove(b, h);
-    h->active = 0;
-    h->pending = 0;
-    h->send_buf = NULL;
-    h->send_len = 0;
-    h->send_msg = NULL;
-    h->recv_buf = NULL;
+    h->ur = (struct io_uring_state){ 0 };
 }
 
 static void uring_release_buf(struct backend *b, uint16_t buf_id)
 {
-    if (buf_id >= b->nbufs || b->bufs_out == 0)
+    if (buf_id >= b->r.nbufs || b->bufs_out == 0)
         return;
     b->bufs_out--;
-    buf_put(b, buf_id);
-    buf_publish(b);
+    ring_buf_put(&b->r, buf_id);
+    ring_buf_publish(&b->r);
 }
 
 static void uring_wake(struct backend *b)
 {
-    uint64_t one = 1;
-    ssize_t r;
-    do {
-        r = write(b->efd, &one, sizeof(one));
-    } while (r < 0 && errno == EINTR);
-    /* EAGAIN: the counter is saturated, a wake-up is pending anyway */
+    io_eventfd_wake(b->efd);
+}
+
+static void pool_wake(void *arg)
+{
+    uring_wake(arg);
 }
 
 static int uring_wait(struct backend *b, struct io_event *out, int max,
@@ -1081,12 +835,14 @@ static int uring_wait(struct backend *b, struct io_event *out, int max,
     if (r < 0)
         return r;
     int n = run_idle(b, out, max);
-    unsigned to_submit = sq_publish(b);
+    if (b->files != NULL)
+        n += io_pool_take(b->files, out + n, max - n);
+    unsigned to_submit = ring_publish(&b->r);
 
-    if (n > 0 || cq_ready(b)) {
+    if (n > 0 || ring_cq_head(&b->r) != ring_cq_tail(&b->r)) {
         /* events at hand: submit without waiting */
         if (to_submit > 0) {
-            r = sys_enter(b->ring_fd, to_submit, 0, IORING_ENTER_GETEVENTS,
+            r = ring_enter(&b->r, to_submit, 0, IORING_ENTER_GETEVENTS,
                           NULL, 0);
             if (r < 0 && r != -EINTR && r != -EBUSY && r != -EAGAIN)
                 return n > 0 ? n : r;
@@ -1094,7 +850,7 @@ static int uring_wait(struct backend *b, struct io_event *out, int max,
     } else if (timeout_ms == 0) {
         /* GETEVENTS with min_complete 0 runs deferred task work, which is
          * what posts completions under DEFER_TASKRUN */
-        r = sys_enter(b->ring_fd, to_submit, 0, IORING_ENTER_GETEVENTS,
+        r = ring_enter(&b->r, to_submit, 0, IORING_ENTER_GETEVENTS,
                       NULL, 0);
         if (r < 0 && r != -EINTR && r != -EBUSY && r != -EAGAIN)
             return r;
@@ -1114,7 +870,7 @@ static int uring_wait(struct backend *b, struct io_event *out, int max,
             argp = &arg;
             argsz = sizeof(arg);
         }
-        r = sys_enter(b->ring_fd, to_submit, 1, flags, argp, argsz);
+        r = ring_enter(&b->r, to_submit, 1, flags, argp, argsz);
         if (r == -EINTR)
             return -EINTR;
         if (r < 0 && r != -ETIME && r != -EBUSY && r != -EAGAIN)
@@ -1123,6 +879,8 @@ static int uring_wait(struct backend *b, struct io_event *out, int max,
     n += reap(b, out + n, max - n);
     if (n < max && b->idle != NULL)
         n += run_idle(b, out + n, max - n);
+    if (b->files != NULL)   /* a pool thread's wake-up */
+        n += io_pool_take(b->files, out + n, max - n);
     return n;
 }
 
