@@ -7,8 +7,7 @@
  * server), and a write's Py_buffer stays acquired until the completion, so
  * the kernel never writes into or reads from freed memory.  close() closes
  * the descriptor once the last request in flight has completed. */
-#include "py/module.h"
-#include "core/core.h"
+#include "py/objects.h"
 
 #include <errno.h>
 #include <string.h>

@@ -2,8 +2,7 @@
  * iocport.framing spec into a struct framing, the Framer type exposes
  * framing.c to Python as an incremental framer (feed/wrap), and
  * FramingError is what feed() raises on a bad frame. */
-#include "py/module.h"
-#include "lib/framing.h"
+#include "py/objects.h"
 
 #include <string.h>
 

@@ -1,6 +1,7 @@
-/* module.h - the CPython binding's shared declarations: module state, the
- * hooks each binding file (py_port.c, py_framer.c, py_server.c, py_file.c)
- * exposes to module.c, and logging helpers. */
+/* module.h - the CPython binding's module: its state (the types, the
+ * logger), the function each type's file gives module.c to add its types,
+ * and the logging helpers.  What the binding's files share beyond that is
+ * in objects.h. */
 #ifndef IOCPORT_MODULE_H
 #define IOCPORT_MODULE_H
 
@@ -45,27 +46,5 @@ PyObject *iocp_oserror(int err);
 /* Log the current exception with its traceback at ERROR, then clear it.
  * Steals `msg` (which may be NULL if building it failed). */
 void iocp_log_exception(PyObject *logger, PyObject *msg);
-
-/* py_file.c: a File object for a descriptor (taken over) whose requests run
- * on `srv`; `server` is kept alive by it.  ENTRY_FILE completions go to
- * iocp_file_done (under the GIL). */
-struct server;
-struct file_req;
-PyObject *iocp_file_new(PyTypeObject *type, PyObject *server, struct server *srv,
-                        PyObject *logger, int fd, unsigned long long append_off);
-void iocp_file_done(struct file_req *r);
-/* Connection.send_file: 0, or -1 with an exception set. */
-struct conn;
-struct xfer;
-int iocp_send_file(PyObject *file, struct conn *c, unsigned long long offset,
-                   long long count, PyObject *callback);
-void iocp_send_file_done(struct xfer *x);
-
-/* Fill a struct framing from a framing spec object (iocport.framing): any
- * object with a `_spec()` method returning the tuple
- * (kind, hdr_size, big_endian, hdr_included, delim: bytes, size, max_size).
- * 0, or -1 with TypeError/ValueError set. */
-struct framing;
-int iocp_framing_from_py(PyObject *spec, struct framing *out);
 
 #endif

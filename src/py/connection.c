@@ -1,0 +1,326 @@
+/* connection.c - the Connection type: what handlers are given, and what
+ * connect() returns.  Its methods call the core (conn_send, conn_close...)
+ * from any thread, under the GIL; its `c` is cleared under the GIL when the
+ * connection closes (dispatch.c), after which sends return False. */
+#include "py/objects.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+
+static int
+conn_traverse(ConnObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(self));
+    Py_VISIT(self->state);
+    Py_VISIT(self->peer);
+    Py_VISIT(self->connect_cb);
+    return 0;
+}
+
+static int
+conn_clear(ConnObject *self)
+{
+    Py_CLEAR(self->state);
+    Py_CLEAR(self->peer);
+    Py_CLEAR(self->connect_cb);
+    return 0;
+}
+
+static void
+conn_dealloc(ConnObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    conn_clear(self);
+    tp->tp_free((PyObject *)self);
+    Py_DECREF(tp);
+}
+
+/* `owner` (or NULL): an immutable object holding buf, which a large
+ * message is then sent from instead of a copy. */
+static PyObject *
+send_data(ConnObject *self, const void *buf, Py_ssize_t len, int frame,
+          PyObject *owner)
+{
+    struct conn *c = self->c;
+    if (c == NULL)
+        Py_RETURN_FALSE;
+    int rc = conn_send(c, buf, (size_t)len, frame, owner);
+    if (rc == 1)
+        Py_INCREF(owner);   /* given back by d_release once sent */
+    if (rc >= 0)
+        Py_RETURN_TRUE;
+    switch (rc) {
+    case -EPIPE:     /* closing or closed */
+    case -ENOBUFS:   /* closed by this send (overflow) */
+        Py_RETURN_FALSE;
+    case -EMSGSIZE:
+        return PyErr_Format(PyExc_ValueError,
+                            "a message of %zd bytes cannot be framed by this "
+                            "server's framing", len);
+    case -EILSEQ:
+        PyErr_SetString(PyExc_ValueError,
+                        "message contains the delimiter; use send_raw() for "
+                        "bytes that are already framed");
+        return NULL;
+    default:
+        return PyErr_NoMemory();
+    }
+}
+
+static PyObject *
+send_common(ConnObject *self, PyObject *arg, int frame)
+{
+    if (PyBytes_CheckExact(arg))   /* the usual case: no buffer export */
+        return send_data(self, PyBytes_AS_STRING(arg), PyBytes_GET_SIZE(arg),
+                         frame, arg);
+    Py_buffer view;
+    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0) {
+        PyErr_Format(PyExc_TypeError,
+                     "send() expects bytes, bytearray or memoryview, got %.100s",
+                     Py_TYPE(arg)->tp_name);
+        return NULL;
+    }
+    PyObject *r = send_data(self, view.buf, view.len, frame, NULL);
+    PyBuffer_Release(&view);
+    return r;
+}
+
+static PyObject *
+conn_send_m(ConnObject *self, PyObject *arg)
+{
+    return send_common(self, arg, 1);
+}
+
+static PyObject *
+conn_send_raw(ConnObject *self, PyObject *arg)
+{
+    return send_common(self, arg, 0);
+}
+
+static PyObject *
+conn_send_file_m(ConnObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"file", "offset", "count", "callback", NULL};
+    PyObject *file, *cb = Py_None, *offset_o = NULL, *count_o = Py_None;
+    unsigned long long offset = 0;
+    long long count = -1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|OOO:send_file", kwlist,
+                                     &file, &offset_o, &count_o, &cb))
+        return NULL;
+    if (offset_o != NULL) {
+        if (!PyLong_Check(offset_o) || PyBool_Check(offset_o))
+            return PyErr_Format(PyExc_TypeError, "offset must be an int");
+        offset = PyLong_AsUnsignedLongLong(offset_o);
+        if (PyErr_Occurred()) {
+            PyErr_Clear();
+            return PyErr_Format(PyExc_ValueError, "offset must be >= 0");
+        }
+    }
+    if (count_o != Py_None) {
+        if (!PyLong_Check(count_o) || PyBool_Check(count_o))
+            return PyErr_Format(PyExc_TypeError, "count must be an int or None");
+        count = PyLong_AsLongLong(count_o);
+        if (count == -1 && PyErr_Occurred())
+            return NULL;
+        if (count < 0)
+            return PyErr_Format(PyExc_ValueError, "count must be >= 0 or None");
+    }
+    PyObject *module = PyType_GetModule(Py_TYPE(self));
+    if (module == NULL)
+        return NULL;
+    if (!PyObject_TypeCheck(file, iocp_get_state(module)->FileType))
+        return PyErr_Format(PyExc_TypeError, "send_file() expects an "
+                            "iocport.File (Server.open_file), got %.100s",
+                            Py_TYPE(file)->tp_name);
+    if (cb != Py_None && !PyCallable_Check(cb))
+        return PyErr_Format(PyExc_TypeError, "callback must be callable or "
+                            "None, got %.100s", Py_TYPE(cb)->tp_name);
+    if (self->c == NULL) {
+        PyErr_SetString(PyExc_ConnectionError, "the connection is closed");
+        return NULL;
+    }
+    if (iocp_send_file(file, self->c, offset, count, cb) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+conn_close_m(ConnObject *self, PyObject *Py_UNUSED(ignored))
+{
+    if (self->c != NULL)
+        conn_close(self->c, 1);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+conn_abort_m(ConnObject *self, PyObject *Py_UNUSED(ignored))
+{
+    if (self->c != NULL)
+        conn_close(self->c, 0);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+sockaddr_to_py(const struct sockaddr *sa, socklen_t len)
+{
+    char host[INET6_ADDRSTRLEN];
+    if (len >= sizeof(struct sockaddr_in) && sa->sa_family == AF_INET) {
+        const struct sockaddr_in *a = (const struct sockaddr_in *)sa;
+        inet_ntop(AF_INET, &a->sin_addr, host, sizeof(host));
+        return Py_BuildValue("(si)", host, ntohs(a->sin_port));
+    }
+    if (len >= sizeof(struct sockaddr_in6) && sa->sa_family == AF_INET6) {
+        const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)sa;
+        inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof(host));
+        return Py_BuildValue("(siIi)", host, ntohs(a->sin6_port),
+                             ntohl(a->sin6_flowinfo), (int)a->sin6_scope_id);
+    }
+    Py_RETURN_NONE;
+}
+
+/* Fill self->peer from the open connection's address; 0 or -1. */
+int
+iocp_conn_peer_to_py(ConnObject *self)
+{
+    socklen_t len;
+    const struct sockaddr *sa = conn_peer(self->c, &len);
+    self->peer = sockaddr_to_py(sa, len);
+    return self->peer != NULL ? 0 : -1;
+}
+
+static PyObject *
+conn_get_peer(ConnObject *self, void *Py_UNUSED(closure))
+{
+    if (self->peer == NULL) {
+        if (self->c == NULL)
+            Py_RETURN_NONE;
+        if (iocp_conn_peer_to_py(self) < 0)
+            return NULL;
+    }
+    return Py_NewRef(self->peer);
+}
+
+static PyObject *
+conn_get_id(ConnObject *self, void *Py_UNUSED(closure))
+{
+    return PyLong_FromUnsignedLongLong(self->id);
+}
+
+static PyObject *
+conn_get_closed(ConnObject *self, void *Py_UNUSED(closure))
+{
+    return PyBool_FromLong(self->c == NULL);
+}
+
+static PyObject *
+conn_get_reason(ConnObject *self, void *Py_UNUSED(closure))
+{
+    if (self->reason == NULL)
+        Py_RETURN_NONE;
+    return PyUnicode_FromString(self->reason);
+}
+
+static PyObject *
+conn_get_unsent(ConnObject *self, void *Py_UNUSED(closure))
+{
+    return PyLong_FromSize_t(self->c ? conn_unsent(self->c) : 0);
+}
+
+static PyObject *
+conn_get_writable(ConnObject *self, void *Py_UNUSED(closure))
+{
+    return PyBool_FromLong(self->c != NULL && conn_writable(self->c));
+}
+
+static PyObject *
+conn_get_state(ConnObject *self, void *Py_UNUSED(closure))
+{
+    return Py_NewRef(self->state ? self->state : Py_None);
+}
+
+static int
+conn_set_state(ConnObject *self, PyObject *v, void *Py_UNUSED(closure))
+{
+    Py_XSETREF(self->state, Py_XNewRef(v));
+    return 0;
+}
+
+static PyObject *
+conn_repr(ConnObject *self)
+{
+    return PyUnicode_FromFormat("<iocport.Connection id=%llu %s>",
+                                (unsigned long long)self->id,
+                                self->c ? "open" : "closed");
+}
+
+static PyMethodDef conn_methods[] = {
+    {"send", (PyCFunction)conn_send_m, METH_O,
+     "send(data) -> bool\n--\n\n"
+     "Queue one message, framed with the server's framing, and return at once.\n"
+     "Safe from any thread.  Returns False (and sends nothing) once the\n"
+     "connection is closing or closed, or when the message would take its\n"
+     "unsent bytes past unsent_limit: the connection is then closed\n"
+     "(reason 'overflow')."},
+    {"send_raw", (PyCFunction)conn_send_raw, METH_O,
+     "send_raw(data) -> bool\n--\n\nQueue bytes that are already framed."},
+    {"send_file", (PyCFunction)(void (*)(void))conn_send_file_m,
+     METH_VARARGS | METH_KEYWORDS,
+     "send_file(file, offset=0, count=None, callback=None) -> None\n--\n\n"
+     "Stream count bytes of an iocport.File from offset (None: to the end)\n"
+     "natively, with bounded memory.  Messages sent meanwhile follow the\n"
+     "file.  callback(nbytes, error) runs when all of it is with the kernel\n"
+     "or when it stopped (error: an OSError)."},
+    {"close", (PyCFunction)conn_close_m, METH_NOARGS,
+     "close() -> None\n--\n\n"
+     "Stop receiving, send what is queued, then close.  Idempotent."},
+    {"abort", (PyCFunction)conn_abort_m, METH_NOARGS,
+     "abort() -> None\n--\n\nClose at once, dropping unsent data."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef conn_getset[] = {
+    {"id", (getter)conn_get_id, NULL, "Unique id of this connection.", NULL},
+    {"peer", (getter)conn_get_peer, NULL, "The peer's address, e.g. (host, port).", NULL},
+    {"closed", (getter)conn_get_closed, NULL, "True once the connection is closed.", NULL},
+    {"close_reason", (getter)conn_get_reason, NULL,
+     "Why it closed (one of iocport.CLOSE_REASONS), or None while open.",
+     NULL},
+    {"unsent", (getter)conn_get_unsent, NULL, "Bytes queued but not yet sent.", NULL},
+    {"writable", (getter)conn_get_writable, NULL,
+     "True while the bytes queued are at most max_unsent (a server that\n"
+     "pushes should wait for on_drain otherwise); False once closed.", NULL},
+    {"state", (getter)conn_get_state, (setter)conn_set_state,
+     "A slot for the user's own state (None at first).", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyType_Slot conn_slots[] = {
+    {Py_tp_doc, "A connection: passed to handlers; cannot be created directly."},
+    {Py_tp_dealloc, conn_dealloc},
+    {Py_tp_traverse, conn_traverse},
+    {Py_tp_clear, conn_clear},
+    {Py_tp_repr, conn_repr},
+    {Py_tp_methods, conn_methods},
+    {Py_tp_getset, conn_getset},
+    {0, NULL},
+};
+
+static PyType_Spec conn_spec = {
+    .name = "iocport.Connection",
+    .basicsize = sizeof(ConnObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC |
+             Py_TPFLAGS_DISALLOW_INSTANTIATION,
+    .slots = conn_slots,
+};
+
+int
+iocp_connection_add_type(PyObject *module, iocp_state *st)
+{
+    st->ConnectionType = (PyTypeObject *)PyType_FromModuleAndSpec(
+        module, &conn_spec, NULL);
+    if (st->ConnectionType == NULL ||
+        PyModule_AddType(module, st->ConnectionType) < 0)
+        return -1;
+    return 0;
+}

@@ -1,0 +1,262 @@
+/* dispatch.c - the dispatch layer: the hooks the core's workers call, and
+ * the only code that runs Python on a worker thread.
+ *
+ * Each worker gets one persistent thread state for its life; a turn's
+ * whole messages are delivered under one GIL hold (PyEval_RestoreThread ..
+ * PyEval_SaveThread), in arrival order, so the order within a connection
+ * is kept.  Nothing here runs once the interpreter is finalizing:
+ * iocport/server.py's atexit hook stops every running server before
+ * finalization begins, and every hook checks Py_IsFinalizing() as well. */
+#include "py/objects.h"
+
+#include <errno.h>
+#include <string.h>
+
+static int
+d_thread_start(struct worker *w)
+{
+    ServerObject *so = worker_dispatch_arg(w);
+    /* Created without the GIL, as PyGILState_Ensure does; bound to this
+     * thread at its first PyEval_RestoreThread. */
+    PyThreadState *ts = PyThreadState_New(so->interp);
+    if (ts == NULL)
+        return -ENOMEM;
+    *worker_dctx(w) = ts;
+    return 0;
+}
+
+static void
+d_thread_exit(struct worker *w)
+{
+    PyThreadState *ts = *worker_dctx(w);
+    if (ts == NULL || Py_IsFinalizing())
+        return;   /* never touch a finalizing interpreter: leak instead */
+    PyEval_RestoreThread(ts);
+    PyThreadState_Clear(ts);
+    PyThreadState_DeleteCurrent();
+    *worker_dctx(w) = NULL;
+}
+
+static ConnObject *
+conn_object(ServerObject *so, struct conn *c)
+{
+    ConnObject *py = conn_py(c);
+    if (py != NULL)
+        return py;
+    ConnObject *o = (ConnObject *)so->conn_type->tp_alloc(so->conn_type, 0);
+    if (o == NULL)
+        return NULL;
+    o->c = c;
+    o->id = conn_id(c);
+    conn_attach(c, o);
+    return o;
+}
+
+/* A callback raised: log it with its traceback and close that connection. */
+static void
+callback_failed(ServerObject *so, struct conn *c, const char *what)
+{
+    iocp_log_exception(so->logger, PyUnicode_FromFormat(
+        "%s raised; closing connection %llu", what,
+        (unsigned long long)conn_id(c)));
+    conn_abort(c, CLOSE_HANDLER);
+}
+
+/* Outgoing connections: report the connect's outcome once. */
+static void
+connect_done(ServerObject *so, ConnObject *o, int err)
+{
+    PyObject *cb = o->connect_cb;
+    if (cb == NULL)
+        return;
+    o->connect_cb = NULL;
+    PyObject *exc = Py_None, *r = NULL;
+    if (err) {
+        exc = iocp_oserror(err);
+        if (exc == NULL) {
+            PyErr_WriteUnraisable(cb);
+            Py_DECREF(cb);
+            return;
+        }
+    } else {
+        Py_INCREF(exc);
+    }
+    PyObject *args[2] = {(PyObject *)o, exc};
+    r = PyObject_Vectorcall(cb, args, 2, NULL);
+    if (r == NULL)
+        iocp_log_exception(so->logger, PyUnicode_FromFormat(
+            "connect callback raised (connection %llu)",
+            (unsigned long long)o->id));
+    Py_XDECREF(r);
+    Py_DECREF(exc);
+    Py_DECREF(cb);
+}
+
+static void
+deliver_close(ServerObject *so, struct conn *c)
+{
+    ConnObject *o = conn_py(c);
+    enum close_reason why = conn_reason(c);
+    int err = conn_err(c);
+    const char *level = close_reason_level[why];
+    if (level != NULL) {
+        PyObject *msg = PyUnicode_FromFormat(
+            "connection %llu closed: %s%s%s", (unsigned long long)conn_id(c),
+            close_reason_name[why], err ? ": " : "", err ? strerror(err) : "");
+        if (msg != NULL) {
+            iocp_log(so->logger, level, msg, NULL);
+            Py_DECREF(msg);
+        } else {
+            PyErr_Clear();
+        }
+    }
+    if (o == NULL && so->on_close == Py_None)
+        return;
+    if (o == NULL && (o = conn_object(so, c)) == NULL) {
+        PyErr_WriteUnraisable(so->on_close);
+        return;
+    }
+    o->reason = close_reason_name[why];
+    o->err = err;
+    if (o->peer == NULL && iocp_conn_peer_to_py(o) < 0)
+        PyErr_Clear();   /* conn.peer outlives the connection, or is None */
+    o->c = NULL;
+    /* Never connected: the callback hears why, then on_close runs as for
+     * every connection (reason 'connect'). */
+    if (o->connect_cb != NULL)
+        connect_done(so, o, err ? err : ECONNABORTED);
+    if (so->on_close != Py_None) {
+        PyObject *r = PyObject_CallOneArg(so->on_close, (PyObject *)o);
+        if (r == NULL)
+            iocp_log_exception(so->logger, PyUnicode_FromFormat(
+                "on_close raised (connection %llu)", (unsigned long long)o->id));
+        Py_XDECREF(r);
+    }
+    Py_DECREF(o);
+    conn_detach(c);
+}
+
+/* Call cb(conn) for a notice; False on an exception (logged, and the
+ * connection closed).  *result, if given, gets whether it returned true. */
+static int
+notify(ServerObject *so, struct conn *c, ConnObject *o, PyObject *cb,
+       const char *what, int *result)
+{
+    PyObject *r = PyObject_CallOneArg(cb, (PyObject *)o);
+    if (r == NULL) {
+        callback_failed(so, c, what);
+        return 0;
+    }
+    if (result != NULL) {
+        *result = PyObject_IsTrue(r);
+        if (*result < 0) {
+            Py_DECREF(r);
+            callback_failed(so, c, what);
+            return 0;
+        }
+    }
+    Py_DECREF(r);
+    return 1;
+}
+
+/* A file or send_file completion: its callback runs as part of the
+ * connection it was started for, if any (so what it starts is held for
+ * that connection too), whose hold it then gives back. */
+static void
+deliver_file(struct worker *w, struct entry *e)
+{
+    struct conn *hold = e->fr->hold;
+    worker_set_current(w, hold);
+    if (e->kind == ENTRY_FILE)
+        iocp_file_done(e->fr);   /* frees e->fr */
+    else
+        iocp_send_file_done((struct xfer *)e->fr);
+    worker_set_current(w, NULL);
+    if (hold != NULL)
+        conn_unhold(hold);
+}
+
+static void
+d_dispatch(struct worker *w, unsigned from, unsigned to)
+{
+    ServerObject *so = worker_dispatch_arg(w);
+    void **dctx = worker_dctx(w);
+    if (Py_IsFinalizing())
+        return;
+    PyEval_RestoreThread(*dctx);
+    for (unsigned i = from; i < to; i++) {
+        struct entry *e = worker_entry(w, i);   /* afresh: handlers may
+                                                    move the batch */
+        struct conn *c = e->c;
+        ConnObject *o;
+
+        if (e->kind == ENTRY_FILE || e->kind == ENTRY_XFER) {
+            deliver_file(w, e);
+            continue;
+        }
+        if (e->kind == ENTRY_CLOSE) {
+            deliver_close(so, c);
+            continue;
+        }
+        if (!conn_deliverable(c, e->kind))
+            continue;
+        if ((o = conn_object(so, c)) == NULL) {
+            callback_failed(so, c, "creating the connection object");
+            continue;
+        }
+        worker_set_current(w, c);
+        if (e->kind == ENTRY_OPEN) {
+            /* on_connect for every connection, accepted or connected;
+             * then an outgoing one's connect callback. */
+            if ((so->on_connect == Py_None ||
+                 notify(so, c, o, so->on_connect, "on_connect", NULL)) &&
+                conn_outgoing(c))
+                connect_done(so, o, 0);
+        } else if (e->kind == ENTRY_EOF) {
+            int keep = 0;
+            if (notify(so, c, o, so->on_eof, "on_eof", &keep) && keep)
+                conn_keep_open(c);
+        } else if (e->kind == ENTRY_DRAIN) {
+            notify(so, c, o, so->on_drain, "on_drain", NULL);
+        } else {
+            /* One sent reference given back per message, before the
+             * message and its reply are allocated: the heap reuses the
+             * block instead of growing, then trimming, around a batch of
+             * frees. */
+            Py_XDECREF((PyObject *)worker_pop_release(w));
+            PyObject *msg = PyBytes_FromStringAndSize((const char *)e->ptr,
+                                                      (Py_ssize_t)e->len);
+            if (msg == NULL) {
+                callback_failed(so, c, "creating the message");
+            } else {
+                PyObject *args[2] = {(PyObject *)o, msg};
+                PyObject *r = PyObject_Vectorcall(so->handler, args, 2, NULL);
+                Py_DECREF(msg);
+                if (r == NULL)
+                    callback_failed(so, c, "handler");
+                Py_XDECREF(r);
+            }
+        }
+        worker_set_current(w, NULL);
+    }
+    *dctx = PyEval_SaveThread();
+}
+
+static void
+d_release(struct worker *w, void **owners, unsigned n)
+{
+    if (Py_IsFinalizing())
+        return;   /* leaked: no Python once finalization has begun */
+    void **dctx = worker_dctx(w);
+    PyEval_RestoreThread(*dctx);
+    for (unsigned i = 0; i < n; i++)
+        Py_DECREF((PyObject *)owners[i]);
+    *dctx = PyEval_SaveThread();
+}
+
+const struct dispatch_ops iocp_dispatch_ops = {
+    .thread_start = d_thread_start,
+    .thread_exit = d_thread_exit,
+    .dispatch = d_dispatch,
+    .release = d_release,
+};

@@ -1,0 +1,62 @@
+/* objects.h - the binding's own objects, shared by its files: the Server
+ * and Connection structs, and what one file offers the others.  Nothing
+ * outside src/py/ includes it. */
+#ifndef IOCPORT_PY_OBJECTS_H
+#define IOCPORT_PY_OBJECTS_H
+
+#include "py/module.h"
+#include "core/core.h"
+
+#if PY_VERSION_HEX < 0x030D0000
+#define Py_IsFinalizing _Py_IsFinalizing
+#endif
+
+typedef struct {
+    PyObject_HEAD
+    struct server *srv;
+    PyObject *handler, *on_connect, *on_close, *on_eof, *on_drain;
+    PyObject *logger;
+    PyTypeObject *conn_type;
+    PyTypeObject *file_type;
+    PyInterpreterState *interp;
+    int started;
+    int stopping;                /* a stop() has released the GIL */
+} ServerObject;
+
+typedef struct {
+    PyObject_HEAD
+    struct conn *c;              /* NULL once closed (changed under the GIL) */
+    uint64_t id;
+    PyObject *state;
+    PyObject *peer;              /* cached (host, port) */
+    PyObject *connect_cb;        /* outgoing: callback(conn, error) */
+    const char *reason;          /* close reason once closed */
+    int err;
+} ConnObject;
+
+/* dispatch.c: the hooks the core's workers call. */
+extern const struct dispatch_ops iocp_dispatch_ops;
+
+/* file.c: a File object for a descriptor (taken over) whose requests run
+ * on `srv`; `server` is kept alive by it.  ENTRY_FILE completions go to
+ * iocp_file_done (under the GIL). */
+PyObject *iocp_file_new(PyTypeObject *type, PyObject *server, struct server *srv,
+                        PyObject *logger, int fd, unsigned long long append_off);
+void iocp_file_done(struct file_req *r);
+/* Connection.send_file: 0, or -1 with an exception set. */
+int iocp_send_file(PyObject *file, struct conn *c, unsigned long long offset,
+                   long long count, PyObject *callback);
+void iocp_send_file_done(struct xfer *x);
+
+/* framer.c: fill a struct framing from a framing spec object (iocport.framing): any
+ * object with a `_spec()` method returning the tuple
+ * (kind, hdr_size, big_endian, hdr_included, delim: bytes, size, max_size).
+ * 0, or -1 with TypeError/ValueError set. */
+int iocp_framing_from_py(PyObject *spec, struct framing *out);
+
+/* connection.c: the Connection type; conn.peer from the connection's
+ * address (0, or -1 with an exception). */
+int iocp_connection_add_type(PyObject *module, iocp_state *st);
+int iocp_conn_peer_to_py(ConnObject *self);
+
+#endif
