@@ -1,6 +1,6 @@
 /* port.h - the completion port: a queue of packets that threads wait on.
  * Waiters are woken last-in-first-out; at most `concurrency` threads run
- * between two waits.  No sockets, no Python: the binding (py_port.c) keeps
+ * between two waits.  No sockets, no Python: the binding (py/port.c) keeps
  * Python objects alive through `value`.
  *
  * A get is a `struct port_wait` owned by the calling thread (on its stack)

@@ -1,4 +1,4 @@
-/* py_file.c - the File type: overlapped reads, writes, appends and syncs of
+/* file.c - the File type: overlapped reads, writes, appends and syncs of
  * a regular file, run by a server's workers (io_uring operations, or the
  * epoll engine's thread pool), each reporting to a callback called under
  * the GIL on the worker, batched with the messages of the same turn.

@@ -1,4 +1,4 @@
-/* py_framer.c - the Python side of framing: iocp_framing_from_py() turns an
+/* framer.c - the Python side of framing: iocp_framing_from_py() turns an
  * iocport.framing spec into a struct framing, the Framer type exposes
  * framing.c to Python as an incremental framer (feed/wrap), and
  * FramingError is what feed() raises on a bad frame. */

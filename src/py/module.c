@@ -1,7 +1,8 @@
 /* module.c - the _iocport extension module: multi-phase init, module state,
- * module-level functions, logging helpers.  Types live in py_port.c (Port,
- * Packet, PortClosedError), py_framer.c (Framer, FramingError), py_file.c
- * (File) and py_server.c (Server, Connection). */
+ * module-level functions, logging helpers.  Types live in port.c (Port,
+ * Packet, PortClosedError), framer.c (Framer, FramingError), file.c (File),
+ * connection.c (Connection) and server.c (Server); dispatch.c holds the
+ * hooks the core's workers call. */
 #include "py/module.h"
 #include "core/core.h"
 #include "lib/port.h"

@@ -1,4 +1,4 @@
-/* py_port.c - the Python binding of the completion port (port.c): the Port
+/* port.c - the Python binding of the completion port (lib/port.c): the Port
  * type, the Packet result type (a structseq) and PortClosedError.
  *
  * Threads and the GIL: waits run with the GIL released.  Everything that
