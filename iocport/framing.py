@@ -25,11 +25,6 @@ __all__ = [
 #: Default largest payload accepted: 16 MiB.
 DEFAULT_MAX = 16 * 1024 * 1024
 
-# enum framing_kind in src/framing.h
-_LENGTH = 1
-_DELIM = 2
-_FIXED = 3
-
 _U64_MAX = (1 << 64) - 1
 
 
@@ -52,8 +47,8 @@ class Framing:
         raise NotImplementedError
 
     def _spec(self):
-        """(kind, hdr_size, big_endian, hdr_included, delim, size, max_size)
-        for the native layer."""
+        """A dict for the native layer: "kind" (a name from FRAMING_KINDS in
+        src/lib/framing.h) and the fields that kind uses."""
         raise NotImplementedError
 
     def __setattr__(self, name, value):
@@ -117,8 +112,9 @@ class LengthPrefixed(Framing):
         return (self.size, self.byteorder, self.includes_header, self.max_size)
 
     def _spec(self):
-        return (_LENGTH, self.size, self.byteorder == "big",
-                self.includes_header, b"", 0, self.max_size)
+        return {"kind": "length", "hdr_size": self.size,
+                "big_endian": self.byteorder == "big",
+                "hdr_included": self.includes_header, "max_size": self.max_size}
 
     def __repr__(self):
         args = [repr(self.size)]
@@ -153,7 +149,8 @@ class Delimited(Framing):
         return (self.delimiter, self.max_size)
 
     def _spec(self):
-        return (_DELIM, 0, False, False, self.delimiter, 0, self.max_size)
+        return {"kind": "delimited", "delim": self.delimiter,
+                "max_size": self.max_size}
 
     def __repr__(self):
         if self.max_size != DEFAULT_MAX:
@@ -182,7 +179,7 @@ class FixedSize(Framing):
         return (self.size, self.max_size)
 
     def _spec(self):
-        return (_FIXED, 0, False, False, b"", self.size, self.max_size)
+        return {"kind": "fixed", "size": self.size, "max_size": self.max_size}
 
     def __repr__(self):
         if self.max_size != self.size:

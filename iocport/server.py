@@ -51,7 +51,7 @@ class _WithMax(Framing):
         object.__setattr__(self, "_max", max_size)
 
     def _spec(self):
-        return self._inner._spec()[:6] + (self._max,)
+        return dict(self._inner._spec(), max_size=self._max)
 
     def __repr__(self):
         return f"{self._inner!r} (max_message={self._max})"
@@ -70,19 +70,6 @@ def _check_port(port):
     if port > 65535:
         raise ValueError(f"port must be between 0 and 65535, got {port}")
     return port
-
-
-def _check_seconds(name, value, allow_none=False, allow_zero=True):
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number of seconds"
-                        f"{' or None' if allow_none else ''}, "
-                        f"got {type(value).__name__}")
-    if not (value >= 0 if allow_zero else value > 0):
-        raise ValueError(f"{name} must be {'>=' if allow_zero else '>'} 0, "
-                         f"got {value}")
-    return float(value)
 
 
 class Server:
@@ -104,20 +91,9 @@ class Server:
         if not isinstance(framing, Framing):
             raise TypeError("framing must be an iocport framing spec such as "
                             f"LengthPrefixed(4), got {type(framing).__name__}")
-        if handler is None and not native_echo:
-            raise TypeError("handler is required (a callable taking conn, msg)")
         if max_message is not None:
             framing = _WithMax(framing, _check_int("max_message", max_message))
-        _check_int("workers", workers)
-        _check_int("max_unsent", max_unsent)
-        _check_int("unsent_limit", unsent_limit)
-        if unsent_limit < max_unsent:
-            raise ValueError(f"unsent_limit ({unsent_limit}) must be at least "
-                             f"max_unsent ({max_unsent})")
-        _check_int("max_connections", max_connections)
-        idle_timeout = _check_seconds("idle_timeout", idle_timeout, True) or 0.0
-        half_close_timeout = _check_seconds(
-            "half_close_timeout", half_close_timeout, True) or 0.0
+        # The rest is checked once, by the native engine.
         if backend is None:
             backend = default_backend()
         if not isinstance(backend, str):
@@ -213,10 +189,6 @@ class Server:
         if not isinstance(host, str):
             raise TypeError(f"host must be a str, got {type(host).__name__}")
         _check_port(port)
-        timeout = _check_seconds("timeout", timeout, allow_zero=False)
-        if callback is not None and not callable(callback):
-            raise TypeError("callback must be callable or None, "
-                            f"got {type(callback).__name__}")
         if not self.running:
             raise RuntimeError("the server is not running; call start() first")
         addresses = []
@@ -227,6 +199,7 @@ class Server:
                 addresses.append((family, address))
         if not addresses:
             raise OSError(f"{host!r} has no IPv4 or IPv6 address")
+        # (callback and timeout are checked by the native engine)
         return self._core.connect(addresses, callback, timeout)
 
     # -- files ----------------------------------------------------------

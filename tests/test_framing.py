@@ -57,17 +57,23 @@ def length_payloads(size):
 
 # ---- spec classes ---------------------------------------------------------
 
-def test_spec_defaults_and_tuples():
+def length(hdr_size, big_endian, hdr_included, max_size):
+    return {"kind": "length", "hdr_size": hdr_size, "big_endian": big_endian,
+            "hdr_included": hdr_included, "max_size": max_size}
+
+
+def test_spec_defaults_and_dicts():
     assert DEFAULT_MAX == 16 * 1024 * 1024
-    assert LengthPrefixed()._spec() == (1, 4, True, False, b"", 0, DEFAULT_MAX)
+    assert LengthPrefixed()._spec() == length(4, True, False, DEFAULT_MAX)
     assert LengthPrefixed(2, byteorder="little", includes_header=True,
-                          max_size=100)._spec() == \
-        (1, 2, False, True, b"", 0, 100)
-    assert Delimited()._spec() == (2, 0, False, False, b"\n", 0, DEFAULT_MAX)
+                          max_size=100)._spec() == length(2, False, True, 100)
+    assert Delimited()._spec() == {"kind": "delimited", "delim": b"\n",
+                                   "max_size": DEFAULT_MAX}
     assert Delimited(b"\r\n", max_size=5)._spec() == \
-        (2, 0, False, False, b"\r\n", 0, 5)
-    assert FixedSize(12)._spec() == (3, 0, False, False, b"", 12, 12)
-    assert FixedSize(12, max_size=64)._spec() == (3, 0, False, False, b"", 12, 64)
+        {"kind": "delimited", "delim": b"\r\n", "max_size": 5}
+    assert FixedSize(12)._spec() == {"kind": "fixed", "size": 12, "max_size": 12}
+    assert FixedSize(12, max_size=64)._spec() == \
+        {"kind": "fixed", "size": 12, "max_size": 64}
 
 
 def test_spec_repr_eq_hash():
@@ -177,35 +183,41 @@ def test_framer_rejects_non_spec():
     assert Framer(spec=LengthPrefixed(4)).spec == LengthPrefixed(4)
 
 
+def spec(kind="length", **fields):
+    fields.setdefault("max_size", 100)
+    return dict(fields, kind=kind)
+
+
 @pytest.mark.parametrize("t", [
     None,
-    (1, 4, True, False, b""),                      # too short
-    ("1", 4, True, False, b"", 0, 100),            # kind not int
-    (1, 4.0, True, False, b"", 0, 100),            # hdr_size not int
-    (1, 4, "yes", False, b"", 0, 100),             # big_endian not bool
-    (2, 0, False, False, "\n", 0, 100),            # delim not bytes
-    (1, 4, True, False, b"", 0, True),             # bool as int
+    (1, 4, True, False, b"", 0, 100),              # the old tuple form
+    {"hdr_size": 4, "max_size": 100},              # no kind
+    spec(1, hdr_size=4),                           # kind not a name
+    spec(hdr_size=4.0),                            # hdr_size not int
+    spec(hdr_size=4, big_endian="yes"),            # big_endian not bool
+    spec("delimited", delim="\n"),                 # delim not bytes
+    spec(hdr_size=4, max_size=True),               # bool as int
 ])
-def test_framer_bad_spec_tuple_type(t):
+def test_framer_bad_spec_type(t):
     with pytest.raises(TypeError):
         Framer(FakeSpec(t))
 
 
 @pytest.mark.parametrize("t", [
-    (9, 4, True, False, b"", 0, 100),              # unknown kind
-    (0, 4, True, False, b"", 0, 100),
-    (1000, 4, True, False, b"", 0, 100),
-    (1, 3, True, False, b"", 0, 100),              # bad header size
-    (1, 300, True, False, b"", 0, 100),
-    (1, 4, True, False, b"", 0, 0),                # max_size 0
-    (1, 4, True, False, b"", 0, -1),               # negative
-    (1, 4, True, False, b"", 0, 1 << 64),          # too large
-    (2, 0, False, False, b"", 0, 100),             # empty delimiter
-    (2, 0, False, False, b"123456789", 0, 100),    # long delimiter
-    (3, 0, False, False, b"", 0, 100),             # fixed size 0
-    (3, 0, False, False, b"", 200, 100),           # fixed over max
+    spec("lines", hdr_size=4),                     # unknown kind
+    spec("", hdr_size=4),
+    spec(hdr_size=3),                              # bad header size
+    spec(hdr_size=300),
+    spec(hdr_size=4, max_size=0),                  # max_size 0
+    spec(hdr_size=4, max_size=-1),                 # negative
+    spec(hdr_size=4, max_size=1 << 64),            # too large
+    spec("delimited", delim=b""),                  # empty delimiter
+    spec("delimited"),                             # no delimiter
+    spec("delimited", delim=b"123456789"),         # long delimiter
+    spec("fixed"),                                 # fixed size 0
+    spec("fixed", size=200),                       # fixed over max
 ])
-def test_framer_bad_spec_tuple_value(t):
+def test_framer_bad_spec_value(t):
     with pytest.raises(ValueError):
         Framer(FakeSpec(t))
 

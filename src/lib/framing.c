@@ -7,6 +7,12 @@
 #include <endian.h>
 #include <string.h>
 
+#define FRAMING_NAME(name, str) str,
+const char *const framing_kind_name[FRAMING_KIND_COUNT] = {
+    NULL, FRAMING_KINDS(FRAMING_NAME)
+};
+#undef FRAMING_NAME
+
 const char *
 framing_check(const struct framing *f)
 {

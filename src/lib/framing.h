@@ -7,11 +7,24 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* The kinds of framing: X(NAME, "name" as Python's specs give it).
+ *   LENGTH: a length prefix of 1, 2, 4 or 8 bytes
+ *   DELIM:  terminated by a delimiter of 1..8 bytes
+ *   FIXED:  every message is exactly `size` bytes */
+#define FRAMING_KINDS(X)                                                      \
+    X(LENGTH, "length")                                                       \
+    X(DELIM,  "delimited")                                                    \
+    X(FIXED,  "fixed")
+
 enum framing_kind {
-    FRAMING_LENGTH = 1,   /* length prefix of 1, 2, 4 or 8 bytes */
-    FRAMING_DELIM,        /* terminated by a delimiter of 1..8 bytes */
-    FRAMING_FIXED,        /* every message is exactly `size` bytes */
+    FRAMING_NONE = 0,
+#define FRAMING_ENUM(name, str) FRAMING_##name,
+    FRAMING_KINDS(FRAMING_ENUM)
+#undef FRAMING_ENUM
+    FRAMING_KIND_COUNT
 };
+/* "length", ... by enum framing_kind (NULL for FRAMING_NONE). */
+extern const char *const framing_kind_name[FRAMING_KIND_COUNT];
 
 struct framing {
     uint8_t kind;         /* enum framing_kind */

@@ -8,7 +8,7 @@
 
 /* ---- spec conversion ---------------------------------------------------- */
 
-/* An int field of the spec tuple as uint64_t; bool is not an int here. */
+/* An int field of the spec as uint64_t; bool is not an int here. */
 static int
 spec_u64(PyObject *v, const char *name, uint64_t *out)
 {
@@ -66,6 +66,65 @@ sat8(uint64_t v)
     return v > 255 ? 255 : (uint8_t)v;
 }
 
+/* spec[name] for the conversion below: a borrowed reference, or NULL when
+ * absent (no exception) or on error (exception set). */
+static PyObject *
+spec_item(PyObject *spec, const char *name)
+{
+    PyObject *key = PyUnicode_FromString(name);
+    if (key == NULL)
+        return NULL;
+    PyObject *v = PyDict_GetItemWithError(spec, key);
+    Py_DECREF(key);
+    return v;
+}
+
+/* An int field, 0 when absent. */
+static int
+spec_field_u64(PyObject *spec, const char *name, uint64_t *out)
+{
+    PyObject *v = spec_item(spec, name);
+    *out = 0;
+    if (v == NULL)
+        return PyErr_Occurred() ? -1 : 0;
+    return spec_u64(v, name, out);
+}
+
+/* A bool field, false when absent. */
+static int
+spec_field_bool(PyObject *spec, const char *name, uint8_t *out)
+{
+    PyObject *v = spec_item(spec, name);
+    *out = 0;
+    if (v == NULL)
+        return PyErr_Occurred() ? -1 : 0;
+    return spec_bool(v, name, out);
+}
+
+static int
+spec_kind(PyObject *spec, uint8_t *out)
+{
+    PyObject *v = spec_item(spec, "kind");
+    if (v == NULL) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_TypeError, "framing spec has no kind");
+        return -1;
+    }
+    if (!PyUnicode_Check(v)) {
+        PyErr_Format(PyExc_TypeError, "framing spec field kind must be str, "
+                     "got %.200s", Py_TYPE(v)->tp_name);
+        return -1;
+    }
+    for (int k = 1; k < FRAMING_KIND_COUNT; k++) {
+        if (PyUnicode_CompareWithASCIIString(v, framing_kind_name[k]) == 0) {
+            *out = (uint8_t)k;
+            return 0;
+        }
+    }
+    PyErr_Format(PyExc_ValueError, "unknown framing kind %R", v);
+    return -1;
+}
+
 int
 iocp_framing_from_py(PyObject *spec, struct framing *out)
 {
@@ -80,41 +139,42 @@ iocp_framing_from_py(PyObject *spec, struct framing *out)
                      "LengthPrefixed(4), got %.200s", Py_TYPE(spec)->tp_name);
         return -1;
     }
-    PyObject *t = PyObject_CallNoArgs(meth);
+    PyObject *d = PyObject_CallNoArgs(meth);
     Py_DECREF(meth);
-    if (t == NULL)
+    if (d == NULL)
         return -1;
     int rc = -1;
-    if (!PyTuple_Check(t) || PyTuple_GET_SIZE(t) != 7) {
+    if (!PyDict_Check(d)) {
         PyErr_Format(PyExc_TypeError,
-                     "%.200s._spec() must return a 7-tuple, got %.200s",
-                     Py_TYPE(spec)->tp_name, Py_TYPE(t)->tp_name);
+                     "%.200s._spec() must return a dict, got %.200s",
+                     Py_TYPE(spec)->tp_name, Py_TYPE(d)->tp_name);
         goto done;
     }
-    uint64_t kind, hdr_size, size, max_size;
-    if (spec_u64(PyTuple_GET_ITEM(t, 0), "kind", &kind) < 0 ||
-        spec_u64(PyTuple_GET_ITEM(t, 1), "hdr_size", &hdr_size) < 0 ||
-        spec_bool(PyTuple_GET_ITEM(t, 2), "big_endian", &out->big_endian) < 0 ||
-        spec_bool(PyTuple_GET_ITEM(t, 3), "hdr_included",
-                  &out->hdr_included) < 0 ||
-        spec_u64(PyTuple_GET_ITEM(t, 5), "size", &size) < 0 ||
-        spec_u64(PyTuple_GET_ITEM(t, 6), "max_size", &max_size) < 0)
+    uint64_t hdr_size, size, max_size;
+    if (spec_kind(d, &out->kind) < 0 ||
+        spec_field_u64(d, "hdr_size", &hdr_size) < 0 ||
+        spec_field_bool(d, "big_endian", &out->big_endian) < 0 ||
+        spec_field_bool(d, "hdr_included", &out->hdr_included) < 0 ||
+        spec_field_u64(d, "size", &size) < 0 ||
+        spec_field_u64(d, "max_size", &max_size) < 0)
         goto done;
-    PyObject *delim = PyTuple_GET_ITEM(t, 4);
-    if (!PyBytes_Check(delim)) {
+    PyObject *delim = spec_item(d, "delim");
+    if (delim == NULL && PyErr_Occurred())
+        goto done;
+    if (delim != NULL && !PyBytes_Check(delim)) {
         PyErr_Format(PyExc_TypeError,
                      "framing spec field delim must be bytes, got %.200s",
                      Py_TYPE(delim)->tp_name);
         goto done;
     }
-    Py_ssize_t dlen = PyBytes_GET_SIZE(delim);
+    Py_ssize_t dlen = delim != NULL ? PyBytes_GET_SIZE(delim) : 0;
     if (dlen > (Py_ssize_t)sizeof out->delim) {
         PyErr_SetString(PyExc_ValueError, "delimiter must be 1 to 8 bytes");
         goto done;
     }
-    memcpy(out->delim, PyBytes_AS_STRING(delim), (size_t)dlen);
+    if (dlen > 0)
+        memcpy(out->delim, PyBytes_AS_STRING(delim), (size_t)dlen);
     out->delim_len = (uint8_t)dlen;
-    out->kind = sat8(kind);
     out->hdr_size = sat8(hdr_size);
     out->size = size;
     out->max_size = max_size;
@@ -125,7 +185,7 @@ iocp_framing_from_py(PyObject *spec, struct framing *out)
     }
     rc = 0;
 done:
-    Py_DECREF(t);
+    Py_DECREF(d);
     return rc;
 }
 

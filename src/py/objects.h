@@ -48,10 +48,12 @@ int iocp_send_file(PyObject *file, struct conn *c, unsigned long long offset,
                    long long count, PyObject *callback);
 void iocp_send_file_done(struct xfer *x);
 
-/* framer.c: fill a struct framing from a framing spec object (iocport.framing): any
- * object with a `_spec()` method returning the tuple
- * (kind, hdr_size, big_endian, hdr_included, delim: bytes, size, max_size).
- * 0, or -1 with TypeError/ValueError set. */
+/* framer.c: fill a struct framing from a framing spec object
+ * (iocport.framing): any object with a `_spec()` method returning a dict:
+ * "kind" (a name of FRAMING_KINDS, lib/framing.h) and the fields of struct
+ * framing it uses ("hdr_size", "big_endian", "hdr_included", "delim",
+ * "size", "max_size"; absent ones are 0).  0, or -1 with TypeError or
+ * ValueError set. */
 int iocp_framing_from_py(PyObject *spec, struct framing *out);
 
 /* connection.c: the Connection type; conn.peer from the connection's

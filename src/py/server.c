@@ -6,6 +6,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -64,6 +65,60 @@ check_callable(PyObject *v, const char *name, int allow_none)
     return -1;
 }
 
+/* An int argument in [lo, hi] (NULL: not given, *out keeps its default):
+ * TypeError for anything else, bool included, ValueError out of range,
+ * both naming it.  0 or -1. */
+static int
+int_arg(PyObject *v, const char *name, long long lo, long long hi,
+        long long *out)
+{
+    if (v == NULL)
+        return 0;
+    if (!PyLong_Check(v) || PyBool_Check(v)) {
+        PyErr_Format(PyExc_TypeError, "%s must be an int, got %.100s", name,
+                     Py_TYPE(v)->tp_name);
+        return -1;
+    }
+    int overflow;
+    long long x = PyLong_AsLongLongAndOverflow(v, &overflow);
+    if (x == -1 && PyErr_Occurred())
+        return -1;
+    if (overflow != 0 || x < lo || x > hi) {
+        PyErr_Format(PyExc_ValueError, "%s must be between %lld and %lld, "
+                     "got %R", name, lo, hi, v);
+        return -1;
+    }
+    *out = x;
+    return 0;
+}
+
+/* A number of seconds >= 0, or None for 0 (no limit).  0 or -1. */
+static int
+seconds_arg(PyObject *v, const char *name, double *out)
+{
+    if (v == NULL)
+        return 0;
+    if (v == Py_None) {
+        *out = 0.0;
+        return 0;
+    }
+    if (PyBool_Check(v) || !(PyLong_Check(v) || PyFloat_Check(v))) {
+        PyErr_Format(PyExc_TypeError, "%s must be a number of seconds or "
+                     "None, got %.100s", name, Py_TYPE(v)->tp_name);
+        return -1;
+    }
+    double x = PyFloat_AsDouble(v);
+    if (x == -1.0 && PyErr_Occurred())
+        return -1;
+    if (!(x >= 0.0) || x > 1e9) {
+        PyErr_Format(PyExc_ValueError, "%s must be between 0 and 1e9 "
+                     "seconds, got %R", name, v);
+        return -1;
+    }
+    *out = x;
+    return 0;
+}
+
 /* Seconds (>= 0, checked) as milliseconds; a positive time is never 0. */
 static int64_t
 seconds_to_ms(double seconds)
@@ -82,51 +137,43 @@ server_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
                              "half_close_timeout", "unsent_limit", NULL};
     PyObject *handler, *framing, *on_connect = Py_None, *on_close = Py_None;
     PyObject *on_eof = Py_None, *on_drain = Py_None;
+    PyObject *workers_o = NULL, *max_unsent_o = NULL, *unsent_limit_o = NULL;
+    PyObject *max_conns_o = NULL, *bufsize_o = NULL;
+    PyObject *idle_o = Py_None, *half_close_o = NULL;
     const char *backend = "uring";
-    unsigned workers = 1, max_conns = 100000, bufsize = 16384;
-    Py_ssize_t max_unsent = 4 << 20, unsent_limit = (Py_ssize_t)64 << 20;
+    long long workers = 1, max_conns = 100000, bufsize = 16384;
+    long long max_unsent = 4 << 20, unsent_limit = 64LL << 20;
     double idle = 0.0, half_close = 30.0;
     int native_echo = 0, fallback = 1;
     struct server_config cfg;
 
     memset(&cfg, 0, sizeof(cfg));
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO|$IsOOnIdppIOOdn", kwlist,
-                                     &handler, &framing, &workers, &backend,
-                                     &on_connect, &on_close, &max_unsent,
-                                     &max_conns, &idle, &native_echo,
-                                     &fallback, &bufsize, &on_eof, &on_drain,
-                                     &half_close, &unsent_limit))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO|$OsOOOOOppOOOOO", kwlist,
+                                     &handler, &framing, &workers_o, &backend,
+                                     &on_connect, &on_close, &max_unsent_o,
+                                     &max_conns_o, &idle_o, &native_echo,
+                                     &fallback, &bufsize_o, &on_eof, &on_drain,
+                                     &half_close_o, &unsent_limit_o))
         return NULL;
+    if (handler == Py_None && !native_echo)
+        return PyErr_Format(PyExc_TypeError, "handler is required (a "
+                            "callable taking conn, msg)");
+    /* The one place these are checked (iocport.Server passes them on). */
     if (check_callable(handler, "handler", native_echo) < 0 ||
         check_callable(on_connect, "on_connect", 1) < 0 ||
         check_callable(on_close, "on_close", 1) < 0 ||
         check_callable(on_eof, "on_eof", 1) < 0 ||
-        check_callable(on_drain, "on_drain", 1) < 0)
+        check_callable(on_drain, "on_drain", 1) < 0 ||
+        iocp_framing_from_py(framing, &cfg.framing) < 0 ||
+        int_arg(workers_o, "workers", 1, 256, &workers) < 0 ||
+        int_arg(max_unsent_o, "max_unsent", 1, PY_SSIZE_T_MAX, &max_unsent) < 0 ||
+        int_arg(unsent_limit_o, "unsent_limit", max_unsent, PY_SSIZE_T_MAX,
+                &unsent_limit) < 0 ||
+        int_arg(max_conns_o, "max_connections", 1, UINT_MAX, &max_conns) < 0 ||
+        int_arg(bufsize_o, "bufsize", 512, 1 << 20, &bufsize) < 0 ||
+        seconds_arg(idle_o, "idle_timeout", &idle) < 0 ||
+        seconds_arg(half_close_o, "half_close_timeout", &half_close) < 0)
         return NULL;
-    if (iocp_framing_from_py(framing, &cfg.framing) < 0)
-        return NULL;
-    if (workers < 1 || workers > 256)
-        return PyErr_Format(PyExc_ValueError,
-                            "workers must be between 1 and 256, got %u", workers);
-    if (max_unsent < 1)
-        return PyErr_Format(PyExc_ValueError,
-                            "max_unsent must be positive, got %zd", max_unsent);
-    if (max_conns < 1)
-        return PyErr_Format(PyExc_ValueError, "max_connections must be positive");
-    if (!(idle >= 0.0) || idle > 1e9)
-        return PyErr_Format(PyExc_ValueError,
-                            "idle_timeout must be >= 0 seconds, got %g", idle);
-    if (!(half_close >= 0.0) || half_close > 1e9)
-        return PyErr_Format(PyExc_ValueError,
-                            "half_close_timeout must be >= 0 seconds, got %g",
-                            half_close);
-    if (unsent_limit < max_unsent)
-        return PyErr_Format(PyExc_ValueError,
-                            "unsent_limit (%zd) must be at least max_unsent "
-                            "(%zd)", unsent_limit, max_unsent);
-    if (bufsize < 512 || bufsize > (1u << 20))
-        return PyErr_Format(PyExc_ValueError,
-                            "bufsize must be between 512 and 1 MiB, got %u", bufsize);
     if (strcmp(backend, "uring") == 0)
         cfg.ops = &iocp_uring_ops;
     else if (strcmp(backend, "epoll") == 0)
@@ -134,15 +181,15 @@ server_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     else
         return PyErr_Format(PyExc_ValueError,
                             "backend must be 'uring' or 'epoll', got '%s'", backend);
-    cfg.workers = workers;
+    cfg.workers = (unsigned)workers;
     cfg.fallback = fallback;
     cfg.native_echo = native_echo;
     cfg.max_unsent = (size_t)max_unsent;
-    cfg.max_connections = max_conns;
+    cfg.max_connections = (unsigned)max_conns;
     cfg.idle_timeout_ms = seconds_to_ms(idle);
     cfg.half_close_ms = seconds_to_ms(half_close);
     cfg.unsent_limit = (size_t)unsent_limit;
-    cfg.bufsize = bufsize;
+    cfg.bufsize = (unsigned)bufsize;
 
     PyObject *module = PyType_GetModule(type);
     if (module == NULL)
@@ -258,17 +305,15 @@ bad_host:
 static PyObject *
 server_connect_m(ServerObject *self, PyObject *args)
 {
-    PyObject *addrs, *cb;
-    double timeout;
+    PyObject *addrs, *cb, *timeout_o;
+    double timeout = 0.0;
     struct sockaddr_storage ss[CONNECT_MAX_ADDRS];
     socklen_t lens[CONNECT_MAX_ADDRS];
-    if (!PyArg_ParseTuple(args, "OOd:connect", &addrs, &cb, &timeout))
+    if (!PyArg_ParseTuple(args, "OOO:connect", &addrs, &cb, &timeout_o))
         return NULL;
-    if (check_callable(cb, "callback", 1) < 0)
+    if (check_callable(cb, "callback", 1) < 0 ||
+        seconds_arg(timeout_o, "timeout", &timeout) < 0)
         return NULL;
-    if (!(timeout > 0.0) || timeout > 1e9)
-        return PyErr_Format(PyExc_ValueError,
-                            "timeout must be > 0 seconds, got %g", timeout);
     if (!PyList_Check(addrs) || PyList_GET_SIZE(addrs) == 0)
         return PyErr_Format(PyExc_TypeError, "addresses must be a non-empty "
                             "list of (family, address) pairs");
@@ -289,8 +334,9 @@ server_connect_m(ServerObject *self, PyObject *args)
     if (cb != Py_None)
         o->connect_cb = Py_NewRef(cb);
     struct conn *c;
-    int rc = server_connect(self->srv, ss, lens, (unsigned)n,
-                            seconds_to_ms(timeout), o, &c);
+    /* (0 or None: no deadline but the kernel's own) */
+    int64_t ms = timeout > 0.0 ? seconds_to_ms(timeout) : INT64_MAX / 4;
+    int rc = server_connect(self->srv, ss, lens, (unsigned)n, ms, o, &c);
     if (rc < 0) {
         Py_DECREF(o);
         if (rc == -EPIPE) {
@@ -444,7 +490,8 @@ static PyMethodDef server_methods[] = {
     {"connect", (PyCFunction)server_connect_m, METH_VARARGS,
      "connect(addresses, callback, timeout) -> Connection\n--\n\n"
      "Connect to the first of addresses ((family, numeric address) pairs,\n"
-     "tried in turn) that answers within timeout seconds, on a worker;\n"
+     "tried in turn) that answers within timeout seconds (None: no limit),\n"
+     "on a worker;\n"
      "callback(conn, error) runs when it completes (error is None or an\n"
      "OSError: the last attempt's, TimeoutError once the time is up)."},
     {"adopt_file", (PyCFunction)server_adopt_file_m, METH_VARARGS,
