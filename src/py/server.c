@@ -84,8 +84,12 @@ int_arg(PyObject *v, const char *name, long long lo, long long hi,
     if (x == -1 && PyErr_Occurred())
         return -1;
     if (overflow != 0 || x < lo || x > hi) {
-        PyErr_Format(PyExc_ValueError, "%s must be between %lld and %lld, "
-                     "got %R", name, lo, hi, v);
+        if (hi >= PY_SSIZE_T_MAX)   /* as good as unbounded: say the floor */
+            PyErr_Format(PyExc_ValueError, "%s must be at least %lld, got %R",
+                         name, lo, v);
+        else
+            PyErr_Format(PyExc_ValueError, "%s must be between %lld and "
+                         "%lld, got %R", name, lo, hi, v);
         return -1;
     }
     *out = x;
