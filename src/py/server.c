@@ -131,6 +131,39 @@ seconds_to_ms(double seconds)
     return seconds > 0.0 && ms == 0 ? 1 : ms;
 }
 
+/* A Server object running the core with cfg; cbs: handler, on_connect,
+ * on_close, on_eof, on_drain (checked). */
+static PyObject *
+server_object(PyTypeObject *type, struct server_config *cfg, PyObject **cbs)
+{
+    PyObject *module = PyType_GetModule(type);
+    if (module == NULL)
+        return NULL;
+    iocp_state *st = iocp_get_state(module);
+    ServerObject *self = (ServerObject *)type->tp_alloc(type, 0);
+    if (self == NULL)
+        return NULL;
+    self->handler = Py_NewRef(cbs[0]);
+    self->on_connect = Py_NewRef(cbs[1]);
+    self->on_close = Py_NewRef(cbs[2]);
+    self->on_eof = Py_NewRef(cbs[3]);
+    self->on_drain = Py_NewRef(cbs[4]);
+    self->logger = Py_NewRef(st->logger);
+    self->conn_type = (PyTypeObject *)Py_NewRef(st->ConnectionType);
+    self->file_type = (PyTypeObject *)Py_NewRef(st->FileType);
+    self->interp = PyInterpreterState_Get();
+    cfg->want_open = self->on_connect != Py_None;
+    cfg->want_eof = self->on_eof != Py_None;
+    cfg->want_drain = self->on_drain != Py_None;
+    self->srv = server_create(cfg, &iocp_dispatch_ops, self);
+    if (self->srv == NULL) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        Py_DECREF(self);
+        return NULL;
+    }
+    return (PyObject *)self;
+}
+
 static PyObject *
 server_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
@@ -194,33 +227,8 @@ server_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     cfg.half_close_ms = seconds_to_ms(half_close);
     cfg.unsent_limit = (size_t)unsent_limit;
     cfg.bufsize = (unsigned)bufsize;
-
-    PyObject *module = PyType_GetModule(type);
-    if (module == NULL)
-        return NULL;
-    iocp_state *st = iocp_get_state(module);
-    ServerObject *self = (ServerObject *)type->tp_alloc(type, 0);
-    if (self == NULL)
-        return NULL;
-    self->handler = Py_NewRef(handler);
-    self->on_connect = Py_NewRef(on_connect);
-    self->on_close = Py_NewRef(on_close);
-    self->on_eof = Py_NewRef(on_eof);
-    self->on_drain = Py_NewRef(on_drain);
-    self->logger = Py_NewRef(st->logger);
-    self->conn_type = (PyTypeObject *)Py_NewRef(st->ConnectionType);
-    self->file_type = (PyTypeObject *)Py_NewRef(st->FileType);
-    self->interp = PyInterpreterState_Get();
-    cfg.want_open = on_connect != Py_None;
-    cfg.want_eof = on_eof != Py_None;
-    cfg.want_drain = on_drain != Py_None;
-    self->srv = server_create(&cfg, &iocp_dispatch_ops, self);
-    if (self->srv == NULL) {
-        PyErr_SetFromErrno(PyExc_OSError);
-        Py_DECREF(self);
-        return NULL;
-    }
-    return (PyObject *)self;
+    PyObject *cbs[] = {handler, on_connect, on_close, on_eof, on_drain};
+    return server_object(type, &cfg, cbs);
 }
 
 static PyObject *
