@@ -50,6 +50,20 @@ class Events:
             return [c for c in self.closed if c.close_reason == reason]
 
 
+def holding_echo():
+    """An echo handler that holds its worker on the message b"hold" (setting
+    `entered`) until `gate` is set: the test then queues input meanwhile."""
+    entered, gate = threading.Event(), threading.Event()
+
+    def handler(conn, msg):
+        if msg == b"hold":
+            entered.set()
+            gate.wait(DEADLINE)
+        conn.send(msg)
+
+    return handler, entered, gate
+
+
 def wait_for(predicate, timeout=DEADLINE, what=None, interval=0.002):
     """Poll ``predicate`` until it returns a true value (returned); fail the
     test if it has not by ``timeout`` seconds."""

@@ -30,8 +30,8 @@ import threading
 import pytest
 
 import iocport
-from conftest import (DEADLINE, Codec, Events, recv_messages, recv_until_eof,
-                      wait_for)
+from conftest import (DEADLINE, Codec, Events, holding_echo, recv_messages,
+                      recv_until_eof, wait_for)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -102,15 +102,7 @@ def test_three_whole_messages_and_part_of_a_fourth_every_round(make_server,
     ev = Events()
     framing = iocport.LengthPrefixed(4)
     codec = Codec(framing)
-    entered = threading.Event()
-    release = threading.Event()
-
-    def on_message(conn, msg):
-        if msg == b"hold the worker":
-            entered.set()
-            release.wait(DEADLINE)
-        conn.send(msg)
-
+    on_message, entered, release = holding_echo()
     srv = make_server(on_message, framing=framing, on_close=ev.on_close)
     holder = client(srv.address) if worker == "busy" else None
     bad_rounds = []
@@ -119,7 +111,7 @@ def test_three_whole_messages_and_part_of_a_fourth_every_round(make_server,
         if holder is not None:
             entered.clear()
             release.clear()
-            holder.sendall(codec.encode(b"hold the worker"))
+            holder.sendall(codec.encode(b"hold"))
             wait_for(entered.is_set, what="the worker to be held")
         s = client(srv.address)
         try:
@@ -128,7 +120,7 @@ def test_three_whole_messages_and_part_of_a_fourth_every_round(make_server,
         finally:
             release.set()
         if holder is not None:
-            assert recv_messages(holder, codec, 1) == [b"hold the worker"]
+            assert recv_messages(holder, codec, 1) == [b"hold"]
         try:
             got = Codec(framing).feed(recv_until_eof(s))
         except ConnectionResetError:
@@ -1034,14 +1026,7 @@ def test_on_drain_follows_unwritable_seen_from_another_thread(
     lock = threading.Lock()
     opened = []
     drains = []
-    entered = threading.Event()
-    release = threading.Event()
-
-    def on_message(conn, msg):
-        if msg == b"block":
-            entered.set()
-            release.wait(DEADLINE)
-        conn.send(msg)
+    on_message, entered, release = holding_echo()
 
     def on_drain(conn):
         with lock:
@@ -1054,13 +1039,13 @@ def test_on_drain_follows_unwritable_seen_from_another_thread(
     wait_for(lambda: len(opened) == 2, what="on_connect")
     conn = next(c for c in opened if c.peer[1] == s.getsockname()[1])
     try:
-        p.sendall(codec.encode(b"block"))
+        p.sendall(codec.encode(b"hold"))
         wait_for(entered.is_set, what="the worker to be busy")
         assert conn.send(b"x" * 2000)
         assert not conn.writable        # the worker cannot have sent it yet
     finally:
         release.set()
-    assert recv_messages(p, codec, 1) == [b"block"]
+    assert recv_messages(p, codec, 1) == [b"hold"]
     assert recv_messages(s, codec, 1) == [b"x" * 2000]
     wait_for(lambda: conn.unsent == 0, what="the queue to be sent")
     round_trip(p, codec, b"sync")       # on_drain, if queued, has run

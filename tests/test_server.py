@@ -27,8 +27,8 @@ from pathlib import Path
 import pytest
 
 import iocport
-from conftest import (DEADLINE, Codec, Events, is_closed_by_peer, recv_messages,
-                      recv_until_eof, wait_for)
+from conftest import (DEADLINE, Codec, Events, holding_echo, is_closed_by_peer,
+                      recv_messages, recv_until_eof, wait_for)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -591,20 +591,6 @@ def test_half_close_replies_still_arrive(make_server, client, framing):
     wait_for(lambda: len(ev.closed) == 1)
     assert ev.closed[0].close_reason == "eof"
     assert srv.stats()["eof"] == 1
-
-
-def holding_echo():
-    """An echo handler that holds its worker on the message b"hold" (setting
-    `entered`) until `gate` is set: the test then queues input meanwhile."""
-    entered, gate = threading.Event(), threading.Event()
-
-    def handler(conn, msg):
-        if msg == b"hold":
-            entered.set()
-            gate.wait(DEADLINE)
-        conn.send(msg)
-
-    return handler, entered, gate
 
 
 def test_message_and_eof_waiting_together(make_server, client):
