@@ -1,5 +1,6 @@
 """Build and run the standalone C drivers under AddressSanitizer and UBSan:
-tests/c/backend_test.c against each I/O engine, tests/c/slab_test.c (the
+tests/c/backend_test.c against each I/O engine, tests/c/core_test.c (the
+core with a C dispatch, no Python) on each, tests/c/slab_test.c (the
 connection pool)."""
 
 import os
@@ -14,6 +15,7 @@ pytestmark = pytest.mark.timeout(120)
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src"
 DRIVER = ROOT / "tests" / "c" / "backend_test.c"
+CORE_DRIVER = ROOT / "tests" / "c" / "core_test.c"
 SLAB_DRIVER = ROOT / "tests" / "c" / "slab_test.c"
 ENGINE_SOURCES = {"epoll": SRC / "io" / "epoll.c", "uring": SRC / "io" / "uring.c"}
 # What an engine links with besides itself (the ring; the file thread pool
@@ -82,6 +84,19 @@ def test_backend_driver(engine, tmp_path):
     "IOCP_URING_NO_DEFER_TASKRUN", "IOCP_URING_NO_FILE_OPS"])
 def test_uring_fallbacks(switch, tmp_path):
     _driver("uring", tmp_path, [switch])
+
+
+def test_core_driver(engine, tmp_path):
+    """The core without Python: core_test.c's C dispatch on each engine."""
+    sources = [CORE_DRIVER, *sorted((SRC / "core").glob("*.c")),
+               *sorted((SRC / "io").glob("*.c")), SRC / "lib" / "framing.c",
+               SRC / "lib" / "slab.c"]
+    run = _build_and_run(sources, [engine], tmp_path)
+    if run.returncode == 77:
+        pytest.skip(f"{engine}: {run.stdout.strip() or 'unavailable'}")
+    assert run.returncode == 0 and f"core {engine}: ok" in run.stdout, (
+        f"core driver exited {run.returncode}\n"
+        f"--- stdout ---\n{run.stdout}\n--- stderr ---\n{run.stderr}")
 
 
 def test_slab_pool(tmp_path):
