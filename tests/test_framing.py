@@ -1,5 +1,5 @@
 """Framing: the spec classes (iocport.framing) and the native incremental
-framer (iocport._iocport.Framer, i.e. src/framing.c)."""
+framer (iocport._iocport.Framer, i.e. src/lib/framing.c)."""
 import itertools
 import pickle
 import random

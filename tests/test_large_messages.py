@@ -2,7 +2,7 @@
 come, or a receive that filled a whole engine buffer, the core receives
 straight into the connection's buffer (recv_into) instead of through the
 engine's buffers, and goes back to those once messages are small again (see
-DIRECT_* in src/server.c).  These tests cross the edges of that mode:
+DIRECT_* in src/core/recv.c).  These tests cross the edges of that mode:
 switching in and out mid-stream, slow arrival, EOF, a close or a pause while
 a direct receive is in flight, and an idle connection giving its buffer back.
 

@@ -1,7 +1,7 @@
 """Sends by reference: a ``bytes`` message of 32 KiB or more is sent from the
 object itself (the core holds a reference until the kernel has it) instead of
 a copy; its header and trailer go in the flat send queue around it, and one
-gathered send carries both (see struct sref in src/server.h).  These tests
+gathered send carries both (see struct sref in src/core/internal.h).  These tests
 check the order of the pieces, partial sends, the references given back
 (sent, or dropped with the connection) and sends from other threads.
 
