@@ -1,7 +1,10 @@
 """Build the iocport._iocport extension from src/**/*.c (metadata: pyproject.toml).
 
-IOCPORT_SANITIZE=1 builds with AddressSanitizer and UBSan (CI runs the test
-suite on such a build); IOCPORT_WERROR=1 turns warnings into errors.
+IOCPORT_SANITIZE=1 builds with AddressSanitizer and UBSan;
+IOCPORT_SANITIZE=thread builds with ThreadSanitizer (the two cannot be
+combined).  CI runs the test suite on each, with the sanitizer's runtime
+preloaded into the uninstrumented python (see .ci/run).  IOCPORT_WERROR=1
+turns warnings into errors.
 """
 import glob
 import os
@@ -12,9 +15,17 @@ cflags = ["-std=c11", "-D_GNU_SOURCE", "-Wall", "-Wextra", "-fvisibility=hidden"
 ldflags = ["-pthread"]
 if os.environ.get("IOCPORT_WERROR") == "1":
     cflags.append("-Werror")
-if os.environ.get("IOCPORT_SANITIZE") == "1":
+sanitize = os.environ.get("IOCPORT_SANITIZE", "0")
+if sanitize == "0":
+    sanitize = ""
+elif sanitize == "1":
     san = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer",
            "-fno-sanitize-recover=undefined"]
+elif sanitize == "thread":
+    san = ["-fsanitize=thread", "-fno-omit-frame-pointer"]
+elif sanitize:
+    raise SystemExit(f"IOCPORT_SANITIZE={sanitize!r}: expected 0, 1 or thread")
+if sanitize:
     cflags += san + ["-O1", "-g"]
     ldflags += san
 else:

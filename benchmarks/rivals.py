@@ -180,6 +180,12 @@ def run_asyncio(args):
 
     try:
         loop.run_until_complete(main())
+        # as asyncio.run() does: wait for the executor's writes, whose
+        # completions wake the loop through its self-pipe, before close()
+        # closes that pipe
+        shutdown = getattr(loop, "shutdown_default_executor", None)
+        if shutdown is not None:
+            loop.run_until_complete(shutdown())
     finally:
         loop.close()
     return 0

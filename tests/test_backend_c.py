@@ -45,6 +45,9 @@ def _build_and_run(sources, args, tmp_path, defines=()):
     assert build.returncode == 0, f"build failed:\n{' '.join(cmd)}\n{build.stderr}"
 
     env = dict(os.environ)
+    # The driver links its own sanitizer runtime: a runtime preloaded into
+    # the test run (CI's ASan or TSan step) must not be loaded beside it.
+    env.pop("LD_PRELOAD", None)
     env.setdefault("UBSAN_OPTIONS", "print_stacktrace=1:halt_on_error=1")
     env.setdefault("ASAN_OPTIONS", "detect_leaks=1")
     run = subprocess.run([str(exe), *args], capture_output=True, text=True,

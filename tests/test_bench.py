@@ -78,7 +78,8 @@ class _BrokenEcho:
         self.lsock = socket.create_server(("127.0.0.1", 0))
         self.port = self.lsock.getsockname()[1]
         self.socks = []
-        threading.Thread(target=self._accept, daemon=True).start()
+        self.threads = [threading.Thread(target=self._accept, daemon=True)]
+        self.threads[0].start()
 
     def _accept(self):
         while True:
@@ -87,7 +88,9 @@ class _BrokenEcho:
             except OSError:
                 return
             self.socks.append(s)
-            threading.Thread(target=self._serve, args=(s,), daemon=True).start()
+            t = threading.Thread(target=self._serve, args=(s,), daemon=True)
+            self.threads.append(t)
+            t.start()
 
     @staticmethod
     def _serve(s):
@@ -113,12 +116,28 @@ class _BrokenEcho:
             return
 
     def close(self):
+        # shutdown() wakes the threads blocked in accept() and recv() (close()
+        # would not, and closing a descriptor another thread is using races);
+        # close each socket once its threads are gone.
+        _shutdown(self.lsock)
+        self.threads[0].join(5)
+        for s in self.socks:
+            _shutdown(s)
+        for t in self.threads:
+            t.join(5)
         self.lsock.close()
         for s in self.socks:
             try:
                 s.close()
             except OSError:
                 pass
+
+
+def _shutdown(sock):
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass   # the peer went first
 
 
 def test_loadgen_detects_wrong_replies(built):
@@ -138,7 +157,10 @@ def test_loadgen_detects_a_lost_connection(built):
 
     def accept_and_close():
         for _ in range(8):
-            s, _ = lsock.accept()
+            try:
+                s, _ = lsock.accept()
+            except OSError:
+                return
             s.close()
 
     t = threading.Thread(target=accept_and_close, daemon=True)
@@ -146,6 +168,8 @@ def test_loadgen_detects_a_lost_connection(built):
     try:
         rc, res, _ = _loadgen(built, "127.0.0.1", port, seconds=0.5)
     finally:
+        _shutdown(lsock)   # wakes accept() if fewer than 8 connections came
+        t.join(5)
         lsock.close()
     assert res["errors"] > 0 and rc != 0
 
@@ -172,29 +196,32 @@ class _SilentServer:
         self.lsock = socket.create_server(("127.0.0.1", 0))
         self.port = self.lsock.getsockname()[1]
         self.socks = []
+        self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
 
     def _run(self):
         import selectors
-        sel = selectors.DefaultSelector()
-        sel.register(self.lsock, selectors.EVENT_READ)
-        while True:
-            for key, _ in sel.select(0.1):
-                try:
-                    if key.fileobj is self.lsock:
-                        s, _ = self.lsock.accept()
-                        self.socks.append(s)
-                        sel.register(s, selectors.EVENT_READ)
-                    elif not key.fileobj.recv(65536):
-                        sel.unregister(key.fileobj)
-                except OSError:
-                    sel.close()
-                    return
+        with selectors.DefaultSelector() as sel:
+            sel.register(self.lsock, selectors.EVENT_READ)
+            while not self.stopping.is_set():
+                for key, _ in sel.select(0.1):
+                    try:
+                        if key.fileobj is self.lsock:
+                            s, _ = self.lsock.accept()
+                            self.socks.append(s)
+                            sel.register(s, selectors.EVENT_READ)
+                        elif not key.fileobj.recv(65536):
+                            sel.unregister(key.fileobj)
+                    except OSError:
+                        return
 
     def close(self):
-        self.lsock.close()
+        # The loop stops at the flag (closing the listening socket would not
+        # wake an epoll selector); the sockets are closed after it is gone.
+        self.stopping.set()
         self.thread.join(5)
+        self.lsock.close()
         for s in self.socks:
             s.close()
 
