@@ -134,12 +134,13 @@ drain_mailbox(struct worker *w)
             accept_adopt(w, c);
         if (c->connect_req)
             dial_start(w, c);
-        if (c->xfer_new != NULL)   /* racy read; xfer_attach rechecks */
-            xfer_attach(c);
         pthread_mutex_lock(&c->lock);
         int req = c->close_req, why = c->close_why;
+        int xfer = c->xfer_new != NULL;
         c->close_req = 0;
         pthread_mutex_unlock(&c->lock);
+        if (xfer)
+            xfer_attach(c);
         if (c->state <= CONN_DRAINING) {
             if (req == 2 && why != CLOSE_NONE)
                 conn_fail(c, (enum close_reason)why, 0);
@@ -282,6 +283,9 @@ trim(struct conn *c)
         c->rbuf = NULL;
         c->rcap = c->rstart = c->rlen = 0;
     }
+    /* Under the lock: senders on other threads read slen (the unsent
+     * count). */
+    pthread_mutex_lock(&c->lock);
     if (!c->send_busy && sent_off(c) == c->slen && c->sbuf != NULL) {
         freed += heap_bytes(c->scap);
         free(c->sbuf);
@@ -289,7 +293,6 @@ trim(struct conn *c)
         c->scap = c->slen = 0;
         set_sent_off(c, 0);
     }
-    pthread_mutex_lock(&c->lock);
     if (c->olen == 0 && c->obuf != NULL) {
         freed += heap_bytes(c->ocap);
         free(c->obuf);
