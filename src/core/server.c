@@ -454,6 +454,11 @@ worker_thread(void *arg)
     w->start_err = -rc;
     s->nready++;
     pthread_cond_broadcast(&s->start_cond);
+    /* Nothing is accepted before every worker is ready and counted: a new
+     * connection may go to any of them (least_loaded). */
+    while (rc == 0 && !s->accepting_work &&
+           !atomic_load_explicit(&w->stopping, memory_order_acquire))
+        pthread_cond_wait(&s->start_cond, &s->start_lock);
     pthread_mutex_unlock(&s->start_lock);
     if (rc < 0)
         return NULL;
@@ -499,6 +504,7 @@ server_start(struct server *s)
     s->fell_back = s->workers[0].fell_back;
     pthread_mutex_lock(&s->start_lock);
     s->accepting_work = 1;
+    pthread_cond_broadcast(&s->start_cond);   /* the workers begin */
     pthread_mutex_unlock(&s->start_lock);
     return 0;
 }
@@ -516,13 +522,14 @@ stop_workers(struct server *s)
 {
     pthread_mutex_lock(&s->start_lock);
     s->accepting_work = 0;   /* connect() posts nothing from now on */
-    pthread_mutex_unlock(&s->start_lock);
     for (unsigned i = 0; i < s->nworkers; i++) {
         struct worker *w = &s->workers[i];
         atomic_store_explicit(&w->stopping, 1, memory_order_release);
         if (w->be != NULL)
             w->ops->wake(w->be);
     }
+    pthread_cond_broadcast(&s->start_cond);   /* (workers not yet begun) */
+    pthread_mutex_unlock(&s->start_lock);
     for (unsigned i = 0; i < s->nworkers; i++) {
         struct worker *w = &s->workers[i];
         pthread_join(w->thread, NULL);
