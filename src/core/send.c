@@ -104,7 +104,8 @@ conn_send(struct conn *c, const void *data, size_t len, int frame,
         return -EPIPE;
     }
     int local = on_worker_thread(w);
-    if (conn_unsent_locked(c) + c->hlen + hlen + len + tlen > w->srv->cfg.unsent_limit) {
+    size_t queued = conn_unsent_locked(c), add = hlen + len + tlen;
+    if (queued + c->hlen + add > w->srv->cfg.unsent_limit) {
         /* The peer takes our bytes far slower than we queue them: close
          * it (counted and logged) rather than buffer without bound. */
         if (!local) {
@@ -145,7 +146,7 @@ conn_send(struct conn *c, const void *data, size_t len, int frame,
     *used += copied + tlen;
     if (!local)
         conn_post(c);
-    size_t unsent = conn_unsent_locked(c);
+    size_t unsent = held ? queued : queued + add;   /* (hbuf is not sent yet) */
     if (unsent > w->srv->cfg.max_unsent)
         c->drain_owed = 1;   /* unwritable now: whoever sent is told later */
     pthread_mutex_unlock(&c->lock);
