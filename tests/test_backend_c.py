@@ -91,10 +91,23 @@ def test_uring_fallbacks(switch, tmp_path):
 
 def test_core_driver(engine, tmp_path):
     """The core without Python: core_test.c's C dispatch on each engine."""
+    _core_driver(engine, tmp_path)
+
+
+def test_core_linger_has_its_own_timer(engine, tmp_path):
+    """A graceful close whose peer never sends its FIN ends LINGER_MS after
+    our FIN, on a timer of its own: built with a short LINGER_MS and a sweep
+    that never comes (SWEEP_MS ten minutes), the connections must close
+    after LINGER_MS and well within LINGER_MS + 10 s.  (Before, the linger
+    was checked by the sweep, once a second: a 2 s linger took up to 3 s.)"""
+    _core_driver(engine, tmp_path, ["LINGER_MS=300", "SWEEP_MS=600000"])
+
+
+def _core_driver(engine, tmp_path, defines=()):
     sources = [CORE_DRIVER, *sorted((SRC / "core").glob("*.c")),
                *sorted((SRC / "io").glob("*.c")), SRC / "lib" / "framing.c",
                SRC / "lib" / "slab.c"]
-    run = _build_and_run(sources, [engine], tmp_path)
+    run = _build_and_run(sources, [engine], tmp_path, defines)
     if run.returncode == 77:
         pytest.skip(f"{engine}: {run.stdout.strip() or 'unavailable'}")
     assert run.returncode == 0 and f"core {engine}: ok" in run.stdout, (

@@ -3,8 +3,10 @@
  * gracefully, or once every reply owed has gone out).
  *
  * Lifetime: `refs` counts the worker's own reference (held until the fd is
- * closed), one per batch entry, one per list it is on (flush, deferred,
- * mailbox), one per hold and one for the dispatch layer's object.
+ * closed; it covers the worker's connection list and linger queue, which
+ * the connection leaves first), one per batch entry, one per list it is on
+ * (flush, deferred, mailbox), one per hold and one for the dispatch
+ * layer's object.
  * Operations in flight are counted in `inflight`: the fd is closed only
  * when the last one has reported its final event, so the kernel never
  * writes into freed memory and a reused fd number never receives an old
@@ -122,6 +124,7 @@ conn_finish_close(struct conn *c)
     struct worker *w = c->w;
     struct server *s = w->srv;
 
+    conn_unlinger(c);   /* (stop()'s last resort skips conn_begin_close) */
     if (c->h.fd >= 0) {   /* (-1: an outgoing one that got no socket) */
         w->ops->forget(w->be, &c->h);
         close(c->h.fd);   /* errors from close are not actionable here */
@@ -148,6 +151,7 @@ conn_begin_close(struct conn *c)
 {
     if (c->state >= CONN_CLOSING)
         return;
+    conn_unlinger(c);
     pthread_mutex_lock(&c->lock);
     c->state = CONN_CLOSING;
     pthread_mutex_unlock(&c->lock);
@@ -191,9 +195,10 @@ conn_output_done(struct conn *c)
     struct worker *w = c->w;
     if (c->graceful) {
         /* Our close: every reply is with the kernel.  Send FIN and wait
-         * for the peer's (bounded by LINGER_MS, see sweep()): closing
-         * with unread input would make the kernel reset the connection
-         * and drop the replies still in flight. */
+         * for the peer's, LINGER_MS at most (the linger queue, see
+         * linger_expire() in worker.c): closing with unread input would
+         * make the kernel reset the connection and drop the replies
+         * still in flight. */
         if (!c->wr_shut) {
             c->wr_shut = 1;
             c->drain_since = w->now;
@@ -201,6 +206,8 @@ conn_output_done(struct conn *c)
                 conn_fail(c, CLOSE_RESET, errno);
                 return;
             }
+            if (!c->peer_eof)
+                conn_linger(c);
         }
         if (c->peer_eof)
             conn_begin_close(c);
@@ -266,6 +273,40 @@ conn_post(struct conn *c)
     pthread_mutex_unlock(&w->mbox_lock);
     if (atomic_exchange_explicit(&w->mbox_flag, 1, memory_order_acq_rel) == 0)
         w->ops->wake(w->be);
+}
+
+void
+conn_linger(struct conn *c)
+{
+    struct worker *w = c->w;
+    /* Appended: drain_since is the worker's clock, which never goes back,
+     * so the queue stays in deadline order (worker.c, linger_expire()). */
+    c->lingering = 1;
+    c->next_linger = NULL;
+    c->prev_linger = w->linger_tail;
+    if (w->linger_tail != NULL)
+        w->linger_tail->next_linger = c;
+    else
+        w->linger_head = c;
+    w->linger_tail = c;
+}
+
+void
+conn_unlinger(struct conn *c)
+{
+    if (!c->lingering)
+        return;
+    struct worker *w = c->w;
+    if (c->prev_linger != NULL)
+        c->prev_linger->next_linger = c->next_linger;
+    else
+        w->linger_head = c->next_linger;
+    if (c->next_linger != NULL)
+        c->next_linger->prev_linger = c->prev_linger;
+    else
+        w->linger_tail = c->prev_linger;
+    c->next_linger = c->prev_linger = NULL;
+    c->lingering = 0;
 }
 
 void

@@ -91,6 +91,7 @@ struct conn {
     uint8_t drain_owed;          /* unsent went past max_unsent (seen by a
                                     send or by conn_writable): ENTRY_DRAIN
                                     once it is back to half (under lock) */
+    uint8_t lingering;           /* on the worker's linger queue */
     int64_t drain_since;         /* when the graceful close began / FIN sent */
     unsigned inflight;           /* operations whose final event is due */
     unsigned queued;             /* messages in the batch, not yet handled */
@@ -128,6 +129,7 @@ struct conn {
     struct conn *next_mail;      /* worker's mailbox (under mbox_lock) */
     struct conn *next_drain;     /* the mailbox being drained (worker) */
     struct conn *next_deferred;  /* worker's deferred list */
+    struct conn *next_linger, *prev_linger;   /* worker's linger queue */
     void *py;                    /* dispatch layer's object, or NULL */
     struct xfer *xfer;           /* send_file in progress (worker only) */
     struct xfer *xfer_new;       /* send_file asked, not started (lock) */
@@ -182,6 +184,12 @@ struct worker {
     struct conn *current;        /* the connection whose callback the
                                     dispatch layer is running, or NULL */
     int64_t connect_due;         /* earliest outgoing attempt deadline */
+    /* Connections that sent their FIN on a graceful close and wait for the
+     * peer's, oldest first (worker only; see conn_linger()).  Every one
+     * waits the same LINGER_MS from the same clock, so the head is always
+     * the next to expire: its deadline is a timer of its own, not the
+     * sweep's (whose cadence would add up to a second to the wait). */
+    struct conn *linger_head, *linger_tail;
 
     struct listener_slot ls[MAX_LISTENERS];
     unsigned nls;
@@ -390,6 +398,11 @@ void conn_start_drain(struct conn *c);
 void conn_output_done(struct conn *c);
 /* Under c->lock: queue work for the worker from another thread. */
 void conn_post(struct conn *c);
+/* Worker thread: our FIN is sent (drain_since is now); the connection
+ * waits at most LINGER_MS for the peer's, on the linger queue. */
+void conn_linger(struct conn *c);
+/* Off the linger queue (closing, or expired).  Idempotent. */
+void conn_unlinger(struct conn *c);
 
 /* ---- recv.c ------------------------------------------------------------- */
 

@@ -6,16 +6,25 @@
  * connection per batch.  Other threads reach a worker only through its
  * mailbox (sends, closes, connects, accepted connections, file requests)
  * and the engine's wake().  Timers: the sweep (idle and half-closed
- * connections, lingering closes, giving idle buffers back), connect
- * deadlines, accept retries. */
+ * connections, closes stuck on a peer that never reads, giving idle
+ * buffers back), lingering closes, connect deadlines, accept retries. */
 #include "core/internal.h"
 
 #include <malloc.h>
 
 #define TRIM_AFTER_MS 1000    /* idle buffers are given back after this */
-/* A connection we close gracefully waits this long for the peer's EOF
- * (or, with no idle timeout, for a peer that stopped reading our replies). */
+/* A connection we close gracefully waits this long after its FIN for the
+ * peer's (linger_expire(), on a timer of its own); and at most
+ * DRAIN_MAX_MS in all, for a peer that stopped reading our replies (the
+ * sweep).  The sweep runs every SWEEP_MS (or more often, for a short idle
+ * timeout).  tests/c/core_test.c's linger build overrides LINGER_MS and
+ * SWEEP_MS, to tell the two timers apart. */
+#ifndef LINGER_MS
 #define LINGER_MS 2000
+#endif
+#ifndef SWEEP_MS
+#define SWEEP_MS 1000
+#endif
 #define DRAIN_MAX_MS 30000
 /* Buffers given back by a sweep that make at least this many bytes are
  * worth returning to the kernel (malloc_trim releases the free pages inside
@@ -327,10 +336,8 @@ sweep(struct worker *w)
         else if (c->peer_eof && half > 0 && c->state <= CONN_DRAINING &&
                  quiet >= half)
             conn_fail(c, CLOSE_IDLE, 0);   /* half-closed, nothing more sent */
-        else if (c->state == CONN_DRAINING &&
-                 ((c->wr_shut && w->now - c->drain_since >= LINGER_MS) ||
-                  quiet >= DRAIN_MAX_MS))
-            conn_begin_close(c);   /* the peer never sent its FIN, or never read */
+        else if (c->state == CONN_DRAINING && quiet >= DRAIN_MAX_MS)
+            conn_begin_close(c);   /* the peer never read our replies */
         else if (quiet >= TRIM_AFTER_MS)
             freed += trim(c);
         c = next;
@@ -345,12 +352,26 @@ sweep(struct worker *w)
 #endif
 }
 
+/* Our FIN went out LINGER_MS ago and the peer's has not come: close.
+ * The queue is in deadline order, so only its head is looked at. */
+static void
+linger_expire(struct worker *w)
+{
+    struct conn *c;
+    while ((c = w->linger_head) != NULL && w->now - c->drain_since >= LINGER_MS) {
+        conn_unlinger(c);
+        conn_begin_close(c);
+    }
+}
+
 static int
 next_timeout(struct worker *w)
 {
     int64_t due = w->nconns ? w->next_sweep : INT64_MAX;
     if (w->connect_due != 0 && w->connect_due < due)
         due = w->connect_due;
+    if (w->linger_head != NULL && w->linger_head->drain_since + LINGER_MS < due)
+        due = w->linger_head->drain_since + LINGER_MS;
     for (unsigned i = 0; i < w->nls; i++)
         if (!w->ls[i].armed && w->ls[i].retry_at && w->ls[i].retry_at < due)
             due = w->ls[i].retry_at;
@@ -368,9 +389,11 @@ timers(struct worker *w)
     int64_t idle = w->srv->cfg.idle_timeout_ms;
     if (w->connect_due != 0 && w->now >= w->connect_due)
         dial_expire(w);
+    linger_expire(w);
     if (w->now >= w->next_sweep) {
         sweep(w);
-        w->next_sweep = w->now + (idle == 0 || idle >= 4000 ? 1000 : idle / 4 + 1);
+        w->next_sweep = w->now +
+            (idle == 0 || idle >= 4 * SWEEP_MS ? SWEEP_MS : idle / 4 + 1);
     }
     for (unsigned i = 0; i < w->nls; i++) {
         struct listener_slot *ls = &w->ls[i];
@@ -467,7 +490,7 @@ worker_main(void *arg)
 
     for (unsigned i = 0; i < w->nls; i++)
         accept_arm(w, &w->ls[i]);
-    w->next_sweep = now_ms() + 1000;
+    w->next_sweep = now_ms() + SWEEP_MS;
     while (!atomic_load_explicit(&w->stopping, memory_order_acquire)) {
         int rc = turn(w, next_timeout(w));
         if (rc < 0)

@@ -13,6 +13,12 @@
  *                then EOF; the close counted as truncated
  *   bad frame    whole messages, then an oversized header in one write:
  *                every reply, then EOF (a FIN, not a reset); too_big
+ *   linger       (built with -DLINGER_MS and a sweep that never comes,
+ *                -DSWEEP_MS=600000) conn_close() with peers that never
+ *                send their FIN: each connection closes LINGER_MS after
+ *                our FIN, on the linger queue's own timer, not at a sweep;
+ *                one whose peer does send its FIN leaves the queue from
+ *                its middle and closes at once
  * Built with ASan+UBSan by tests/test_backend_c.py. */
 #include "core/core.h"
 
@@ -202,17 +208,24 @@ check_echo(void)
     }
 }
 
+/* "close", its reply, our FIN: the connection lingers until the peer's. */
 static void
-check_close(void)
+close_and_read_eof(int fd)
 {
-    test = "close";
-    int fd = client();
     char out[16], got[16];
     size_t len = frame(out, "close", 5);
     send_all(fd, out, len);
     recv_exact(fd, got, len);
     CHECK(memcmp(got, out, len) == 0);
     expect_eof(fd);
+}
+
+static void
+check_close(void)
+{
+    test = "close";
+    int fd = client();
+    close_and_read_eof(fd);
     close(fd);
 }
 
@@ -305,6 +318,70 @@ check_bad_frame(struct server *s)
     wait_stat(s, CLOSE_TOO_BIG, before + 1);
 }
 
+#ifdef LINGER_MS
+static int64_t
+mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static unsigned
+live_connections(struct server *s)
+{
+    struct server_stats st;
+    server_get_stats(s, &st);
+    return st.connections;
+}
+
+/* Wait until at most `n` connections are live; the time that took, in ms
+ * (fails after `limit_ms`). */
+static int64_t
+wait_live(struct server *s, unsigned n, int64_t limit_ms)
+{
+    int64_t t0 = mono_ms();
+    while (live_connections(s) > n) {
+        if (mono_ms() - t0 > limit_ms)
+            FAIL("%u connections still live after %lld ms, expected %u",
+                 live_connections(s), (long long)limit_ms, n);
+        struct timespec ms = {0, 1000 * 1000};
+        nanosleep(&ms, NULL);
+    }
+    return mono_ms() - t0;
+}
+
+static void
+check_linger(struct server *s)
+{
+    test = "linger";
+    wait_live(s, 0, 10000);   /* the earlier checks' connections are gone */
+    int a = client(), b = client(), c = client();
+    close_and_read_eof(a);
+    close_and_read_eof(c);   /* queued between a and b ... */
+    int64_t last_close = mono_ms();
+    close_and_read_eof(b);
+    /* c's FIN: c closes at once, leaving the queue from its middle (the
+     * queue must still hold a then b). */
+    CHECK(shutdown(c, SHUT_WR) == 0);
+    /* a and b close once LINGER_MS has passed since their FIN: not before
+     * (each FIN went out after its "close" was sent), and not at a sweep
+     * (SWEEP_MS is ten minutes here): the bound is LINGER_MS and a margin
+     * for a slow machine, far below the sweep. */
+    int64_t waited = wait_live(s, 0, LINGER_MS + 10000);
+    int64_t since_last = mono_ms() - last_close;
+    if (since_last < LINGER_MS - 1)
+        FAIL("closed %lld ms after its FIN was asked, before LINGER_MS (%d)",
+             (long long)since_last, LINGER_MS);
+    printf("linger: closed %lld ms after the last close was asked "
+           "(LINGER_MS %d; waited %lld ms)\n", (long long)since_last, LINGER_MS,
+           (long long)waited);
+    close(a);
+    close(b);
+    close(c);
+}
+#endif
+
 /* ---- main ------------------------------------------------------------------ */
 
 int
@@ -350,6 +427,9 @@ main(int argc, char **argv)
     check_backpressure(s);
     check_truncated(s);
     check_bad_frame(s);
+#ifdef LINGER_MS
+    check_linger(s);
+#endif
 
     test = "stop";
     server_stop(s);
