@@ -100,9 +100,10 @@ class EchoProtocol(asyncio.Protocol):
 
 class StoreProtocol(EchoProtocol):
     """Echo each message once os.write has appended it to the store file, the
-    write run by the loop's default executor (run_in_executor).  Writes can
-    finish out of order, so replies wait in a queue and the written prefix
-    of it goes out in one write."""
+    write run by the loop's default executor (run_in_executor).  Each is
+    stored framed as on the wire, as ``iocport echo --store`` does.  Writes
+    can finish out of order, so replies wait in a queue and the written
+    prefix of it goes out in one write."""
     store_fd = -1
 
     def connection_made(self, transport):
@@ -117,7 +118,8 @@ class StoreProtocol(EchoProtocol):
     def store(self, msg):
         entry = [msg, False]
         self.queue.append(entry)
-        fut = self.loop.run_in_executor(None, os.write, self.store_fd, msg)
+        record = msg + b"\n" if self.framer.line else len(msg).to_bytes(4, "big") + msg
+        fut = self.loop.run_in_executor(None, os.write, self.store_fd, record)
         fut.add_done_callback(lambda f: self.written(f, entry))
         return None
 
@@ -248,8 +250,9 @@ def main(argv=None):
     p.add_argument("--port", type=int, default=9000)
     p.add_argument("--framing", choices=("len4", "line"), default="len4")
     p.add_argument("--store", metavar="PATH",
-                   help="asyncio only: append each message to PATH through "
-                        "run_in_executor and echo it once written")
+                   help="asyncio only: append each message to PATH, framed as "
+                        "on the wire, through run_in_executor and echo it once "
+                        "written")
     args = p.parse_args(argv)
     if args.kind == "threads":
         return run_threads(args)

@@ -1,12 +1,24 @@
-"""Command line: ``python -m iocport echo`` (the demo server) and
-``python -m iocport demo`` (that server under a short load, with figures)."""
+"""Command line: ``python -m iocport echo`` (the demo server),
+``python -m iocport demo`` (that server under a short load, with figures)
+and ``python -m iocport bench`` (iocport against its rivals).
+
+User errors are one line on stderr: exit status 2 for a usage error, 1 for
+a failure such as a port in use (see iocport/_cli.py)."""
 import argparse
 from collections import deque
-import logging
 import sys
 
-from . import Server
-from .framing import parse_framing
+from . import Framer, Server, __version__
+from ._cli import (MAX_WORKERS, PROG, Failure, Parser, UsageError, int_in,
+                   log_to_stderr, positive_float, resolve_backend, why)
+from .framing import DEFAULT_MAX, parse_framing
+
+STORE_HELP = (
+    "append every message to PATH, framed as on the wire (--framing), and "
+    "echo it once written: with len4 each message is stored as a 4-byte "
+    "big-endian length and the message, with line as the message and a "
+    "newline; read the file back with "
+    "iocport.Framer(iocport.parse_framing(FRAMING)).feed(data)")
 
 
 def _framing(text):
@@ -16,28 +28,34 @@ def _framing(text):
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _echo_args(p):
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=9000)
-    p.add_argument("--framing", type=_framing, default="len4",
-                   help="len4 (default), len1/len2/len8, line, fixed:N")
+def _backend_arg(p):
     p.add_argument("--backend", choices=("auto", "uring", "epoll"), default=None,
                    help="default: $IOCPORT_BACKEND or auto")
-    p.add_argument("--workers", type=int, default=1)
+
+
+def _echo_args(p):
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int_in(0, 65535), default=9000,
+                   help="0 picks a free port (default 9000)")
+    p.add_argument("--framing", type=_framing, default="len4",
+                   help="len4 (default), len1/len2/len8, line, fixed:N")
+    _backend_arg(p)
+    p.add_argument("--workers", type=int_in(1, MAX_WORKERS), default=1)
     p.add_argument("--native", action="store_true",
                    help="echo in C without calling Python (the ceiling)")
-    p.add_argument("--store", metavar="PATH", default=None,
-                   help="append every message to PATH (overlapped writes) and "
-                        "echo it once written")
+    p.add_argument("--store", metavar="PATH", default=None, help=STORE_HELP)
 
 
 class _Store:
     """``echo --store PATH``: echo each message once it has been appended to
-    PATH.  Writes may complete out of order, so each connection keeps its
-    replies in a queue and sends the written prefix of it."""
+    PATH, framed as on the wire, so that the file reads back as the
+    messages.  Appends land in the order issued; their writes may complete
+    out of order, so each connection keeps its replies in a queue and sends
+    the written prefix of it."""
 
-    def __init__(self, path):
+    def __init__(self, path, framing):
         self.path = path
+        self.framer = Framer(framing)
         self.log = None
 
     def open(self, server):
@@ -58,24 +76,38 @@ class _Store:
             while queue and queue[0][1]:
                 conn.send(queue.popleft()[0])
 
-        self.log.write(msg, callback=written)
+        self.log.write(self.framer.wrap(msg), callback=written)
 
 
 def echo(args):
+    if args.native and args.store:
+        raise UsageError("--native and --store do not go together")
+    backend = resolve_backend(args.backend)
+
     def on_message(conn, msg):
         conn.send(msg)
 
-    if args.native and args.store:
-        raise SystemExit("--native and --store do not go together")
-    store = _Store(args.store) if args.store else None
+    store = _Store(args.store, args.framing) if args.store else None
     handler = None if args.native else store.on_message if store else on_message
     server = Server(handler, framing=args.framing, workers=args.workers,
-                    backend=args.backend, native_echo=args.native)
+                    backend=backend, native_echo=args.native)
     what = "native echo" if args.native else "python echo"
     if store:
-        store.open(server)
+        try:
+            store.open(server)
+        except (OSError, ValueError) as exc:   # ValueError: not a regular file
+            raise Failure(f"cannot open the --store file {args.store}: "
+                          f"{why(exc) if isinstance(exc, OSError) else exc}") from None
         what = f"python echo after storing to {args.store}"
-    host, port = server.listen(args.host, args.port)
+    try:
+        host, port = server.listen(args.host, args.port)
+    except OSError as exc:   # in use, no such address, unknown host
+        where = f"[{args.host}]" if ":" in args.host else args.host
+        raise Failure(f"cannot listen on {where}:{args.port}: {why(exc)}") from None
+    try:
+        server.start()
+    except OSError as exc:
+        raise Failure(f"cannot start the server ({backend} backend): {why(exc)}") from None
     server.serve_forever(ready=lambda: print(
         f"listening on {host}:{port} (backend {server.backend}, {what})", flush=True))
     return 0
@@ -94,35 +126,47 @@ def bench(args):
 def _bench_args(p, argv):
     """The bench command's options, added only when it is the command:
     iocport.bench is the whole benchmark (building C, processes, reports),
-    which echo and demo have no use for.  The top-level parser takes no
-    option but --help, so the command is argv's first word that is not one."""
+    which echo and demo have no use for.  The top-level parser's options
+    (--help, --version) take no value, so the command is argv's first word
+    that is not an option."""
     if next((a for a in argv if not a.startswith("-")), None) == "bench":
         from .bench import add_arguments
         add_arguments(p)
 
 
 def main(argv=None):
-    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    log_to_stderr()
     if argv is None:
         argv = sys.argv[1:]
-    parser = argparse.ArgumentParser(prog="python -m iocport")
+    parser = Parser(prog=PROG)
+    parser.add_argument("--version", action="version", version=f"iocport {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("echo", help="run the echo server")
     _echo_args(p)
-    p.set_defaults(func=echo)
+    p.set_defaults(func=echo, parser=p)
     p = sub.add_parser("demo", help="run the echo server under load and report")
-    p.add_argument("--seconds", type=float, default=3.0)
-    p.add_argument("--connections", type=int, default=50)
-    p.add_argument("--depth", type=int, default=16, help="messages in flight per connection")
-    p.add_argument("--size", type=int, default=64, help="payload bytes")
-    p.add_argument("--backend", choices=("auto", "uring", "epoll"), default=None)
+    p.add_argument("--seconds", type=positive_float, default=3.0)
+    p.add_argument("--connections", type=int_in(1), default=50)
+    p.add_argument("--depth", type=int_in(1), default=16,
+                   help="messages in flight per connection")
+    p.add_argument("--size", type=int_in(0, DEFAULT_MAX), default=64, help="payload bytes")
+    _backend_arg(p)
     p.add_argument("--native", action="store_true")
-    p.set_defaults(func=demo)
+    p.set_defaults(func=demo, parser=p)
     p = sub.add_parser("bench", help="benchmark iocport against its rivals")
     _bench_args(p, argv)
-    p.set_defaults(func=bench)
+    p.set_defaults(func=bench, parser=p)
     args = parser.parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except UsageError as exc:
+        args.parser.error(str(exc))
+    except Failure as exc:
+        sys.stderr.write(f"{args.parser.prog}: error: {exc}\n")
+        return 1
+    except KeyboardInterrupt:
+        sys.stderr.write(f"{args.parser.prog}: interrupted\n")
+        return 130
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ against the iocport echo server and the C echo server with no errors, and
 catches a server whose replies are wrong.  No timing assertions."""
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -12,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from iocport import bench
+import iocport
+from iocport import _cli, bench
 from iocport.bench import harness, report, scenarios
 
 pytestmark = [
@@ -259,7 +261,8 @@ def test_open_loop_against_iocport(built, backend):
 @pytest.mark.parametrize("server", ["iocport-epoll", "iocport-uring", "asyncio"])
 def test_store_servers_write_before_replying(built, server, tmp_path):
     """The store scenario's servers: every answered message is in the file
-    before its reply (whole 100-byte records, at least one per reply)."""
+    before its reply, framed as on the wire (len4): the file reads back as
+    whole 100-byte messages, at least one per reply."""
     path = tmp_path / "store.log"
     if server == "asyncio":
         argv = [sys.executable, str(REPO / "benchmarks" / "rivals.py"), "asyncio",
@@ -273,9 +276,11 @@ def test_store_servers_write_before_replying(built, server, tmp_path):
     finally:
         status = srv.stop()
     assert rc == 0 and res["errors"] == 0, err
-    size = path.stat().st_size
-    assert size % 100 == 0
-    assert size // 100 >= res["msgs"] > 0
+    framer = iocport.Framer(iocport.LengthPrefixed(4))
+    stored = framer.feed(path.read_bytes())
+    assert framer.pending == 0, "a partial record at the end"
+    assert {len(m) for m in stored} == {100}
+    assert len(stored) >= res["msgs"] > 0
     assert status == 0
 
 
@@ -299,8 +304,60 @@ def test_plan_covers_every_scenario(tmp_path):
     assert scenarios.plan(p.parse_args(["--idle"]), tmp_path) == []   # idle alone
     sized = scenarios.plan(p.parse_args(["--sizes", "4096,65536"]), tmp_path)
     assert sorted({sc["size"] for sc in sized[0][2]}) == [4096, 65536]
-    with pytest.raises(SystemExit, match="--sizes"):
-        scenarios.plan(p.parse_args(["--sizes", "64,x"]), tmp_path)
+
+
+
+@pytest.mark.parametrize("argv", [["--sizes", "64,x"], ["--rates", "0"], ["--seconds", "0"],
+                                  ["--rounds", "0"], ["--conns", "-1"],
+                                  ["--only", "iocport-python,nginx"],
+                                  ["--json", "/nonexistent-dir/figures.json"]])
+def test_bad_options_are_usage_errors(argv, capsys):
+    """Found when the options are parsed (exit status 2, one line naming
+    the option), not minutes later by the run."""
+    p = _cli.Parser(prog="bench")
+    bench.add_arguments(p)
+    with pytest.raises(SystemExit) as exc:
+        p.parse_args(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and argv[0] in err, err
+
+
+def test_missing_rivals_say_how_to_install_them(monkeypatch):
+    import importlib.util
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name in ("uvloop", "rloop") else real(name, *a))
+    assert harness.rival_missing("uvloop", "asyncio") == "uvloop"
+    assert harness.rival_missing("rloop-store", "asyncio") == "rloop"
+    assert harness.rival_missing("asyncio", "asyncio") is None
+    assert "pip install uvloop" in harness.missing_note("uvloop")
+    servers = [("uvloop", "asyncio", []), ("asyncio", "asyncio", []), ("c-epoll", "c", [])]
+    assert bench.missing_rivals(servers) == {"uvloop"}
+    line = harness.missing_line({"uvloop", "rloop"})
+    assert "pip install rloop uvloop" in line and "iocport[bench]" in line
+
+
+def test_missing_matplotlib_says_the_chart_was_skipped(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)     # import fails
+    sc = dict(size=64, depth=1, conns=1, framing="len4", mode="closed", rounds=1)
+    line = report.chart_line(str(tmp_path / "c.png"), [sc], ["iocport-python"],
+                             {scenarios.scenario_name(sc): {}})
+    assert line.startswith("chart: skipped") and "pip install matplotlib" in line
+    assert not (tmp_path / "c.png").exists()
+
+
+def test_bench_extra_holds_what_the_docs_install():
+    """pyproject's `bench` extra is what the README tells users to install
+    for the benchmark, and every rival --install-rivals installs."""
+    tomllib = pytest.importorskip("tomllib")
+    pyproject, readme = REPO / "pyproject.toml", REPO / "README.md"
+    if not pyproject.is_file() or not readme.is_file():
+        pytest.skip("not run from a source tree")
+    extra = tomllib.loads(pyproject.read_text())["project"]["optional-dependencies"]["bench"]
+    told = re.search(r"pip install ((?:[a-z]+ ?)+)", readme.read_text().split("## Benchmarks")[1])
+    assert set(told.group(1).split()) == set(extra)
+    assert set(harness.RIVAL_PACKAGES.values()) | {"matplotlib"} == set(extra)
 
 
 def test_ratio_table_pairs_rounds_and_sets_targets_for_64_bytes():

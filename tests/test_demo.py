@@ -118,3 +118,20 @@ def test_echo_command_bad_framing_is_a_usage_error():
                        env=_env(), timeout=DEADLINE)
     assert p.returncode == 2
     assert "len3" in p.stderr
+
+
+@pytest.mark.parametrize("framing", ["len4", "line"])
+def test_echo_store_reads_back_as_messages(demo, backend, tmp_path, framing):
+    """``echo --store PATH`` stores each message framed as on the wire: the
+    file, fed to a Framer of the same framing, gives the messages back, in
+    the order they came on the connection, with nothing left over."""
+    path = tmp_path / "store.log"
+    d = demo("--backend", backend, "--framing", framing, "--store", str(path))
+    payloads = [b"hello", b"", b"z" * 100_000, b"last one"]
+    spec = iocport.parse_framing(framing)
+    _talk(d.port, spec, payloads)       # all at once, then one at a time
+    rc, out, err = d.stop(signal.SIGTERM)
+    assert rc == 0, err
+    framer = iocport.Framer(spec)
+    assert framer.feed(path.read_bytes()) == payloads + payloads
+    assert framer.pending == 0

@@ -9,28 +9,12 @@ import textwrap
 
 import pytest
 
+from conftest import REFUSE_URING, REFUSE_URING_MACHINES
+
 pytestmark = pytest.mark.timeout(60)
 
-SCRIPT = textwrap.dedent(r'''
-    import ctypes, errno, logging, socket, struct, sys
-
-    # seccomp: io_uring_setup (425 on x86_64 and aarch64) fails with EPERM.
-    class Filter(ctypes.Structure):
-        _fields_ = [("code", ctypes.c_ushort), ("jt", ctypes.c_ubyte),
-                    ("jf", ctypes.c_ubyte), ("k", ctypes.c_uint)]
-    class Prog(ctypes.Structure):
-        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(Filter))]
-    BPF_LD_W_ABS, BPF_JEQ_K, BPF_RET_K = 0x20, 0x15, 0x06
-    insns = (Filter * 4)(
-        Filter(BPF_LD_W_ABS, 0, 0, 0),            # A = seccomp_data.nr
-        Filter(BPF_JEQ_K, 0, 1, 425),             # io_uring_setup?
-        Filter(BPF_RET_K, 0, 0, 0x00050000 | errno.EPERM),
-        Filter(BPF_RET_K, 0, 0, 0x7fff0000),      # allow
-    )
-    prog = Prog(4, insns)
-    libc = ctypes.CDLL(None, use_errno=True)
-    assert libc.prctl(38, 1, 0, 0, 0) == 0        # PR_SET_NO_NEW_PRIVS
-    assert libc.prctl(22, 2, ctypes.byref(prog), 0, 0) == 0, ctypes.get_errno()
+SCRIPT = REFUSE_URING + textwrap.dedent(r'''
+    import errno, logging, socket, struct, sys
 
     logging.basicConfig(level=logging.WARNING, stream=sys.stdout,
                         format="LOG %(name)s %(levelname)s %(message)s")
@@ -60,7 +44,7 @@ SCRIPT = textwrap.dedent(r'''
 ''')
 
 
-@pytest.mark.skipif(platform.machine() not in ("x86_64", "aarch64"),
+@pytest.mark.skipif(platform.machine() not in REFUSE_URING_MACHINES,
                     reason="the filter uses the io_uring_setup number of x86_64/aarch64")
 def test_refused_io_uring_falls_back_to_epoll():
     import iocport

@@ -38,9 +38,12 @@ import sys
 import tempfile
 import time
 
-from .harness import RIVAL_PACKAGES, bench_env, benchmarks_dir, build, machine_info, pinning
-from .report import Progress, idle_table, machine_line, print_tables, ratio_table, write_chart
-from .scenarios import LATENCY_RATES, plan, run_group, run_idle
+from .._cli import int_in, output_path, positive_float, resolve_backend
+from .harness import (RIVAL_PACKAGES, bench_env, benchmarks_dir, build, machine_info,
+                      missing_line, pinning, rival_missing)
+from .report import Progress, chart_line, idle_table, machine_line, print_tables, ratio_table
+from .scenarios import (IDLE_SERVERS, LATENCY_RATES, only_names, plan, positive_ints,
+                        run_group, run_idle)
 
 
 def add_arguments(p):
@@ -48,18 +51,19 @@ def add_arguments(p):
     command is ``bench``."""
     p.add_argument("--full", action="store_true",
                    help="add 4 KiB and 64 KiB payloads and every server variant")
-    p.add_argument("--sizes", default=None, metavar="BYTES,...",
+    p.add_argument("--sizes", type=positive_ints, default=None, metavar="BYTES,...",
                    help="payload sizes of the throughput runs (default 64; "
                         "with --full 64,4096,65536)")
-    p.add_argument("--seconds", type=float, default=1.5,
+    p.add_argument("--seconds", type=positive_float, default=1.5,
                    help="measured seconds per run (default 1.5)")
-    p.add_argument("--rounds", type=int, default=3, help="A B A B rounds (default 3)")
-    p.add_argument("--conns", type=int, default=50, help="connections (default 50)")
+    p.add_argument("--rounds", type=int_in(1), default=3, help="A B A B rounds (default 3)")
+    p.add_argument("--conns", type=int_in(1), default=50, help="connections (default 50)")
     p.add_argument("--framing", choices=("len4", "line"), default="len4")
-    p.add_argument("--only", default=None,
+    p.add_argument("--only", type=only_names, default=None, metavar="NAME,...",
                    help="comma-separated server names to run (default: all of the suite)")
-    p.add_argument("--json", metavar="PATH", help="write every run's figures here")
-    p.add_argument("--chart", metavar="PNG", default="iocport-bench.png",
+    p.add_argument("--json", type=output_path, metavar="PATH",
+                   help="write every run's figures here")
+    p.add_argument("--chart", type=output_path, metavar="PNG", default="iocport-bench.png",
                    help="chart path when matplotlib is installed (default iocport-bench.png)")
     p.add_argument("--no-chart", action="store_true")
     p.add_argument("--install-rivals", action="store_true",
@@ -67,15 +71,22 @@ def add_arguments(p):
     p.add_argument("--idle", action="store_true",
                    help="run only the idle-connections memory scenario "
                         "(also part of --full)")
-    p.add_argument("--idle-conns", type=int, default=10000,
+    p.add_argument("--idle-conns", type=int_in(1), default=10000,
                    help="connections for the idle scenario (default 10000)")
     p.add_argument("--latency", action="store_true",
                    help="run only the latency-at-fixed-load scenario (also part of --full)")
-    p.add_argument("--rates", default=LATENCY_RATES,
+    p.add_argument("--rates", type=positive_ints, default=LATENCY_RATES,
+                   metavar="RATE,...",
                    help="offered loads of the latency scenario, messages per second "
                         f"in all (default {LATENCY_RATES})")
     p.add_argument("--store", action="store_true",
                    help="run only the store-to-disk scenario (also part of --full)")
+
+
+def missing_rivals(servers):
+    """The packages of the rivals among `servers` [(name, kind, ...)] that
+    are not installed."""
+    return {pkg for name, kind, *_ in servers if (pkg := rival_missing(name, kind))}
 
 
 def run_idle_only(args):
@@ -85,6 +96,9 @@ def run_idle_only(args):
     print("# iocport bench --idle")
     print(f"\n{machine_line(machine_info())}")
     print(idle_table(idle))
+    missing = missing_rivals(IDLE_SERVERS)
+    if missing:
+        print(f"\n{missing_line(missing)}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"idle": idle}, f, indent=1)
@@ -96,6 +110,9 @@ def run(args):
     """The command: the plan's groups in turn, then the idle scenario when
     asked; tables on stdout, progress on stderr.  Exit status 1 when any run
     failed or counted an error (a wrong reply, a lost connection)."""
+    # $IOCPORT_BACKEND reaches the iocport servers started here: a bad one
+    # is said now, not as a server that failed to start.
+    resolve_backend(None)
     if args.install_rivals:
         subprocess.run([sys.executable, "-m", "pip", "install", *RIVAL_PACKAGES.values()],
                        check=False)
@@ -146,6 +163,10 @@ def run(args):
         print(idle_table(idle))
     if bad_exit:
         print(f"\nservers that did not exit 0 on SIGTERM: {bad_exit}")
+    missing = missing_rivals([s for _, servers, *_ in ran for s in servers] +
+                             (IDLE_SERVERS if idle else []))
+    if missing:
+        print(f"\n{missing_line(missing)}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"machine": info,
@@ -156,9 +177,9 @@ def run(args):
                       f, indent=1)
     if not args.no_chart and args.chart:
         for title, servers, scenarios, results, *_ in ran:
-            if title == "throughput" and write_chart(
-                    args.chart, scenarios, [s[0] for s in servers], results):
-                print(f"\nchart: {args.chart}")
+            if title == "throughput":
+                print("\n" + chart_line(args.chart, scenarios, [s[0] for s in servers],
+                                        results))
     total_errors = sum(r.get("errors", 0) for per in all_results.values()
                        for runs in per.values() for r in runs)
     if idle and any("failed" in r for r in idle["results"].values()):

@@ -15,13 +15,17 @@ import tempfile
 import time
 from pathlib import Path
 
+from .._cli import Failure
+
 CFLAGS = ["-O2", "-std=c11", "-D_GNU_SOURCE", "-Wall", "-Wextra"]
 BENCH_SOURCES = ("loadgen.c", "c_echo_epoll.c")
 
 # The rivals' event loops that are not in the standard library, by loop name:
 # what --install-rivals installs, whose absence skips a server rather than
-# failing it, and whose versions go into the machine line.
+# failing it, and whose versions go into the machine line.  The `bench`
+# extra in pyproject.toml holds them too, with matplotlib (the chart).
 RIVAL_PACKAGES = {"uvloop": "uvloop", "rloop": "rloop"}
+BENCH_EXTRA = "pip install 'iocport[bench]'"
 
 # The iocport package directory (this file is in iocport/bench/): the
 # benchmarks' C sources are found from it, and the servers this starts import
@@ -38,8 +42,8 @@ def benchmarks_dir():
     for d in (here.parent / "benchmarks", here / "benchmarks"):
         if all((d / s).is_file() for s in BENCH_SOURCES):
             return d
-    raise SystemExit("iocport bench: benchmarks/loadgen.c not found next to the "
-                     f"package ({here.parent / 'benchmarks'})")
+    raise Failure("benchmarks/loadgen.c not found next to the package "
+                  f"({here.parent / 'benchmarks'})")
 
 
 def cache_dir():
@@ -54,7 +58,7 @@ def build(source, out_dir=None):
     """Compile one C file of benchmarks/ (cached by content); return the path."""
     cc = os.environ.get("CC") or "gcc"
     if not shutil.which(cc):
-        raise SystemExit(f"iocport bench: {cc} not found (needed to build {source})")
+        raise Failure(f"{cc} not found (needed to build {source})")
     src = benchmarks_dir() / source
     text = src.read_bytes()
     digest = hashlib.sha256(text + " ".join([cc] + CFLAGS).encode()).hexdigest()[:12]
@@ -67,7 +71,7 @@ def build(source, out_dir=None):
     r = subprocess.run([cc, *CFLAGS, str(src), "-o", str(tmp)],
                        capture_output=True, text=True)
     if r.returncode:
-        raise SystemExit(f"iocport bench: building {source} failed:\n{r.stderr}")
+        raise Failure(f"building {source} failed:\n{r.stderr}")
     os.replace(tmp, exe)   # atomic: concurrent builds do not trip over each other
     return exe
 
@@ -177,10 +181,25 @@ def bench_env():
 
 
 def rival_missing(name, kind):
-    """True when server `name` runs on a rival loop that is not installed."""
+    """The package server `name` needs when it runs on a rival loop that is
+    not installed ('uvloop'), else None."""
     loop = name.split("-")[0]
-    return kind == "asyncio" and loop in RIVAL_PACKAGES and \
-        importlib.util.find_spec(RIVAL_PACKAGES[loop]) is None
+    if kind == "asyncio" and loop in RIVAL_PACKAGES and \
+            importlib.util.find_spec(RIVAL_PACKAGES[loop]) is None:
+        return RIVAL_PACKAGES[loop]
+    return None
+
+
+def missing_note(package):
+    """The tables' note for a server skipped for want of `package`."""
+    return f"not installed: pip install {package}"
+
+
+def missing_line(packages):
+    """One line under the tables: the rivals skipped and how to get them."""
+    names = " ".join(sorted(packages))
+    return (f"not installed, so not run: {', '.join(sorted(packages))}; "
+            f"pip install {names} (or {BENCH_EXTRA}, or --install-rivals)")
 
 
 # ---- the machine ----------------------------------------------------------

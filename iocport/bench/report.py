@@ -5,6 +5,7 @@ import statistics
 import sys
 import time
 
+from .harness import BENCH_EXTRA
 from .scenarios import (BOUNDS, IDLE_SERVERS, LATENCY_RATIOS, RATIOS, STORE_RATIOS,
                         scenario_name)
 
@@ -173,7 +174,16 @@ def ratio_table(scenarios, results, banners):
 
 # ---- chart ----------------------------------------------------------------
 
+def chart_line(path, scenarios, names, results):
+    """Draw the chart; the line that says where it is, or why it is not."""
+    if write_chart(path, scenarios, names, results):
+        return f"chart: {path}"
+    return (f"chart: skipped, matplotlib is not installed (pip install matplotlib, "
+            f"or {BENCH_EXTRA})")
+
+
 def write_chart(path, scenarios, names, results):
+    """The chart at `path`; False when matplotlib is not installed."""
     try:
         import matplotlib
         matplotlib.use("Agg")

@@ -2,11 +2,13 @@
 scenario (throughput, latency at a fixed load, store-to-disk, idle memory),
 the ratios and targets that apply to each, the plan the options make of
 them, and the A B A B rounds that run a plan."""
+import argparse
 import sys
 from pathlib import Path
 
 from .harness import (ServerProc, benchmarks_dir, bench_env, build, idle_fit,
-                      measure_idle, pinning, rival_missing, run_loadgen, server_argv)
+                      measure_idle, missing_note, pinning, rival_missing, run_loadgen,
+                      server_argv)
 
 # ---- the scenarios: their servers, ratios and targets ---------------------
 
@@ -98,22 +100,33 @@ def scenario_name(sc):
     return f"{prefix}{text}, depth {sc['depth']}"
 
 
-def _positive_ints(text, option):
+def positive_ints(text):
+    """An argument type (--sizes, --rates): comma-separated positive integers."""
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
         values = []
     if not values or min(values) <= 0:
-        raise SystemExit(f"iocport bench: {option} wants positive integers, got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated positive integers, got {text!r}")
     return values
 
 
-def _sizes(text):
-    return _positive_ints(text, "--sizes")
+def server_names():
+    """Every server the scenarios know (what --only may name)."""
+    return sorted({s[0] for s in SERVERS} | {s[0] for s in STORE_SERVERS} |
+                  {s[0] for s in IDLE_SERVERS})
 
 
-def _rates(text):
-    return _positive_ints(text, "--rates")
+def only_names(text):
+    """An argument type (--only): comma-separated server names, each known."""
+    names = {n.strip() for n in text.split(",") if n.strip()}
+    unknown = sorted(names - set(server_names()))
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown server {', '.join(unknown) or repr(text)}; "
+            f"the servers are {', '.join(server_names())}")
+    return ",".join(sorted(names))
 
 
 def plan(args, store_dir):
@@ -127,7 +140,7 @@ def plan(args, store_dir):
         chosen = [s for s in SERVERS if args.full or not s[3]]
         if only:
             chosen = [s for s in SERVERS if s[0] in only]
-        sizes = _sizes(args.sizes) if args.sizes else [64, 4096, 65536] if args.full else [64]
+        sizes = args.sizes or ([64, 4096, 65536] if args.full else [64])
         groups.append(("throughput", [s[:3] for s in chosen],
                        [dict(common, size=size, depth=d, mode="closed")
                         for size in sizes for d in (1, 16)]))
@@ -138,7 +151,7 @@ def plan(args, store_dir):
         # so the connections' first messages are not counted
         groups.append(("latency", servers,
                        [dict(common, size=64, depth=1, rate=r, seconds=max(2.0, args.seconds),
-                             warmup=0.5, servers=LATENCY_SERVERS) for r in _rates(args.rates)]))
+                             warmup=0.5, servers=LATENCY_SERVERS) for r in args.rates]))
     if args.full or args.store:
         servers = [(name, kind, [*extra, "--store", str(Path(store_dir) / f"{name}.log")])
                    for name, kind, extra in STORE_SERVERS if only is None or name in only]
@@ -155,7 +168,7 @@ def run_group(servers, scenarios, args, progress, tools):
     scenario name then server, notes, banners, exit statuses)."""
     loadgen, c_echo, bench_dir, server_cpu, client_cpu, env = tools
     results = {scenario_name(sc): {} for sc in scenarios}
-    notes = {name: "not installed" for name, kind, _ in servers
+    notes = {name: missing_note(rival_missing(name, kind)) for name, kind, _ in servers
              if rival_missing(name, kind)}
     started, banners, exits = {}, {}, {}
     try:
@@ -213,7 +226,7 @@ def run_idle(n=10000, only=None, framing="len4", wait=IDLE_WAIT):
     results, notes, banners = {}, {}, {}
     for name, kind, extra in chosen:
         if rival_missing(name, kind):
-            notes[name] = "not installed"
+            notes[name] = missing_note(rival_missing(name, kind))
             continue
         try:
             srv = ServerProc(name, server_argv(kind, extra, framing, bench_dir, c_echo),
