@@ -7,34 +7,86 @@ Clients ship records (len4 framing, first byte the command):
                      with --durable, the fsync) has completed.
     F<id:8>          FETCH: read the record back from disk; reply
                      "D<id:8><record>".
-
-Replies go out as disk operations complete, so they need not come back in
-the order of the requests: each carries the client's tag or the id.
     B                FETCH the blob (--blob FILE): the reply is one message
                      whose payload is the whole file, streamed by send_file.
     errors           "E<text>"
+
+Replies go out as disk operations complete, so they need not come back in
+the order of the requests: each carries the client's tag or the id.
 
 The floor manager (the handler) never drives to the warehouse: every disk
 operation is issued and its completion arrives later, on a worker, while
 other shipments are handled.
 
-    python examples/warehouse.py --port 9100 --data /tmp/warehouse.dat [--durable]
+The stock is kept across restarts.  The data file (--data, by default
+warehouse.dat in the current directory) is only ever appended to, each
+record behind a header of its own:
+
+    b"WHR1"  id (8 bytes)  length (4 bytes)  CRC-32 of the record (4 bytes)
+
+all big-endian, then the record.  At start the file is read through and the
+index (id -> where the record is) rebuilt from the headers, so every id
+given out before fetches its record again, and new ids follow the highest.
+Appends are issued in order but may complete out of order, so a crash (not
+a clean stop) can leave a record cut short or a hole where one was still
+being written; the scan skips whatever does not carry a whole record with
+the right checksum.  With --durable a reply means the record is on disk and
+it survives a crash; without it a reply means the page cache has it, and a
+crash may lose it (and its id may then be given again).
+
+    python examples/warehouse.py --port 9100 [--data warehouse.dat] [--blob FILE] [--durable]
 """
 import argparse
+import mmap
+import os
 import struct
+import sys
 import threading
+import zlib
 
 import iocport
 
 ID = struct.Struct(">Q")
+MAGIC = b"WHR1"
+HEADER = struct.Struct(">4sQII")     # MAGIC, id, length, crc32 of the record
+
+
+def read_records(path):
+    """The whole records of a data file, in file order: [(id, offset of
+    the record, length)].  What is not one (a hole, a record cut short) is
+    skipped: the scan looks for the next header from the byte after."""
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
+        return []
+    with f:
+        if os.fstat(f.fileno()).st_size == 0:
+            return []        # (an empty file cannot be mapped)
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            found, pos, end = [], 0, len(data)
+            while (pos := data.find(MAGIC, pos)) >= 0:
+                start = pos + HEADER.size
+                if start <= end:
+                    _, rid, n, crc = HEADER.unpack_from(data, pos)
+                    if start + n <= end and zlib.crc32(data[start:start + n]) == crc:
+                        found.append((rid, start, n))
+                        pos = start + n
+                        continue
+                pos += 1
+            return found
 
 
 class Warehouse:
     def __init__(self, server, path, durable, blob_path=None):
-        self.file = server.open_file(path, "w+")
-        self.durable = durable
+        self.index = []                # id -> (offset, length), None if lost
+        for rid, offset, n in read_records(path):
+            self.index.extend([None] * (rid + 1 - len(self.index)))
+            self.index[rid] = (offset, n)
+        self.recovered = sum(1 for where in self.index if where is not None)
         self.blob = server.open_file(blob_path, "r") if blob_path else None
-        self.index = []                # id -> (offset, length)
+        # "a+": read and append, never truncated; appends start at its end.
+        self.file = server.open_file(path, "a+")
+        self.durable = durable
         self.lock = threading.Lock()   # handlers may run on several workers
 
     def on_message(self, conn, msg):
@@ -67,8 +119,9 @@ class Warehouse:
             else:
                 conn.send(reply)
 
-        offset = self.file.write(record, callback=written)
-        self.index[rid] = (offset, len(record))
+        header = HEADER.pack(MAGIC, rid, len(record), zlib.crc32(record))
+        offset = self.file.write(header + record, callback=written)
+        self.index[rid] = (offset + HEADER.size, len(record))
 
     def fetch(self, conn, rid):
         with self.lock:
@@ -84,7 +137,6 @@ class Warehouse:
         self.file.read(offset, length, done)
 
     def blob_size(self):
-        import os
         return os.fstat(self.blob.fd).st_size
 
 
@@ -92,21 +144,45 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=9100)
-    p.add_argument("--data", default="/tmp/iocport-warehouse.dat")
+    p.add_argument("--data", default="warehouse.dat",
+                   help="the data file, kept across restarts: records are appended "
+                        "and the index rebuilt from it at start (default: "
+                        "warehouse.dat in the current directory)")
     p.add_argument("--blob", help="a file served by the B command")
     p.add_argument("--durable", action="store_true", help="fsync before replying")
-    p.add_argument("--backend", default=None)
+    p.add_argument("--backend", choices=("auto", "uring", "epoll"), default=None)
     p.add_argument("--workers", type=int, default=1)
     args = p.parse_args()
+
+    def die(message):
+        sys.exit(f"{p.prog}: error: {message}")   # one line, exit status 1
+
+    if args.backend == "uring" and "uring" not in iocport.backends():
+        die("--backend uring: io_uring is not available on this host; "
+            "use --backend epoll or auto")
     holder = {}
-    server = iocport.Server(lambda c, m: holder["w"].on_message(c, m),
-                            framing=iocport.LengthPrefixed(4),
-                            backend=args.backend, workers=args.workers)
-    host, port = server.listen(args.host, args.port)
-    server.start()
-    holder["w"] = Warehouse(server, args.data, args.durable, args.blob)
+    try:
+        server = iocport.Server(lambda c, m: holder["w"].on_message(c, m),
+                                framing=iocport.LengthPrefixed(4),
+                                backend=args.backend, workers=args.workers)
+    except ValueError as exc:   # --workers, $IOCPORT_BACKEND
+        die(exc)
+    try:
+        w = holder["w"] = Warehouse(server, args.data, args.durable, args.blob)
+    except OSError as exc:
+        which = "--blob" if exc.filename == args.blob else "--data"
+        die(f"cannot open {which} {exc.filename}: {exc.strerror}")
+    except ValueError:          # a directory, a FIFO
+        die(f"--blob {args.blob} is not a regular file")
+    try:
+        host, port = server.listen(args.host, args.port)
+    except (OSError, ValueError) as exc:   # in use, no such address; --port
+        why = ((exc.strerror or str(exc)).split(" (while", 1)[0]
+               if isinstance(exc, OSError) else exc)
+        die(f"cannot listen on {args.host}:{args.port}: {why}")
     server.serve_forever(ready=lambda: print(
-        f"listening on {host}:{port} (backend {server.backend})", flush=True))
+        f"listening on {host}:{port} (backend {server.backend}; "
+        f"{w.recovered} records in {os.path.abspath(args.data)})", flush=True))
 
 
 if __name__ == "__main__":
