@@ -1,10 +1,13 @@
 """Build the iocport._iocport extension from src/**/*.c (metadata: pyproject.toml).
 
+A release build (the default: pip install, wheels) is optimised with
+link-time optimisation and carries no debug information (-g0, whatever -g
+Python's own CFLAGS add); IOCPORT_DEBUG=1 keeps it (-g), for gdb and perf.
 IOCPORT_SANITIZE=1 builds with AddressSanitizer and UBSan;
 IOCPORT_SANITIZE=thread builds with ThreadSanitizer (the two cannot be
-combined).  CI runs the test suite on each, with the sanitizer's runtime
-preloaded into the uninstrumented python (see .ci/run).  IOCPORT_WERROR=1
-turns warnings into errors.
+combined; both keep debug information).  CI runs the test suite on each,
+with the sanitizer's runtime preloaded into the uninstrumented python (see
+.ci/run).  IOCPORT_WERROR=1 turns warnings into errors.
 """
 import glob
 import os
@@ -34,6 +37,11 @@ else:
     # inlines across those files what one file used to inline itself.
     cflags += ["-O2", "-flto=auto"]
     ldflags += ["-O2", "-flto=auto"]
+    # After Python's CFLAGS (which often hold -g), so this one wins; at the
+    # link too, where LTO generates the code.
+    debug = ["-g"] if os.environ.get("IOCPORT_DEBUG") == "1" else ["-g0"]
+    cflags += debug
+    ldflags += debug
 
 setup(
     ext_modules=[

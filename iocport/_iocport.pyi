@@ -18,7 +18,12 @@ _Bytes = bytes | bytearray | memoryview
 def backends() -> tuple[str, ...]: ...
 def uring_status() -> int: ...
 
-class PortClosedError(RuntimeError):
+class Error(Exception):
+    """The base class of iocport's own exceptions: PortClosedError (also a
+    RuntimeError) and FramingError (also a ValueError).  Errors from the
+    system are OSError, and bad arguments TypeError or ValueError."""
+
+class PortClosedError(Error, RuntimeError):
     """Raised by Port.get()/post() once the port is closed."""
 
 @final
@@ -74,7 +79,7 @@ class Port:
     @property
     def closed(self) -> bool: ...
 
-class FramingError(ValueError):
+class FramingError(Error, ValueError):
     """Raised by Framer.feed() on a framing error (a message over max_size,
     a bad length header)."""
     messages: list[bytes]

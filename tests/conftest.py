@@ -10,12 +10,30 @@
   deadline (synchronisation on a condition, never sleep-and-hope).
 - ``Codec``: the test's own, independent implementation of each framing, used
   to build frames and to cut the server's replies back into messages.
+- ``child_env()``, ``CHILD_CWD``: how to start a child python that imports
+  the iocport under test, whether it is built in this tree (an editable
+  install) or installed (``pip install .``, a wheel) and this tree's
+  iocport/ has no extension.
+- ``needs_tree(*paths)``: skips a test when the tree holding these tests
+  lacks what it reads beside them (``src``, ``examples``...).
+
+The suite runs against an installed build as well as an editable one: it
+never puts the tree holding it on sys.path (pytest's default import mode
+adds tests/ only, for ``from conftest import ...``), and the header of the
+run says which iocport is under test.
 """
+import atexit
+import os
+import shutil
+import site
 import socket
 import struct
+import sysconfig
+import tempfile
 import textwrap
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -48,6 +66,68 @@ REFUSE_URING = textwrap.dedent(r'''
     assert _libc.prctl(38, 1, 0, 0, 0) == 0         # PR_SET_NO_NEW_PRIVS
     assert _libc.prctl(22, 2, _ctypes.byref(_prog), 0, 0) == 0, _ctypes.get_errno()
 ''')
+# The tree holding these tests: a checkout or an unpacked sdist.
+TREE = Path(__file__).resolve().parent.parent
+# The directory the iocport under test was imported from: this tree (an
+# editable install, or a build in place) or a site-packages directory.
+IOCPORT_HOME = Path(iocport.__file__).resolve().parent.parent
+
+
+def pytest_report_header(config):
+    where = "this tree" if IOCPORT_HOME == TREE else "installed"
+    return f"iocport {iocport.__version__} from {IOCPORT_HOME} ({where})"
+
+
+def needs_tree(*paths):
+    """A skip mark for a test that reads `paths` beside tests/ (in a checkout
+    or an unpacked sdist), when one of them is missing."""
+    missing = [p for p in paths if not (TREE / p).exists()]
+    return pytest.mark.skipif(
+        bool(missing),
+        reason=f"needs {', '.join(missing)} beside tests/ (a checkout or the "
+               f"sdist), not found in {TREE}")
+
+
+# ---- child processes ----------------------------------------------------------
+#
+# A child python's sys.path starts with its working directory ('' for -c,
+# the directory for -m), so a child started in a source tree whose iocport/
+# has no built extension (after `pip install .`) would import that, not the
+# installed package.  Children run in an empty directory of their own, with
+# PYTHONPATH naming the directory this process imported iocport from (unless
+# the child finds it by itself: a site-packages directory).
+
+CHILD_CWD = tempfile.mkdtemp(prefix="iocport-tests-cwd-")
+atexit.register(shutil.rmtree, CHILD_CWD, True)
+
+
+def _site_dirs():
+    dirs = set(site.getsitepackages()) | {site.getusersitepackages()}
+    dirs |= {sysconfig.get_paths()[k] for k in ("purelib", "platlib")}
+    return {Path(d).resolve() for d in dirs if d}
+
+
+def child_env(**overrides):
+    """os.environ for a child python that imports the iocport under test;
+    `overrides` set (a value None removes) variables."""
+    env = dict(os.environ)
+    if IOCPORT_HOME not in _site_dirs():
+        env["PYTHONPATH"] = os.pathsep.join(
+            [str(IOCPORT_HOME)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    for name, value in overrides.items():
+        if value is None:
+            env.pop(name, None)
+        else:
+            env[name] = value
+    return env
+
+
+@pytest.fixture
+def in_child_cwd(monkeypatch):
+    """Run the test in CHILD_CWD, for children started by iocport's own code
+    (the bench harness), which inherit the working directory."""
+    monkeypatch.chdir(CHILD_CWD)
+    return CHILD_CWD
 
 
 class Events:

@@ -9,7 +9,6 @@ import socket
 import subprocess
 import sys
 import threading
-from pathlib import Path
 
 import pytest
 
@@ -17,27 +16,19 @@ import iocport
 from iocport import _cli, bench
 from iocport.bench import harness, report, scenarios
 
+from conftest import TREE, child_env, needs_tree
+
 pytestmark = [
     pytest.mark.timeout(120),
     pytest.mark.skipif(shutil.which(os.environ.get("CC") or "gcc") is None,
                        reason="gcc is needed to build the load generator"),
 ]
 
-REPO = Path(__file__).resolve().parent.parent
-
-
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench-bin")
     return {"loadgen": harness.build("loadgen.c", out),
             "c_echo": harness.build("c_echo_epoll.c", out)}
-
-
-def _env():
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"]
-                                     if env.get("PYTHONPATH") else "")
-    return env
 
 
 def _loadgen(built, host, port, *, framing="len4", pid=None, depth=4, seconds=1.0):
@@ -53,13 +44,13 @@ def _loadgen(built, host, port, *, framing="len4", pid=None, depth=4, seconds=1.
 
 @pytest.mark.parametrize("framing", ["len4", "line"])
 @pytest.mark.parametrize("server", ["iocport", "iocport-native", "c"])
-def test_loadgen_against_echo_servers(built, server, framing):
+def test_loadgen_against_echo_servers(built, server, framing, in_child_cwd):
     if server == "c":
         argv = [str(built["c_echo"]), "--port", "0", "--framing", framing]
     else:
         argv = [sys.executable, "-m", "iocport", "echo", "--port", "0",
                 "--framing", framing] + (["--native"] if server == "iocport-native" else [])
-    srv = harness.ServerProc(server, argv, env=_env())
+    srv = harness.ServerProc(server, argv, env=child_env())
     try:
         rc, res, err = _loadgen(built, srv.host, srv.port, framing=framing, pid=srv.pid)
     finally:
@@ -176,7 +167,7 @@ def test_loadgen_detects_a_lost_connection(built):
     assert res["errors"] > 0 and rc != 0
 
 
-def test_idle_scenario_smoke():
+def test_idle_scenario_smoke(in_child_cwd):
     """The idle-connections scenario runs for iocport with N=200 and gives a
     positive figure. No threshold: sizes are not pass/fail."""
     idle = scenarios.run_idle(200, only={"iocport-python"})
@@ -245,9 +236,9 @@ def test_open_loop_keeps_sending_without_replies(built):
     assert res["unanswered"] > 4 and res["max_inflight"] > 1
 
 
-def test_open_loop_against_iocport(built, backend):
+def test_open_loop_against_iocport(built, backend, in_child_cwd):
     argv = [sys.executable, "-m", "iocport", "echo", "--port", "0", "--backend", backend]
-    srv = harness.ServerProc("iocport", argv, env=_env())
+    srv = harness.ServerProc("iocport", argv, env=child_env())
     try:
         res = harness.run_loadgen(built["loadgen"], srv, conns=8, depth=1, size=64,
                                   framing="len4", seconds=0.5, warmup=0.1, rate=4000)
@@ -259,18 +250,18 @@ def test_open_loop_against_iocport(built, backend):
 
 
 @pytest.mark.parametrize("server", ["iocport-epoll", "iocport-uring", "asyncio"])
-def test_store_servers_write_before_replying(built, server, tmp_path):
+def test_store_servers_write_before_replying(built, server, tmp_path, in_child_cwd):
     """The store scenario's servers: every answered message is in the file
     before its reply, framed as on the wire (len4): the file reads back as
     whole 100-byte messages, at least one per reply."""
     path = tmp_path / "store.log"
     if server == "asyncio":
-        argv = [sys.executable, str(REPO / "benchmarks" / "rivals.py"), "asyncio",
+        argv = [sys.executable, str(harness.benchmarks_dir() / "rivals.py"), "asyncio",
                 "--port", "0", "--store", str(path)]
     else:
         argv = [sys.executable, "-m", "iocport", "echo", "--port", "0", "--store",
                 str(path), "--backend", server.split("-")[1]]
-    srv = harness.ServerProc(server, argv, env=_env())
+    srv = harness.ServerProc(server, argv, env=child_env())
     try:
         rc, res, err = _loadgen(built, srv.host, srv.port, pid=srv.pid, seconds=0.5)
     finally:
@@ -347,13 +338,12 @@ def test_missing_matplotlib_says_the_chart_was_skipped(monkeypatch, tmp_path):
     assert not (tmp_path / "c.png").exists()
 
 
+@needs_tree("pyproject.toml", "README.md")
 def test_bench_extra_holds_what_the_docs_install():
     """pyproject's `bench` extra is what the README tells users to install
     for the benchmark, and every rival --install-rivals installs."""
     tomllib = pytest.importorskip("tomllib")
-    pyproject, readme = REPO / "pyproject.toml", REPO / "README.md"
-    if not pyproject.is_file() or not readme.is_file():
-        pytest.skip("not run from a source tree")
+    pyproject, readme = TREE / "pyproject.toml", TREE / "README.md"
     extra = tomllib.loads(pyproject.read_text())["project"]["optional-dependencies"]["bench"]
     told = re.search(r"pip install ((?:[a-z]+ ?)+)", readme.read_text().split("## Benchmarks")[1])
     assert set(told.group(1).split()) == set(extra)

@@ -3,7 +3,6 @@ must print exactly one line on stderr that says what was wrong, no
 traceback, and exit 2 for a usage error (as argparse does) or 1 for a
 failure the user can fix.  Also ``--version``, the demo under a load that
 does not fit a socket buffer, and the CLI's logging setup."""
-import os
 import platform
 import socket
 import subprocess
@@ -12,11 +11,9 @@ import sys
 import pytest
 
 import iocport
-from conftest import DEADLINE, REFUSE_URING, REFUSE_URING_MACHINES
+from conftest import CHILD_CWD, DEADLINE, REFUSE_URING, REFUSE_URING_MACHINES, child_env
 
 pytestmark = pytest.mark.timeout(60)
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(iocport.__file__)))
 
 # Run after REFUSE_URING: the command itself, under the seccomp filter.
 EXEC_CLI = ("import os, sys\n"
@@ -28,17 +25,13 @@ needs_seccomp = pytest.mark.skipif(
 
 
 def run_cli(*args, env=None, refuse_uring=False):
-    full_env = dict(os.environ)
-    full_env.pop("IOCPORT_BACKEND", None)
-    full_env["PYTHONPATH"] = os.pathsep.join(
-        [ROOT] + ([full_env["PYTHONPATH"]] if full_env.get("PYTHONPATH") else []))
-    full_env.update(env or {})
+    full_env = child_env(**{"IOCPORT_BACKEND": None, **(env or {})})
     if refuse_uring:
         cmd = [sys.executable, "-c", REFUSE_URING + EXEC_CLI, *args]
     else:
         cmd = [sys.executable, "-m", "iocport", *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=DEADLINE,
-                          env=full_env)
+                          env=full_env, cwd=CHILD_CWD)
 
 
 def one_line(proc, status, *words):
@@ -139,7 +132,7 @@ def test_uring_refused_auto_still_serves():
     proc = subprocess.Popen(
         [sys.executable, "-c", REFUSE_URING + EXEC_CLI, "echo", "--port", "0"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env=dict(os.environ, PYTHONPATH=ROOT, IOCPORT_BACKEND="auto"))
+        env=child_env(IOCPORT_BACKEND="auto"), cwd=CHILD_CWD)
     try:
         line = proc.stdout.readline()
         assert "backend epoll" in line, line
@@ -181,6 +174,6 @@ def test_logging_lets_only_iocport_info_through():
             "logging.getLogger('iocport').info('own INFO')\n"
             "logging.getLogger('iocport.sub').info('own child INFO')\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=DEADLINE, env=dict(os.environ, PYTHONPATH=ROOT))
+                          timeout=DEADLINE, env=child_env(), cwd=CHILD_CWD)
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr.splitlines() == ["iocport: own INFO", "iocport.sub: own child INFO"]

@@ -1,11 +1,10 @@
 """The command line: ``python -m iocport echo``.
 
-Runs the demo server in a subprocess (sys.executable, with PYTHONPATH
-pointing at the directory holding the iocport package actually imported, so
-this works in-tree and installed), waits for its "listening on HOST:PORT"
-line, talks to it over 127.0.0.1 and stops it with SIGINT or SIGTERM.
+Runs the demo server in a subprocess (sys.executable, importing the
+iocport under test: conftest's child_env() and CHILD_CWD, so this works
+in-tree and installed), waits for its "listening on HOST:PORT" line, talks
+to it over 127.0.0.1 and stops it with SIGINT or SIGTERM.
 """
-import os
 import signal
 import socket
 import subprocess
@@ -14,19 +13,13 @@ import sys
 import pytest
 
 import iocport
-from conftest import DEADLINE, Codec, recv_messages
+from conftest import CHILD_CWD, DEADLINE, Codec, child_env, recv_messages
 
 pytestmark = pytest.mark.timeout(60)
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(iocport.__file__)))
-
 
 def _env():
-    env = dict(os.environ)
-    env.pop("IOCPORT_BACKEND", None)
-    env["PYTHONPATH"] = os.pathsep.join(
-        [ROOT] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
-    return env
+    return child_env(IOCPORT_BACKEND=None)
 
 
 class Demo:
@@ -34,7 +27,7 @@ class Demo:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "iocport", "echo", "--port", "0", *args],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env(),
-            text=True)
+            cwd=CHILD_CWD, text=True)
         # readline blocks until the line or EOF; the test timeout bounds it.
         self.line = self.proc.stdout.readline()
         if not self.line.startswith("listening on 127.0.0.1:"):
@@ -115,7 +108,7 @@ def test_echo_command_workers_and_other_framing(demo, backend):
 def test_echo_command_bad_framing_is_a_usage_error():
     p = subprocess.run([sys.executable, "-m", "iocport", "echo", "--port", "0",
                         "--framing", "len3"], capture_output=True, text=True,
-                       env=_env(), timeout=DEADLINE)
+                       env=_env(), cwd=CHILD_CWD, timeout=DEADLINE)
     assert p.returncode == 2
     assert "len3" in p.stderr
 

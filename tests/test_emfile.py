@@ -1,12 +1,13 @@
 """Out of file descriptors: the accept loop pauses instead of spinning, the
 server keeps serving the connections it has, and accepts again once
 descriptors are free.  Runs in a subprocess that uses up its descriptors."""
-import os
 import subprocess
 import sys
 import textwrap
 
 import pytest
+
+from conftest import CHILD_CWD, child_env
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -69,10 +70,7 @@ SCRIPT = textwrap.dedent(r'''
 
 
 def test_emfile_pauses_accept_and_recovers(backend):
-    import iocport
-    root = os.path.dirname(os.path.dirname(os.path.abspath(iocport.__file__)))
-    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    out = subprocess.run([sys.executable, "-c", SCRIPT, backend], env=env,
-                         capture_output=True, text=True, timeout=50, cwd=root)
+    out = subprocess.run([sys.executable, "-c", SCRIPT, backend], env=child_env(),
+                         capture_output=True, text=True, timeout=50, cwd=CHILD_CWD)
     assert out.returncode == 0, out.stdout + out.stderr
     assert out.stdout.splitlines()[-1] == "ok"

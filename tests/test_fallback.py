@@ -1,7 +1,6 @@
 """io_uring refused the way containers refuse it (a seccomp filter answering
 EPERM, as Docker's default profile does): auto falls back to epoll with one
 log line, forcing uring raises a clear OSError, and the server works."""
-import os
 import platform
 import subprocess
 import sys
@@ -9,7 +8,7 @@ import textwrap
 
 import pytest
 
-from conftest import REFUSE_URING, REFUSE_URING_MACHINES
+from conftest import CHILD_CWD, REFUSE_URING, REFUSE_URING_MACHINES, child_env
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -47,12 +46,9 @@ SCRIPT = REFUSE_URING + textwrap.dedent(r'''
 @pytest.mark.skipif(platform.machine() not in REFUSE_URING_MACHINES,
                     reason="the filter uses the io_uring_setup number of x86_64/aarch64")
 def test_refused_io_uring_falls_back_to_epoll():
-    import iocport
-    root = os.path.dirname(os.path.dirname(os.path.abspath(iocport.__file__)))
-    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    env.pop("IOCPORT_BACKEND", None)
-    out = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True,
-                         text=True, timeout=50)
+    out = subprocess.run([sys.executable, "-c", SCRIPT],
+                         env=child_env(IOCPORT_BACKEND=None), cwd=CHILD_CWD,
+                         capture_output=True, text=True, timeout=50)
     assert out.returncode == 0, out.stdout + out.stderr
     lines = out.stdout.splitlines()
     assert "backends ('epoll',)" in lines

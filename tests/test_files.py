@@ -19,7 +19,7 @@ import pytest
 
 import iocport
 
-from conftest import DEADLINE, Codec, recv_messages
+from conftest import CHILD_CWD, DEADLINE, Codec, child_env, recv_messages
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -391,12 +391,9 @@ EFBIG_SCRIPT = textwrap.dedent("""
 def test_write_past_rlimit_fsize_reports_efbig(backend, tmp_path):
     # RLIMIT_FSIZE is set only in a subprocess (with SIGXFSZ ignored).
     path = str(tmp_path / "efbig.dat")
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        [os.path.dirname(os.path.dirname(os.path.abspath(iocport.__file__)))]
-        + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
     proc = subprocess.run([sys.executable, "-c", EFBIG_SCRIPT, backend, path],
-                          capture_output=True, text=True, timeout=50, env=env)
+                          capture_output=True, text=True, timeout=50,
+                          env=child_env(), cwd=CHILD_CWD)
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["ok"], out
@@ -785,13 +782,10 @@ def test_non_regular_file_does_not_hang_stop(backend, tmp_path, request):
     descriptor): a read must not block stop() forever.  Found: on io_uring
     the read waits for data and stop() waits for the read; File now
     refuses descriptors that are not regular files."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        [os.path.dirname(os.path.dirname(os.path.abspath(iocport.__file__)))]
-        + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
     proc = subprocess.run([sys.executable, "-c", FIFO_SCRIPT, backend,
                            str(tmp_path / "fifo")],
-                          capture_output=True, text=True, timeout=40, env=env)
+                          capture_output=True, text=True, timeout=40,
+                          env=child_env(), cwd=CHILD_CWD)
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     if "open_error" in out:

@@ -30,8 +30,8 @@ import threading
 import pytest
 
 import iocport
-from conftest import (DEADLINE, Codec, Events, holding_echo, recv_messages,
-                      recv_until_eof, wait_for)
+from conftest import (CHILD_CWD, DEADLINE, Codec, Events, child_env, holding_echo,
+                      recv_messages, recv_until_eof, wait_for)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -183,25 +183,14 @@ def test_half_closed_peers_get_replies_sent_from_write_callbacks(
         store[0].close()
 
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(iocport.__file__)))
-
-
-def _cli_env():
-    env = dict(os.environ)
-    env.pop("IOCPORT_BACKEND", None)
-    env["PYTHONPATH"] = os.pathsep.join(
-        [ROOT] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
-    return env
-
-
 def test_cli_echo_store_answers_clients_that_half_close(backend, tmp_path):
     # The reproduction: 0 of 50 replies arrived before the fix.
     path = tmp_path / "store.log"
     proc = subprocess.Popen(
         [sys.executable, "-m", "iocport", "echo", "--port", "0",
          "--store", str(path), "--backend", backend],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_cli_env(),
-        text=True)
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env=child_env(IOCPORT_BACKEND=None), cwd=CHILD_CWD, text=True)
     socks = []
     try:
         line = proc.stdout.readline()   # the test's timeout bounds it

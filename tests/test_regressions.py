@@ -33,14 +33,12 @@ import time
 import pytest
 
 import iocport
-from conftest import (DEADLINE, Codec, Events, is_closed_by_peer, recv_until_eof,
-                      wait_for)
+from conftest import (CHILD_CWD, DEADLINE, Codec, Events, child_env, is_closed_by_peer,
+                      recv_until_eof, wait_for)
 
 pytestmark = pytest.mark.timeout(60)
 
 _PAGE = os.sysconf("SC_PAGE_SIZE")
-# The directory the iocport under test was imported from, for subprocesses.
-_IOCPORT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(iocport.__file__)))
 
 
 def rss_bytes():
@@ -51,13 +49,10 @@ def rss_bytes():
 def run_script(source, *args, timeout=45):
     """Run ``source`` in a fresh interpreter importing the same iocport;
     return the CompletedProcess (killed and failed at ``timeout``)."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (_IOCPORT_ROOT, env.get("PYTHONPATH")) if p)
     try:
         return subprocess.run(
             [sys.executable, "-c", textwrap.dedent(source), *args],
-            env=env, cwd=_IOCPORT_ROOT, capture_output=True, text=True,
+            env=child_env(), cwd=CHILD_CWD, capture_output=True, text=True,
             timeout=timeout)
     except subprocess.TimeoutExpired as e:   # run() has killed the child
         pytest.fail(f"subprocess did not finish in {timeout}s; "

@@ -9,7 +9,6 @@ sleep; nothing asserts on timing.
 import collections
 import gc
 import logging
-import os
 import random
 import re
 import resource
@@ -22,13 +21,13 @@ import sys
 import textwrap
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
 import iocport
-from conftest import (DEADLINE, Codec, Events, holding_echo, is_closed_by_peer,
-                      recv_messages, recv_until_eof, wait_for)
+from conftest import (CHILD_CWD, DEADLINE, TREE, Codec, Events, child_env, holding_echo,
+                      is_closed_by_peer, needs_tree, recv_messages, recv_until_eof,
+                      wait_for)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -1227,21 +1226,13 @@ SERVE_SCRIPT = textwrap.dedent("""
 """)
 
 
-def _child_env():
-    root = os.path.dirname(os.path.dirname(os.path.abspath(iocport.__file__)))
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        [root] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
-    return env
-
-
 @pytest.fixture
 def spawn():
     procs = []
 
     def run(args):
         p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             env=_child_env(), text=True)
+                             env=child_env(), cwd=CHILD_CWD, text=True)
         procs.append(p)
         return p
 
@@ -1299,9 +1290,10 @@ def test_serve_forever_signal_while_starting(backend, spawn, sig):
     assert out.strip() == "stopped False", (out, err)
 
 
+@needs_tree("README.md")
 def test_close_reasons_are_documented():
     """The README lists every close reason, and only those (one list in C)."""
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    readme = (TREE / "README.md").read_text()
     start = readme.index("`conn.close_reason` says")
     para = readme[start:readme.index("\n- ", start)]
     listed = re.findall(r"`([a-z_]+)`", para)

@@ -18,12 +18,11 @@ import pytest
 
 import iocport
 
-from conftest import DEADLINE
+from conftest import CHILD_CWD, DEADLINE, TREE, child_env, needs_tree
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timeout(60), needs_tree("examples")]
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-EXAMPLES = os.path.join(ROOT, "examples")
+EXAMPLES = os.path.join(TREE, "examples")
 RECORDS, CONNECTIONS, BLOB_SIZE = 2000, 20, 5 * 1024 * 1024
 ID = struct.Struct(">Q")
 
@@ -34,14 +33,6 @@ def load_example(name):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def child_env():
-    env = dict(os.environ)
-    pkg_root = os.path.dirname(os.path.dirname(os.path.abspath(iocport.__file__)))
-    env["PYTHONPATH"] = os.pathsep.join(
-        [pkg_root] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
-    return env
 
 
 def client_records(records=RECORDS, connections=CONNECTIONS, max_size=2000, seed=1):
@@ -60,7 +51,8 @@ def run_client(port, backend, blob, timeout=50):
          "--port", str(port), "--records", str(RECORDS),
          "--connections", str(CONNECTIONS), "--blob", str(blob),
          "--backend", backend, "--timeout", "40"],
-        capture_output=True, text=True, timeout=timeout, env=child_env())
+        capture_output=True, text=True, timeout=timeout, env=child_env(),
+        cwd=CHILD_CWD)
     return proc
 
 
@@ -260,7 +252,8 @@ def test_warehouse_cli(backend, tmp_path, blob, durable):
         if durable:
             cmd.append("--durable")
         server = subprocess.Popen(cmd, stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True, env=child_env())
+                                  stderr=subprocess.PIPE, text=True, env=child_env(),
+                                  cwd=CHILD_CWD)
         try:
             line = server.stdout.readline()
             if not line:

@@ -486,12 +486,13 @@ iocp_framer_add_types(PyObject *module, iocp_state *st)
     if (st->FramerType == NULL ||
         PyModule_AddObjectRef(module, "Framer", (PyObject *)st->FramerType) < 0)
         return -1;
-    st->FramingError = (PyTypeObject *)PyErr_NewExceptionWithDoc(
-        "iocport._iocport.FramingError",
+    st->FramingError = iocp_new_error(
+        st, "iocport._iocport.FramingError",
         "Raised by Framer.feed() on a framing error (a message over max_size,\n"
-        "a bad length header).  messages: the whole messages (bytes) that\n"
-        "call framed before the bad frame, in order.",
-        PyExc_ValueError, NULL);
+        "a bad length header); an iocport.Error and a ValueError.  messages:\n"
+        "the whole messages (bytes) that call framed before the bad frame, in\n"
+        "order.",
+        PyExc_ValueError);
     if (st->FramingError == NULL ||
         PyModule_AddObjectRef(module, "FramingError",
                               (PyObject *)st->FramingError) < 0)

@@ -1,5 +1,6 @@
 /* module.c - the _iocport extension module: multi-phase init, module state,
- * module-level functions, logging helpers.  Types live in port.c (Port,
+ * module-level functions, logging helpers, the base exception Error.
+ * Types live in port.c (Port,
  * Packet, PortClosedError), framer.c (Framer, FramingError), file.c (File),
  * connection.c (Connection) and server.c (Server); dispatch.c holds the
  * hooks the core's workers call. */
@@ -52,6 +53,36 @@ iocp_oserror(int err)
 {
     /* OSError(errno, strerror) picks the subclass (ConnectionRefusedError...) */
     return PyObject_CallFunction(PyExc_OSError, "is", err, strerror(err));
+}
+
+PyTypeObject *
+iocp_new_error(iocp_state *st, const char *dotted_name, const char *doc,
+               PyObject *builtin)
+{
+    PyObject *bases = PyTuple_Pack(2, (PyObject *)st->Error, builtin);
+    if (bases == NULL)
+        return NULL;
+    PyObject *type = PyErr_NewExceptionWithDoc(dotted_name, doc, bases, NULL);
+    Py_DECREF(bases);
+    return (PyTypeObject *)type;
+}
+
+/* Error: the base of the package's own exceptions, made before the types
+ * whose files derive theirs from it. */
+static int
+iocp_add_error(PyObject *module, iocp_state *st)
+{
+    st->Error = (PyTypeObject *)PyErr_NewExceptionWithDoc(
+        "iocport._iocport.Error",
+        "The base class of iocport's own exceptions: PortClosedError (also a\n"
+        "RuntimeError) and FramingError (also a ValueError).  Errors from the\n"
+        "system are OSError, and bad arguments TypeError or ValueError, as\n"
+        "elsewhere in Python.",
+        PyExc_Exception, NULL);
+    if (st->Error == NULL ||
+        PyModule_AddObjectRef(module, "Error", (PyObject *)st->Error) < 0)
+        return -1;
+    return 0;
 }
 
 static PyObject *
@@ -108,7 +139,8 @@ iocp_exec(PyObject *module)
         return -1;
     }
     st->port_key_ok = 1;
-    if (iocp_port_add_types(module, st) < 0 ||
+    if (iocp_add_error(module, st) < 0 ||
+        iocp_port_add_types(module, st) < 0 ||
         iocp_framer_add_types(module, st) < 0 ||
         iocp_file_add_types(module, st) < 0 ||
         iocp_server_add_types(module, st) < 0)
@@ -120,6 +152,7 @@ static int
 iocp_traverse(PyObject *module, visitproc visit, void *arg)
 {
     iocp_state *st = iocp_get_state(module);
+    Py_VISIT(st->Error);
     Py_VISIT(st->PortType);
     Py_VISIT(st->PortClosedError);
     Py_VISIT(st->PacketType);
@@ -136,6 +169,7 @@ static int
 iocp_clear(PyObject *module)
 {
     iocp_state *st = iocp_get_state(module);
+    Py_CLEAR(st->Error);
     Py_CLEAR(st->PortType);
     Py_CLEAR(st->PortClosedError);
     Py_CLEAR(st->PacketType);

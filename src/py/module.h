@@ -11,14 +11,17 @@
 #include <pthread.h>
 
 typedef struct {
+    PyTypeObject *Error;             /* exception: the base of the package's
+                                        own errors (subclass of Exception) */
     PyTypeObject *PortType;
-    PyTypeObject *PortClosedError;   /* exception: subclass of RuntimeError */
+    PyTypeObject *PortClosedError;   /* exception: subclass of Error and
+                                        RuntimeError */
     PyTypeObject *PacketType;        /* structseq (key, nbytes, value) */
     PyTypeObject *ServerType;
     PyTypeObject *ConnectionType;
     PyTypeObject *FramerType;
-    PyTypeObject *FramingError;      /* exception: subclass of ValueError,
-                                        with .messages */
+    PyTypeObject *FramingError;      /* exception: subclass of Error and
+                                        ValueError, with .messages */
     PyTypeObject *FileType;
     PyObject *logger;                /* logging.getLogger("iocport") */
     /* Per-thread list of the ports a thread waited on, so that its exit
@@ -33,7 +36,14 @@ static inline iocp_state *iocp_get_state(PyObject *module)
     return (iocp_state *)PyModule_GetState(module);
 }
 
-/* Each adds its types to the module and stores them in the state. */
+/* A new exception type `dotted_name` ("iocport._iocport.X") deriving from
+ * st->Error and `builtin`, so that both `except iocport.Error` and the
+ * builtin's except clauses catch it; NULL on error. */
+PyTypeObject *iocp_new_error(iocp_state *st, const char *dotted_name,
+                             const char *doc, PyObject *builtin);
+
+/* Each adds its types to the module and stores them in the state (Error
+ * is made first, by module.c). */
 int iocp_port_add_types(PyObject *module, iocp_state *st);
 int iocp_server_add_types(PyObject *module, iocp_state *st);
 int iocp_framer_add_types(PyObject *module, iocp_state *st);

@@ -680,10 +680,11 @@ iocp_port_add_types(PyObject *module, iocp_state *st)
     if (st->PacketType == NULL ||
         PyModule_AddObjectRef(module, "Packet", (PyObject *)st->PacketType) < 0)
         return -1;
-    st->PortClosedError = (PyTypeObject *)PyErr_NewExceptionWithDoc(
-        "iocport._iocport.PortClosedError",
-        "Raised by Port.get()/post() once the port is closed.",
-        PyExc_RuntimeError, NULL);
+    st->PortClosedError = iocp_new_error(
+        st, "iocport._iocport.PortClosedError",
+        "Raised by Port.get()/post() once the port is closed (an\n"
+        "iocport.Error and a RuntimeError).",
+        PyExc_RuntimeError);
     if (st->PortClosedError == NULL ||
         PyModule_AddObjectRef(module, "PortClosedError",
                               (PyObject *)st->PortClosedError) < 0)
