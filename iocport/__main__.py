@@ -44,6 +44,11 @@ def _echo_args(p):
     p.add_argument("--native", action="store_true",
                    help="echo in C without calling Python (the ceiling)")
     p.add_argument("--store", metavar="PATH", default=None, help=STORE_HELP)
+    p.add_argument("--tls-cert", metavar="PEM", default=None,
+                   help="serve over TLS with this certificate chain (PEM); "
+                        "needs --tls-key unless the key is in the same file")
+    p.add_argument("--tls-key", metavar="PEM", default=None,
+                   help="the private key of --tls-cert (PEM)")
 
 
 class _Store:
@@ -79,10 +84,30 @@ class _Store:
         self.log.write(self.framer.wrap(msg), callback=written)
 
 
+def _tls_context(args):
+    """The server-side ssl.SSLContext of --tls-cert/--tls-key, or None."""
+    if args.tls_cert is None:
+        if args.tls_key is not None:
+            raise UsageError("--tls-key needs --tls-cert")
+        return None
+    import ssl
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        ctx.load_cert_chain(args.tls_cert, args.tls_key)
+    except ssl.SSLError as exc:   # (an OSError too)
+        raise Failure(f"cannot use {args.tls_cert} and {args.tls_key or args.tls_cert} "
+                      f"as a certificate and its key: {exc.reason or exc}") from None
+    except OSError as exc:
+        raise Failure(f"cannot read the TLS certificate or key: {why(exc)}: "
+                      f"{exc.filename or args.tls_cert}") from None
+    return ctx
+
+
 def echo(args):
     if args.native and args.store:
         raise UsageError("--native and --store do not go together")
     backend = resolve_backend(args.backend)
+    tls = _tls_context(args)
 
     def on_message(conn, msg):
         conn.send(msg)
@@ -90,7 +115,7 @@ def echo(args):
     store = _Store(args.store, args.framing) if args.store else None
     handler = None if args.native else store.on_message if store else on_message
     server = Server(handler, framing=args.framing, workers=args.workers,
-                    backend=backend, native_echo=args.native)
+                    backend=backend, native_echo=args.native, ssl=tls)
     what = "native echo" if args.native else "python echo"
     if store:
         try:
@@ -109,7 +134,8 @@ def echo(args):
     except OSError as exc:
         raise Failure(f"cannot start the server ({backend} backend): {why(exc)}") from None
     server.serve_forever(ready=lambda: print(
-        f"listening on {host}:{port} (backend {server.backend}, {what})", flush=True))
+        f"listening on {host}:{port} (backend {server.backend}, {what}"
+        f"{', TLS' if tls else ''})", flush=True))
     return 0
 
 

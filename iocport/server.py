@@ -85,7 +85,7 @@ class Server:
                  max_message=None, max_unsent=4 * 1024 * 1024,
                  unsent_limit=64 * 1024 * 1024, max_connections=100_000,
                  idle_timeout=None, half_close_timeout=30.0,
-                 native_echo=False):
+                 native_echo=False, ssl=None, ssl_handshake_timeout=60.0):
         if framing is None:
             framing = LengthPrefixed(4)
         if not isinstance(framing, Framing):
@@ -105,6 +105,9 @@ class Server:
             err = _iocport.uring_status()
             raise OSError(err, "io_uring is not available on this host: "
                           f"{os.strerror(err)} (use backend='epoll' or 'auto')")
+        if ssl is not None:
+            _iocport.tls_check(ssl, True)
+        self._ssl = ssl
         self._requested = backend
         self._core = _iocport.Server(
             handler, framing, workers=workers,
@@ -113,23 +116,29 @@ class Server:
             on_drain=on_drain, max_unsent=max_unsent,
             unsent_limit=unsent_limit, max_connections=max_connections,
             idle_timeout=idle_timeout, half_close_timeout=half_close_timeout,
-            native_echo=bool(native_echo), fallback=backend == "auto")
+            native_echo=bool(native_echo), fallback=backend == "auto",
+            ssl_handshake_timeout=ssl_handshake_timeout)
         self._framing = framing
         self._addresses = []
         self._stopped = threading.Event()
 
     # -- listening ------------------------------------------------------
-    def listen(self, host="127.0.0.1", port=0, *, backlog=1024, reuse_port=False):
+    def listen(self, host="127.0.0.1", port=0, *, backlog=1024, reuse_port=False,
+               ssl=None):
         """Listen on (host, port); port 0 picks a free port.  Returns the
-        bound address.  Call before start()."""
+        bound address.  Call before start().  Its connections speak TLS
+        with ``ssl`` (a server-side ssl.SSLContext), or with the Server's
+        own ``ssl`` when None."""
         if not isinstance(host, str):
             raise TypeError(f"host must be a str, got {type(host).__name__}")
         _check_port(port)
+        if ssl is None:
+            ssl = self._ssl
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.create_server((host, port), family=family, backlog=backlog,
                                     reuse_port=reuse_port)
         try:
-            self._core.add_listener(sock)
+            self._core.add_listener(sock, ssl)
             address = sock.getsockname()[:2]
         finally:
             sock.close()
@@ -171,7 +180,8 @@ class Server:
                         os.strerror(err))
         return self
 
-    def connect(self, host, port, callback=None, *, timeout=30.0):
+    def connect(self, host, port, callback=None, *, timeout=30.0, ssl=None,
+                server_hostname=None):
         """Open an outgoing connection, overlapped: returns its Connection
         at once (send() may be called before it is connected; the bytes go
         out once it is).
@@ -185,10 +195,27 @@ class Server:
         callback); every connection, failed ones too, ends with one
         on_close(conn).  Messages arrive at this server's handler, framed
         the same way.  The host is resolved here (a name lookup blocks the
-        caller; numeric addresses do not)."""
+        caller; numeric addresses do not).
+
+        With ``ssl`` (a client-side ssl.SSLContext, e.g.
+        ``ssl.create_default_context()``) the connection speaks TLS: SNI
+        names ``server_hostname`` (default: host), whose certificate is
+        checked as the context says (check_hostname, verify_mode);
+        on_connect and the callback run once the handshake is over, and a
+        failed handshake reaches the callback as ssl.SSLCertVerificationError
+        or ssl.SSLError (close_reason 'tls')."""
         if not isinstance(host, str):
             raise TypeError(f"host must be a str, got {type(host).__name__}")
         _check_port(port)
+        if ssl is None and server_hostname is not None:
+            raise ValueError("server_hostname is only meaningful with ssl")
+        if server_hostname is not None and not isinstance(server_hostname, str):
+            raise TypeError("server_hostname must be a str or None, got "
+                            f"{type(server_hostname).__name__}")
+        if ssl is not None:
+            _iocport.tls_check(ssl, False)
+            if server_hostname is None:
+                server_hostname = host
         if not self.running:
             raise RuntimeError("the server is not running; call start() first")
         addresses = []
@@ -200,7 +227,7 @@ class Server:
         if not addresses:
             raise OSError(f"{host!r} has no IPv4 or IPv6 address")
         # (callback and timeout are checked by the native engine)
-        return self._core.connect(addresses, callback, timeout)
+        return self._core.connect(addresses, callback, timeout, ssl, server_hostname)
 
     # -- files ----------------------------------------------------------
     _MODES = {

@@ -2,6 +2,7 @@
 from typing import Any, Callable
 
 import os
+import ssl as _ssl
 
 from ._iocport import Connection, File
 from .framing import Framing
@@ -28,9 +29,12 @@ class Server:
         idle_timeout: float | None = None,
         half_close_timeout: float | None = 30.0,
         native_echo: bool = False,
+        ssl: _ssl.SSLContext | None = None,
+        ssl_handshake_timeout: float | None = 60.0,
     ) -> None: ...
     def listen(self, host: str = "127.0.0.1", port: int = 0, *, backlog: int = 1024,
-               reuse_port: bool = False) -> tuple[str, int]: ...
+               reuse_port: bool = False,
+               ssl: _ssl.SSLContext | None = None) -> tuple[str, int]: ...
     @property
     def addresses(self) -> list[tuple[str, int]]: ...
     @property
@@ -44,6 +48,8 @@ class Server:
         self, host: str, port: int,
         callback: Callable[[Connection, OSError | None], object] | None = None,
         *, timeout: float = 30.0,
+        ssl: _ssl.SSLContext | None = None,
+        server_hostname: str | None = None,
     ) -> Connection: ...
     def open_file(self, path: str | bytes | os.PathLike[str], mode: str = "r", *,
                   perms: int = 0o644) -> File: ...

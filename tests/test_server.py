@@ -1297,7 +1297,8 @@ def test_close_reasons_are_documented():
     start = readme.index("`conn.close_reason` says")
     para = readme[start:readme.index("\n- ", start)]
     listed = re.findall(r"`([a-z_]+)`", para)
-    assert set(listed) - {"conn", "close_reason", "unsent_limit"} == \
+    assert set(listed) - {"conn", "close_reason", "unsent_limit",
+                          "ssl_handshake_timeout"} == \
         set(iocport.CLOSE_REASONS)
     assert iocport.CLOSE_REASONS[0] == "closed"
     with iocport.Server(print) as srv:

@@ -81,6 +81,7 @@ conn_free(struct conn *c)
         free(c->dial->lens);
         free(c->dial);
     }
+    tls_free(c);
     free(c->hbuf);
     free(c->rbuf);
     free(c->obuf);
@@ -200,6 +201,8 @@ conn_output_done(struct conn *c)
          * make the kernel reset the connection and drop the replies
          * still in flight. */
         if (!c->wr_shut) {
+            if (c->tls != NULL && tls_notify(c))
+                return;   /* decided again once close_notify is out */
             c->wr_shut = 1;
             c->drain_since = w->now;
             if (shutdown(c->h.fd, SHUT_WR) < 0) {
@@ -233,6 +236,8 @@ conn_output_done(struct conn *c)
     }
     if (c->keep_open)
         return;   /* bounded by half_close_ms (sweep()) */
+    if (c->tls != NULL && tls_notify(c))
+        return;   /* our close_notify first */
     conn_note_reason(c, CLOSE_EOF, 0);
     conn_begin_close(c);
 }

@@ -23,6 +23,7 @@
 struct server;
 struct worker;
 struct conn;
+struct ossl;
 
 #define MAX_LISTENERS 16
 
@@ -42,7 +43,9 @@ struct conn;
     X(HANDLER,   "handler",   NULL,      "a handler or callback raised")      \
     X(IDLE,      "idle",      "debug",   "idle, or half-closed and quiet, too long") \
     X(CONNECT,   "connect",   "debug",   "an outgoing connect failed")        \
-    X(OVERFLOW,  "overflow",  "warning", "a send past unsent_limit")
+    X(OVERFLOW,  "overflow",  "warning", "a send past unsent_limit")        \
+    X(TLS,       "tls",       "info",    "TLS failed: handshake, certificate, record, or no handshake in time") \
+    X(TLS_EOF,   "tls_eof",   "debug",   "the peer closed without a TLS close_notify")
 
 enum close_reason {
 #define CLOSE_ENUM(name, str, level, doc) CLOSE_##name,
@@ -171,6 +174,18 @@ struct server_config {
                                     always have it) */
     uint8_t want_eof;            /* ... ENTRY_EOF */
     uint8_t want_drain;          /* ... ENTRY_DRAIN */
+    int64_t tls_handshake_ms;    /* a TLS handshake not over by then
+                                    fails; 0: no limit */
+};
+
+/* TLS for a listener's connections or an outgoing one. */
+struct tls_config {
+    const struct ossl *o;        /* OpenSSL (lib/ossl.h) */
+    void *ctx;                   /* an SSL_CTX, kept alive by the caller
+                                    until the server is destroyed */
+    const char *host;            /* outgoing: SNI, and the name checked
+                                    if check_host (copied) */
+    int check_host;
 };
 
 /* Counters, read together (each is exact; the set is a moment's). */
@@ -187,9 +202,10 @@ struct server *server_create(const struct server_config *cfg,
                              void *dispatch_arg);
 /* Stops it if it runs, then frees it. */
 void server_destroy(struct server *s);
-/* Takes ownership of a listening socket fd.  Before server_start only;
- * -ENOSPC past MAX_LISTENERS. */
-int server_add_listener(struct server *s, int fd);
+/* Takes ownership of a listening socket fd, whose connections speak TLS
+ * (tls) or not (NULL).  Before server_start only; -ENOSPC past
+ * MAX_LISTENERS. */
+int server_add_listener(struct server *s, int fd, const struct tls_config *tls);
 /* Start the workers; 0 or -errno (workers that started are stopped). */
 int server_start(struct server *s);
 /* Stop and join every worker; every connection is closed.  Any thread
@@ -212,10 +228,13 @@ int server_worker_load(struct server *s, unsigned i, unsigned *live,
  * or ENTRY_CLOSE with reason CLOSE_CONNECT (err: why the last attempt
  * failed, ETIMEDOUT once timeout_ms has passed).  `py` is attached to the
  * connection (see conn_py).  Any thread; -EPIPE if the server is not
- * running, -EINVAL for an address that is not IPv4 or IPv6. */
+ * running, -EINVAL for an address that is not IPv4 or IPv6.  With `tls`
+ * it speaks TLS: ENTRY_OPEN comes once the handshake is over, and a
+ * handshake that fails closes it with CLOSE_TLS (conn_tls_error says
+ * why). */
 int server_connect(struct server *s, const struct sockaddr_storage *addrs,
                    const socklen_t *lens, unsigned n, int64_t timeout_ms,
-                   void *py, struct conn **out);
+                   const struct tls_config *tls, void *py, struct conn **out);
 
 /* Submit a file operation; its ENTRY_FILE reaches the dispatch layer on
  * worker f->windex.  Any thread; -EPIPE if the server is not running. */
@@ -277,5 +296,25 @@ int conn_outgoing(const struct conn *c);
 const struct sockaddr *conn_peer(const struct conn *c, socklen_t *len);
 /* Dispatch (on_eof asked): stay open after the peer's FIN until closed. */
 void conn_keep_open(struct conn *c);
+
+/* A TLS connection's session, fixed once its handshake is over. */
+struct tls_info {
+    const char *version;         /* "TLSv1.3" (OpenSSL's, static) */
+    const char *cipher;          /* "TLS_AES_128_GCM_SHA256", or NULL */
+    const char *cipher_version;  /* the cipher's protocol, or NULL */
+    int bits;                    /* its secret bits */
+    uint8_t alpn_len;            /* the ALPN protocol chosen, or 0 */
+    unsigned char alpn[255];
+    unsigned char *peer_der;     /* the peer's certificate (DER), or NULL */
+    size_t peer_len;
+};
+/* Whether c speaks TLS. */
+int conn_is_tls(const struct conn *c);
+/* c's TLS session once its handshake is over, else NULL.  Any thread. */
+const struct tls_info *conn_tls_info(const struct conn *c);
+/* Why c's TLS failed (a sentence), with the certificate check's X509_V_ERR
+ * code in *verify (0: not a verification failure); NULL if it did not
+ * fail.  Dispatch, or once c is closed. */
+const char *conn_tls_error(const struct conn *c, long *verify);
 
 #endif

@@ -81,7 +81,7 @@ int
 echo_rbuf(struct conn *c, size_t from, size_t n)
 {
     size_t len = c->rstart - from, tail = c->rlen - c->rstart;
-    if (len >= ECHO_NOW_MIN) {
+    if (len >= ECHO_NOW_MIN && c->tls == NULL) {
         long k = echo_send_now(c, c->rbuf + from, len);
         if (k < 0)
             return -EPIPE;

@@ -9,6 +9,7 @@
  *   send.c    sending: the send queue, sends by reference, backpressure
  *   echo.c    native echo (whole frames back without Python)
  *   file.c    file requests and send_file
+ *   tls.c     TLS records between the engine's bytes and the framer
  *   worker.c  the worker loop: one turn, the mailbox, dispatch, timers
  *   server.c  start, stop, listeners, accepting and connecting */
 #ifndef IOCPORT_CORE_INTERNAL_H
@@ -137,6 +138,11 @@ struct conn {
     char *hbuf;                  /* sends held back behind the file (lock) */
     size_t hlen, hcap;
     struct dial *dial;           /* outgoing, until connected: the addresses */
+    struct tls *tls;             /* TLS (tls.c), or NULL: set before the
+                                    connection is seen by other threads */
+    /* Ciphertext sealed and not yet with the kernel: written by the
+     * worker, read by senders for the unsent count (relaxed). */
+    _Atomic size_t tls_queued;
 };
 
 /* An outgoing connection's addresses, tried in turn until one connects or
@@ -231,6 +237,8 @@ struct server {
     const struct dispatch_ops *dops;
     void *dispatch_arg;
     int lfds[MAX_LISTENERS];
+    struct tls_config ltls[MAX_LISTENERS];   /* each listener's TLS (o NULL:
+                                                none) */
     unsigned nlfds;
     struct worker *workers;
     unsigned nworkers;
@@ -358,7 +366,8 @@ mark_dirty(struct worker *w, struct conn *c)
 static inline size_t
 conn_unsent_locked(const struct conn *c)
 {
-    return c->olen + (c->rq ? c->rq->obytes : 0) + (c->slen - sent_off(c));
+    return c->olen + (c->rq ? c->rq->obytes : 0) + (c->slen - sent_off(c)) +
+           atomic_load_explicit(&c->tls_queued, memory_order_relaxed);
 }
 
 /* An operation ended by our cancel: -ECANCELED, or, once we are closing,
@@ -429,6 +438,11 @@ void send_queued_here(struct conn *c, size_t unsent);
 void send_flush(struct conn *c);
 /* Closed: give every sent-by-reference owner back. */
 void send_refs_drop(struct conn *c);
+/* sbuf is all sent: obuf's bytes (and references) take its place.  1 if
+ * there were any. */
+int send_swap(struct conn *c);
+/* n more bytes of sbuf are dealt with (TLS: sealed), not counted as sent. */
+void send_advance(struct conn *c, size_t n);
 /* An IO_SEND event. */
 void send_on_event(struct worker *w, struct conn *c, const struct io_event *ev);
 
@@ -453,6 +467,35 @@ void xfer_attach(struct conn *c);
 void xfer_pump(struct conn *c, size_t unsent);
 /* The transfer is over (err 0: all of it is with the kernel). */
 void xfer_finish(struct conn *c, int err);
+
+/* ---- tls.c -------------------------------------------------------------- */
+
+/* TLS for c (the server side unless c->outgoing).  Before c is seen by
+ * another thread.  0 or -ENOMEM. */
+int tls_attach(struct conn *c, const struct tls_config *cfg);
+void tls_free(struct conn *c);
+/* The connection is open: the handshake's deadline starts (a client
+ * sends its hello). */
+void tls_start(struct conn *c);
+/* Ciphertext from the peer.  0: the handshake is over, read plaintext
+ * with tls_read(); 1: it goes on; -1: the input is over (failed, or the
+ * peer's close_notify came), p discarded. */
+int tls_on_input(struct conn *c, const uint8_t *p, size_t len);
+/* Plaintext into buf: bytes, 0 when more ciphertext is needed, -1 when
+ * the input is over (close_notify: peer_eof; or failed). */
+long tls_read(struct conn *c, void *buf, size_t cap);
+/* The peer's FIN: without close_notify it is noted (CLOSE_TLS_EOF). */
+void tls_on_fin(struct conn *c);
+/* Past the handshake's deadline: failed (CLOSE_TLS).  1 if so. */
+int tls_expired(struct conn *c, int64_t now);
+/* Queue close_notify (once, not after a failure).  1 if it now waits to
+ * be sent (the caller decides again once it is out). */
+int tls_notify(struct conn *c);
+/* send.c's sending for a TLS connection: seal, send ciphertext.  0, or
+ * -1 if the connection failed. */
+int tls_send_out(struct conn *c);
+/* n bytes of ciphertext went to the kernel. */
+void tls_sent(struct conn *c, size_t n);
 
 /* ---- worker.c ----------------------------------------------------------- */
 

@@ -31,6 +31,8 @@
 #define DIRECT_SMALL 4096
 #define DIRECT_CHUNK (128 * 1024)
 #define DIRECT_MAX (1024 * 1024)
+/* Room made in rbuf for each TLS read: a record's plaintext. */
+#define TLS_ROOM (16 * 1024)
 
 static int rbuf_room(struct conn *c, size_t n, size_t need);
 
@@ -52,8 +54,8 @@ recv_start(struct conn *c)
 static size_t
 direct_len(struct conn *c)
 {
-    if (c->state != CONN_OPEN || c->bad_input)
-        return 0;
+    if (c->state != CONN_OPEN || c->bad_input || c->tls != NULL)
+        return 0;   /* (TLS: the records are decrypted into rbuf anyway) */
     size_t avail = c->rlen - c->rstart;
     size_t rest = c->rneed > avail ? c->rneed - avail : 0;
     if (rest >= DIRECT_MIN)
@@ -280,6 +282,30 @@ take_for_partial(const struct framing *f, const struct conn *c,
     return len;
 }
 
+/* TLS: the records' plaintext goes to rbuf, framed there. */
+static void
+on_tls_recv(struct worker *w, struct conn *c, const uint8_t *p, size_t len)
+{
+    if (tls_on_input(c, p, len) != 0)
+        return;   /* the handshake goes on; or the input is over */
+    long n;
+    do {
+        if (rbuf_room(c, TLS_ROOM, 0) < 0) {
+            conn_fail(c, CLOSE_RESET, ENOMEM);
+            return;
+        }
+        n = tls_read(c, c->rbuf + c->rlen, c->rcap - c->rlen);
+        if (n > 0)
+            c->rlen += (size_t)n;
+    } while (n > 0);
+    if (c->state != CONN_OPEN)
+        return;
+    if (!c->paused && !c->deferred && recv_frame(w, c) < 0)
+        return;
+    recv_update(c);   /* paused, deferred (framed when the replies drain,
+                         or next turn), or the peer's close_notify */
+}
+
 static void
 on_recv(struct worker *w, struct conn *c, const struct io_event *ev)
 {
@@ -292,6 +318,10 @@ on_recv(struct worker *w, struct conn *c, const struct io_event *ev)
     stat_add(&w->srv->stats.bytes_in, len);
     if (c->state != CONN_OPEN || c->bad_input)
         return;   /* draining, or after a bad frame: discarded */
+    if (c->tls != NULL) {
+        on_tls_recv(w, c, p, len);
+        return;
+    }
     if (c->paused || c->deferred)
         goto later;
     /* First finish the message already buffered, copying only its bytes. */
@@ -408,6 +438,8 @@ recv_on_event(struct worker *w, struct conn *c, const struct io_event *ev)
     c->recv = RECV_OFF;
     c->direct = 0;
     if (ev->res == 0) {
+        if (c->tls != NULL)
+            tls_on_fin(c);
         c->peer_eof = 1;
         mark_dirty(w, c);   /* close once every reply owed is out */
     } else if (ev->res < 0 && !conn_cancelled(c, ev->res)) {

@@ -120,7 +120,7 @@ conn_send(struct conn *c, const void *data, size_t len, int frame,
     }
     /* While a file streams, later messages wait behind it (copied). */
     int held = c->xfer_new != NULL || c->xfer_busy;
-    int ref = owner != NULL && len >= SEND_REF_MIN && !held;
+    int ref = owner != NULL && len >= SEND_REF_MIN && !held && c->tls == NULL;
     size_t copied = ref ? 0 : len;
     char **buf = held ? &c->hbuf : &c->obuf;
     size_t *used = held ? &c->hlen : &c->olen;
@@ -277,10 +277,42 @@ send_gathered(struct conn *c)
 static void
 sent(struct conn *c, size_t n)
 {
+    if (c->tls != NULL) {
+        tls_sent(c, n);   /* ciphertext */
+        return;
+    }
     set_sent_off(c, sent_off(c) + n);
     send_counted(c, n);
     if (c->refs_out)
         refs_sent(c);
+}
+
+void
+send_advance(struct conn *c, size_t n)
+{
+    set_sent_off(c, sent_off(c) + n);
+}
+
+int
+send_swap(struct conn *c)
+{
+    pthread_mutex_lock(&c->lock);
+    struct refq *q = c->rq;
+    if (c->olen == 0 && (q == NULL || q->no == 0)) {
+        pthread_mutex_unlock(&c->lock);
+        return 0;
+    }
+    char *t = c->sbuf; c->sbuf = c->obuf; c->obuf = t;
+    size_t tc = c->scap; c->scap = c->ocap; c->ocap = tc;
+    c->slen = c->olen;
+    set_sent_off(c, 0);
+    c->olen = 0;
+    if (q != NULL)
+        refs_swap(c, q);
+    else
+        c->refs_out = 0;
+    pthread_mutex_unlock(&c->lock);
+    return 1;
 }
 
 /* Hand the queue to the engine until all of it is sent or a send is in
@@ -289,25 +321,11 @@ static int
 send_out(struct conn *c)
 {
     struct worker *w = c->w;
+    if (c->tls != NULL)
+        return tls_send_out(c);
     while (c->state <= CONN_DRAINING && !c->send_busy) {
-        if (sent_off(c) == c->slen) {
-            pthread_mutex_lock(&c->lock);
-            struct refq *q = c->rq;
-            if (c->olen == 0 && (q == NULL || q->no == 0)) {
-                pthread_mutex_unlock(&c->lock);
-                break;
-            }
-            char *t = c->sbuf; c->sbuf = c->obuf; c->obuf = t;
-            size_t tc = c->scap; c->scap = c->ocap; c->ocap = tc;
-            c->slen = c->olen;
-            set_sent_off(c, 0);
-            c->olen = 0;
-            if (q != NULL)
-                refs_swap(c, q);
-            else
-                c->refs_out = 0;
-            pthread_mutex_unlock(&c->lock);
-        }
+        if (sent_off(c) == c->slen && !send_swap(c))
+            break;
         size_t soff = sent_off(c);
         long r = c->refs_out
                      ? send_gathered(c)

@@ -82,9 +82,12 @@ accept_adopt(struct worker *w, struct conn *c)
     }
     conn_link(w, c);
     c->state = CONN_OPEN;
-    if (s->dops != NULL && !s->cfg.native_echo && s->cfg.want_open)
-        push_entry(w, c, ENTRY_OPEN, NULL, 0, 0);
+    if (c->tls == NULL && s->dops != NULL && !s->cfg.native_echo &&
+        s->cfg.want_open)
+        push_entry(w, c, ENTRY_OPEN, NULL, 0, 0);   /* TLS: once established */
     recv_start(c);
+    if (c->tls != NULL && c->state == CONN_OPEN)
+        tls_start(c);
 }
 
 /* An accepted connection goes to another worker, through its mailbox.
@@ -151,6 +154,11 @@ accept_on_event(struct worker *w, struct listener_slot *ls, const struct io_even
          * least loaded one (io_uring wakes the same ring every time). */
         struct worker *t = s->nworkers > 1 ? least_loaded(s) : w;
         struct conn *c = conn_alloc(s, t, fd);
+        const struct tls_config *tls = &s->ltls[ls - w->ls];
+        if (c != NULL && tls->o != NULL && tls_attach(c, tls) < 0) {
+            conn_unref(c);
+            c = NULL;
+        }
         if (c == NULL) {
             close(fd);
             stat_add(&s->stats.accept_errors, 1);
@@ -243,8 +251,11 @@ dial_on_event(struct worker *w, struct conn *c, int res)
         free(d);
         set_nodelay(c->h.fd);
         c->last_active = w->now;
-        push_entry(w, c, ENTRY_OPEN, NULL, 0, 0);
+        if (c->tls == NULL)
+            push_entry(w, c, ENTRY_OPEN, NULL, 0, 0);   /* TLS: once established */
         recv_start(c);
+        if (c->tls != NULL && c->state == CONN_OPEN)
+            tls_start(c);
         mark_dirty(w, c);   /* what was sent while connecting */
         conn_op_done(c);
         return;
@@ -278,7 +289,7 @@ dial_expire(struct worker *w)
 int
 server_connect(struct server *s, const struct sockaddr_storage *addrs,
                const socklen_t *lens, unsigned n, int64_t timeout_ms,
-               void *py, struct conn **out)
+               const struct tls_config *tls, void *py, struct conn **out)
 {
     if (n == 0)
         return -EINVAL;
@@ -319,6 +330,12 @@ server_connect(struct server *s, const struct sockaddr_storage *addrs,
     }
     c->dial = d;
     c->outgoing = 1;
+    if (tls != NULL && tls_attach(c, tls) < 0) {
+        server_unassign(c->w);
+        pthread_mutex_unlock(&s->start_lock);
+        conn_unref(c);   /* (frees the dial too) */
+        return -ENOMEM;
+    }
     c->connect_req = 1;
     c->state = CONN_CONNECTING;
     conn_attach(c, py);
@@ -377,12 +394,14 @@ server_create(const struct server_config *cfg,
 }
 
 int
-server_add_listener(struct server *s, int fd)
+server_add_listener(struct server *s, int fd, const struct tls_config *tls)
 {
     if (s->running)
         return -EBUSY;
     if (s->nlfds >= MAX_LISTENERS)
         return -ENOSPC;
+    s->ltls[s->nlfds] = tls != NULL ? *tls : (struct tls_config){0};
+    s->ltls[s->nlfds].host = NULL;
     s->lfds[s->nlfds++] = fd;
     return 0;
 }

@@ -331,7 +331,9 @@ sweep(struct worker *w)
     while (c != &w->conns) {
         struct conn *next = c->next;
         int64_t quiet = w->now - c->last_active;
-        if (idle > 0 && c->state <= CONN_DRAINING && quiet >= idle)
+        if (c->tls != NULL && tls_expired(c, w->now))
+            ;   /* the handshake took too long: failed */
+        else if (idle > 0 && c->state <= CONN_DRAINING && quiet >= idle)
             conn_fail(c, CLOSE_IDLE, 0);
         else if (c->peer_eof && half > 0 && c->state <= CONN_DRAINING &&
                  quiet >= half)
@@ -386,14 +388,20 @@ next_timeout(struct worker *w)
 static void
 timers(struct worker *w)
 {
-    int64_t idle = w->srv->cfg.idle_timeout_ms;
+    /* The sweep checks the idle and handshake timeouts: at least four
+     * times in the shorter of the two. */
+    int64_t shortest = w->srv->cfg.idle_timeout_ms;
+    int64_t hs = w->srv->cfg.tls_handshake_ms;
+    if (shortest == 0 || (hs != 0 && hs < shortest))
+        shortest = hs;
     if (w->connect_due != 0 && w->now >= w->connect_due)
         dial_expire(w);
     linger_expire(w);
     if (w->now >= w->next_sweep) {
         sweep(w);
         w->next_sweep = w->now +
-            (idle == 0 || idle >= 4 * SWEEP_MS ? SWEEP_MS : idle / 4 + 1);
+            (shortest == 0 || shortest >= 4 * SWEEP_MS ? SWEEP_MS
+                                                        : shortest / 4 + 1);
     }
     for (unsigned i = 0; i < w->nls; i++) {
         struct listener_slot *ls = &w->ls[i];

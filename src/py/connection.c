@@ -14,6 +14,7 @@ conn_traverse(ConnObject *self, visitproc visit, void *arg)
     Py_VISIT(self->state);
     Py_VISIT(self->peer);
     Py_VISIT(self->connect_cb);
+    Py_VISIT(self->tls);
     return 0;
 }
 
@@ -23,6 +24,7 @@ conn_clear(ConnObject *self)
     Py_CLEAR(self->state);
     Py_CLEAR(self->peer);
     Py_CLEAR(self->connect_cb);
+    Py_CLEAR(self->tls);
     return 0;
 }
 
@@ -246,6 +248,49 @@ conn_set_state(ConnObject *self, PyObject *v, void *Py_UNUSED(closure))
     return 0;
 }
 
+int
+iocp_conn_tls_to_py(ConnObject *self)
+{
+    const struct tls_info *i = self->c ? conn_tls_info(self->c) : NULL;
+    if (i == NULL)
+        return 0;
+    self->tls = iocp_tls_info(i);
+    return self->tls ? 0 : -1;
+}
+
+/* Item `k` of the TLS session tuple, or None (not TLS, or no handshake). */
+static PyObject *
+tls_item(ConnObject *self, Py_ssize_t k)
+{
+    if (self->tls == NULL && iocp_conn_tls_to_py(self) < 0)
+        return NULL;
+    return Py_NewRef(self->tls ? PyTuple_GET_ITEM(self->tls, k) : Py_None);
+}
+
+static PyObject *
+conn_get_tls_version(ConnObject *self, void *Py_UNUSED(closure))
+{
+    return tls_item(self, 0);
+}
+
+static PyObject *
+conn_get_tls_cipher(ConnObject *self, void *Py_UNUSED(closure))
+{
+    return tls_item(self, 1);
+}
+
+static PyObject *
+conn_get_alpn(ConnObject *self, void *Py_UNUSED(closure))
+{
+    return tls_item(self, 2);
+}
+
+static PyObject *
+conn_get_peer_cert(ConnObject *self, void *Py_UNUSED(closure))
+{
+    return tls_item(self, 3);
+}
+
 static PyObject *
 conn_repr(ConnObject *self)
 {
@@ -290,6 +335,18 @@ static PyGetSetDef conn_getset[] = {
     {"writable", (getter)conn_get_writable, NULL,
      "True while the bytes queued are at most max_unsent (a server that\n"
      "pushes should wait for on_drain otherwise); False once closed.", NULL},
+    {"tls_version", (getter)conn_get_tls_version, NULL,
+     "The TLS version ('TLSv1.3', 'TLSv1.2'), or None: not TLS, or its\n"
+     "handshake is not over (it is from on_connect on).", NULL},
+    {"tls_cipher", (getter)conn_get_tls_cipher, NULL,
+     "The TLS cipher as ssl.SSLSocket.cipher() gives it: (name, protocol,\n"
+     "secret bits), or None.", NULL},
+    {"alpn_protocol", (getter)conn_get_alpn, NULL,
+     "The protocol ALPN chose (both sides' contexts set_alpn_protocols()),\n"
+     "or None.", NULL},
+    {"peer_certificate", (getter)conn_get_peer_cert, NULL,
+     "The peer's TLS certificate, DER-encoded (ssl.DER_cert_to_PEM_cert()\n"
+     "turns it into PEM), or None: not TLS, or the peer sent none.", NULL},
     {"state", (getter)conn_get_state, (setter)conn_set_state,
      "A slot for the user's own state (None at first).", NULL},
     {NULL, NULL, NULL, NULL, NULL},

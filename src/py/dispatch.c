@@ -62,17 +62,23 @@ callback_failed(ServerObject *so, struct conn *c, const char *what)
     conn_abort(c, CLOSE_HANDLER);
 }
 
-/* Outgoing connections: report the connect's outcome once. */
+/* Outgoing connections: report the connect's outcome once (c: the
+ * failed connection, or NULL for success). */
 static void
-connect_done(ServerObject *so, ConnObject *o, int err)
+connect_done(ServerObject *so, ConnObject *o, struct conn *c)
 {
     PyObject *cb = o->connect_cb;
     if (cb == NULL)
         return;
     o->connect_cb = NULL;
     PyObject *exc = Py_None, *r = NULL;
-    if (err) {
-        exc = iocp_oserror(err);
+    if (c != NULL) {
+        long verify = 0;
+        const char *why = conn_tls_error(c, &verify);
+        int err = conn_err(c);
+        exc = why != NULL
+            ? iocp_tls_error(PyType_GetModuleState(so->conn_type), why, verify)
+            : iocp_oserror(err ? err : ECONNABORTED);
         if (exc == NULL) {
             PyErr_WriteUnraisable(cb);
             Py_DECREF(cb);
@@ -99,10 +105,14 @@ deliver_close(ServerObject *so, struct conn *c)
     enum close_reason why = conn_reason(c);
     int err = conn_err(c);
     const char *level = close_reason_level[why];
+    long verify;
+    const char *detail = conn_tls_error(c, &verify);
+    if (detail == NULL && err != 0)
+        detail = strerror(err);
     if (level != NULL) {
         PyObject *msg = PyUnicode_FromFormat(
             "connection %llu closed: %s%s%s", (unsigned long long)conn_id(c),
-            close_reason_name[why], err ? ": " : "", err ? strerror(err) : "");
+            close_reason_name[why], detail ? ": " : "", detail ? detail : "");
         if (msg != NULL) {
             iocp_log(so->logger, level, msg, NULL);
             Py_DECREF(msg);
@@ -120,11 +130,13 @@ deliver_close(ServerObject *so, struct conn *c)
     o->err = err;
     if (o->peer == NULL && iocp_conn_peer_to_py(o) < 0)
         PyErr_Clear();   /* conn.peer outlives the connection, or is None */
-    o->c = NULL;
+    if (o->tls == NULL && iocp_conn_tls_to_py(o) < 0)
+        PyErr_Clear();   /* so does its TLS session */
     /* Never connected: the callback hears why, then on_close runs as for
-     * every connection (reason 'connect'). */
+     * every connection (reason 'connect', or 'tls'). */
+    o->c = NULL;
     if (o->connect_cb != NULL)
-        connect_done(so, o, err ? err : ECONNABORTED);
+        connect_done(so, o, c);
     if (so->on_close != Py_None) {
         PyObject *r = PyObject_CallOneArg(so->on_close, (PyObject *)o);
         if (r == NULL)
@@ -211,7 +223,7 @@ d_dispatch(struct worker *w, unsigned from, unsigned to)
             if ((so->on_connect == Py_None ||
                  notify(so, c, o, so->on_connect, "on_connect", NULL)) &&
                 conn_outgoing(c))
-                connect_done(so, o, 0);
+                connect_done(so, o, NULL);
         } else if (e->kind == ENTRY_EOF) {
             int keep = 0;
             if (notify(so, c, o, so->on_eof, "on_eof", &keep) && keep)

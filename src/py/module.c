@@ -112,6 +112,10 @@ iocp_uring_status(PyObject *module, PyObject *Py_UNUSED(ignored))
 }
 
 static PyMethodDef iocp_methods[] = {
+    {"tls_check", (PyCFunction)(void (*)(void))iocp_tls_check, METH_FASTCALL,
+     "tls_check(ctx, server_side, /) -> None\n--\n\n"
+     "Raise the error ssl=ctx would raise (TypeError, ValueError,\n"
+     "RuntimeError), for a server side or a client side context."},
     {"backends", iocp_backends, METH_NOARGS,
      "backends() -> tuple[str, ...]\n--\n\n"
      "The I/O backends this host can use, best first ('uring', 'epoll')."},
@@ -162,6 +166,9 @@ iocp_traverse(PyObject *module, visitproc visit, void *arg)
     Py_VISIT(st->FramingError);
     Py_VISIT(st->FileType);
     Py_VISIT(st->logger);
+    Py_VISIT(st->SSLContextType);
+    Py_VISIT(st->SSLError);
+    Py_VISIT(st->SSLCertVerificationError);
     return 0;
 }
 
@@ -179,6 +186,9 @@ iocp_clear(PyObject *module)
     Py_CLEAR(st->FramingError);
     Py_CLEAR(st->FileType);
     Py_CLEAR(st->logger);
+    Py_CLEAR(st->SSLContextType);
+    Py_CLEAR(st->SSLError);
+    Py_CLEAR(st->SSLCertVerificationError);
     return 0;
 }
 
@@ -195,6 +205,7 @@ iocp_free(void *module)
         st->port_key_ok = 0;
         port_key_delete(st->port_key);
     }
+    iocp_tls_free(st);   /* every server, and so every SSL, is gone */
 }
 
 static PyModuleDef_Slot iocp_slots[] = {

@@ -24,6 +24,11 @@ typedef struct {
                                         ValueError, with .messages */
     PyTypeObject *FileType;
     PyObject *logger;                /* logging.getLogger("iocport") */
+    /* TLS, from its first use (py/tls.c): OpenSSL as the ssl module
+     * loaded it, _ssl._SSLContext, ssl.SSLError and
+     * ssl.SSLCertVerificationError. */
+    struct ossl *ossl;
+    PyObject *SSLContextType, *SSLError, *SSLCertVerificationError;
     /* Per-thread list of the ports a thread waited on, so that its exit
      * frees its running slots (port_key_create in port.h).  Valid while
      * port_key_ok; deleted at module free. */
@@ -48,6 +53,11 @@ int iocp_port_add_types(PyObject *module, iocp_state *st);
 int iocp_server_add_types(PyObject *module, iocp_state *st);
 int iocp_framer_add_types(PyObject *module, iocp_state *st);
 int iocp_file_add_types(PyObject *module, iocp_state *st);
+
+/* tls.c: the OpenSSL the module loaded, freed at module free;
+ * tls_check(ctx, server_side), the module function. */
+void iocp_tls_free(iocp_state *st);
+PyObject *iocp_tls_check(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 
 /* logger.<level>(msg, exc_info=exc); a failure to log is unraisable. */
 void iocp_log(PyObject *logger, const char *level, PyObject *msg, PyObject *exc);

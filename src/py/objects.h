@@ -21,6 +21,8 @@ typedef struct {
     PyInterpreterState *interp;
     int started;
     int stopping;                /* a stop() has released the GIL */
+    PyObject *tls_contexts;      /* list: the ssl.SSLContexts whose SSL_CTX
+                                    the core uses, kept alive */
 } ServerObject;
 
 typedef struct {
@@ -32,6 +34,8 @@ typedef struct {
     PyObject *connect_cb;        /* outgoing: callback(conn, error) */
     const char *reason;          /* close reason once closed */
     int err;
+    PyObject *tls;               /* cached (version, cipher, alpn, cert) of
+                                    a TLS connection, or NULL */
 } ConnObject;
 
 /* dispatch.c: the hooks the core's workers call. */
@@ -60,5 +64,20 @@ int iocp_framing_from_py(PyObject *spec, struct framing *out);
  * address (0, or -1 with an exception). */
 int iocp_connection_add_type(PyObject *module, iocp_state *st);
 int iocp_conn_peer_to_py(ConnObject *self);
+/* self->tls from its connection, once the handshake is over (0, or -1
+ * with an exception). */
+int iocp_conn_tls_to_py(ConnObject *self);
+
+/* tls.c: TLS from an ssl.SSLContext (`server_side`: for accepting).  0,
+ * or -1 with TypeError (not a context), ValueError (a context the core
+ * cannot run, or for the other side) or RuntimeError (no usable
+ * OpenSSL).  The caller keeps ctx alive while the core may use it. */
+int iocp_tls_config(iocp_state *st, PyObject *ctx, int server_side,
+                    struct tls_config *out);
+/* A new ssl.SSLCertVerificationError (verify != 0, with verify_code and
+ * verify_message) or ssl.SSLError for a failed handshake, or NULL. */
+PyObject *iocp_tls_error(iocp_state *st, const char *why, long verify);
+/* (version, (cipher, protocol, bits) or None, alpn or None, DER or None) */
+PyObject *iocp_tls_info(const struct tls_info *i);
 
 #endif

@@ -22,6 +22,7 @@ server_traverse(ServerObject *self, visitproc visit, void *arg)
     Py_VISIT(self->logger);
     Py_VISIT(self->conn_type);
     Py_VISIT(self->file_type);
+    Py_VISIT(self->tls_contexts);
     return 0;
 }
 
@@ -36,6 +37,7 @@ server_clear(ServerObject *self)
     Py_CLEAR(self->logger);
     Py_CLEAR(self->conn_type);
     Py_CLEAR(self->file_type);
+    Py_CLEAR(self->tls_contexts);
     return 0;
 }
 
@@ -152,6 +154,10 @@ server_object(PyTypeObject *type, struct server_config *cfg, PyObject **cbs)
     self->conn_type = (PyTypeObject *)Py_NewRef(st->ConnectionType);
     self->file_type = (PyTypeObject *)Py_NewRef(st->FileType);
     self->interp = PyInterpreterState_Get();
+    if ((self->tls_contexts = PyList_New(0)) == NULL) {
+        Py_DECREF(self);
+        return NULL;
+    }
     cfg->want_open = self->on_connect != Py_None;
     cfg->want_eof = self->on_eof != Py_None;
     cfg->want_drain = self->on_drain != Py_None;
@@ -171,26 +177,28 @@ server_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
                              "on_connect", "on_close", "max_unsent",
                              "max_connections", "idle_timeout", "native_echo",
                              "fallback", "bufsize", "on_eof", "on_drain",
-                             "half_close_timeout", "unsent_limit", NULL};
+                             "half_close_timeout", "unsent_limit",
+                             "ssl_handshake_timeout", NULL};
     PyObject *handler, *framing, *on_connect = Py_None, *on_close = Py_None;
     PyObject *on_eof = Py_None, *on_drain = Py_None;
     PyObject *workers_o = NULL, *max_unsent_o = NULL, *unsent_limit_o = NULL;
     PyObject *max_conns_o = NULL, *bufsize_o = NULL;
-    PyObject *idle_o = Py_None, *half_close_o = NULL;
+    PyObject *idle_o = Py_None, *half_close_o = NULL, *handshake_o = NULL;
     const char *backend = "uring";
     long long workers = 1, max_conns = 100000, bufsize = 16384;
     long long max_unsent = 4 << 20, unsent_limit = 64LL << 20;
-    double idle = 0.0, half_close = 30.0;
+    double idle = 0.0, half_close = 30.0, handshake = 60.0;
     int native_echo = 0, fallback = 1;
     struct server_config cfg;
 
     memset(&cfg, 0, sizeof(cfg));
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO|$OsOOOOOppOOOOO", kwlist,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO|$OsOOOOOppOOOOOO", kwlist,
                                      &handler, &framing, &workers_o, &backend,
                                      &on_connect, &on_close, &max_unsent_o,
                                      &max_conns_o, &idle_o, &native_echo,
                                      &fallback, &bufsize_o, &on_eof, &on_drain,
-                                     &half_close_o, &unsent_limit_o))
+                                     &half_close_o, &unsent_limit_o,
+                                     &handshake_o))
         return NULL;
     if (handler == Py_None && !native_echo)
         return PyErr_Format(PyExc_TypeError, "handler is required (a "
@@ -209,7 +217,8 @@ server_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         int_arg(max_conns_o, "max_connections", 1, UINT_MAX, &max_conns) < 0 ||
         int_arg(bufsize_o, "bufsize", 512, 1 << 20, &bufsize) < 0 ||
         seconds_arg(idle_o, "idle_timeout", &idle) < 0 ||
-        seconds_arg(half_close_o, "half_close_timeout", &half_close) < 0)
+        seconds_arg(half_close_o, "half_close_timeout", &half_close) < 0 ||
+        seconds_arg(handshake_o, "ssl_handshake_timeout", &handshake) < 0)
         return NULL;
     if (strcmp(backend, "uring") == 0)
         cfg.ops = &iocp_uring_ops;
@@ -225,17 +234,42 @@ server_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     cfg.max_connections = (unsigned)max_conns;
     cfg.idle_timeout_ms = seconds_to_ms(idle);
     cfg.half_close_ms = seconds_to_ms(half_close);
+    cfg.tls_handshake_ms = seconds_to_ms(handshake);
     cfg.unsent_limit = (size_t)unsent_limit;
     cfg.bufsize = (unsigned)bufsize;
     PyObject *cbs[] = {handler, on_connect, on_close, on_eof, on_drain};
     return server_object(type, &cfg, cbs);
 }
 
-static PyObject *
-server_add_listener_m(ServerObject *self, PyObject *arg)
+/* TLS from `ctx` (None: plain, *use 0), its context kept alive with the
+ * server.  0 or -1. */
+static int
+tls_arg(ServerObject *self, PyObject *ctx, int server_side,
+        struct tls_config *out, int *use)
 {
-    int fd = PyObject_AsFileDescriptor(arg);
+    *use = ctx != Py_None;
+    if (!*use)
+        return 0;
+    iocp_state *st = PyType_GetModuleState(self->conn_type);
+    if (iocp_tls_config(st, ctx, server_side, out) < 0)
+        return -1;
+    return PyList_Append(self->tls_contexts, ctx);
+}
+
+static PyObject *
+server_add_listener_m(ServerObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"sock", "ssl", NULL};
+    PyObject *sock, *ctx = Py_None;
+    struct tls_config tls;
+    int use_tls;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|O:add_listener", kwlist,
+                                     &sock, &ctx))
+        return NULL;
+    int fd = PyObject_AsFileDescriptor(sock);
     if (fd < 0)
+        return NULL;
+    if (tls_arg(self, ctx, 1, &tls, &use_tls) < 0)
         return NULL;
     if (self->started) {
         PyErr_SetString(PyExc_RuntimeError,
@@ -251,7 +285,7 @@ server_add_listener_m(ServerObject *self, PyObject *arg)
         close(dup);
         return NULL;
     }
-    int rc = server_add_listener(self->srv, dup);
+    int rc = server_add_listener(self->srv, dup, use_tls ? &tls : NULL);
     if (rc < 0) {
         close(dup);
         if (rc == -ENOSPC)
@@ -317,15 +351,21 @@ bad_host:
 static PyObject *
 server_connect_m(ServerObject *self, PyObject *args)
 {
-    PyObject *addrs, *cb, *timeout_o;
+    PyObject *addrs, *cb, *timeout_o, *ctx = Py_None;
+    const char *host = NULL;
     double timeout = 0.0;
     struct sockaddr_storage ss[CONNECT_MAX_ADDRS];
     socklen_t lens[CONNECT_MAX_ADDRS];
-    if (!PyArg_ParseTuple(args, "OOO:connect", &addrs, &cb, &timeout_o))
+    struct tls_config tls;
+    int use_tls;
+    if (!PyArg_ParseTuple(args, "OOO|Oz:connect", &addrs, &cb, &timeout_o,
+                          &ctx, &host))
         return NULL;
     if (check_callable(cb, "callback", 1) < 0 ||
-        seconds_arg(timeout_o, "timeout", &timeout) < 0)
+        seconds_arg(timeout_o, "timeout", &timeout) < 0 ||
+        tls_arg(self, ctx, 0, &tls, &use_tls) < 0)
         return NULL;
+    tls.host = host;
     if (!PyList_Check(addrs) || PyList_GET_SIZE(addrs) == 0)
         return PyErr_Format(PyExc_TypeError, "addresses must be a non-empty "
                             "list of (family, address) pairs");
@@ -348,7 +388,8 @@ server_connect_m(ServerObject *self, PyObject *args)
     struct conn *c;
     /* (0 or None: no deadline but the kernel's own) */
     int64_t ms = timeout > 0.0 ? seconds_to_ms(timeout) : INT64_MAX / 4;
-    int rc = server_connect(self->srv, ss, lens, (unsigned)n, ms, o, &c);
+    int rc = server_connect(self->srv, ss, lens, (unsigned)n, ms,
+                            use_tls ? &tls : NULL, o, &c);
     if (rc < 0) {
         Py_DECREF(o);
         if (rc == -EPIPE) {
@@ -496,16 +537,21 @@ server_get_running(ServerObject *self, void *Py_UNUSED(closure))
 }
 
 static PyMethodDef server_methods[] = {
-    {"add_listener", (PyCFunction)server_add_listener_m, METH_O,
-     "add_listener(sock) -> None\n--\n\n"
-     "Serve a listening socket (its fd is duplicated).  Before start()."},
+    {"add_listener", (PyCFunction)(void (*)(void))server_add_listener_m,
+     METH_VARARGS | METH_KEYWORDS,
+     "add_listener(sock, ssl=None) -> None\n--\n\n"
+     "Serve a listening socket (its fd is duplicated), over TLS with ssl\n"
+     "(an ssl.SSLContext for the server side) if given.  Before start()."},
     {"connect", (PyCFunction)server_connect_m, METH_VARARGS,
-     "connect(addresses, callback, timeout) -> Connection\n--\n\n"
+     "connect(addresses, callback, timeout, ssl=None, server_hostname=None)"
+     " -> Connection\n--\n\n"
      "Connect to the first of addresses ((family, numeric address) pairs,\n"
      "tried in turn) that answers within timeout seconds (None: no limit),\n"
-     "on a worker;\n"
-     "callback(conn, error) runs when it completes (error is None or an\n"
-     "OSError: the last attempt's, TimeoutError once the time is up)."},
+     "on a worker, over TLS with ssl (a client-side ssl.SSLContext) if\n"
+     "given, sending SNI for server_hostname and checking it as the context\n"
+     "says; callback(conn, error) runs when it completes (error is None, an\n"
+     "OSError: the last attempt's, TimeoutError once the time is up, or an\n"
+     "ssl.SSLError for a failed handshake)."},
     {"adopt_file", (PyCFunction)server_adopt_file_m, METH_VARARGS,
      "adopt_file(fd, append_offset) -> File\n--\n\n"
      "A File for a descriptor, taken over (closed by File.close())."},

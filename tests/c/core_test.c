@@ -416,7 +416,7 @@ main(int argc, char **argv)
     CHECK(listen(lfd, 128) == 0);
     CHECK(getsockname(lfd, (struct sockaddr *)&a, &alen) == 0);
     port = ntohs(a.sin_port);
-    CHECK(server_add_listener(s, lfd) == 0);
+    CHECK(server_add_listener(s, lfd, NULL) == 0);
     int rc = server_start(s);
     if (rc < 0)
         FAIL("server_start: %s", strerror(-rc));

@@ -1,0 +1,414 @@
+/* tls.c - TLS on a connection: OpenSSL's records between the engine's
+ * bytes and the framer, on the worker that owns the connection (the only
+ * thread that ever touches its SSL).
+ *
+ * In: each receive's ciphertext goes into the SSL's read BIO; the
+ * handshake advances, or the plaintext it yields goes to rbuf, where
+ * recv.c frames it as it frames any connection's bytes.
+ * Out: users queue plaintext as on any connection (send.c); the worker
+ * seals it (SSL_write into the write BIO) and sends the ciphertext from
+ * `out`.  The ciphertext not yet with the kernel counts as unsent
+ * (c->tls_queued), so backpressure and "every reply is out" see it.
+ * Closing: our graceful close sends close_notify before the FIN; the
+ * peer's close_notify ends the input as a FIN does; a FIN without it is
+ * CLOSE_TLS_EOF; a TLS failure is CLOSE_TLS, and the alert OpenSSL queued
+ * for the peer goes out before our FIN. */
+#include "core/internal.h"
+
+#include "lib/ossl.h"
+
+#include <arpa/inet.h>
+#include <stdio.h>
+
+/* Plaintext sealed per SSL_write; sealing goes on only while less
+ * ciphertext than TLS_SEAL_MARK waits for the kernel. */
+#define TLS_SEAL_MAX (64 * 1024)
+#define TLS_SEAL_MARK (64 * 1024)
+/* Plaintext asked of one SSL_read (a record holds at most 16 KiB). */
+#define TLS_READ (16 * 1024)
+
+struct tls {
+    const struct ossl *o;
+    SSL *ssl;
+    BIO *rbio, *wbio;            /* ciphertext in and out; ssl owns them */
+    char *out;                   /* ciphertext the engine sends: */
+    size_t off, len, cap;        /*   out[off..len) */
+    int64_t deadline;            /* the handshake fails at this time (ms) */
+    uint8_t got_bytes;           /* the peer sent something */
+    uint8_t done;                /* the handshake is over */
+    uint8_t failed;              /* a TLS failure: nothing more is sealed */
+    uint8_t notified;            /* our close_notify is queued */
+    uint8_t peer_notified;       /* the peer's close_notify came */
+    atomic_int ready;            /* info is set: any thread may read it */
+    struct tls_info info;
+    long verify;                 /* X509_V_ERR code of a failed
+                                    verification, or 0 */
+    char why[200];               /* a failure, for the log and Python */
+};
+
+static void
+update_queued(struct conn *c)
+{
+    struct tls *t = c->tls;
+    size_t q = t->o->BIO_ctrl_pending(t->wbio) + (t->len - t->off);
+    atomic_store_explicit(&c->tls_queued, q, memory_order_relaxed);
+}
+
+int
+tls_attach(struct conn *c, const struct tls_config *cfg)
+{
+    const struct ossl *o = cfg->o;
+    const char *host = cfg->host;
+    struct tls *t = calloc(1, sizeof(*t));
+    if (t == NULL)
+        return -ENOMEM;
+    t->o = o;
+    o->ERR_clear_error();
+    t->ssl = o->SSL_new(cfg->ctx);
+    t->rbio = o->BIO_new(o->BIO_s_mem());
+    t->wbio = o->BIO_new(o->BIO_s_mem());
+    if (t->ssl == NULL || t->rbio == NULL || t->wbio == NULL) {
+        if (t->rbio != NULL)
+            o->BIO_free(t->rbio);
+        if (t->wbio != NULL)
+            o->BIO_free(t->wbio);
+        goto fail;
+    }
+    o->SSL_set_bio(t->ssl, t->rbio, t->wbio);
+    o->SSL_ctrl(t->ssl, OSSL_CTRL_MODE, OSSL_MODE_ENABLE_PARTIAL_WRITE |
+                OSSL_MODE_ACCEPT_MOVING_WRITE_BUFFER, NULL);
+    o->SSL_set_options(t->ssl, OSSL_OP_NO_RENEGOTIATION);
+    if (!c->outgoing) {
+        o->SSL_set_accept_state(t->ssl);
+    } else {
+        o->SSL_set_connect_state(t->ssl);
+        if (host != NULL) {
+            /* As Python's ssl does: SNI for a name (never an address),
+             * and the name or address checked if the context says so. */
+            unsigned char a[16];
+            int ip = inet_pton(AF_INET, host, a) == 1 ||
+                     inet_pton(AF_INET6, host, a) == 1;
+            if (!ip && o->SSL_ctrl(t->ssl, OSSL_CTRL_SET_TLSEXT_HOSTNAME,
+                                   OSSL_TLSEXT_NAMETYPE_host_name,
+                                   (void *)(uintptr_t)host) != 1)
+                goto fail;
+            if (cfg->check_host &&
+                (ip ? o->X509_VERIFY_PARAM_set1_ip_asc(o->SSL_get0_param(t->ssl), host)
+                    : o->SSL_set1_host(t->ssl, host)) != 1)
+                goto fail;
+        }
+    }
+    c->tls = t;
+    return 0;
+fail:
+    if (t->ssl != NULL)
+        o->SSL_free(t->ssl);
+    o->ERR_clear_error();
+    free(t);
+    return -ENOMEM;
+}
+
+void
+tls_free(struct conn *c)
+{
+    struct tls *t = c->tls;
+    if (t == NULL)
+        return;
+    t->o->SSL_free(t->ssl);
+    free(t->info.peer_der);
+    free(t->out);
+    free(t);
+    c->tls = NULL;
+}
+
+void
+tls_start(struct conn *c)
+{
+    struct tls *t = c->tls;
+    int64_t ms = c->w->srv->cfg.tls_handshake_ms;
+    t->deadline = ms > 0 ? c->w->now + ms : INT64_MAX;
+    if (c->outgoing)
+        tls_on_input(c, NULL, 0);   /* the ClientHello */
+}
+
+/* Why the TLS layer failed, from OpenSSL's error queue (and the
+ * certificate check's verdict), for the log line and Python's error. */
+static void
+note_failure(struct conn *c, int sslerr, int err)
+{
+    struct tls *t = c->tls;
+    const struct ossl *o = t->o;
+    unsigned long e = o->ERR_get_error();
+    long v = o->SSL_get_verify_result(t->ssl);
+    t->failed = 1;
+    if (v != 0 && !t->done) {
+        t->verify = v;
+        snprintf(t->why, sizeof(t->why), "certificate verify failed: %s",
+                 o->X509_verify_cert_error_string(v));
+    } else if (e != 0) {
+        o->ERR_error_string_n(e, t->why, sizeof(t->why));
+    } else if (err != 0) {
+        snprintf(t->why, sizeof(t->why), "%s", strerror(err));
+    } else {
+        snprintf(t->why, sizeof(t->why), "TLS error %d", sslerr);
+    }
+    o->ERR_clear_error();
+    conn_note_reason(c, CLOSE_TLS, err);
+}
+
+/* A TLS failure: the alert OpenSSL queued goes out, then our FIN (a
+ * graceful close skips close_notify once failed). */
+static void
+fail(struct conn *c, int sslerr, int err)
+{
+    note_failure(c, sslerr, err);
+    update_queued(c);
+    if (c->state == CONN_OPEN)
+        conn_start_drain(c);
+}
+
+/* The handshake is over: what Python may read of it, and the connection
+ * is open for the dispatch layer. */
+static void
+established(struct conn *c)
+{
+    struct tls *t = c->tls;
+    const struct ossl *o = t->o;
+    struct tls_info *i = &t->info;
+    const SSL_CIPHER *ci = o->SSL_get_current_cipher(t->ssl);
+    t->done = 1;
+    i->version = o->SSL_get_version(t->ssl);
+    if (ci != NULL) {
+        i->cipher = o->SSL_CIPHER_get_name(ci);
+        i->cipher_version = o->SSL_CIPHER_get_version(ci);
+        i->bits = o->SSL_CIPHER_get_bits(ci, NULL);
+    }
+    const unsigned char *alpn;
+    unsigned alen = 0;
+    o->SSL_get0_alpn_selected(t->ssl, &alpn, &alen);
+    if (alen > 0 && alen <= sizeof(i->alpn)) {
+        memcpy(i->alpn, alpn, alen);
+        i->alpn_len = (uint8_t)alen;
+    }
+    X509 *x = o->get_peer_cert(t->ssl);
+    if (x != NULL) {
+        int n = o->i2d_X509(x, NULL);
+        unsigned char *p;
+        if (n > 0 && (i->peer_der = p = malloc((size_t)n)) != NULL &&
+            o->i2d_X509(x, &p) == n)
+            i->peer_len = (size_t)n;
+        o->X509_free(x);
+    }
+    atomic_store_explicit(&t->ready, 1, memory_order_release);
+    struct server *s = c->w->srv;
+    if (s->dops != NULL && !s->cfg.native_echo && (c->outgoing || s->cfg.want_open))
+        push_entry(c->w, c, ENTRY_OPEN, NULL, 0, 0);
+}
+
+int
+tls_on_input(struct conn *c, const uint8_t *p, size_t len)
+{
+    struct tls *t = c->tls;
+    const struct ossl *o = t->o;
+    if (t->failed || t->peer_notified)
+        return -1;   /* discarded */
+    if (len > 0) {
+        t->got_bytes = 1;
+        if (o->BIO_write(t->rbio, p, (int)len) != (int)len) {
+            fail(c, OSSL_ERROR_SYSCALL, ENOMEM);
+            return -1;
+        }
+    }
+    if (!t->done) {
+        o->ERR_clear_error();
+        int r = o->SSL_do_handshake(t->ssl);
+        if (r == 1) {
+            established(c);
+        } else {
+            int e = o->SSL_get_error(t->ssl, r);
+            if (e != OSSL_ERROR_WANT_READ) {
+                fail(c, e, 0);
+                return -1;
+            }
+        }
+        update_queued(c);
+        if (o->BIO_ctrl_pending(t->wbio) > 0 || t->done)
+            mark_dirty(c->w, c);   /* the next flight, and what was queued
+                                      meanwhile */
+        if (!t->done)
+            return 1;
+    }
+    return 0;
+}
+
+long
+tls_read(struct conn *c, void *buf, size_t cap)
+{
+    struct tls *t = c->tls;
+    const struct ossl *o = t->o;
+    if (t->failed || t->peer_notified)
+        return -1;
+    o->ERR_clear_error();
+    int n = o->SSL_read(t->ssl, buf, cap < TLS_READ ? (int)cap : TLS_READ);
+    if (n > 0)
+        return n;
+    int e = o->SSL_get_error(t->ssl, n);
+    /* Post-handshake messages (session tickets, key updates) may have
+     * queued records to send. */
+    if (o->BIO_ctrl_pending(t->wbio) > 0) {
+        update_queued(c);
+        mark_dirty(c->w, c);
+    }
+    if (e == OSSL_ERROR_WANT_READ)
+        return 0;
+    if (e == OSSL_ERROR_ZERO_RETURN) {
+        /* close_notify: the input ends as with a FIN; replies owed still
+         * go out, then ours. */
+        t->peer_notified = 1;
+        c->peer_eof = 1;
+        mark_dirty(c->w, c);
+        return -1;
+    }
+    fail(c, e, 0);
+    return -1;
+}
+
+void
+tls_on_fin(struct conn *c)
+{
+    struct tls *t = c->tls;
+    if (t->peer_notified || t->failed)
+        return;   /* (a failure says why already) */
+    if (!t->done) {
+        if (t->got_bytes) {   /* (no bytes at all: a probe, plain eof) */
+            snprintf(t->why, sizeof(t->why), "the peer closed during the handshake");
+            t->failed = 1;
+            conn_note_reason(c, CLOSE_TLS, 0);
+        }
+    } else {
+        conn_note_reason(c, CLOSE_TLS_EOF, 0);   /* no close_notify */
+    }
+}
+
+int
+tls_expired(struct conn *c, int64_t now)
+{
+    struct tls *t = c->tls;
+    if (t->done || t->failed || now < t->deadline || c->state > CONN_DRAINING)
+        return 0;
+    snprintf(t->why, sizeof(t->why), "the handshake did not finish in time");
+    t->failed = 1;
+    conn_fail(c, CLOSE_TLS, ETIMEDOUT);
+    return 1;
+}
+
+int
+tls_notify(struct conn *c)
+{
+    struct tls *t = c->tls;
+    if (t->notified || t->failed || !t->done)
+        return 0;
+    t->notified = 1;
+    t->o->ERR_clear_error();
+    t->o->SSL_shutdown(t->ssl);   /* queues close_notify (we do not wait
+                                     for the peer's here) */
+    t->o->ERR_clear_error();
+    update_queued(c);
+    if (c->tls_queued == 0)
+        return 0;
+    mark_dirty(c->w, c);
+    return 1;
+}
+
+/* Seal queued plaintext while little ciphertext waits.  0, or -1 if the
+ * connection failed. */
+static int
+seal(struct conn *c)
+{
+    struct tls *t = c->tls;
+    const struct ossl *o = t->o;
+    while (o->BIO_ctrl_pending(t->wbio) < TLS_SEAL_MARK) {
+        if (sent_off(c) == c->slen && !send_swap(c))
+            break;
+        size_t soff = sent_off(c), n = c->slen - soff;
+        if (t->notified || t->failed) {
+            send_advance(c, n);   /* after our close_notify: dropped */
+            continue;
+        }
+        o->ERR_clear_error();
+        int r = o->SSL_write(t->ssl, c->sbuf + soff,
+                             n > TLS_SEAL_MAX ? TLS_SEAL_MAX : (int)n);
+        if (r <= 0) {
+            fail(c, o->SSL_get_error(t->ssl, r), 0);
+            return -1;
+        }
+        send_advance(c, (size_t)r);
+    }
+    return 0;
+}
+
+int
+tls_send_out(struct conn *c)
+{
+    struct tls *t = c->tls;
+    struct worker *w = c->w;
+    const struct ossl *o = t->o;
+    while (c->state <= CONN_DRAINING && !c->send_busy) {
+        if (t->off == t->len) {
+            if (t->done && seal(c) < 0 && c->state > CONN_DRAINING)
+                return -1;
+            size_t n = o->BIO_ctrl_pending(t->wbio);
+            if (n == 0)
+                break;
+            if (reserve(&t->out, &t->cap, n) < 0) {
+                conn_fail(c, CLOSE_RESET, ENOMEM);
+                return -1;
+            }
+            t->off = 0;
+            t->len = (size_t)o->BIO_read(t->wbio, t->out, (int)n);
+        }
+        long r = w->ops->send(w->be, &c->h, t->out + t->off, t->len - t->off);
+        if (r >= 0) {
+            tls_sent(c, (size_t)r);
+        } else if (r == -EINPROGRESS) {
+            c->send_busy = 1;
+            c->inflight++;
+        } else {
+            conn_fail(c, CLOSE_RESET, (int)-r);
+            return -1;
+        }
+    }
+    update_queued(c);
+    return 0;
+}
+
+void
+tls_sent(struct conn *c, size_t n)
+{
+    c->tls->off += n;
+    send_counted(c, n);
+    update_queued(c);
+}
+
+const struct tls_info *
+conn_tls_info(const struct conn *c)
+{
+    if (c->tls == NULL || !atomic_load_explicit(&c->tls->ready, memory_order_acquire))
+        return NULL;
+    return &c->tls->info;
+}
+
+const char *
+conn_tls_error(const struct conn *c, long *verify)
+{
+    if (c->tls == NULL || !c->tls->failed)
+        return NULL;
+    *verify = c->tls->verify;
+    return c->tls->why;
+}
+
+int
+conn_is_tls(const struct conn *c)
+{
+    return c->tls != NULL;
+}

@@ -1,0 +1,94 @@
+/* ossl.h - OpenSSL, reached at run time: the functions the TLS layer
+ * calls, looked up in the copy Python's ssl module has already loaded (one
+ * OpenSSL in the process, and nothing OpenSSL needed to build iocport).
+ * The types are opaque; the constants below are OpenSSL's ABI, the same
+ * from 1.1.1 (the oldest CPython 3.10 accepts) to 3.x. */
+#ifndef IOCPORT_LIB_OSSL_H
+#define IOCPORT_LIB_OSSL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct ssl_st SSL;
+typedef struct ssl_ctx_st SSL_CTX;
+typedef struct ssl_cipher_st SSL_CIPHER;
+typedef struct bio_st BIO;
+typedef struct bio_method_st BIO_METHOD;
+typedef struct x509_st X509;
+typedef struct X509_VERIFY_PARAM_st X509_VERIFY_PARAM;
+
+#define OSSL_ERROR_NONE        0
+#define OSSL_ERROR_SSL         1
+#define OSSL_ERROR_WANT_READ   2
+#define OSSL_ERROR_WANT_WRITE  3
+#define OSSL_ERROR_SYSCALL     5
+#define OSSL_ERROR_ZERO_RETURN 6
+
+#define OSSL_CTRL_MODE                   33
+#define OSSL_CTRL_SET_TLSEXT_HOSTNAME    55
+#define OSSL_TLSEXT_NAMETYPE_host_name   0
+#define OSSL_MODE_ENABLE_PARTIAL_WRITE   0x1u
+#define OSSL_MODE_ACCEPT_MOVING_WRITE_BUFFER 0x2u
+#define OSSL_OP_NO_RENEGOTIATION         (1ull << 30)
+
+#define OSSL_MIN_VERSION 0x10101000ul   /* 1.1.1 */
+
+/* X(return type, name, parameters): every function, the one list. */
+#define OSSL_FUNCS(X)                                                        \
+    X(unsigned long, OpenSSL_version_num, (void))                            \
+    X(SSL *, SSL_new, (SSL_CTX *))                                           \
+    X(void, SSL_free, (SSL *))                                               \
+    X(void, SSL_set_bio, (SSL *, BIO *, BIO *))                              \
+    X(void, SSL_set_accept_state, (SSL *))                                   \
+    X(void, SSL_set_connect_state, (SSL *))                                  \
+    X(int, SSL_do_handshake, (SSL *))                                        \
+    X(int, SSL_read, (SSL *, void *, int))                                   \
+    X(int, SSL_write, (SSL *, const void *, int))                            \
+    X(int, SSL_shutdown, (SSL *))                                            \
+    X(int, SSL_get_error, (const SSL *, int))                                \
+    X(long, SSL_ctrl, (SSL *, int, long, void *))                            \
+    X(uint64_t, SSL_set_options, (SSL *, uint64_t))                          \
+    X(const char *, SSL_get_version, (const SSL *))                          \
+    X(const SSL_CIPHER *, SSL_get_current_cipher, (const SSL *))             \
+    X(const char *, SSL_CIPHER_get_name, (const SSL_CIPHER *))               \
+    X(const char *, SSL_CIPHER_get_version, (const SSL_CIPHER *))            \
+    X(int, SSL_CIPHER_get_bits, (const SSL_CIPHER *, int *))                 \
+    X(void, SSL_get0_alpn_selected,                                          \
+      (const SSL *, const unsigned char **, unsigned int *))                 \
+    X(long, SSL_get_verify_result, (const SSL *))                            \
+    X(const char *, X509_verify_cert_error_string, (long))                   \
+    X(int, SSL_set1_host, (SSL *, const char *))                             \
+    X(X509_VERIFY_PARAM *, SSL_get0_param, (SSL *))                          \
+    X(int, X509_VERIFY_PARAM_set1_ip_asc, (X509_VERIFY_PARAM *, const char *)) \
+    X(int, i2d_X509, (X509 *, unsigned char **))                             \
+    X(void, X509_free, (X509 *))                                             \
+    X(BIO *, BIO_new, (const BIO_METHOD *))                                  \
+    X(int, BIO_free, (BIO *))                                                \
+    X(const BIO_METHOD *, BIO_s_mem, (void))                                 \
+    X(int, BIO_write, (BIO *, const void *, int))                            \
+    X(int, BIO_read, (BIO *, void *, int))                                   \
+    X(size_t, BIO_ctrl_pending, (BIO *))                                     \
+    X(unsigned long, ERR_get_error, (void))                                  \
+    X(void, ERR_error_string_n, (unsigned long, char *, size_t))             \
+    X(void, ERR_clear_error, (void))                                         \
+    X(uint64_t, SSL_CTX_get_options, (const SSL_CTX *))                      \
+    X(int, SSL_CTX_get_verify_mode, (const SSL_CTX *))
+
+struct ossl {
+#define OSSL_MEMBER(ret, name, params) ret (*name) params;
+    OSSL_FUNCS(OSSL_MEMBER)
+#undef OSSL_MEMBER
+    /* SSL_get1_peer_certificate (3.x), or SSL_get_peer_certificate under
+     * its 1.1.1 name: the same function. */
+    X509 *(*get_peer_cert)(const SSL *);
+    void *handle;                /* dlopen's, for ossl_unload */
+};
+
+/* Fill `o` from the loaded shared object at `path` (Python's _ssl
+ * module; NULL: the program itself, where _ssl is built in).  Nothing is
+ * loaded that was not loaded already.  0, or -1 with a sentence in
+ * err[0..errlen). */
+int ossl_load(struct ossl *o, const char *path, char *err, size_t errlen);
+void ossl_unload(struct ossl *o);
+
+#endif
