@@ -99,6 +99,8 @@ conn_unref(struct conn *c)
 void
 conn_note_reason(struct conn *c, enum close_reason why, int err)
 {
+    if (why == CLOSE_RESET && c->tls != NULL && tls_cut_handshake(c, err))
+        why = CLOSE_TLS;   /* a reset mid-handshake is a TLS failure */
     if (c->reason == CLOSE_NONE) {
         c->reason = (uint8_t)why;
         c->err = err;

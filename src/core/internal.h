@@ -486,6 +486,9 @@ int tls_on_input(struct conn *c, const uint8_t *p, size_t len);
 long tls_read(struct conn *c, void *buf, size_t cap);
 /* The peer's FIN: without close_notify it is noted (CLOSE_TLS_EOF). */
 void tls_on_fin(struct conn *c);
+/* A reset or error (err) cut the handshake: noted as a TLS failure, 1;
+ * 0 if the handshake was over (or had not begun). */
+int tls_cut_handshake(struct conn *c, int err);
 /* Past the handshake's deadline: failed (CLOSE_TLS).  1 if so. */
 int tls_expired(struct conn *c, int64_t now);
 /* Queue close_notify (once, not after a failure).  1 if it now waits to

@@ -291,6 +291,17 @@ tls_on_fin(struct conn *c)
 }
 
 int
+tls_cut_handshake(struct conn *c, int err)
+{
+    struct tls *t = c->tls;
+    if (t->done || t->failed || !t->got_bytes || c->reason != CLOSE_NONE)
+        return 0;
+    snprintf(t->why, sizeof(t->why), "the handshake was cut: %s", strerror(err));
+    t->failed = 1;
+    return 1;
+}
+
+int
 tls_expired(struct conn *c, int64_t now)
 {
     struct tls *t = c->tls;
@@ -355,7 +366,9 @@ tls_send_out(struct conn *c)
     const struct ossl *o = t->o;
     while (c->state <= CONN_DRAINING && !c->send_busy) {
         if (t->off == t->len) {
-            if (t->done && seal(c) < 0 && c->state > CONN_DRAINING)
+            /* (After a failure, seal() drops what is queued: nothing can
+             * follow a fatal alert.) */
+            if ((t->done || t->failed) && seal(c) < 0 && c->state > CONN_DRAINING)
                 return -1;
             size_t n = o->BIO_ctrl_pending(t->wbio);
             if (n == 0)
