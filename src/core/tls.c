@@ -277,8 +277,9 @@ void
 tls_on_fin(struct conn *c)
 {
     struct tls *t = c->tls;
-    if (t->peer_notified || t->failed)
-        return;   /* (a failure says why already) */
+    if (t->peer_notified || t->failed || c->graceful)
+        return;   /* (a failure says why already; after our close() the
+                     FIN ends it whatever came before) */
     if (!t->done) {
         if (t->got_bytes) {   /* (no bytes at all: a probe, plain eof) */
             snprintf(t->why, sizeof(t->why), "the peer closed during the handshake");
