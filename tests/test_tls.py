@@ -1380,12 +1380,15 @@ def rss_bytes():
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-LEAK_ROUNDS = 2000
+# The issue's 10,000; a fifth of them under a sanitizer's runtime (CI preloads
+# it), which is five to twenty times slower.
+SANITIZED = "san.so" in os.environ.get("LD_PRELOAD", "")
+LEAK_ROUNDS = 2000 if SANITIZED else 10000
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(300)
 def test_sequential_handshakes_leak_nothing(make_server, pki):
-    """2,000 full handshakes, each with one message and a close (the server's
+    """10,000 full handshakes, each with one message and a close (the server's
     close() for half of them, the client's bare FIN for the others):
     afterwards the process has the fds it had after a warm-up (within 3)
     and its RSS grew by less than 20 MiB."""
