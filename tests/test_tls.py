@@ -1267,6 +1267,38 @@ def test_bad_ssl_argument(pki, tmp_path, plain_server, where, what, make, exc):
         assert plain_server.stats()["connections"] == 0
 
 
+# The ssl module's OpenSSL out of reach (a Python whose _ssl is linked
+# statically looks the same: its shared object exports no OpenSSL): ssl=
+# says so; everything else works.
+NO_OPENSSL = r"""
+import socket, ssl, sys, _ssl
+import iocport
+_ssl.__file__ = "/nonexistent/_ssl.so"          # not a loaded library
+ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+try:
+    iocport.Server(print, ssl=ctx)
+except RuntimeError as exc:
+    print("refused:", exc)
+with iocport.Server(lambda conn, msg: conn.send(msg), backend=sys.argv[1]) as srv:
+    srv.listen()
+    srv.start()
+    with socket.create_connection(srv.address) as s:
+        s.sendall(b"\0\0\0\2hi")
+        print("plain:", s.recv(6))
+"""
+
+
+def test_tls_unavailable_is_a_clear_error_and_plain_works(backend):
+    proc = subprocess.run([sys.executable, "-c", NO_OPENSSL, backend], cwd=CHILD_CWD,
+                          env=child_env(), capture_output=True, text=True,
+                          timeout=DEADLINE)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("refused: TLS is not available: cannot reach the ssl "
+                               "module's library /nonexistent/_ssl.so"), lines
+    assert lines[1] == "plain: b'\\x00\\x00\\x00\\x02hi'", lines
+
+
 # ---- the command line ----------------------------------------------------------------
 
 def test_cli_echo_over_tls(backend, pki, spawn):
