@@ -6,6 +6,8 @@ import os
 from ._iocport import Connection, File
 from .framing import Framing
 
+__all__ = ["Server", "backends", "default_backend"]
+
 def backends() -> tuple[str, ...]: ...
 def default_backend() -> str: ...
 

@@ -113,10 +113,10 @@ iocp_uring_status(PyObject *module, PyObject *Py_UNUSED(ignored))
 
 static PyMethodDef iocp_methods[] = {
     {"backends", iocp_backends, METH_NOARGS,
-     "backends() -> tuple[str, ...]\n--\n\n"
+     "backends($module, /)\n--\n\n"
      "The I/O backends this host can use, best first ('uring', 'epoll')."},
     {"uring_status", iocp_uring_status, METH_NOARGS,
-     "uring_status() -> int\n--\n\n"
+     "uring_status($module, /)\n--\n\n"
      "0 if io_uring is usable here, else the errno that refused it."},
     {NULL, NULL, 0, NULL},
 };
