@@ -13,6 +13,8 @@ Both variants share one framer.  Replies produced from one receive are joined
 and written with one call (the same batching iocport does), so the rivals
 are not handicapped by a write per message.
 """
+from __future__ import annotations
+
 import argparse
 import asyncio
 import collections
@@ -21,11 +23,12 @@ import signal
 import socket
 import socketserver
 import sys
+from typing import Any, Callable, cast
 
 MAX_FRAME = 16 << 20
 
 
-def on_message(msg):
+def on_message(msg: bytes) -> bytes | None:
     """The per-message Python function: the echo handler."""
     return msg
 
@@ -38,13 +41,14 @@ class Framer:
 
     __slots__ = ("buf", "line")
 
-    def __init__(self, framing):
-        self.buf = b""
-        self.line = framing == "line"
+    def __init__(self, framing: str) -> None:
+        self.buf: bytes = b""
+        self.line: bool = framing == "line"
 
-    def feed(self, data, handle=on_message):
+    def feed(self, data: bytes,
+             handle: Callable[[bytes], bytes | None] = on_message) -> bytes | None:
         buf = self.buf + data if self.buf else data
-        out = []
+        out: list[bytes] = []
         pos = 0
         end = len(buf)
         if self.line:
@@ -78,11 +82,12 @@ class Framer:
 
 
 class EchoProtocol(asyncio.Protocol):
-    framing = "len4"
+    """The asyncio rival: echo every whole message."""
+    framing: str = "len4"
 
-    def connection_made(self, transport):
-        self.transport = transport
-        self.framer = Framer(self.framing)
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport: asyncio.Transport = cast(asyncio.Transport, transport)
+        self.framer: Framer = Framer(self.framing)
         sock = transport.get_extra_info("socket")
         if sock is not None:
             try:
@@ -90,7 +95,7 @@ class EchoProtocol(asyncio.Protocol):
             except OSError:
                 pass
 
-    def data_received(self, data):
+    def data_received(self, data: bytes) -> None:
         out = self.framer.feed(data)
         if out is None:
             self.transport.close()
@@ -104,31 +109,33 @@ class StoreProtocol(EchoProtocol):
     stored framed as on the wire, as ``iocport echo --store`` does.  Writes
     can finish out of order, so replies wait in a queue and the written
     prefix of it goes out in one write."""
-    store_fd = -1
+    store_fd: int = -1
 
-    def connection_made(self, transport):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        self.loop = asyncio.get_running_loop()
-        self.queue = collections.deque()
+        self.loop: asyncio.AbstractEventLoop = asyncio.get_running_loop()
+        # [message, written] in arrival order
+        self.queue: collections.deque[list[Any]] = collections.deque()
 
-    def data_received(self, data):
+    def data_received(self, data: bytes) -> None:
         if self.framer.feed(data, self.store) is None:
             self.transport.close()
 
-    def store(self, msg):
-        entry = [msg, False]
+    def store(self, msg: bytes) -> None:
+        entry: list[Any] = [msg, False]
         self.queue.append(entry)
         record = msg + b"\n" if self.framer.line else len(msg).to_bytes(4, "big") + msg
         fut = self.loop.run_in_executor(None, os.write, self.store_fd, record)
         fut.add_done_callback(lambda f: self.written(f, entry))
         return None
 
-    def written(self, fut, entry):
+    def written(self, fut: asyncio.Future[int], entry: list[Any]) -> None:
         if fut.exception() is not None:
             self.transport.abort()
             return
         entry[1] = True
-        queue, out = self.queue, []
+        queue: collections.deque[list[Any]] = self.queue
+        out: list[bytes] = []
         while queue and queue[0][1]:
             msg = queue.popleft()[0]
             if self.framer.line:
@@ -139,7 +146,7 @@ class StoreProtocol(EchoProtocol):
             self.transport.write(b"".join(out))
 
 
-def _new_loop(name):
+def _new_loop(name: str) -> asyncio.AbstractEventLoop:
     if name == "uvloop":
         import uvloop
         return uvloop.new_event_loop()
@@ -149,13 +156,14 @@ def _new_loop(name):
     return asyncio.new_event_loop()
 
 
-def run_asyncio(args):
+def run_asyncio(args: argparse.Namespace) -> int:
+    """The asyncio rival (or uvloop's, rloop's: --loop), until SIGINT or SIGTERM."""
     EchoProtocol.framing = args.framing
     loop = _new_loop(args.loop)
     asyncio.set_event_loop(loop)
-    stop = loop.create_future()
+    stop: asyncio.Future[None] = loop.create_future()
 
-    def request_stop(*_):
+    def request_stop(*_: object) -> None:
         if not stop.done():
             stop.set_result(None)
 
@@ -166,8 +174,8 @@ def run_asyncio(args):
             # a loop without signal support: wake it from the Python handler
             signal.signal(sig, lambda *_: loop.call_soon_threadsafe(request_stop))
 
-    async def main():
-        protocol = EchoProtocol
+    async def main() -> None:
+        protocol: type[EchoProtocol] = EchoProtocol
         if args.store:
             protocol = StoreProtocol
             protocol.store_fd = os.open(args.store, os.O_WRONLY | os.O_CREAT | os.O_APPEND,
@@ -194,9 +202,10 @@ def run_asyncio(args):
 
 
 class ThreadHandler(socketserver.BaseRequestHandler):
-    framing = "len4"
+    """The thread-per-connection rival: echo every whole message."""
+    framing: str = "len4"
 
-    def handle(self):
+    def handle(self) -> None:
         sock = self.request
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         framer = Framer(self.framing)
@@ -222,16 +231,17 @@ class _ThreadingServer(socketserver.ThreadingTCPServer):
     block_on_close = False
 
 
-def run_threads(args):
+def run_threads(args: argparse.Namespace) -> int:
+    """The thread-per-connection rival, until SIGINT or SIGTERM."""
     ThreadHandler.framing = args.framing
 
-    def on_signal(*_):
+    def on_signal(*_: object) -> None:
         raise SystemExit(0)
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     server = _ThreadingServer((args.host, args.port), ThreadHandler)
-    host, port = server.server_address[:2]
+    host, port = server.socket.getsockname()[:2]
     print(f"listening on {host}:{port} (thread per connection)", flush=True)
     try:
         server.serve_forever(poll_interval=0.2)
@@ -242,7 +252,8 @@ def run_threads(args):
     return 0
 
 
-def main(argv=None):
+def main(argv: list[str] | None = None) -> int:
+    """The command line (see the module's docstring); the exit status."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("kind", choices=("asyncio", "threads"))
     p.add_argument("--loop", choices=("asyncio", "uvloop", "rloop"), default="asyncio")

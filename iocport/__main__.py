@@ -4,14 +4,20 @@ and ``python -m iocport bench`` (iocport against its rivals).
 
 User errors are one line on stderr: exit status 2 for a usage error, 1 for
 a failure such as a port in use (see iocport/_cli.py)."""
+from __future__ import annotations
+
 import argparse
 from collections import deque
 import sys
+from typing import TYPE_CHECKING
 
 from . import Framer, Server, __version__
 from ._cli import (MAX_WORKERS, PROG, Failure, Parser, UsageError, int_in,
                    log_to_stderr, positive_float, resolve_backend, why)
-from .framing import DEFAULT_MAX, parse_framing
+from .framing import DEFAULT_MAX, Framing, parse_framing
+
+if TYPE_CHECKING:
+    import ssl   # (imported when --tls-cert asks for it)
 
 STORE_HELP = (
     "append every message to PATH, framed as on the wire (--framing), and "
@@ -21,7 +27,7 @@ STORE_HELP = (
     "iocport.Framer(iocport.parse_framing(FRAMING)).feed(data)")
 
 
-def _framing(text):
+def _framing(text: str) -> Framing:
     try:
         return parse_framing(text)
     except (TypeError, ValueError) as exc:
@@ -84,7 +90,7 @@ class _Store:
         self.log.write(self.framer.wrap(msg), callback=written)
 
 
-def _tls_context(args):
+def _tls_context(args: argparse.Namespace) -> ssl.SSLContext | None:
     """The server-side ssl.SSLContext of --tls-cert/--tls-key, or None."""
     if args.tls_cert is None:
         if args.tls_key is not None:
@@ -103,7 +109,8 @@ def _tls_context(args):
     return ctx
 
 
-def echo(args):
+def echo(args: argparse.Namespace) -> int:
+    """The echo command: serve until Ctrl-C or SIGTERM."""
     if args.native and args.store:
         raise UsageError("--native and --store do not go together")
     backend = resolve_backend(args.backend)
@@ -139,12 +146,14 @@ def echo(args):
     return 0
 
 
-def demo(args):
+def demo(args: argparse.Namespace) -> int:
+    """The demo command: the echo server under a short load."""
     from ._demo import run_demo
     return run_demo(args)
 
 
-def bench(args):
+def bench(args: argparse.Namespace) -> int:
+    """The bench command: iocport against its rivals."""
     from .bench import run
     return run(args)
 
@@ -160,7 +169,8 @@ def _bench_args(p, argv):
         add_arguments(p)
 
 
-def main(argv=None):
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line `argv` (default: sys.argv[1:]); the exit status."""
     log_to_stderr()
     if argv is None:
         argv = sys.argv[1:]
@@ -183,15 +193,16 @@ def main(argv=None):
     _bench_args(p, argv)
     p.set_defaults(func=bench, parser=p)
     args = parser.parse_args(argv)
+    command: Parser = args.parser   # the command's own, for its name in errors
     try:
         return args.func(args)
     except UsageError as exc:
-        args.parser.error(str(exc))
+        command.error(str(exc))
     except Failure as exc:
-        sys.stderr.write(f"{args.parser.prog}: error: {exc}\n")
+        sys.stderr.write(f"{command.prog}: error: {exc}\n")
         return 1
     except KeyboardInterrupt:
-        sys.stderr.write(f"{args.parser.prog}: interrupted\n")
+        sys.stderr.write(f"{command.prog}: interrupted\n")
         return 130
 
 

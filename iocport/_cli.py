@@ -11,6 +11,7 @@ import argparse
 import logging
 import math
 import os
+from typing import NoReturn
 
 from . import _iocport
 from .server import backends, default_backend
@@ -33,7 +34,7 @@ class Parser(argparse.ArgumentParser):
     """argparse with its usage errors on one line (argparse prints the usage
     above the message; ``--help`` has it)."""
 
-    def error(self, message):
+    def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 

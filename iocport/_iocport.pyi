@@ -1,7 +1,6 @@
 """Type stubs for the native core, iocport._iocport."""
 import ssl as _ssl
 import sys
-from types import TracebackType
 from typing import Any, Callable, Final, final
 
 from iocport.framing import Framing
@@ -31,6 +30,7 @@ class PortClosedError(Error, RuntimeError):
 @final
 class Packet(tuple[int, int, Any]):
     """A completion packet: (key, nbytes, value)."""
+    __match_args__: Final = ("key", "nbytes", "value")
     n_fields: Final[int]
     n_sequence_fields: Final[int]
     n_unnamed_fields: Final[int]
@@ -63,13 +63,8 @@ class Port:
         most recent waiter if packets are queued.  A thread that exits leaves
         by itself."""
     def __enter__(self) -> Self: ...
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-        /,
-    ) -> None: ...
+    def __exit__(self, *exc_info: object) -> None:
+        """Close the port."""
     @property
     def concurrency(self) -> int: ...
     @property
@@ -153,8 +148,9 @@ class Connection:
     def peer_certificate(self) -> bytes | None: ...
     state: Any
 
+@final
 class Server:
-    """Native server engine; use iocport.Server."""
+    """The native engine behind iocport.Server, which is the one to use."""
     def __new__(
         cls,
         handler: Callable[[Connection, bytes], object] | None,
@@ -166,13 +162,13 @@ class Server:
         on_close: Callable[[Connection], object] | None = None,
         max_unsent: int = ...,
         max_connections: int = ...,
-        idle_timeout: float = 0.0,
+        idle_timeout: float | None = None,
         native_echo: bool = False,
         fallback: bool = True,
         bufsize: int = 16384,
         on_eof: Callable[[Connection], object] | None = None,
         on_drain: Callable[[Connection], object] | None = None,
-        half_close_timeout: float = 30.0,
+        half_close_timeout: float | None = 30.0,
         unsent_limit: int = ...,
         ssl_handshake_timeout: float = 60.0,
     ) -> Server: ...

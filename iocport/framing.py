@@ -84,7 +84,13 @@ class LengthPrefixed(Framing):
     refused as soon as its header arrives.
     """
 
-    __slots__ = ("size", "byteorder", "includes_header", "max_size")
+    # (a dict: the values are the attributes' docstrings)
+    __slots__ = {
+        "size": "Bytes in the length header: 1, 2, 4 or 8.",
+        "byteorder": "The header's byte order: 'big' or 'little'.",
+        "includes_header": "True when the length counts the header too.",
+        "max_size": "The largest payload accepted, in bytes (header excluded).",
+    }
 
     def __init__(self, size=4, *, byteorder="big", includes_header=False,
                  max_size=DEFAULT_MAX):
@@ -131,7 +137,10 @@ class Delimited(Framing):
     """Each message ends with `delimiter` (1 to 8 bytes, not included in the
     message).  `max_size` is the largest payload accepted."""
 
-    __slots__ = ("delimiter", "max_size")
+    __slots__ = {
+        "delimiter": "The bytes that end each message (1 to 8).",
+        "max_size": "The largest payload accepted, in bytes (delimiter excluded).",
+    }
 
     def __init__(self, delimiter=b"\n", *, max_size=DEFAULT_MAX):
         if not isinstance(delimiter, (bytes, bytearray, memoryview)):
@@ -162,7 +171,10 @@ class FixedSize(Framing):
     """Every message is exactly `size` bytes.  `max_size` (default: `size`)
     must not be smaller than `size`."""
 
-    __slots__ = ("size", "max_size")
+    __slots__ = {
+        "size": "Bytes in every message.",
+        "max_size": "The largest payload accepted, in bytes (at least size).",
+    }
 
     def __init__(self, size, *, max_size=None):
         _positive_int(size, "size")

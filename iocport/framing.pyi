@@ -2,10 +2,19 @@
 
 from typing import Final, Literal
 
+__all__ = [
+    "DEFAULT_MAX",
+    "Delimited",
+    "FixedSize",
+    "Framing",
+    "LengthPrefixed",
+    "parse_framing",
+]
+
 DEFAULT_MAX: Final[int]
 
 class Framing:
-    def _spec(self) -> tuple[int, int, bool, bool, bytes, int, int]: ...
+    def _spec(self) -> dict[str, object]: ...
     def __eq__(self, other: object) -> bool: ...
     def __hash__(self) -> int: ...
 

@@ -76,8 +76,69 @@ class Server:
     """A TCP server whose handler receives whole messages.
 
     ``handler(conn, msg)`` is called with the GIL held for every whole
-    message, in order per connection; socket work runs on native worker
-    threads with the GIL released.  See the README for every option.
+    message (``bytes``), in order per connection; socket work runs on native
+    worker threads with the GIL released.  If it raises, the traceback is
+    logged (logger ``"iocport"``), that connection is closed and the server
+    goes on.  Every argument but the handler is keyword-only:
+
+    framing
+        How the byte stream is cut into messages, and replies framed:
+        ``LengthPrefixed(4)`` (the default), ``Delimited``, ``FixedSize``.
+    workers
+        Native worker threads, each with its own ring (or epoll set) and
+        its own connections.  One is fastest for Python handlers (they share
+        the GIL); more help ``native_echo`` and handlers that release it.
+    backend
+        ``"auto"`` (io_uring where the kernel allows it, else epoll),
+        ``"uring"`` or ``"epoll"``; None: ``$IOCPORT_BACKEND``, else auto.
+    on_connect, on_close
+        ``on_connect(conn)`` once a connection is established (accepted or
+        connected); ``on_close(conn)`` once for every connection, an
+        outgoing one whose connect failed included.  ``conn.close_reason``
+        says why it closed (one of ``CLOSE_REASONS``).
+    on_eof
+        ``on_eof(conn)`` once every message before the peer's FIN has been
+        handled; return True to keep the connection open for replies that
+        come from elsewhere, then ``conn.close()`` it.
+    on_drain
+        ``on_drain(conn)`` once a connection's queue has drained below half
+        of ``max_unsent``: a server that pushes waits for it when
+        ``conn.writable`` is False.
+    max_message
+        The largest payload accepted (default: the framing's ``max_size``,
+        16 MiB); a bigger frame closes that connection only, after the
+        replies to the messages before it.
+    max_unsent
+        Per connection: once replies queue more bytes than this, the server
+        stops receiving from that peer until they drain below half.
+    unsent_limit
+        Per connection, the hard bound: a ``send()`` that would queue more
+        closes the connection (``"overflow"``) and returns False.
+    max_connections
+        More are accepted and closed at once (counted as ``refused``).
+    idle_timeout
+        Seconds without traffic before a connection is closed (None: never).
+    half_close_timeout
+        Seconds a half-closed connection may stay silent before it is closed.
+    native_echo
+        Echo every message in C without calling Python (then ``handler``
+        may be None): the ceiling, for benchmarks.
+
+    **Nothing owed is lost**: when the peer half-closes, or sends a bad
+    frame, every whole message before it is still handled and every reply
+    sent before the connection closes, including replies from the
+    callbacks of file operations and ``send_file`` its handlers started.
+
+    A Server is a context manager: ``with`` stops it on the way out, however
+    the block ends (an exception included), started or not::
+
+        with iocport.Server(on_message) as server:
+            host, port = server.listen()      # port 0: a free one
+            server.start()                    # runs in the background
+            ...                               # talk to (host, port)
+        # stopped: every connection closed, every worker joined
+
+    ``serve_forever()`` instead blocks until Ctrl-C, SIGTERM or ``stop()``.
     """
 
     def __init__(self, handler=None, *, framing=None, workers=1, backend=None,
@@ -165,6 +226,7 @@ class Server:
 
     @property
     def running(self):
+        """True between start() and stop()."""
         return self._core.running
 
     def start(self):
@@ -310,15 +372,20 @@ class Server:
             self.stop()
 
     def stats(self):
-        """Counters: connections, messages and bytes in and out, errors."""
+        """Counters, as a dict: connections (live), accepted, closed,
+        messages and bytes in and out, ``errors`` by close reason,
+        accept_errors, refused, ``backend``, and ``workers``: per worker,
+        its live ``connections`` and those it was ever given (``opened``)."""
         s = self._core.stats()
         s["backend"] = self.backend
         return s
 
     def __enter__(self):
+        """Return the server (``with Server(...) as server``)."""
         return self
 
     def __exit__(self, *exc):
+        """Stop the server, however the with block ended."""
         self.stop()
 
     def __repr__(self):

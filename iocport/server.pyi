@@ -7,6 +7,8 @@ import ssl as _ssl
 from ._iocport import Connection, File
 from .framing import Framing
 
+__all__ = ["Server", "backends", "default_backend"]
+
 def backends() -> tuple[str, ...]: ...
 def default_backend() -> str: ...
 

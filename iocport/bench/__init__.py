@@ -32,6 +32,9 @@ tested without the plan, and the plan without its presentation.
 ``python -m iocport`` imports this package only when the command is
 ``bench``: ``echo`` and ``demo`` have no use for any of it.
 """
+from __future__ import annotations
+
+import argparse
 import json
 import subprocess
 import sys
@@ -42,11 +45,11 @@ from .._cli import int_in, output_path, positive_float, resolve_backend
 from .harness import (RIVAL_PACKAGES, bench_env, benchmarks_dir, build, machine_info,
                       missing_line, pinning, rival_missing)
 from .report import Progress, chart_line, idle_table, machine_line, print_tables, ratio_table
-from .scenarios import (IDLE_SERVERS, LATENCY_RATES, only_names, plan, positive_ints,
-                        run_group, run_idle)
+from .scenarios import (IDLE_SERVERS, LATENCY_RATES, ServerSpec, only_names, plan,
+                        positive_ints, run_group, run_idle)
 
 
-def add_arguments(p):
+def add_arguments(p: argparse.ArgumentParser) -> None:
     """The command's options; ``python -m iocport`` adds them only when the
     command is ``bench``."""
     p.add_argument("--full", action="store_true",
@@ -83,13 +86,13 @@ def add_arguments(p):
                    help="run only the store-to-disk scenario (also part of --full)")
 
 
-def missing_rivals(servers):
+def missing_rivals(servers: list[ServerSpec]) -> set[str]:
     """The packages of the rivals among `servers` [(name, kind, ...)] that
     are not installed."""
     return {pkg for name, kind, *_ in servers if (pkg := rival_missing(name, kind))}
 
 
-def run_idle_only(args):
+def run_idle_only(args: argparse.Namespace) -> int:
     """``--idle`` alone: the idle scenario has no loadgen and no groups."""
     idle = run_idle(args.idle_conns, only=set(args.only.split(",")) if args.only else None,
                     framing="len4")
@@ -106,7 +109,7 @@ def run_idle_only(args):
     return 1 if failed else 0
 
 
-def run(args):
+def run(args: argparse.Namespace) -> int:
     """The command: the plan's groups in turn, then the idle scenario when
     asked; tables on stdout, progress on stderr.  Exit status 1 when any run
     failed or counted an error (a wrong reply, a lost connection)."""

@@ -2,6 +2,8 @@
 of benchmarks/, starting and stopping servers, pinning them and the clients
 to CPUs, one load-generator run, one idle-memory reading, and what the
 machine is."""
+from __future__ import annotations
+
 import hashlib
 import importlib.util
 import json
@@ -14,8 +16,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import IO, Any
 
 from .._cli import Failure
+
+# One loadgen run's figures (its JSON line), or {"failed": why, "errors": 1}.
+Run = dict[str, Any]
 
 CFLAGS = ["-O2", "-std=c11", "-D_GNU_SOURCE", "-Wall", "-Wextra"]
 BENCH_SOURCES = ("loadgen.c", "c_echo_epoll.c")
@@ -35,7 +41,7 @@ PACKAGE_DIR = Path(__file__).resolve().parent.parent
 
 # ---- building -------------------------------------------------------------
 
-def benchmarks_dir():
+def benchmarks_dir() -> Path:
     """The directory holding loadgen.c: the repository's benchmarks/ next to
     the package, or a copy shipped inside the package."""
     here = PACKAGE_DIR
@@ -46,7 +52,7 @@ def benchmarks_dir():
                   f"({here.parent / 'benchmarks'})")
 
 
-def cache_dir():
+def cache_dir() -> Path:
     d = os.environ.get("IOCPORT_BENCH_CACHE")
     if d:
         return Path(d)
@@ -54,7 +60,7 @@ def cache_dir():
     return Path(base) / "iocport-bench"
 
 
-def build(source, out_dir=None):
+def build(source: str, out_dir: str | os.PathLike[str] | None = None) -> Path:
     """Compile one C file of benchmarks/ (cached by content); return the path."""
     cc = os.environ.get("CC") or "gcc"
     if not shutil.which(cc):
@@ -78,7 +84,7 @@ def build(source, out_dir=None):
 
 # ---- processes ------------------------------------------------------------
 
-def pinning():
+def pinning() -> tuple[int, int] | tuple[None, None]:
     """(server cpu, client cpu) or (None, None) when pinning is impossible."""
     cpus = sorted(os.sched_getaffinity(0))
     if len(cpus) >= 2 and shutil.which("taskset"):
@@ -86,28 +92,36 @@ def pinning():
     return None, None
 
 
-def _pinned(cpu, argv):
+def _pinned(cpu: int | None, argv: list[str]) -> list[str]:
     return argv if cpu is None else ["taskset", "-c", str(cpu), *argv]
 
 
 class ServerProc:
-    def __init__(self, name, argv, env=None, cpu=None):
-        self.name = name
-        self.log = tempfile.TemporaryFile()
-        self.proc = subprocess.Popen(_pinned(cpu, argv), stdout=subprocess.PIPE,
-                                     stderr=self.log, env=env, text=True)
-        self.banner = self._read_banner(20.0)
+    """A server started for the benchmark, from its banner (``listening on
+    HOST:PORT``) on: its address and pid; stop() ends it."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str] | None = None,
+                 cpu: int | None = None) -> None:
+        self.name: str = name
+        self.log: IO[bytes] = tempfile.TemporaryFile()
+        self.proc: subprocess.Popen[str] = subprocess.Popen(
+            _pinned(cpu, argv), stdout=subprocess.PIPE, stderr=self.log, env=env,
+            text=True)
+        self.banner: str = self._read_banner(20.0)
         addr = self.banner.split()[2]
         host, port = addr.rsplit(":", 1)
-        self.host, self.port = host, int(port)
-        self.pid = self.proc.pid     # taskset execs the server: same pid
+        self.host: str = host
+        self.port: int = int(port)
+        self.pid: int = self.proc.pid     # taskset execs the server: same pid
 
-    def _read_banner(self, timeout):
+    def _read_banner(self, timeout: float) -> str:
+        stdout = self.proc.stdout
+        assert stdout is not None     # stdout=PIPE
         sel = selectors.DefaultSelector()
-        sel.register(self.proc.stdout, selectors.EVENT_READ)
+        sel.register(stdout, selectors.EVENT_READ)
         ready = sel.select(timeout)
         sel.close()
-        line = self.proc.stdout.readline() if ready else ""
+        line = stdout.readline() if ready else ""
         if not line.startswith("listening on "):
             self.proc.kill()
             self.proc.wait()
@@ -116,7 +130,7 @@ class ServerProc:
             raise RuntimeError(f"{self.name} did not start: {line!r} {err}")
         return line.strip()
 
-    def stop(self):
+    def stop(self) -> int | None:
         """SIGTERM; returns the exit status (None if it had to be killed)."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -126,12 +140,16 @@ class ServerProc:
                 self.proc.kill()
                 self.proc.wait()
                 return None
-        self.proc.stdout.close()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
         self.log.close()
         return self.proc.returncode
 
 
-def server_argv(kind, extra, framing, bench_dir, c_echo):
+def server_argv(kind: str, extra: list[str], framing: str, bench_dir: Path,
+                c_echo: Path) -> list[str]:
+    """The command line of a server of `kind` (iocport, c, asyncio or
+    threads), with `extra` options."""
     if kind == "iocport":
         return [sys.executable, "-m", "iocport", "echo", "--port", "0",
                 "--framing", framing, *extra]
@@ -141,8 +159,9 @@ def server_argv(kind, extra, framing, bench_dir, c_echo):
     return [sys.executable, rivals, kind, "--port", "0", "--framing", framing, *extra]
 
 
-def run_loadgen(loadgen, server, *, conns, depth, size, framing, seconds,
-                warmup=0.2, cpu=None, rate=None):
+def run_loadgen(loadgen: Path, server: ServerProc, *, conns: int, depth: int, size: int,
+                framing: str, seconds: float, warmup: float = 0.2, cpu: int | None = None,
+                rate: int | None = None) -> Run:
     """One loadgen run against `server`: closed loop with `depth` messages in
     flight per connection, or open loop at `rate` messages per second."""
     argv = [str(loadgen), "--host", server.host, "--port", str(server.port),
@@ -158,7 +177,7 @@ def run_loadgen(loadgen, server, *, conns, depth, size, framing, seconds,
         return {"failed": "loadgen timed out", "errors": 1}
     lines = r.stdout.strip().splitlines()
     try:
-        res = json.loads(lines[-1])
+        res: Run = json.loads(lines[-1])
     except (IndexError, ValueError):
         return {"failed": f"loadgen exit {r.returncode}: {r.stderr.strip()[-300:]}",
                 "errors": 1}
@@ -169,7 +188,7 @@ def run_loadgen(loadgen, server, *, conns, depth, size, framing, seconds,
     return res
 
 
-def bench_env():
+def bench_env() -> dict[str, str]:
     """The environment of the servers and clients started from here: this
     iocport first on PYTHONPATH, so that they run the package being
     benchmarked whatever the working directory."""
@@ -180,7 +199,7 @@ def bench_env():
     return env
 
 
-def rival_missing(name, kind):
+def rival_missing(name: str, kind: str) -> str | None:
     """The package server `name` needs when it runs on a rival loop that is
     not installed ('uvloop'), else None."""
     loop = name.split("-")[0]
@@ -190,12 +209,12 @@ def rival_missing(name, kind):
     return None
 
 
-def missing_note(package):
+def missing_note(package: str | None) -> str:
     """The tables' note for a server skipped for want of `package`."""
     return f"not installed: pip install {package}"
 
 
-def missing_line(packages):
+def missing_line(packages: set[str]) -> str:
     """One line under the tables: the rivals skipped and how to get them."""
     names = " ".join(sorted(packages))
     return (f"not installed, so not run: {', '.join(sorted(packages))}; "
@@ -204,7 +223,7 @@ def missing_line(packages):
 
 # ---- the machine ----------------------------------------------------------
 
-def machine_info():
+def machine_info() -> dict[str, Any]:
     """What the figures depend on: CPUs, kernel, Python, the rivals'
     versions, and the load average when the run starts."""
     from importlib import metadata
@@ -218,7 +237,7 @@ def machine_info():
                     break
     except OSError:
         pass
-    versions = {}
+    versions: dict[str, str | None] = {}
     for pkg in ("iocport", *RIVAL_PACKAGES.values()):
         try:
             versions[pkg] = metadata.version(pkg)
@@ -236,7 +255,7 @@ IDLE_FD_MARGIN = 64        # descriptors kept free beyond the N connections
 IDLE_PAYLOAD = b"idle-echo-check!"
 
 
-def raise_nofile():
+def raise_nofile() -> int:
     """Raise the soft RLIMIT_NOFILE to the hard limit; return the new soft."""
     import resource
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -251,7 +270,7 @@ def raise_nofile():
     return soft
 
 
-def vm_rss(pid):
+def vm_rss(pid: int) -> int:
     """VmRSS of a process in bytes, from /proc/PID/status."""
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -260,7 +279,7 @@ def vm_rss(pid):
     raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
-def idle_client_main(argv):
+def idle_client_main(argv: list[str]) -> int:
     """Client process of the idle scenario: open N connections, one len4
     echo on each (reply checked), print 'ready N', hold them until a line
     arrives on stdin (or stdin closes), then close everything."""
@@ -294,7 +313,7 @@ def idle_client_main(argv):
     return 0
 
 
-def idle_fit(n):
+def idle_fit(n: int) -> tuple[int, str | None]:
     """(N to use, note or None): N lowered when RLIMIT_NOFILE's hard limit
     cannot hold N connections plus a margin (in the client and the server)."""
     limit = raise_nofile()       # inherited by the servers started from here
@@ -305,7 +324,8 @@ def idle_fit(n):
     return n, None
 
 
-def measure_idle(srv, n, env, wait, cpu=None):
+def measure_idle(srv: ServerProc, n: int, env: dict[str, str], wait: float,
+                 cpu: int | None = None) -> dict[str, Any]:
     """One server: VmRSS before, N connections each echoing once, `wait`
     seconds idle, VmRSS after. Returns a dict of figures or {'failed': ...}."""
     rss_before = vm_rss(srv.pid)
@@ -315,9 +335,11 @@ def measure_idle(srv, n, env, wait, cpu=None):
                                             str(srv.port), str(n)]),
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, env=env, text=True)
+    stdin, stdout = client.stdin, client.stdout
+    assert stdin is not None and stdout is not None     # PIPE
     try:
         t0 = time.monotonic()
-        line = client.stdout.readline()
+        line = stdout.readline()
         setup_s = time.monotonic() - t0
         if not line.startswith("ready "):
             client.kill()
@@ -328,16 +350,17 @@ def measure_idle(srv, n, env, wait, cpu=None):
         if srv.proc.poll() is not None:
             return {"failed": f"server exited ({srv.proc.returncode})"}
         rss_after = vm_rss(srv.pid)
-        client.stdin.write("done\n")
-        client.stdin.flush()
+        stdin.write("done\n")
+        stdin.flush()
         client.wait(30)
     finally:
         if client.poll() is None:
             client.kill()
             client.wait()
-        for f in (client.stdin, client.stdout, client.stderr):
+        for f in (stdin, stdout, client.stderr):
             try:
-                f.close()
+                if f is not None:
+                    f.close()
             except OSError:
                 pass
     return {"conns": opened, "rss_before": rss_before, "rss_after": rss_after,

@@ -1,25 +1,30 @@
 """What the benchmark prints and draws: the progress line, the machine
 line, the table of each scenario's figures (medians over the rounds), the
 ratio table with its targets met or not, the chart, and the idle table."""
+from __future__ import annotations
+
 import statistics
 import sys
 import time
+from collections.abc import Sequence
+from typing import Any
 
-from .harness import BENCH_EXTRA
+from .harness import BENCH_EXTRA, Run
 from .scenarios import (BOUNDS, IDLE_SERVERS, LATENCY_RATIOS, RATIOS, STORE_RATIOS,
-                        scenario_name)
+                        Results, Scenario, scenario_name)
 
 
 class Progress:
     """A bar on stderr, one step per warm-up and per run: on a terminal it
     redraws one line, elsewhere (a CI log) it prints a line a step."""
 
-    def __init__(self, total):
-        self.total, self.done = total, 0
-        self.tty = sys.stderr.isatty()
-        self.t0 = time.monotonic()
+    def __init__(self, total: int) -> None:
+        self.total: int = total
+        self.done: int = 0
+        self.tty: bool = sys.stderr.isatty()
+        self.t0: float = time.monotonic()
 
-    def step(self, what):
+    def step(self, what: str) -> None:
         self.done += 1
         width = 30
         fill = int(width * self.done / self.total)
@@ -35,16 +40,16 @@ class Progress:
         sys.stderr.flush()
 
 
-def _median(values):
-    values = [v for v in values if v is not None]
-    return statistics.median(values) if values else None
+def _median(values: Sequence[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return statistics.median(known) if known else None
 
 
-def _fmt(v, spec):
+def _fmt(v: float | None, spec: str) -> str:
     return "-" if v is None else format(v, spec)
 
 
-def machine_line(info):
+def machine_line(info: dict[str, Any]) -> str:
     """harness.machine_info() in one line, printed above the tables."""
     vers = ", ".join(f"{k} {v}" for k, v in info["versions"].items() if v)
     load = ", ".join(f"{x:.2f}" for x in info["loadavg"])
@@ -55,7 +60,9 @@ def machine_line(info):
 
 # ---- tables ---------------------------------------------------------------
 
-def print_tables(scenarios, names, results, notes):
+def print_tables(scenarios: list[Scenario], names: list[str], results: Results,
+                 notes: dict[str, str]) -> str:
+    """The table of each scenario: every server's medians over the rounds."""
     out = []
     for sc in scenarios:
         key = scenario_name(sc)
@@ -93,7 +100,7 @@ def print_tables(scenarios, names, results, notes):
     return "\n".join(out)
 
 
-def _figure(run, field):
+def _figure(run: Run, field: str) -> float | None:
     """One run's figure; "msgs_per_sys_s" (messages per second of the
     server's kernel time) is derived from the loadgen's counts."""
     if field == "msgs_per_sys_s":
@@ -102,31 +109,35 @@ def _figure(run, field):
     return run.get(field)
 
 
-def _pair_ratios(results, key, a, b, field, a_field=None):
+def _pair_ratios(results: Results, key: str, a: str, b: str | tuple[str, ...], field: str,
+                 a_field: str | None = None) -> list[float]:
     """Round-by-round ratios of `field`, A over B (B: a name or the better of
     a tuple of names, per round); A's figure is `a_field` when given."""
     ra = results[key].get(a, [])
     bs = b if isinstance(b, tuple) else (b,)
     rbs = [results[key].get(x, []) for x in bs]
-    ratios = []
+    ratios: list[float] = []
     for i, run_a in enumerate(ra):
         va = _figure(run_a, a_field or field)
-        vb = [r[i].get(field) for r in rbs if i < len(r) and r[i].get(field)]
+        vb: list[float] = [r[i][field] for r in rbs if i < len(r) and r[i].get(field)]
         if va and vb:
             ratios.append(va / max(vb))
     return ratios
 
 
-def ratio_table(scenarios, results, banners):
+def ratio_table(scenarios: list[Scenario], results: Results, banners: dict[str, str]
+                ) -> tuple[str, list[dict[str, Any]]]:
     """The ratios of every scenario run: throughput targets (RATIOS) on the
     closed-loop scenarios, p99 latency (LATENCY_RATIOS) on the open-loop
     ones, and the store scenario's figures (STORE_RATIOS, no target)."""
     out = ["\n## Ratios (median of the round-by-round ratios)\n",
            "| ratio | scenario | per server CPU-s | msgs/s | p99 | rounds' range | target | met |",
            "|---|---|---:|---:|---:|---:|---|---|"]
-    rows = []
+    rows: list[dict[str, Any]] = []
 
-    def row(label, a, b, sc, target=None, field="msgs_per_cpu_s", most=False, bound=False):
+    def row(label: str, a: str, b: str | tuple[str, ...], sc: Scenario,
+            target: float | None = None, field: str = "msgs_per_cpu_s", most: bool = False,
+            bound: bool = False) -> None:
         key = scenario_name(sc)
         # a bound row has a figure per CPU-second only
         each = {f: _pair_ratios(results, key, a, b, f,
@@ -174,7 +185,8 @@ def ratio_table(scenarios, results, banners):
 
 # ---- chart ----------------------------------------------------------------
 
-def chart_line(path, scenarios, names, results):
+def chart_line(path: str, scenarios: list[Scenario], names: list[str],
+               results: Results) -> str:
     """Draw the chart; the line that says where it is, or why it is not."""
     if write_chart(path, scenarios, names, results):
         return f"chart: {path}"
@@ -182,7 +194,8 @@ def chart_line(path, scenarios, names, results):
             f"or {BENCH_EXTRA})")
 
 
-def write_chart(path, scenarios, names, results):
+def write_chart(path: str, scenarios: list[Scenario], names: list[str],
+                results: Results) -> bool:
     """The chart at `path`; False when matplotlib is not installed."""
     try:
         import matplotlib
@@ -216,7 +229,8 @@ def write_chart(path, scenarios, names, results):
 
 # ---- idle connections -----------------------------------------------------
 
-def idle_table(idle):
+def idle_table(idle: dict[str, Any]) -> str:
+    """The idle scenario's table (scenarios.run_idle()'s result)."""
     out = [f"\n## Idle connections: {idle['n']} connections, one len4 echo each, "
            f"then {idle['wait_s']:g} s idle\n"]
     if idle["note"]:

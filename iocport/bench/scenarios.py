@@ -2,19 +2,42 @@
 scenario (throughput, latency at a fixed load, store-to-disk, idle memory),
 the ratios and targets that apply to each, the plan the options make of
 them, and the A B A B rounds that run a plan."""
+from __future__ import annotations
+
 import argparse
 import sys
 from pathlib import Path
+from typing import Any, Protocol
 
-from .harness import (ServerProc, benchmarks_dir, bench_env, build, idle_fit,
+from .harness import (Run, ServerProc, benchmarks_dir, bench_env, build, idle_fit,
                       measure_idle, missing_note, pinning, rival_missing, run_loadgen,
                       server_argv)
+
+# A server to run: (name, kind, extra options); kind: iocport | c | asyncio | threads
+ServerSpec = tuple[str, str, list[str]]
+# A scenario: size, depth, conns, framing, rounds, seconds, and its mode
+# ("closed", "store") or rate (open loop); "servers" limits it to those.
+Scenario = dict[str, Any]
+# A group of the plan: (title, its servers, its scenarios)
+Group = tuple[str, list[ServerSpec], list[Scenario]]
+# Every run's figures: by scenario name, then by server, one per round
+Results = dict[str, dict[str, list[Run]]]
+# What run_group() runs with: loadgen, the C echo server, benchmarks/, the
+# server's and the client's CPU (None: not pinned), the environment
+Tools = tuple[Path, Path, Path, int | None, int | None, dict[str, str]]
+
+
+class Steps(Protocol):
+    """What run_group() reports its progress to (report.Progress)."""
+
+    def step(self, what: str) -> None: ...
+
 
 # ---- the scenarios: their servers, ratios and targets ---------------------
 
 # Throughput, closed loop (each connection keeps `depth` messages in flight):
 # (name, kind, extra, full_only); kind: iocport | c | asyncio | threads
-SERVERS = [
+SERVERS: list[tuple[str, str, list[str], bool]] = [
     ("iocport-python", "iocport", [], False),             # auto backend
     ("iocport-epoll", "iocport", ["--backend", "epoll"], False),
     ("iocport-native", "iocport", ["--native"], False),
@@ -29,7 +52,7 @@ SERVERS = [
 # (label, A, B, depth or None for any, target, payload size the target is
 # set for or None for any); B may be a tuple: the better of those, round by
 # round.  Other sizes show the ratio without a target.
-RATIOS = [
+RATIOS: list[tuple[str, str, str | tuple[str, ...], int | None, float, int | None]] = [
     ("python handler / best of uvloop,rloop", "iocport-python", ("uvloop", "rloop"), 1, 1.5, 64),
     ("python handler / best of uvloop,rloop", "iocport-python", ("uvloop", "rloop"), 16, 3.5, 64),
     ("python handler / c-epoll", "iocport-python", "c-epoll", 16, 0.85, 64),
@@ -62,7 +85,7 @@ LATENCY_RATIOS = [("p99 latency, python handler / uvloop", "iocport-python", "uv
 # Store each message to a file, then echo it: iocport's overlapped file
 # writes against asyncio servers writing through run_in_executor.
 # (name, kind, extra); each gets `--store FILE` in a scratch directory.
-STORE_SERVERS = [
+STORE_SERVERS: list[ServerSpec] = [
     ("iocport-store", "iocport", []),
     ("iocport-epoll-store", "iocport", ["--backend", "epoll"]),
     ("asyncio-store", "asyncio", ["--loop", "asyncio"]),
@@ -75,7 +98,7 @@ STORE_RATIOS = [("store: python handler / asyncio + run_in_executor", "iocport-s
 
 # Idle connections: the resident memory that each costs a server.
 # (name, kind, extra): the servers of the idle scenario
-IDLE_SERVERS = [
+IDLE_SERVERS: list[ServerSpec] = [
     ("iocport-python", "iocport", []),                  # default backend
     ("iocport-epoll", "iocport", ["--backend", "epoll"]),
     ("c-epoll", "c", []),
@@ -89,7 +112,7 @@ IDLE_WAIT = 2.0            # seconds of silence before the second reading
 
 # ---- the plan -------------------------------------------------------------
 
-def scenario_name(sc):
+def scenario_name(sc: Scenario) -> str:
     """A scenario's name, unique within a run: the key of its results and
     its title in the tables and the chart."""
     size = sc["size"]
@@ -100,7 +123,7 @@ def scenario_name(sc):
     return f"{prefix}{text}, depth {sc['depth']}"
 
 
-def positive_ints(text):
+def positive_ints(text: str) -> list[int]:
     """An argument type (--sizes, --rates): comma-separated positive integers."""
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
@@ -112,13 +135,13 @@ def positive_ints(text):
     return values
 
 
-def server_names():
+def server_names() -> list[str]:
     """Every server the scenarios know (what --only may name)."""
     return sorted({s[0] for s in SERVERS} | {s[0] for s in STORE_SERVERS} |
                   {s[0] for s in IDLE_SERVERS})
 
 
-def only_names(text):
+def only_names(text: str) -> str:
     """An argument type (--only): comma-separated server names, each known."""
     names = {n.strip() for n in text.split(",") if n.strip()}
     unknown = sorted(names - set(server_names()))
@@ -129,12 +152,12 @@ def only_names(text):
     return ",".join(sorted(names))
 
 
-def plan(args, store_dir):
+def plan(args: argparse.Namespace, store_dir: str) -> list[Group]:
     """The groups to run: [(title, servers, scenarios)]."""
     common = {"conns": args.conns, "framing": args.framing, "rounds": args.rounds,
               "seconds": args.seconds}
     only = set(args.only.split(",")) if args.only else None
-    groups = []
+    groups: list[Group] = []
     just = args.latency or args.store or args.idle
     if args.full or not just:
         chosen = [s for s in SERVERS if args.full or not s[3]]
@@ -162,15 +185,19 @@ def plan(args, store_dir):
 
 # ---- running --------------------------------------------------------------
 
-def run_group(servers, scenarios, args, progress, tools):
+def run_group(servers: list[ServerSpec], scenarios: list[Scenario],
+              args: argparse.Namespace, progress: Steps, tools: Tools
+              ) -> tuple[Results, dict[str, str], dict[str, str], dict[str, int | None]]:
     """Start `servers` [(name, kind, extra)], warm each up, then run every
     scenario round by round, servers in turn (A B A B).  Returns (results by
     scenario name then server, notes, banners, exit statuses)."""
     loadgen, c_echo, bench_dir, server_cpu, client_cpu, env = tools
-    results = {scenario_name(sc): {} for sc in scenarios}
+    results: Results = {scenario_name(sc): {} for sc in scenarios}
     notes = {name: missing_note(rival_missing(name, kind)) for name, kind, _ in servers
              if rival_missing(name, kind)}
-    started, banners, exits = {}, {}, {}
+    started: dict[str, ServerProc] = {}
+    banners: dict[str, str] = {}
+    exits: dict[str, int | None] = {}
     try:
         for name, kind, extra in servers:
             if name in notes:
@@ -194,11 +221,11 @@ def run_group(servers, scenarios, args, progress, tools):
             key = scenario_name(sc)
             for rnd in range(sc["rounds"]):
                 for name, _, _ in servers:
-                    srv = started.get(name)
-                    if srv is None or name in notes or \
+                    live = started.get(name)
+                    if live is None or name in notes or \
                             (sc.get("servers") and name not in sc["servers"]):
                         continue
-                    res = run_loadgen(loadgen, srv, conns=sc["conns"], depth=sc["depth"],
+                    res = run_loadgen(loadgen, live, conns=sc["conns"], depth=sc["depth"],
                                       size=sc["size"], framing=sc["framing"],
                                       seconds=sc["seconds"], cpu=client_cpu,
                                       rate=sc.get("rate"), warmup=sc.get("warmup", 0.2))
@@ -213,7 +240,8 @@ def run_group(servers, scenarios, args, progress, tools):
     return results, notes, banners, exits
 
 
-def run_idle(n=10000, only=None, framing="len4", wait=IDLE_WAIT):
+def run_idle(n: int = 10000, only: set[str] | None = None, framing: str = "len4",
+             wait: float = IDLE_WAIT) -> dict[str, Any]:
     """The idle scenario over IDLE_SERVERS (or the names in `only`). Returns
     {'n', 'requested_n', 'note', 'results', 'notes', 'banners', 'ratio'}."""
     bench_dir = benchmarks_dir()
@@ -223,7 +251,9 @@ def run_idle(n=10000, only=None, framing="len4", wait=IDLE_WAIT):
     n, note = idle_fit(n)
     env = bench_env()
     chosen = [s for s in IDLE_SERVERS if only is None or s[0] in only]
-    results, notes, banners = {}, {}, {}
+    results: dict[str, dict[str, Any]] = {}
+    notes: dict[str, str] = {}
+    banners: dict[str, str] = {}
     for name, kind, extra in chosen:
         if rival_missing(name, kind):
             notes[name] = missing_note(rival_missing(name, kind))

@@ -301,26 +301,27 @@ conn_repr(ConnObject *self)
 
 static PyMethodDef conn_methods[] = {
     {"send", (PyCFunction)conn_send_m, METH_O,
-     "send(data) -> bool\n--\n\n"
+     "send($self, data, /)\n--\n\n"
      "Queue one message, framed with the server's framing, and return at once.\n"
      "Safe from any thread.  Returns False (and sends nothing) once the\n"
      "connection is closing or closed, or when the message would take its\n"
      "unsent bytes past unsent_limit: the connection is then closed\n"
      "(reason 'overflow')."},
     {"send_raw", (PyCFunction)conn_send_raw, METH_O,
-     "send_raw(data) -> bool\n--\n\nQueue bytes that are already framed."},
+     "send_raw($self, data, /)\n--\n\n"
+     "Queue bytes that are already framed; returns False as send() does."},
     {"send_file", (PyCFunction)(void (*)(void))conn_send_file_m,
      METH_VARARGS | METH_KEYWORDS,
-     "send_file(file, offset=0, count=None, callback=None) -> None\n--\n\n"
+     "send_file($self, /, file, offset=0, count=None, callback=None)\n--\n\n"
      "Stream count bytes of an iocport.File from offset (None: to the end)\n"
      "natively, with bounded memory.  Messages sent meanwhile follow the\n"
      "file.  callback(nbytes, error) runs when all of it is with the kernel\n"
      "or when it stopped (error: an OSError)."},
     {"close", (PyCFunction)conn_close_m, METH_NOARGS,
-     "close() -> None\n--\n\n"
+     "close($self, /)\n--\n\n"
      "Stop receiving, send what is queued, then close.  Idempotent."},
     {"abort", (PyCFunction)conn_abort_m, METH_NOARGS,
-     "abort() -> None\n--\n\nClose at once, dropping unsent data."},
+     "abort($self, /)\n--\n\nClose at once, dropping unsent data."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -353,7 +354,16 @@ static PyGetSetDef conn_getset[] = {
 };
 
 static PyType_Slot conn_slots[] = {
-    {Py_tp_doc, "A connection: passed to handlers; cannot be created directly."},
+    {Py_tp_doc,
+     "A connection: passed to handlers and callbacks, or returned by\n"
+     "Server.connect(); cannot be created directly.\n"
+     "\n"
+     "send() frames and queues a message; it never blocks and is safe from\n"
+     "any thread.  close() stops handling input, sends what is queued, then\n"
+     "sends FIN and waits (up to 2 s) for the peer's, so no reply is lost to\n"
+     "a reset; abort() closes at once.  A bytes message of 32 KiB or more is\n"
+     "sent from the object itself, not copied; bytearray and memoryview are\n"
+     "always copied, so changing them after send() is safe."},
     {Py_tp_dealloc, conn_dealloc},
     {Py_tp_traverse, conn_traverse},
     {Py_tp_clear, conn_clear},

@@ -393,19 +393,19 @@ file_repr(FileObject *self)
 
 static PyMethodDef file_methods[] = {
     {"read", (PyCFunction)(void (*)(void))file_read, METH_VARARGS | METH_KEYWORDS,
-     "read(offset, size, callback) -> int\n--\n\n"
+     "read($self, /, offset, size, callback)\n--\n\n"
      "Read up to size bytes at offset; callback(data, error) gets the bytes\n"
      "(shorter at the end of the file) or error, an OSError."},
     {"write", (PyCFunction)(void (*)(void))file_write, METH_VARARGS | METH_KEYWORDS,
-     "write(data, offset=None, callback=None) -> int\n--\n\n"
+     "write($self, /, data, offset=None, callback=None)\n--\n\n"
      "Write data at offset, or append it when offset is None (appends land\n"
      "in the order they were issued).  Returns the offset it is written at.\n"
      "callback(nbytes, error) when done."},
     {"sync", (PyCFunction)(void (*)(void))file_sync, METH_VARARGS | METH_KEYWORDS,
-     "sync(callback=None, *, data_only=False) -> int\n--\n\n"
+     "sync($self, /, callback=None, *, data_only=False)\n--\n\n"
      "fsync (or fdatasync) the file; callback(None, error)."},
     {"close", (PyCFunction)(void (*)(void))file_close, METH_VARARGS | METH_KEYWORDS,
-     "close(callback=None) -> None\n--\n\n"
+     "close($self, /, callback=None)\n--\n\n"
      "No new operations; the descriptor is closed once those in flight have\n"
      "completed, then callback(None, None) runs, or callback(None, error) with\n"
      "error an OSError if close(2) failed."},
@@ -422,8 +422,15 @@ static PyGetSetDef file_getset[] = {
 };
 
 static PyType_Slot file_slots[] = {
-    {Py_tp_doc, "An open file whose operations run natively; from "
-                "Server.open_file() or Server.adopt_file()."},
+    {Py_tp_doc,
+     "An open file whose operations run natively on the server's workers\n"
+     "(io_uring operations; on epoll, a small native thread pool), never in\n"
+     "Python's executor; from Server.open_file() or Server.adopt_file().\n"
+     "\n"
+     "Callbacks run with the GIL held on a worker, batched with messages:\n"
+     "callback(result, error), result the bytes read, the number written,\n"
+     "or None (sync, close), error None; on failure (None, error), error an\n"
+     "OSError with its errno.  The server must be started first."},
     {Py_tp_dealloc, file_dealloc},
     {Py_tp_traverse, file_traverse},
     {Py_tp_clear, file_clear},

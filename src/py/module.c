@@ -113,14 +113,14 @@ iocp_uring_status(PyObject *module, PyObject *Py_UNUSED(ignored))
 
 static PyMethodDef iocp_methods[] = {
     {"tls_check", (PyCFunction)(void (*)(void))iocp_tls_check, METH_FASTCALL,
-     "tls_check(ctx, server_side, /) -> None\n--\n\n"
+     "tls_check($module, ctx, server_side, /)\n--\n\n"
      "Raise the error ssl=ctx would raise (TypeError, ValueError,\n"
      "RuntimeError), for a server side or a client side context."},
     {"backends", iocp_backends, METH_NOARGS,
-     "backends() -> tuple[str, ...]\n--\n\n"
+     "backends($module, /)\n--\n\n"
      "The I/O backends this host can use, best first ('uring', 'epoll')."},
     {"uring_status", iocp_uring_status, METH_NOARGS,
-     "uring_status() -> int\n--\n\n"
+     "uring_status($module, /)\n--\n\n"
      "0 if io_uring is usable here, else the errno that refused it."},
     {NULL, NULL, 0, NULL},
 };

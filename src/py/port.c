@@ -631,8 +631,14 @@ PyDoc_STRVAR(Port_doc,
 "exits (its slot is then freed, as on Windows); while the limit is\n"
 "reached, packets stay queued and waiters stay asleep.  get() raises\n"
 "TimeoutError when its timeout expires (get_many() returns []).  close()\n"
-"wakes every waiter with PortClosedError.  Usable as a context manager\n"
-"(closes on exit).");
+"wakes every waiter with PortClosedError.\n"
+"\n"
+"A Port is a context manager, closed on the way out of the with block\n"
+"(threads still waiting in get() then get PortClosedError)::\n"
+"\n"
+"    with Port(concurrency=2) as port:\n"
+"        port.post(key=1, nbytes=5, value='hello')\n"
+"        packet = port.get(timeout=1.0)    # key 1, nbytes 5, value 'hello'");
 
 static PyType_Slot Port_slots[] = {
     {Py_tp_new, Port_new},

@@ -539,12 +539,12 @@ server_get_running(ServerObject *self, void *Py_UNUSED(closure))
 static PyMethodDef server_methods[] = {
     {"add_listener", (PyCFunction)(void (*)(void))server_add_listener_m,
      METH_VARARGS | METH_KEYWORDS,
-     "add_listener(sock, ssl=None) -> None\n--\n\n"
+     "add_listener($self, /, sock, ssl=None)\n--\n\n"
      "Serve a listening socket (its fd is duplicated), over TLS with ssl\n"
      "(an ssl.SSLContext for the server side) if given.  Before start()."},
     {"connect", (PyCFunction)server_connect_m, METH_VARARGS,
-     "connect(addresses, callback, timeout, ssl=None, server_hostname=None)"
-     " -> Connection\n--\n\n"
+     "connect($self, addresses, callback, timeout, ssl=None, server_hostname=None, /)"
+     "\n--\n\n"
      "Connect to the first of addresses ((family, numeric address) pairs,\n"
      "tried in turn) that answers within timeout seconds (None: no limit),\n"
      "on a worker, over TLS with ssl (a client-side ssl.SSLContext) if\n"
@@ -553,15 +553,15 @@ static PyMethodDef server_methods[] = {
      "OSError: the last attempt's, TimeoutError once the time is up, or an\n"
      "ssl.SSLError for a failed handshake)."},
     {"adopt_file", (PyCFunction)server_adopt_file_m, METH_VARARGS,
-     "adopt_file(fd, append_offset) -> File\n--\n\n"
+     "adopt_file($self, fd, append_offset, /)\n--\n\n"
      "A File for a descriptor, taken over (closed by File.close())."},
     {"start", (PyCFunction)server_start_m, METH_NOARGS,
-     "start() -> None\n--\n\nStart the worker threads."},
+     "start($self, /)\n--\n\nStart the worker threads."},
     {"stop", (PyCFunction)server_stop_m, METH_NOARGS,
-     "stop() -> None\n--\n\n"
+     "stop($self, /)\n--\n\n"
      "Close every connection and join every worker.  Idempotent."},
     {"stats", (PyCFunction)server_stats_m, METH_NOARGS,
-     "stats() -> dict\n--\n\nCounters: connections, messages, bytes, errors."},
+     "stats($self, /)\n--\n\nCounters: connections, messages, bytes, errors."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -574,7 +574,14 @@ static PyGetSetDef server_getset[] = {
 };
 
 static PyType_Slot server_slots[] = {
-    {Py_tp_doc, "Native server engine; use iocport.Server."},
+    {Py_tp_doc,
+     "Server(handler, framing, *, workers=1, backend='uring', on_connect=None,"
+     " on_close=None, max_unsent=4194304, max_connections=100000,"
+     " idle_timeout=None, native_echo=False, fallback=True, bufsize=16384,"
+     " on_eof=None, on_drain=None, half_close_timeout=30.0,"
+     " unsent_limit=67108864, ssl_handshake_timeout=60.0)\n--\n\n"
+     "The native engine behind iocport.Server, which is the one to use: it\n"
+     "resolves the backend and makes the listening sockets."},
     {Py_tp_new, server_new},
     {Py_tp_dealloc, server_dealloc},
     {Py_tp_traverse, server_traverse},
