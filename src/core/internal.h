@@ -421,6 +421,8 @@ void recv_stop(struct conn *c);
 void recv_update(struct conn *c);
 /* Frame what rbuf holds.  0, or -1 if the connection failed. */
 int recv_frame(struct worker *w, struct conn *c);
+/* Room for n more bytes at rbuf + rlen.  0 or -ENOMEM. */
+int recv_room(struct conn *c, size_t n);
 /* Input held back while paused (backpressure) now goes on: frame it. */
 void recv_resume(struct conn *c);
 /* An IO_RECV event. */
@@ -477,13 +479,10 @@ void tls_free(struct conn *c);
 /* The connection is open: the handshake's deadline starts (a client
  * sends its hello). */
 void tls_start(struct conn *c);
-/* Ciphertext from the peer.  0: the handshake is over, read plaintext
- * with tls_read(); 1: it goes on; -1: the input is over (failed, or the
- * peer's close_notify came), p discarded. */
+/* Ciphertext from the peer: the handshake advances, or the plaintext is
+ * appended to rbuf.  0: the handshake is over; 1: it goes on; -1: the
+ * input is over (failed, or the peer's close_notify came). */
 int tls_on_input(struct conn *c, const uint8_t *p, size_t len);
-/* Plaintext into buf: bytes, 0 when more ciphertext is needed, -1 when
- * the input is over (close_notify: peer_eof; or failed). */
-long tls_read(struct conn *c, void *buf, size_t cap);
 /* The peer's FIN: without close_notify it is noted (CLOSE_TLS_EOF). */
 void tls_on_fin(struct conn *c);
 /* A reset or error (err) cut the handshake: noted as a TLS failure, 1;

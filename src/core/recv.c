@@ -31,8 +31,6 @@
 #define DIRECT_SMALL 4096
 #define DIRECT_CHUNK (128 * 1024)
 #define DIRECT_MAX (1024 * 1024)
-/* Room made in rbuf for each TLS read: a record's plaintext. */
-#define TLS_ROOM (16 * 1024)
 
 static int rbuf_room(struct conn *c, size_t n, size_t need);
 
@@ -282,22 +280,19 @@ take_for_partial(const struct framing *f, const struct conn *c,
     return len;
 }
 
-/* TLS: the records' plaintext goes to rbuf, framed there. */
+int
+recv_room(struct conn *c, size_t n)
+{
+    return rbuf_room(c, n, 0);
+}
+
+/* TLS: the records' plaintext goes to rbuf (tls.c), framed there. */
 static void
 on_tls_recv(struct worker *w, struct conn *c, const uint8_t *p, size_t len)
 {
-    if (tls_on_input(c, p, len) != 0)
-        return;   /* the handshake goes on; or the input is over */
-    long n;
-    do {
-        if (rbuf_room(c, TLS_ROOM, 0) < 0) {
-            conn_fail(c, CLOSE_RESET, ENOMEM);
-            return;
-        }
-        n = tls_read(c, c->rbuf + c->rlen, c->rcap - c->rlen);
-        if (n > 0)
-            c->rlen += (size_t)n;
-    } while (n > 0);
+    if (tls_on_input(c, p, len) == 1)
+        return;   /* the handshake goes on */
+    /* (-1: the input is over, but what came before it is framed) */
     if (c->state != CONN_OPEN)
         return;
     if (!c->paused && !c->deferred && recv_frame(w, c) < 0)

@@ -2,12 +2,17 @@
  * bytes and the framer, on the worker that owns the connection (the only
  * thread that ever touches its SSL).
  *
- * In: each receive's ciphertext goes into the SSL's read BIO; the
- * handshake advances, or the plaintext it yields goes to rbuf, where
+ * The SSL talks to a BIO pair: two rings, ciphertext in and ciphertext
+ * out, which this file reaches in place (BIO_nwrite0, BIO_nread0): a
+ * receive's bytes are copied into the in-ring once, and the out-ring's
+ * bytes are sent from where they lie (a memory BIO would copy both ways,
+ * and clear what it appends before copying it).
+ * In: each receive's ciphertext goes into the in-ring, as much as it takes
+ * at a time; the handshake advances, or the plaintext goes to rbuf, where
  * recv.c frames it as it frames any connection's bytes.
  * Out: users queue plaintext as on any connection (send.c); the worker
- * seals it (SSL_write into the write BIO) and sends the ciphertext from
- * `out`.  The ciphertext not yet with the kernel counts as unsent
+ * seals it (SSL_write, into the out-ring while it has room) and sends the
+ * ring's bytes.  The ciphertext not yet with the kernel counts as unsent
  * (c->tls_queued), so backpressure and "every reply is out" see it.
  * Closing: our graceful close sends close_notify before the FIN; the
  * peer's close_notify ends the input as a FIN does; a FIN without it is
@@ -20,25 +25,27 @@
 #include <arpa/inet.h>
 #include <stdio.h>
 
-/* Plaintext sealed per SSL_write; sealing goes on only while less
- * ciphertext than TLS_SEAL_MARK waits for the kernel. */
+/* The rings: ciphertext in, and out (sealing waits while it is full). */
+#define TLS_IN_RING (16 * 1024)
+#define TLS_OUT_RING (64 * 1024)
+/* Plaintext sealed per SSL_write. */
 #define TLS_SEAL_MAX (64 * 1024)
-#define TLS_SEAL_MARK (64 * 1024)
-/* Plaintext asked of one SSL_read (a record holds at most 16 KiB). */
+/* Room made in rbuf for one SSL_read: a record's plaintext at most. */
 #define TLS_READ (16 * 1024)
 
 struct tls {
     const struct ossl *o;
     SSL *ssl;
-    BIO *rbio, *wbio;            /* ciphertext in and out; ssl owns them */
-    char *out;                   /* ciphertext the engine sends: */
-    size_t off, len, cap;        /*   out[off..len) */
+    BIO *net;                    /* the pair's network side (the SSL owns
+                                    the other) */
     int64_t deadline;            /* the handshake fails at this time (ms) */
     uint8_t got_bytes;           /* the peer sent something */
     uint8_t done;                /* the handshake is over */
     uint8_t failed;              /* a TLS failure: nothing more is sealed */
     uint8_t notified;            /* our close_notify is queued */
     uint8_t peer_notified;       /* the peer's close_notify came */
+    uint8_t stalled;             /* reading waits for room in the out-ring
+                                    (a reply OpenSSL owes, a key update) */
     atomic_int ready;            /* info is set: any thread may read it */
     struct tls_info info;
     long verify;                 /* X509_V_ERR code of a failed
@@ -46,11 +53,12 @@ struct tls {
     char why[200];               /* a failure, for the log and Python */
 };
 
+/* The out-ring's bytes: with the engine or waiting for it. */
 static void
 update_queued(struct conn *c)
 {
     struct tls *t = c->tls;
-    size_t q = t->o->BIO_ctrl_pending(t->wbio) + (t->len - t->off);
+    size_t q = t->o->BIO_ctrl_pending(t->net);
     atomic_store_explicit(&c->tls_queued, q, memory_order_relaxed);
 }
 
@@ -64,17 +72,13 @@ tls_attach(struct conn *c, const struct tls_config *cfg)
         return -ENOMEM;
     t->o = o;
     o->ERR_clear_error();
+    BIO *inner;
     t->ssl = o->SSL_new(cfg->ctx);
-    t->rbio = o->BIO_new(o->BIO_s_mem());
-    t->wbio = o->BIO_new(o->BIO_s_mem());
-    if (t->ssl == NULL || t->rbio == NULL || t->wbio == NULL) {
-        if (t->rbio != NULL)
-            o->BIO_free(t->rbio);
-        if (t->wbio != NULL)
-            o->BIO_free(t->wbio);
+    if (t->ssl == NULL ||
+        o->BIO_new_bio_pair(&inner, TLS_OUT_RING, &t->net, TLS_IN_RING) != 1)
         goto fail;
-    }
-    o->SSL_set_bio(t->ssl, t->rbio, t->wbio);
+    /* (The rings are allocated at their first bytes.) */
+    o->SSL_set_bio(t->ssl, inner, inner);
     o->SSL_ctrl(t->ssl, OSSL_CTRL_MODE, OSSL_MODE_ENABLE_PARTIAL_WRITE |
                 OSSL_MODE_ACCEPT_MOVING_WRITE_BUFFER, NULL);
     o->SSL_set_options(t->ssl, OSSL_OP_NO_RENEGOTIATION);
@@ -102,7 +106,9 @@ tls_attach(struct conn *c, const struct tls_config *cfg)
     return 0;
 fail:
     if (t->ssl != NULL)
-        o->SSL_free(t->ssl);
+        o->SSL_free(t->ssl);   /* (and the pair's inner side) */
+    if (t->net != NULL)
+        o->BIO_free(t->net);
     o->ERR_clear_error();
     free(t);
     return -ENOMEM;
@@ -115,20 +121,10 @@ tls_free(struct conn *c)
     if (t == NULL)
         return;
     t->o->SSL_free(t->ssl);
+    t->o->BIO_free(t->net);
     free(t->info.peer_der);
-    free(t->out);
     free(t);
     c->tls = NULL;
-}
-
-void
-tls_start(struct conn *c)
-{
-    struct tls *t = c->tls;
-    int64_t ms = c->w->srv->cfg.tls_handshake_ms;
-    t->deadline = ms > 0 ? c->w->now + ms : INT64_MAX;
-    if (c->outgoing)
-        tls_on_input(c, NULL, 0);   /* the ClientHello */
 }
 
 /* Why the TLS layer failed, from OpenSSL's error queue (and the
@@ -205,6 +201,83 @@ established(struct conn *c)
         push_entry(c->w, c, ENTRY_OPEN, NULL, 0, 0);
 }
 
+/* One step of the handshake.  1: over; 0: it goes on; -1: failed. */
+static int
+handshake(struct conn *c)
+{
+    struct tls *t = c->tls;
+    const struct ossl *o = t->o;
+    o->ERR_clear_error();
+    int r = o->SSL_do_handshake(t->ssl);
+    if (r == 1) {
+        established(c);
+    } else {
+        int e = o->SSL_get_error(t->ssl, r);
+        if (e != OSSL_ERROR_WANT_READ && e != OSSL_ERROR_WANT_WRITE) {
+            fail(c, e, 0);
+            return -1;
+        }
+    }
+    update_queued(c);
+    if (c->tls_queued > 0 || t->done)
+        mark_dirty(c->w, c);   /* the next flight, and what was queued
+                                  meanwhile */
+    return t->done;
+}
+
+void
+tls_start(struct conn *c)
+{
+    struct tls *t = c->tls;
+    int64_t ms = c->w->srv->cfg.tls_handshake_ms;
+    t->deadline = ms > 0 ? c->w->now + ms : INT64_MAX;
+    if (c->outgoing)
+        handshake(c);   /* the ClientHello */
+}
+
+/* Plaintext into rbuf until OpenSSL wants more ciphertext.  0, or -1 when
+ * the input is over (the peer's close_notify: peer_eof; or failed). */
+static int
+read_records(struct conn *c)
+{
+    struct tls *t = c->tls;
+    const struct ossl *o = t->o;
+    for (;;) {
+        if (recv_room(c, TLS_READ) < 0) {
+            fail(c, OSSL_ERROR_SYSCALL, ENOMEM);
+            return -1;
+        }
+        o->ERR_clear_error();
+        int n = o->SSL_read(t->ssl, c->rbuf + c->rlen, TLS_READ);
+        if (n > 0) {
+            c->rlen += (size_t)n;
+            continue;
+        }
+        int e = o->SSL_get_error(t->ssl, n);
+        /* Post-handshake messages (session tickets, key updates) may have
+         * queued records to send. */
+        update_queued(c);
+        if (c->tls_queued > 0)
+            mark_dirty(c->w, c);
+        if (e == OSSL_ERROR_WANT_READ)
+            return 0;
+        if (e == OSSL_ERROR_WANT_WRITE) {
+            t->stalled = 1;   /* on once the ring drains (tls_sent) */
+            return 0;
+        }
+        if (e == OSSL_ERROR_ZERO_RETURN) {
+            /* close_notify: the input ends as with a FIN; replies owed
+             * still go out, then ours. */
+            t->peer_notified = 1;
+            c->peer_eof = 1;
+            mark_dirty(c->w, c);
+            return -1;
+        }
+        fail(c, e, 0);
+        return -1;
+    }
+}
+
 int
 tls_on_input(struct conn *c, const uint8_t *p, size_t len)
 {
@@ -212,65 +285,29 @@ tls_on_input(struct conn *c, const uint8_t *p, size_t len)
     const struct ossl *o = t->o;
     if (t->failed || t->peer_notified)
         return -1;   /* discarded */
-    if (len > 0) {
-        t->got_bytes = 1;
-        if (o->BIO_write(t->rbio, p, (int)len) != (int)len) {
-            fail(c, OSSL_ERROR_SYSCALL, ENOMEM);
+    t->got_bytes = 1;
+    while (len > 0) {
+        /* As much as the in-ring takes; OpenSSL then takes all of it. */
+        char *room;
+        int n = o->BIO_nwrite0(t->net, &room);
+        if (n <= 0) {
+            fail(c, OSSL_ERROR_SYSCALL, ENOBUFS);
             return -1;
         }
-    }
-    if (!t->done) {
-        o->ERR_clear_error();
-        int r = o->SSL_do_handshake(t->ssl);
-        if (r == 1) {
-            established(c);
-        } else {
-            int e = o->SSL_get_error(t->ssl, r);
-            if (e != OSSL_ERROR_WANT_READ) {
-                fail(c, e, 0);
+        size_t k = (size_t)n < len ? (size_t)n : len;
+        memcpy(room, p, k);
+        o->BIO_nwrite(t->net, &room, (int)k);
+        p += k;
+        len -= k;
+        if (!t->done && handshake(c) <= 0) {
+            if (t->failed)
                 return -1;
-            }
+            continue;   /* more of the peer's flight */
         }
-        update_queued(c);
-        if (o->BIO_ctrl_pending(t->wbio) > 0 || t->done)
-            mark_dirty(c->w, c);   /* the next flight, and what was queued
-                                      meanwhile */
-        if (!t->done)
-            return 1;
+        if (read_records(c) < 0)
+            return -1;
     }
-    return 0;
-}
-
-long
-tls_read(struct conn *c, void *buf, size_t cap)
-{
-    struct tls *t = c->tls;
-    const struct ossl *o = t->o;
-    if (t->failed || t->peer_notified)
-        return -1;
-    o->ERR_clear_error();
-    int n = o->SSL_read(t->ssl, buf, cap < TLS_READ ? (int)cap : TLS_READ);
-    if (n > 0)
-        return n;
-    int e = o->SSL_get_error(t->ssl, n);
-    /* Post-handshake messages (session tickets, key updates) may have
-     * queued records to send. */
-    if (o->BIO_ctrl_pending(t->wbio) > 0) {
-        update_queued(c);
-        mark_dirty(c->w, c);
-    }
-    if (e == OSSL_ERROR_WANT_READ)
-        return 0;
-    if (e == OSSL_ERROR_ZERO_RETURN) {
-        /* close_notify: the input ends as with a FIN; replies owed still
-         * go out, then ours. */
-        t->peer_notified = 1;
-        c->peer_eof = 1;
-        mark_dirty(c->w, c);
-        return -1;
-    }
-    fail(c, e, 0);
-    return -1;
+    return t->done ? 0 : 1;
 }
 
 void
@@ -332,31 +369,35 @@ tls_notify(struct conn *c)
     return 1;
 }
 
-/* Seal queued plaintext while little ciphertext waits.  0, or -1 if the
+/* Seal queued plaintext while the out-ring has room.  0, or -1 if the
  * connection failed. */
 static int
 seal(struct conn *c)
 {
     struct tls *t = c->tls;
     const struct ossl *o = t->o;
-    while (o->BIO_ctrl_pending(t->wbio) < TLS_SEAL_MARK) {
+    for (;;) {
         if (sent_off(c) == c->slen && !send_swap(c))
-            break;
+            return 0;
         size_t soff = sent_off(c), n = c->slen - soff;
         if (t->notified || t->failed) {
-            send_advance(c, n);   /* after our close_notify: dropped */
+            send_advance(c, n);   /* nothing follows close_notify or a
+                                     fatal alert: dropped */
             continue;
         }
         o->ERR_clear_error();
         int r = o->SSL_write(t->ssl, c->sbuf + soff,
                              n > TLS_SEAL_MAX ? TLS_SEAL_MAX : (int)n);
-        if (r <= 0) {
-            fail(c, o->SSL_get_error(t->ssl, r), 0);
-            return -1;
+        if (r > 0) {
+            send_advance(c, (size_t)r);
+            continue;
         }
-        send_advance(c, (size_t)r);
+        int e = o->SSL_get_error(t->ssl, r);
+        if (e == OSSL_ERROR_WANT_WRITE)
+            return 0;   /* the ring is full: on when it has drained */
+        fail(c, e, 0);
+        return -1;
     }
-    return 0;
 }
 
 int
@@ -366,22 +407,15 @@ tls_send_out(struct conn *c)
     struct worker *w = c->w;
     const struct ossl *o = t->o;
     while (c->state <= CONN_DRAINING && !c->send_busy) {
-        if (t->off == t->len) {
-            /* (After a failure, seal() drops what is queued: nothing can
-             * follow a fatal alert.) */
-            if ((t->done || t->failed) && seal(c) < 0 && c->state > CONN_DRAINING)
-                return -1;
-            size_t n = o->BIO_ctrl_pending(t->wbio);
-            if (n == 0)
-                break;
-            if (reserve(&t->out, &t->cap, n) < 0) {
-                conn_fail(c, CLOSE_RESET, ENOMEM);
-                return -1;
-            }
-            t->off = 0;
-            t->len = (size_t)o->BIO_read(t->wbio, t->out, (int)n);
-        }
-        long r = w->ops->send(w->be, &c->h, t->out + t->off, t->len - t->off);
+        if ((t->done || t->failed) && seal(c) < 0 && c->state > CONN_DRAINING)
+            return -1;
+        /* The ring's bytes from where they lie; they stay put until
+         * consumed (tls_sent), whatever OpenSSL appends meanwhile. */
+        char *p;
+        int n = o->BIO_nread0(t->net, &p);
+        if (n <= 0)
+            break;
+        long r = w->ops->send(w->be, &c->h, p, (size_t)n);
         if (r >= 0) {
             tls_sent(c, (size_t)r);
         } else if (r == -EINPROGRESS) {
@@ -399,9 +433,18 @@ tls_send_out(struct conn *c)
 void
 tls_sent(struct conn *c, size_t n)
 {
-    c->tls->off += n;
+    struct tls *t = c->tls;
+    char *p;
+    t->o->BIO_nread(t->net, &p, (int)n);
     send_counted(c, n);
     update_queued(c);
+    if (!t->done && !t->failed) {
+        handshake(c);   /* a flight the full ring held back */
+    } else if (t->stalled) {
+        t->stalled = 0;
+        if (read_records(c) == 0)
+            recv_resume(c);   /* frame what it read */
+    }
 }
 
 const struct tls_info *

@@ -62,11 +62,12 @@ typedef struct X509_VERIFY_PARAM_st X509_VERIFY_PARAM;
     X(int, X509_VERIFY_PARAM_set1_ip_asc, (X509_VERIFY_PARAM *, const char *)) \
     X(int, i2d_X509, (X509 *, unsigned char **))                             \
     X(void, X509_free, (X509 *))                                             \
-    X(BIO *, BIO_new, (const BIO_METHOD *))                                  \
+    X(int, BIO_new_bio_pair, (BIO **, size_t, BIO **, size_t))               \
     X(int, BIO_free, (BIO *))                                                \
-    X(const BIO_METHOD *, BIO_s_mem, (void))                                 \
-    X(int, BIO_write, (BIO *, const void *, int))                            \
-    X(int, BIO_read, (BIO *, void *, int))                                   \
+    X(int, BIO_nread0, (BIO *, char **))                                     \
+    X(int, BIO_nread, (BIO *, char **, int))                                 \
+    X(int, BIO_nwrite0, (BIO *, char **))                                    \
+    X(int, BIO_nwrite, (BIO *, char **, int))                                \
     X(size_t, BIO_ctrl_pending, (BIO *))                                     \
     X(unsigned long, ERR_get_error, (void))                                  \
     X(void, ERR_error_string_n, (unsigned long, char *, size_t))             \
