@@ -590,6 +590,32 @@ def test_pipelined_messages_larger_than_the_socket_buffers(make_server, pki,
     assert c.exchange(frames(codec, msgs), codec, len(msgs)) == msgs
 
 
+def test_send_file_over_tls(make_server, pki, ssl_socket, tmp_path):
+    """send_file on a TLS connection: the file's bytes arrive encrypted and
+    whole, then a message sent meanwhile, then close_notify (conn.close()
+    in the callback)."""
+    data = random.Random(5).randbytes(3 * MiB + 11)
+    path = tmp_path / "blob"
+    path.write_bytes(data)
+    done = []
+
+    def on_message(conn, msg):
+        f = conn.state = srv.open_file(str(path))
+
+        def sent(n, err):
+            done.append((n, err))
+            f.close()
+            conn.close()
+        conn.send_file(f, callback=sent)
+        conn.send_raw(b"after")
+
+    srv = make_server(on_message, framing=LINE, ssl=pki.server_context())
+    s = ssl_socket(srv.address)
+    s.sendall(b"go\n")
+    assert recv_until_eof(s) == data + b"after"      # b"" only for close_notify
+    assert done == [(len(data), None)]
+
+
 def test_ipv6_loopback(make_server, pki, ssl_socket):
     """A TLS listener on ::1, verified against the certificate's ::1."""
     try:
