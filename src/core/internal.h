@@ -445,6 +445,10 @@ void send_refs_drop(struct conn *c);
 int send_swap(struct conn *c);
 /* n more bytes of sbuf are dealt with (TLS: sealed), not counted as sent. */
 void send_advance(struct conn *c, size_t n);
+/* What an engine send returned: r bytes went to the kernel, or -EINPROGRESS
+ * (a send is in flight), or an error (the connection fails).  0, or -1 if
+ * it failed. */
+int send_took(struct conn *c, long r);
 /* An IO_SEND event. */
 void send_on_event(struct worker *w, struct conn *c, const struct io_event *ev);
 

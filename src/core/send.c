@@ -287,6 +287,21 @@ sent(struct conn *c, size_t n)
         refs_sent(c);
 }
 
+int
+send_took(struct conn *c, long r)
+{
+    if (r >= 0) {
+        sent(c, (size_t)r);
+    } else if (r == -EINPROGRESS) {
+        c->send_busy = 1;
+        c->inflight++;
+    } else {
+        conn_fail(c, CLOSE_RESET, (int)-r);
+        return -1;
+    }
+    return 0;
+}
+
 void
 send_advance(struct conn *c, size_t n)
 {
@@ -331,15 +346,8 @@ send_out(struct conn *c)
                      ? send_gathered(c)
                      : w->ops->send(w->be, &c->h, c->sbuf + soff,
                                     c->slen - soff);
-        if (r >= 0) {
-            sent(c, (size_t)r);
-        } else if (r == -EINPROGRESS) {
-            c->send_busy = 1;
-            c->inflight++;
-        } else {
-            conn_fail(c, CLOSE_RESET, (int)-r);
+        if (send_took(c, r) < 0)
             return -1;
-        }
     }
     return 0;
 }

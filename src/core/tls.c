@@ -415,16 +415,8 @@ tls_send_out(struct conn *c)
         int n = o->BIO_nread0(t->net, &p);
         if (n <= 0)
             break;
-        long r = w->ops->send(w->be, &c->h, p, (size_t)n);
-        if (r >= 0) {
-            tls_sent(c, (size_t)r);
-        } else if (r == -EINPROGRESS) {
-            c->send_busy = 1;
-            c->inflight++;
-        } else {
-            conn_fail(c, CLOSE_RESET, (int)-r);
-            return -1;
-        }
+        if (send_took(c, w->ops->send(w->be, &c->h, p, (size_t)n)) < 0)
+            return -1;   /* (its bytes: tls_sent, through sent()) */
     }
     update_queued(c);
     return 0;

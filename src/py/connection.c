@@ -258,37 +258,15 @@ iocp_conn_tls_to_py(ConnObject *self)
     return self->tls ? 0 : -1;
 }
 
-/* Item `k` of the TLS session tuple, or None (not TLS, or no handshake). */
+/* Item `closure` of the TLS session tuple (version, cipher, ALPN,
+ * certificate), or None: not TLS, or the handshake is not over. */
 static PyObject *
-tls_item(ConnObject *self, Py_ssize_t k)
+conn_get_tls_item(ConnObject *self, void *closure)
 {
     if (self->tls == NULL && iocp_conn_tls_to_py(self) < 0)
         return NULL;
-    return Py_NewRef(self->tls ? PyTuple_GET_ITEM(self->tls, k) : Py_None);
-}
-
-static PyObject *
-conn_get_tls_version(ConnObject *self, void *Py_UNUSED(closure))
-{
-    return tls_item(self, 0);
-}
-
-static PyObject *
-conn_get_tls_cipher(ConnObject *self, void *Py_UNUSED(closure))
-{
-    return tls_item(self, 1);
-}
-
-static PyObject *
-conn_get_alpn(ConnObject *self, void *Py_UNUSED(closure))
-{
-    return tls_item(self, 2);
-}
-
-static PyObject *
-conn_get_peer_cert(ConnObject *self, void *Py_UNUSED(closure))
-{
-    return tls_item(self, 3);
+    return Py_NewRef(self->tls ? PyTuple_GET_ITEM(self->tls, (intptr_t)closure)
+                               : Py_None);
 }
 
 static PyObject *
@@ -336,18 +314,18 @@ static PyGetSetDef conn_getset[] = {
     {"writable", (getter)conn_get_writable, NULL,
      "True while the bytes queued are at most max_unsent (a server that\n"
      "pushes should wait for on_drain otherwise); False once closed.", NULL},
-    {"tls_version", (getter)conn_get_tls_version, NULL,
+    {"tls_version", (getter)conn_get_tls_item, NULL,
      "The TLS version ('TLSv1.3', 'TLSv1.2'), or None: not TLS, or its\n"
-     "handshake is not over (it is from on_connect on).", NULL},
-    {"tls_cipher", (getter)conn_get_tls_cipher, NULL,
+     "handshake is not over (it is from on_connect on).", (void *)0},
+    {"tls_cipher", (getter)conn_get_tls_item, NULL,
      "The TLS cipher as ssl.SSLSocket.cipher() gives it: (name, protocol,\n"
-     "secret bits), or None.", NULL},
-    {"alpn_protocol", (getter)conn_get_alpn, NULL,
+     "secret bits), or None.", (void *)1},
+    {"alpn_protocol", (getter)conn_get_tls_item, NULL,
      "The protocol ALPN chose (both sides' contexts set_alpn_protocols()),\n"
-     "or None.", NULL},
-    {"peer_certificate", (getter)conn_get_peer_cert, NULL,
+     "or None.", (void *)2},
+    {"peer_certificate", (getter)conn_get_tls_item, NULL,
      "The peer's TLS certificate, DER-encoded (ssl.DER_cert_to_PEM_cert()\n"
-     "turns it into PEM), or None: not TLS, or the peer sent none.", NULL},
+     "turns it into PEM), or None: not TLS, or the peer sent none.", (void *)3},
     {"state", (getter)conn_get_state, (setter)conn_set_state,
      "A slot for the user's own state (None at first).", NULL},
     {NULL, NULL, NULL, NULL, NULL},
