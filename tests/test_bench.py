@@ -579,6 +579,13 @@ def test_tls_tables_pair_rounds_and_set_the_targets():
                 and "64 B, depth 16" in ln)
     assert line.endswith("| 1.00-4.00 | >= 2.0 | yes |")
     assert by[("handshakes: python handler / uvloop", "handshakes, 64 B")]["per_cpu"] == 2.5
+    # the C server's ratio, without a target; the kernel-time bound where a
+    # target is set (each run: 0.5 s of its 1 CPU-second in the kernel)
+    c = by[("TLS: c-tls / best of uvloop,asyncio", "tls, 64 B, depth 1")]
+    assert c["target"] is None and c["rounds"] == [100 / 150, 0.5, 1.0]
+    bounds = [r for r in rows if r["bound"]]
+    assert {r["scenario"] for r in bounds} == {"tls, 64 B, depth 1", "tls, 64 B, depth 16"}
+    assert bounds[0]["rounds"] == [4.0, 2.0, 8.0]
 
     cost = report.tls_cost_table(scs + hs, results)
     lines = [ln for ln in cost.splitlines() if ln.startswith("| ")][1:]   # no header

@@ -171,7 +171,10 @@ def ratio_table(scenarios, results, banners):
         elif mode == "tls":
             for label, a, b, depth, target, size in TLS_RATIOS:
                 if depth is None or sc["depth"] == depth:
-                    row(label, a, b, sc, target if size in (None, sc["size"]) else None)
+                    goal = target if size in (None, sc["size"]) else None
+                    row(label, a, b, sc, goal)
+                    if label in BOUNDS and goal is not None:
+                        row(BOUNDS[label], a, b, sc, goal, bound=True)
         elif mode == "handshake":
             for label, a, b in HANDSHAKE_RATIOS:
                 row(label, a, b, sc)

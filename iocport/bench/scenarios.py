@@ -48,6 +48,8 @@ BOUNDS = {
     "python handler / best of uvloop,rloop":
         "bound, the python handler's kernel time alone / best of uvloop,rloop",
     "python handler / asyncio": "bound, the python handler's kernel time alone / asyncio",
+    "TLS: python handler / best of uvloop,asyncio":
+        "bound, the python handler's kernel time alone / best of uvloop,asyncio (TLS)",
 }
 
 
@@ -99,6 +101,10 @@ TLS_RATIOS = [
     ("TLS: python handler / best of uvloop,asyncio", "iocport-python-tls",
      ("uvloop-tls", "asyncio-tls"), 16, 2.0, 64),
     ("TLS: native / c-tls", "iocport-native-tls", "c-tls", None, 0.9, None),
+    # no target: how far the same TLS work in plain C gets against the same
+    # rivals, the reference for the python handler's targets
+    ("TLS: c-tls / best of uvloop,asyncio", "c-tls", ("uvloop-tls", "asyncio-tls"),
+     None, None, None),
 ]
 # The cost of TLS: each server's TLS figure over its plaintext one, round
 # by round.  (TLS server, plaintext server)
