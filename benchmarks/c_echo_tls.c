@@ -3,9 +3,14 @@
  *
  * Level-triggered, nonblocking; OpenSSL reads and writes the sockets itself
  * (SSL_set_fd), with read-ahead on (a read takes what the socket has, not a
- * record header and then its body) and partial writes.  Each connection:
- * SSL_accept until the handshake is done, then SSL_read until OpenSSL wants
- * more from the socket (what it has read ahead is not seen by epoll), frames
+ * record header and then its body) and partial writes, and keeps its
+ * record buffers (no SSL_MODE_RELEASE_BUFFERS, which Python's contexts set:
+ * with it, this server did about 3% fewer messages per CPU-second at 64 B,
+ * depth 16, in one short measurement; the baseline goes without).  Each
+ * connection: SSL_accept until the handshake is done, then SSL_read while
+ * OpenSSL has input read ahead (which epoll does not see), with no read that
+ * would return EAGAIN (looping until SSL_ERROR_WANT_READ cost 10-15% at
+ * depth 1: an extra read per wakeup), frames
  * the plaintext (len4: 4-byte big-endian payload length, header not counted;
  * line: '\n'-terminated) and echoes the whole frames of that batch with one
  * SSL_write.  A peer that stops reading is not read from while more than
@@ -189,6 +194,10 @@ static int on_read(int fd, conn_t *c)
         int n = SSL_read(c->ssl, c->in + c->in_len, (int)(c->in_cap - c->in_len));
         if (n > 0) {
             c->in_len += (size_t)n;
+            /* nothing read ahead: level-triggered epoll says when the
+             * socket has more (no read that would return EAGAIN) */
+            if (!SSL_has_pending(c->ssl))
+                break;
             continue;
         }
         int e = SSL_get_error(c->ssl, n);
@@ -298,7 +307,7 @@ int main(int argc, char **argv)
     SSL_CTX_set_max_proto_version(ctx, TLS1_3_VERSION);
     SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION);
     SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE |
-                     SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER | SSL_MODE_RELEASE_BUFFERS);
+                     SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
     SSL_CTX_set_read_ahead(ctx, 1);
     if (SSL_CTX_use_certificate_chain_file(ctx, cert) != 1)
         fail_ssl("cannot use the certificate");

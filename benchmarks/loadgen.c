@@ -414,6 +414,8 @@ static ssize_t conn_read(conn_t *c, char *buf, size_t len, int *more, const char
                                                                             : len - got));
             if (n > 0) {
                 got += (size_t)n;
+                if (!SSL_has_pending(c->ssl))
+                    return (ssize_t)got;    /* epoll says when there is more */
                 continue;
             }
             int e = SSL_get_error(c->ssl, n);
