@@ -5,10 +5,10 @@ that checks every reply byte for byte), built with gcc into a cache
 directory together with ``benchmarks/c_echo_epoll.c`` (the plain C
 baseline); ``--tls`` builds a second load generator with OpenSSL and
 ``benchmarks/c_echo_tls.c`` (the C baseline over TLS), so that the plain
-benchmark needs no OpenSSL.  Each server runs pinned to one CPU, the client to another; each
-server is warmed on separate connections before it is measured; servers are
-measured in turn (A B A B ...) for several rounds and every ratio is
-computed round by round, the median reported.  The headline figure is
+benchmark needs no OpenSSL.  Each server runs pinned to one CPU, the client
+to another; each server is warmed on separate connections before it is
+measured; servers are measured in turn (A B A B ...) for several rounds and
+every ratio is computed round by round, the median reported.  The headline figure is
 messages per server CPU-second (the server's utime+stime from /proc over the
 measured window), which judges a server by its cost per message even when
 the client is the bottleneck.
