@@ -20,7 +20,21 @@
  * when errors > 0 (a wrong reply, a framing error, a connection lost), 2 on a
  * usage or setup error, 0 otherwise.
  *
+ * TLS (a build with -DLOADGEN_TLS, linked with OpenSSL): --tls speaks TLS
+ * 1.3 on every connection, offering TLS_AES_128_GCM_SHA256 alone (so every
+ * server negotiates it), without verifying the server's certificate;
+ * OpenSSL reads and writes the nonblocking sockets itself, with read-ahead,
+ * and the handshake is driven by the first message's SSL_write.  The JSON
+ * gets "tls_version" and "tls_cipher", as negotiated on the first connection
+ * that completed its handshake.  --handshakes (with or without --tls): each
+ * connection carries one message, then closes (TLS: close_notify, then the
+ * socket) and a new connection takes its place, N connections at a time;
+ * each message's latency counts from its connection's connect(), and "msgs"
+ * is then the number of connections (with --tls, handshakes) completed.
+ *
  * Build: gcc -O2 -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror loadgen.c -o loadgen
+ *        gcc -O2 -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -DLOADGEN_TLS loadgen.c \
+ *            -o loadgen-tls -lssl -lcrypto        (apt-get install libssl-dev)
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -39,6 +53,11 @@
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
+
+#ifdef LOADGEN_TLS
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#endif
 
 enum { FR_LEN4, FR_LINE };
 
@@ -96,6 +115,7 @@ static size_t opt_size = 64;
 static double opt_seconds = 2.0, opt_warmup = 0.0;
 static long opt_server_pid = 0;
 static double opt_rate = 0.0;   /* messages per second in all; 0: closed loop */
+static int opt_tls, opt_handshakes;
 
 typedef struct {
     int fd;
@@ -110,6 +130,11 @@ typedef struct {
     size_t in_len, in_cap;
     char *out;
     size_t out_off, out_len, out_cap;
+    uint64_t conn_ns;   /* --handshakes: when this connection's connect() began */
+    int answered;       /* --handshakes: its one message has its reply */
+#ifdef LOADGEN_TLS
+    SSL *ssl;
+#endif
 } conn_t;
 
 static conn_t *conns;
@@ -121,6 +146,12 @@ static uint64_t m_msgs, errors;
 static int live_conns;
 static uint64_t max_inflight;
 static volatile sig_atomic_t got_signal;
+static struct addrinfo *server_ai;
+static uint64_t reconnects;
+#ifdef LOADGEN_TLS
+static SSL_CTX *tls_ctx;
+static char tls_version[32], tls_cipher[64];
+#endif
 
 static uint64_t now_ns(void)
 {
@@ -250,12 +281,70 @@ static void kill_conn(conn_t *c, const char *why)
     }
     c->dead = 1;
     epoll_ctl(epfd, EPOLL_CTL_DEL, c->fd, NULL);
+#ifdef LOADGEN_TLS
+    if (c->ssl) {
+        SSL_free(c->ssl);
+        c->ssl = NULL;
+    }
+#endif
     close(c->fd);
     live_conns--;
 }
 
+#ifdef LOADGEN_TLS
+/* What OpenSSL said, for a connection's error message. */
+static const char *tls_error(SSL *ssl, int r)
+{
+    static char buf[256];
+    int e = SSL_get_error(ssl, r);
+    unsigned long code = ERR_peek_last_error();
+    if (e == SSL_ERROR_ZERO_RETURN)
+        return "closed by the server (close_notify)";
+    if (e == SSL_ERROR_SYSCALL && !code)
+        return errno ? strerror(errno) : "closed by the server";
+    if (code) {
+        ERR_error_string_n(code, buf, sizeof buf);
+        return buf;
+    }
+    snprintf(buf, sizeof buf, "TLS error %d", e);
+    return buf;
+}
+
+/* flush_out with TLS: SSL_write (which drives the handshake first). */
+static void flush_out_tls(conn_t *c)
+{
+    while (c->out_off < c->out_len) {
+        ERR_clear_error();
+        int n = SSL_write(c->ssl, c->out + c->out_off, (int)(c->out_len - c->out_off));
+        if (n > 0) {
+            c->out_off += (size_t)n;
+            continue;
+        }
+        int e = SSL_get_error(c->ssl, n);
+        if (e == SSL_ERROR_WANT_WRITE) {
+            set_events(c, 1);
+            return;
+        }
+        if (e == SSL_ERROR_WANT_READ) {     /* the handshake waits for the server */
+            set_events(c, 0);
+            return;
+        }
+        kill_conn(c, tls_error(c->ssl, n));
+        return;
+    }
+    c->out_off = c->out_len = 0;
+    set_events(c, 0);
+}
+#endif
+
 static void flush_out(conn_t *c)
 {
+#ifdef LOADGEN_TLS
+    if (c->ssl) {
+        flush_out_tls(c);
+        return;
+    }
+#endif
     while (c->out_off < c->out_len) {
         ssize_t n = write(c->fd, c->out + c->out_off, c->out_len - c->out_off);
         if (n > 0) {
@@ -297,12 +386,72 @@ static void on_reply(conn_t *c, const char *p, size_t len, uint64_t t)
         hist[bucket_of(t > sent ? t - sent : 0)]++;
         m_msgs++;
     }
-    if (!stopping && opt_rate <= 0)
+#ifdef LOADGEN_TLS
+    if (c->ssl && !tls_cipher[0]) {
+        snprintf(tls_version, sizeof tls_version, "%s", SSL_get_version(c->ssl));
+        snprintf(tls_cipher, sizeof tls_cipher, "%s", SSL_get_cipher_name(c->ssl));
+    }
+#endif
+    if (opt_handshakes)
+        c->answered = 1;
+    else if (!stopping && opt_rate <= 0)
         queue_message(c, t);
 }
 
+/* Read what the connection has: >0 bytes, 0 at the end of the stream, -1
+ * with errno EAGAIN (nothing now) or the error (*why says it).  With TLS,
+ * *more is set when the buffer filled before OpenSSL ran out of input. */
+static ssize_t conn_read(conn_t *c, char *buf, size_t len, int *more, const char **why)
+{
+    *more = 0;
+#ifdef LOADGEN_TLS
+    if (c->ssl) {
+        size_t got = 0;
+        while (got < len) {
+            ERR_clear_error();
+            errno = 0;
+            int n = SSL_read(c->ssl, buf + got, (int)(len - got > 0x40000000 ? 0x40000000
+                                                                            : len - got));
+            if (n > 0) {
+                got += (size_t)n;
+                if (!SSL_has_pending(c->ssl))
+                    return (ssize_t)got;    /* epoll says when there is more */
+                continue;
+            }
+            int e = SSL_get_error(c->ssl, n);
+            if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
+                if (e == SSL_ERROR_WANT_WRITE)
+                    set_events(c, 1);
+                if (got)
+                    return (ssize_t)got;
+                errno = EAGAIN;
+                return -1;
+            }
+            if (got)
+                return (ssize_t)got;    /* the end comes on the next call */
+            if (e == SSL_ERROR_ZERO_RETURN || (e == SSL_ERROR_SYSCALL &&
+                                               !ERR_peek_last_error() && !errno))
+                return 0;
+            *why = tls_error(c->ssl, n);
+            errno = EIO;
+            return -1;
+        }
+        *more = 1;
+        return (ssize_t)got;
+    }
+#endif
+    ssize_t n = read(c->fd, buf, len);
+    if (n < 0)
+        *why = strerror(errno);
+    return n;
+}
+
+static void open_conn(conn_t *c);
+
 static void on_readable(conn_t *c)
 {
+    int more;
+again:;
     size_t want = frame_size() + 65536;
     if (want < 262144)
         want = 262144;
@@ -318,15 +467,19 @@ static void on_readable(conn_t *c)
         c->in = p;
         c->in_cap = cap;
     }
-    ssize_t n = read(c->fd, c->in + c->in_len, c->in_cap - c->in_len);
+    const char *why = NULL;
+    ssize_t n = conn_read(c, c->in + c->in_len, c->in_cap - c->in_len, &more, &why);
     if (n == 0) {
         kill_conn(c, "closed by the server");
         return;
     }
     if (n < 0) {
-        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
+        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) {
+            if (c->out_len > c->out_off)
+                flush_out(c);      /* TLS: a handshake the write waits for */
             return;
-        kill_conn(c, strerror(errno));
+        }
+        kill_conn(c, why);
         return;
     }
     c->in_len += (size_t)n;
@@ -370,8 +523,28 @@ static void on_readable(conn_t *c)
         memmove(c->in, c->in + pos, c->in_len - pos);
         c->in_len -= pos;
     }
+    if (opt_handshakes && c->answered) {
+        if (c->in_len) {
+            kill_conn(c, "more than the reply");
+            return;
+        }
+        /* done with it: close it, open the next (unless stopping) */
+#ifdef LOADGEN_TLS
+        if (c->ssl)
+            SSL_shutdown(c->ssl);      /* our close_notify */
+#endif
+        int was_stopping = stopping;
+        stopping = 1;                  /* not an error */
+        kill_conn(c, "done");
+        stopping = was_stopping;
+        if (!stopping && !got_signal)
+            open_conn(c);
+        return;
+    }
     if (c->out_len > c->out_off)
         flush_out(c);
+    if (more && !c->dead)
+        goto again;
 }
 
 /* The server's CPU seconds so far, user + system; *sys_s gets the system
@@ -421,42 +594,97 @@ static void usage(void)
     fprintf(stderr,
             "usage: loadgen --port PORT [--host H] [--conns N] [--depth D] [--size S]\n"
             "               [--framing len4|line] [--seconds T] [--warmup-seconds W]\n"
-            "               [--server-pid PID] [--rate MSGS_PER_SEC]\n");
+            "               [--server-pid PID] [--rate MSGS_PER_SEC] [--tls] [--handshakes]\n");
     exit(2);
 }
 
-static void connect_all(void)
+/* Connect connection slot `c` (its id set): a blocking connect(), then
+ * nonblocking; with TLS, the handshake starts with its first write.  In
+ * --handshakes mode its one message is queued and sent at once. */
+static void open_conn(conn_t *c)
 {
-    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
-    struct addrinfo *ai;
-    int rc = getaddrinfo(opt_host, opt_port, &hints, &ai);
-    if (rc) {
-        fprintf(stderr, "loadgen: %s:%s: %s\n", opt_host, opt_port, gai_strerror(rc));
-        exit(2);
-    }
-    for (int i = 0; i < opt_conns; i++) {
-        conn_t *c = &conns[i];
-        int fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol);
-        if (fd < 0)
-            die("socket");
-        if (connect(fd, ai->ai_addr, ai->ai_addrlen) < 0)
+    uint64_t t = now_ns();
+    c->dead = 1;        /* until connected */
+    int fd = socket(server_ai->ai_family, server_ai->ai_socktype | SOCK_CLOEXEC,
+                    server_ai->ai_protocol);
+    if (fd < 0)
+        die("socket");
+    if (connect(fd, server_ai->ai_addr, server_ai->ai_addrlen) < 0) {
+        if (!opt_handshakes)
             die("connect");
-        int one = 1;
-        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-        fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
-        c->fd = fd;
-        c->id = (uint32_t)i;
+        /* mid-run: count it, leave the slot empty */
+        close(fd);
+        fprintf(stderr, "loadgen: connection %u: connect: %s\n", c->id, strerror(errno));
+        errors++;
+        return;
+    }
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+    c->fd = fd;
+    c->dead = 0;
+    c->answered = 0;
+    c->want_out = 0;
+    c->in_len = c->out_off = c->out_len = 0;
+    c->head_seq = c->next_seq;
+    c->conn_ns = t;
+    if (!c->sent_ns) {
         uint64_t ring = 16;
         while (ring < (uint64_t)opt_depth)
             ring *= 2;
         c->sent_ns = xmalloc(sizeof(uint64_t) * ring);
         c->ring_mask = ring - 1;
-        struct epoll_event ev = {.events = EPOLLIN, .data.u32 = (uint32_t)i};
-        if (epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev) < 0)
-            die("epoll_ctl");
-        live_conns++;
     }
-    freeaddrinfo(ai);
+#ifdef LOADGEN_TLS
+    if (opt_tls) {
+        c->ssl = SSL_new(tls_ctx);
+        if (!c->ssl || !SSL_set_fd(c->ssl, fd)) {
+            fprintf(stderr, "loadgen: SSL_new failed\n");
+            exit(2);
+        }
+        SSL_set_connect_state(c->ssl);
+    }
+#endif
+    struct epoll_event ev = {.events = EPOLLIN, .data.u32 = c->id};
+    if (epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev) < 0)
+        die("epoll_ctl");
+    live_conns++;
+    if (opt_handshakes) {
+        reconnects++;
+        queue_message(c, t);
+        flush_out(c);
+    }
+}
+
+static void connect_all(void)
+{
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
+    int rc = getaddrinfo(opt_host, opt_port, &hints, &server_ai);
+    if (rc) {
+        fprintf(stderr, "loadgen: %s:%s: %s\n", opt_host, opt_port, gai_strerror(rc));
+        exit(2);
+    }
+#ifdef LOADGEN_TLS
+    if (opt_tls) {
+        tls_ctx = SSL_CTX_new(TLS_client_method());
+        if (!tls_ctx || !SSL_CTX_set_min_proto_version(tls_ctx, TLS1_3_VERSION) ||
+            !SSL_CTX_set_max_proto_version(tls_ctx, TLS1_3_VERSION) ||
+            !SSL_CTX_set_ciphersuites(tls_ctx, "TLS_AES_128_GCM_SHA256")) {
+            fprintf(stderr, "loadgen: cannot set up the TLS context\n");
+            ERR_print_errors_fp(stderr);
+            exit(2);
+        }
+        SSL_CTX_set_verify(tls_ctx, SSL_VERIFY_NONE, NULL);
+        SSL_CTX_set_session_cache_mode(tls_ctx, SSL_SESS_CACHE_OFF);
+        SSL_CTX_set_read_ahead(tls_ctx, 1);
+        SSL_CTX_set_mode(tls_ctx, SSL_MODE_ENABLE_PARTIAL_WRITE |
+                         SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+    }
+#endif
+    for (int i = 0; i < opt_conns; i++) {
+        conns[i].id = (uint32_t)i;
+        open_conn(&conns[i]);
+    }
 }
 
 enum { MAXEV = 256 };
@@ -501,6 +729,19 @@ int main(int argc, char **argv)
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(a, "--tls")) {
+#ifndef LOADGEN_TLS
+            fprintf(stderr, "loadgen: --tls: this loadgen was built without TLS "
+                    "(build it with -DLOADGEN_TLS ... -lssl -lcrypto)\n");
+            exit(2);
+#endif
+            opt_tls = 1;
+            continue;
+        }
+        if (!strcmp(a, "--handshakes")) {
+            opt_handshakes = 1;
+            continue;
+        }
         if (!v)
             usage();
         if (!strcmp(a, "--host")) opt_host = v;
@@ -521,7 +762,8 @@ int main(int argc, char **argv)
         i++;
     }
     if (!opt_port || opt_conns < 1 || opt_depth < 1 || opt_seconds <= 0 ||
-        opt_warmup < 0 || opt_rate < 0 || opt_size > 0xffffffffu)
+        opt_warmup < 0 || opt_rate < 0 || opt_size > 0xffffffffu ||
+        (opt_handshakes && (opt_rate > 0 || opt_depth != 1)))
         usage();
 
     /* Open loop: wake at each message's scheduled time, not up to the
@@ -546,7 +788,7 @@ int main(int argc, char **argv)
     connect_all();
 
     uint64_t start = now_ns();
-    if (opt_rate <= 0) {
+    if (opt_rate <= 0 && !opt_handshakes) {
         for (int i = 0; i < opt_conns; i++) {
             for (int d = 0; d < opt_depth; d++)
                 queue_message(&conns[i], start);
@@ -614,7 +856,16 @@ int main(int argc, char **argv)
             kill_conn(&conns[i], "done");
 
     double secs = (double)(t1 - t0) / 1e9;
-    char cpu_txt[64], sys_txt[64];
+    char cpu_txt[64], sys_txt[64], tls_txt[160] = "";
+#ifdef LOADGEN_TLS
+    if (opt_tls)
+        snprintf(tls_txt, sizeof tls_txt, ",\"tls_version\":\"%s\",\"tls_cipher\":\"%s\"",
+                 tls_version, tls_cipher);
+#endif
+    if (opt_handshakes)
+        snprintf(tls_txt + strlen(tls_txt), sizeof tls_txt - strlen(tls_txt),
+                 ",\"handshakes\":true,\"connections_opened\":%llu",
+                 (unsigned long long)reconnects);
     if (cpu0 >= 0 && cpu1 >= 0) {
         snprintf(cpu_txt, sizeof cpu_txt, "%.3f", cpu1 - cpu0);
         snprintf(sys_txt, sizeof sys_txt, "%.3f", sys1 - sys0);
@@ -626,13 +877,13 @@ int main(int argc, char **argv)
            "\"p50_us\":%.2f,\"p99_us\":%.2f,\"p999_us\":%.2f,\"errors\":%llu,"
            "\"server_cpu_s\":%s,\"server_sys_s\":%s,\"client_cpu_s\":%.3f,\"conns\":%d,\"depth\":%d,"
            "\"size\":%zu,\"framing\":\"%s\",\"rate\":%.1f,"
-           "\"max_inflight\":%llu,\"unanswered\":%llu}\n",
+           "\"max_inflight\":%llu,\"unanswered\":%llu%s}\n",
            (unsigned long long)m_msgs, secs, secs > 0 ? (double)m_msgs / secs : 0.0,
            percentile_us(m_msgs, 0.50), percentile_us(m_msgs, 0.99),
            percentile_us(m_msgs, 0.999), (unsigned long long)errors, cpu_txt, sys_txt,
            ccpu1 - ccpu0, opt_conns, opt_depth, opt_size,
            opt_framing == FR_LEN4 ? "len4" : "line", opt_rate,
-           (unsigned long long)max_inflight, (unsigned long long)unanswered);
+           (unsigned long long)max_inflight, (unsigned long long)unanswered, tls_txt);
     fflush(stdout);
     return errors ? 1 : 0;
 }

@@ -2,12 +2,18 @@
 (frame the stream in Python, call a Python function with the whole message,
 send back what it returns, framed the same way).
 
-    python benchmarks/rivals.py asyncio  [--loop asyncio|uvloop|rloop] [--store PATH] [opts]
+    python benchmarks/rivals.py asyncio  [--loop asyncio|uvloop|rloop] [--store PATH]
+                                         [--tls-cert PEM --tls-key PEM] [opts]
     python benchmarks/rivals.py threads  [opts]      # socketserver, a thread per connection
 
     opts: --host 127.0.0.1 --port 9000 --framing len4|line
 
 Prints ``listening on HOST:PORT`` when ready; SIGINT/SIGTERM exit 0.
+
+With --tls-cert/--tls-key the asyncio server speaks TLS: the loop's own
+TLS (``create_server(ssl=ctx)``) over the same kind of context as ``python
+-m iocport echo --tls-cert`` makes (``ssl.create_default_context(
+Purpose.CLIENT_AUTH)`` with the chain loaded), the same Protocol above it.
 
 Both variants share one framer.  Replies produced from one receive are joined
 and written with one call (the same batching iocport does), so the rivals
@@ -23,7 +29,10 @@ import signal
 import socket
 import socketserver
 import sys
-from typing import Any, Callable, cast
+from typing import TYPE_CHECKING, Any, Callable, cast
+
+if TYPE_CHECKING:
+    import ssl
 
 MAX_FRAME = 16 << 20
 
@@ -156,9 +165,18 @@ def _new_loop(name: str) -> asyncio.AbstractEventLoop:
     return asyncio.new_event_loop()
 
 
+def tls_context(cert: str, key: str | None) -> ssl.SSLContext:
+    """The server's ssl.SSLContext: what ``iocport echo --tls-cert`` uses."""
+    import ssl
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(cert, key)
+    return ctx
+
+
 def run_asyncio(args: argparse.Namespace) -> int:
     """The asyncio rival (or uvloop's, rloop's: --loop), until SIGINT or SIGTERM."""
     EchoProtocol.framing = args.framing
+    tls = tls_context(args.tls_cert, args.tls_key) if args.tls_cert else None
     loop = _new_loop(args.loop)
     asyncio.set_event_loop(loop)
     stop: asyncio.Future[None] = loop.create_future()
@@ -181,9 +199,10 @@ def run_asyncio(args: argparse.Namespace) -> int:
             protocol.store_fd = os.open(args.store, os.O_WRONLY | os.O_CREAT | os.O_APPEND,
                                         0o644)
         server = await loop.create_server(protocol, args.host, args.port,
-                                          backlog=1024, reuse_address=True)
+                                          backlog=1024, reuse_address=True, ssl=tls)
         host, port = server.sockets[0].getsockname()[:2]
         what = f", storing to {args.store} via run_in_executor" if args.store else ""
+        what += ", TLS" if tls else ""
         print(f"listening on {host}:{port} ({args.loop} loop{what})", flush=True)
         await stop
         server.close()
@@ -264,7 +283,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="asyncio only: append each message to PATH, framed as "
                         "on the wire, through run_in_executor and echo it once "
                         "written")
+    p.add_argument("--tls-cert", metavar="PEM",
+                   help="asyncio only: serve over TLS with this certificate chain")
+    p.add_argument("--tls-key", metavar="PEM", help="the key of --tls-cert")
     args = p.parse_args(argv)
+    if args.tls_cert and args.kind != "asyncio":
+        p.error("--tls-cert: asyncio only")
     if args.kind == "threads":
         return run_threads(args)
     return run_asyncio(args)

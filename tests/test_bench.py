@@ -405,3 +405,236 @@ def test_machine_info_describes_the_host():
     assert len(info["loadavg"]) == 3
     json.loads(json.dumps(info))                 # goes into --json as is
     assert info["kernel"] in report.machine_line(info)
+
+
+# ---- bench --tls ------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def built_tls(tmp_path_factory):
+    """The TLS build of the load generator and the C TLS echo server; the
+    tests that need them skip where OpenSSL's headers are missing."""
+    out = tmp_path_factory.mktemp("bench-tls-bin")
+    try:
+        return {"loadgen": harness.build_tls("loadgen", out),
+                "c_echo": harness.build_tls("c_echo", out)}
+    except _cli.Failure as exc:
+        if "libssl-dev" in str(exc):
+            pytest.skip("OpenSSL's headers are missing (apt-get install libssl-dev)")
+        raise
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory):
+    return harness.make_certs(tmp_path_factory.mktemp("bench-certs"))
+
+
+def _tls_loadgen(built_tls, srv, *extra):
+    argv = [str(built_tls["loadgen"]), "--host", srv.host, "--port", str(srv.port),
+            "--conns", "8", "--size", "100", "--seconds", "0.5", "--warmup-seconds", "0.1",
+            "--server-pid", str(srv.pid), "--tls", *extra]
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    return r.returncode, json.loads(r.stdout.strip().splitlines()[-1]), r.stderr
+
+
+@pytest.mark.parametrize("server", ["iocport", "iocport-native", "c-tls", "asyncio"])
+@pytest.mark.parametrize("mode", [["--depth", "4"], ["--handshakes"]])
+def test_tls_loadgen_against_tls_servers(built_tls, certs, server, mode, in_child_cwd):
+    """Every TLS server of the scenario answers the TLS load generator with no
+    error, in both modes, and negotiates TLS 1.3 with AES-128-GCM (the only
+    suite the load generator offers)."""
+    cert, key, _ = certs
+    if server == "c-tls":
+        argv = [str(built_tls["c_echo"]), "--port", "0", "--cert", str(cert), "--key", str(key)]
+    elif server == "asyncio":
+        argv = [sys.executable, str(harness.benchmarks_dir() / "rivals.py"), "asyncio",
+                "--port", "0", "--tls-cert", str(cert), "--tls-key", str(key)]
+    else:
+        argv = [sys.executable, "-m", "iocport", "echo", "--port", "0", "--tls-cert",
+                str(cert), "--tls-key", str(key)] + (["--native"] if "native" in server else [])
+    srv = harness.ServerProc(server, argv, env=child_env())
+    try:
+        rc, res, err = _tls_loadgen(built_tls, srv, *mode)
+    finally:
+        status = srv.stop()
+    assert rc == 0 and res["errors"] == 0, err
+    assert res["msgs"] > 0
+    assert (res["tls_version"], res["tls_cipher"]) == ("TLSv1.3", "TLS_AES_128_GCM_SHA256")
+    if "--handshakes" in mode:
+        assert res["handshakes"] is True
+        assert res["connections_opened"] >= res["msgs"]
+    assert status == 0
+
+
+def test_plain_loadgen_refuses_tls(built):
+    """The plain build has no OpenSSL: --tls is a usage error naming the
+    TLS build, not a silent plaintext run."""
+    r = subprocess.run([str(built["loadgen"]), "--port", "1", "--tls"],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2 and "without TLS" in r.stderr
+
+
+def test_missing_openssl_headers_say_how_to_install_them(monkeypatch, tmp_path):
+    real_run = subprocess.run
+
+    def no_openssl(argv, **kw):
+        if "-lssl" in argv:
+            return subprocess.CompletedProcess(
+                argv, 1, "", "c_echo_tls.c:40:10: fatal error: openssl/err.h: "
+                "No such file or directory")
+        return real_run(argv, **kw)
+
+    monkeypatch.setattr(subprocess, "run", no_openssl)
+    with pytest.raises(_cli.Failure) as exc:
+        harness.build_tls("c_echo", tmp_path)
+    assert "apt-get install libssl-dev" in str(exc.value)
+
+
+def test_make_certs_without_trustme_uses_openssl(monkeypatch, tmp_path):
+    if shutil.which("openssl") is None:
+        pytest.skip("no openssl command")
+    monkeypatch.setitem(sys.modules, "trustme", None)     # import fails
+    cert, key, how = harness.make_certs(tmp_path)
+    assert how == "openssl req"
+    import ssl
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(cert, key)                          # a usable pair
+
+
+def _tls_args(argv):
+    import argparse
+    p = argparse.ArgumentParser()
+    bench.add_arguments(p)
+    return p.parse_args(argv)
+
+
+def test_plan_tls(tmp_path):
+    """--tls alone plans the TLS group (every TLS server and its plaintext
+    counterpart, 64 B and 4 KiB at depths 1 and 16) and the handshake group
+    (iocport-python-tls against uvloop-tls); only the TLS servers get the
+    certificate."""
+    groups = scenarios.plan(_tls_args(["--tls"]), tmp_path, ("C.pem", "K.pem"))
+    assert [g[0] for g in groups] == ["tls", "handshakes"]
+    _, servers, scs = groups[0]
+    names = [s[0] for s in servers]
+    for tls_name, plain in scenarios.TLS_PAIRS:
+        assert tls_name in names and plain in names
+    for name, kind, extra in servers:
+        assert ("C.pem" in extra) == scenarios.is_tls(name), name
+    assert {(sc["size"], sc["depth"], sc["mode"]) for sc in scs} == \
+        {(s, d, "tls") for s in (64, 4096) for d in (1, 16)}
+    assert [s[0] for s in groups[1][1]] == ["iocport-python-tls", "uvloop-tls"]
+    assert [sc["mode"] for sc in groups[1][2]] == ["handshake"]
+    keys = [scenarios.scenario_name(sc) for _, _, s in groups for sc in s]
+    assert len(set(keys)) == 5
+    # the TLS keys do not collide with the plaintext throughput group's
+    both = scenarios.plan(_tls_args(["--tls", "--full"]), tmp_path)
+    keys = [scenarios.scenario_name(sc) for _, _, s in both for sc in s]
+    assert len(keys) == len(set(keys))
+    only = scenarios.plan(_tls_args(["--tls", "--only", "c-tls,c-epoll"]), tmp_path)
+    assert [g[0] for g in only] == ["tls"]
+
+
+def _fake_runs(*per_cpu, cipher="TLS_AES_128_GCM_SHA256"):
+    return [{"msgs_per_cpu_s": v, "msgs_per_sec": v, "p99_us": 100.0, "msgs": v,
+             "server_cpu_s": 1.0, "server_sys_s": 0.5, "tls_version": "TLSv1.3",
+             "tls_cipher": cipher} for v in per_cpu]
+
+
+def test_tls_tables_pair_rounds_and_set_the_targets():
+    """The TLS ratios: the python handler over the better of uvloop and
+    asyncio round by round (targets 1.5 at depth 1 and 2.0 at depth 16, for
+    64 B), native over c-tls (0.9, every size); the cost of TLS per server
+    (TLS over plaintext, round by round); handshakes against uvloop."""
+    scs = [dict(size=size, depth=d, conns=50, framing="len4", mode="tls", rounds=3)
+           for size in (64, 4096) for d in (1, 16)]
+    hs = [dict(size=64, depth=1, conns=50, framing="len4", mode="handshake", rounds=3)]
+    results = {}
+    for sc in scs:
+        results[scenarios.scenario_name(sc)] = {
+            "iocport-python-tls": _fake_runs(300, 200, 400),
+            "uvloop-tls": _fake_runs(100, 200, 100),
+            "asyncio-tls": _fake_runs(150, 50, 100),     # best: 150, 200, 100
+            "iocport-native-tls": _fake_runs(90, 90, 90),
+            "c-tls": _fake_runs(100, 100, 100),
+            "iocport-python": _fake_runs(600, 400, 800),
+            "uvloop": _fake_runs(400, 400, 400),
+        }
+    results["handshakes, 64 B"] = {"iocport-python-tls": _fake_runs(30, 20, 25),
+                                   "uvloop-tls": _fake_runs(10, 10, 10)}
+    text, rows = report.ratio_table(scs + hs, results, {})
+    by = {(r["ratio"], r["scenario"]): r for r in rows}
+    best = by[("TLS: python handler / best of uvloop,asyncio", "tls, 64 B, depth 1")]
+    assert best["rounds"] == [2.0, 1.0, 4.0] and best["per_cpu"] == 2.0
+    assert best["target"] == 1.5
+    assert by[("TLS: python handler / best of uvloop,asyncio", "tls, 64 B, depth 16")][
+        "target"] == 2.0
+    assert by[("TLS: python handler / best of uvloop,asyncio", "tls, 4 KiB, depth 16")][
+        "target"] is None
+    native = by[("TLS: native / c-tls", "tls, 4 KiB, depth 1")]
+    assert native["target"] == 0.9 and native["per_cpu"] == 0.9
+    line = next(ln for ln in text.splitlines() if ln.startswith("| TLS: native")
+                and "4 KiB, depth 1" in ln)
+    assert line.endswith("| 0.90-0.90 | >= 0.9 | yes |")
+    line = next(ln for ln in text.splitlines() if ln.startswith("| TLS: python")
+                and "64 B, depth 16" in ln)
+    assert line.endswith("| 1.00-4.00 | >= 2.0 | yes |")
+    assert by[("handshakes: python handler / uvloop", "handshakes, 64 B")]["per_cpu"] == 2.5
+    # the C server's ratio, without a target; the kernel-time bound where a
+    # target is set (each run: 0.5 s of its 1 CPU-second in the kernel)
+    c = by[("TLS: c-tls / best of uvloop,asyncio", "tls, 64 B, depth 1")]
+    assert c["target"] is None and c["rounds"] == [100 / 150, 0.5, 1.0]
+    bounds = [r for r in rows if r["bound"]]
+    assert {r["scenario"] for r in bounds} == {"tls, 64 B, depth 1", "tls, 64 B, depth 16"}
+    assert bounds[0]["rounds"] == [4.0, 2.0, 8.0]
+
+    cost = report.tls_cost_table(scs + hs, results)
+    lines = [ln for ln in cost.splitlines() if ln.startswith("| ")][1:]   # no header
+    assert len(lines) == 5 * 4      # every pair with a figure, per TLS scenario
+    py = next(ln for ln in lines if ln.startswith("| iocport-python |")
+              and "64 B, depth 1" in ln)
+    assert py == "| iocport-python | tls, 64 B, depth 1 | 600 | 300 | 0.50 | 0.50-0.50 |"
+    # a server run only one way still shows, without a ratio
+    c = next(ln for ln in lines if ln.startswith("| c-epoll |"))
+    assert c.endswith("| - | 100 | - | - |")
+    assert not any("handshakes" in ln for ln in lines)
+
+    neg = report.tls_negotiated(results)
+    assert "uvloop-tls TLSv1.3 TLS_AES_128_GCM_SHA256" in neg
+    assert "iocport-python " not in neg          # plaintext servers are not listed
+    results["tls, 64 B, depth 1"]["c-tls"] = _fake_runs(1, cipher="TLS_AES_256_GCM_SHA384")
+    assert "c-tls TLSv1.3 TLS_AES_128_GCM_SHA256, TLSv1.3 TLS_AES_256_GCM_SHA384" in \
+        report.tls_negotiated(results)
+
+
+def test_bench_tls_smoke(built_tls, in_child_cwd, tmp_path):
+    """`bench --tls` end to end with tiny runs: every TLS server and its
+    plaintext counterpart in each scenario's table, the ratio rows with
+    their targets, the cost-of-TLS table, the handshake table, the cipher
+    negotiated; no errors.  No figure is judged."""
+    import importlib.util
+    if importlib.util.find_spec("uvloop") is None:
+        pytest.skip("uvloop is not installed")
+    out = tmp_path / "tls.json"
+    r = subprocess.run([sys.executable, "-m", "iocport", "bench", "--tls", "--sizes", "64",
+                        "--seconds", "0.2", "--rounds", "1", "--no-chart", "--json", str(out)],
+                       capture_output=True, text=True, timeout=110, env=child_env())
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    text = r.stdout
+    for key in ("tls, 64 B, depth 1", "tls, 64 B, depth 16"):
+        table = text.split(f"## {key}, 50 connections")[1].split("\n## ")[0]
+        for name, _, _ in scenarios.TLS_SERVERS:
+            assert f"\n| {name} | " in table, (name, table)
+    assert "## handshakes, 64 B, 50 connections, a new TLS connection per message" in text
+    for label, *_ in scenarios.TLS_RATIOS:
+        assert f"| {label} | tls, 64 B, depth 1 |" in text
+    assert "| TLS: python handler / best of uvloop,asyncio | tls, 64 B, depth 16 |" in text
+    assert re.search(r"\| handshakes: python handler / uvloop \| handshakes, 64 B \|", text)
+    cost = text.split("## The cost of TLS")[1]
+    for _, plain in scenarios.TLS_PAIRS:
+        assert f"| {plain} | tls, 64 B, depth 16 |" in cost
+    assert "TLS_AES_128_GCM_SHA256" in text.split("negotiated:")[1]
+    figures = json.loads(out.read_text())
+    assert [g["title"] for g in figures["groups"]] == ["tls", "handshakes"]
+    for per in figures["results"].values():
+        for name, runs in per.items():
+            assert all(run.get("errors") == 0 for run in runs), (name, runs)

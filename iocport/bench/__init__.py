@@ -3,10 +3,12 @@
 The load comes from ``benchmarks/loadgen.c`` (a native closed-loop client
 that checks every reply byte for byte), built with gcc into a cache
 directory together with ``benchmarks/c_echo_epoll.c`` (the plain C
-baseline).  Each server runs pinned to one CPU, the client to another; each
-server is warmed on separate connections before it is measured; servers are
-measured in turn (A B A B ...) for several rounds and every ratio is
-computed round by round, the median reported.  The headline figure is
+baseline); ``--tls`` builds a second load generator with OpenSSL and
+``benchmarks/c_echo_tls.c`` (the C baseline over TLS), so that the plain
+benchmark needs no OpenSSL.  Each server runs pinned to one CPU, the client
+to another; each server is warmed on separate connections before it is
+measured; servers are measured in turn (A B A B ...) for several rounds and
+every ratio is computed round by round, the median reported.  The headline figure is
 messages per server CPU-second (the server's utime+stime from /proc over the
 measured window), which judges a server by its cost per message even when
 the client is the bottleneck.
@@ -36,16 +38,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
 
 from .._cli import int_in, output_path, positive_float, resolve_backend
-from .harness import (RIVAL_PACKAGES, bench_env, benchmarks_dir, build, machine_info,
-                      missing_line, pinning, rival_missing)
-from .report import Progress, chart_line, idle_table, machine_line, print_tables, ratio_table
-from .scenarios import (IDLE_SERVERS, LATENCY_RATES, ServerSpec, only_names, plan,
+from .harness import (RIVAL_PACKAGES, TLS_DEV_HINT, bench_env, benchmarks_dir, build,
+                      build_tls, machine_info, make_certs, missing_line, pinning,
+                      rival_missing, tls_dev_installed)
+from .report import (Progress, chart_line, idle_table, machine_line, print_tables, ratio_table,
+                     tls_cost_table, tls_negotiated)
+from .scenarios import (IDLE_SERVERS, LATENCY_RATES, ServerSpec, Tools, only_names, plan,
                         positive_ints, run_group, run_idle)
 
 
@@ -84,6 +90,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         f"in all (default {LATENCY_RATES})")
     p.add_argument("--store", action="store_true",
                    help="run only the store-to-disk scenario (also part of --full)")
+    p.add_argument("--tls", action="store_true",
+                   help="run only the TLS scenarios: TLS echo against the same servers in "
+                        "plaintext, 64 B and 4 KiB, and handshakes (needs OpenSSL's "
+                        "headers: apt-get install libssl-dev; not part of --full)")
+
+
+def install_tls_dev() -> None:
+    """--install-rivals with --tls: OpenSSL's headers through apt-get when
+    they are missing and this runs as root; otherwise say how."""
+    if tls_dev_installed():
+        return
+    if shutil.which("apt-get") and os.geteuid() == 0:
+        subprocess.run(["apt-get", "install", "-y", "-qq", "libssl-dev"], check=False)
+    else:
+        sys.stderr.write(f"iocport bench: {TLS_DEV_HINT}\n")
 
 
 def missing_rivals(servers: list[ServerSpec]) -> set[str]:
@@ -119,15 +140,23 @@ def run(args: argparse.Namespace) -> int:
     if args.install_rivals:
         subprocess.run([sys.executable, "-m", "pip", "install", *RIVAL_PACKAGES.values()],
                        check=False)
+        if args.tls:
+            install_tls_dev()
     info = machine_info()
     if info["loadavg"][0] > 0.5:
         sys.stderr.write(f"iocport bench: load average {info['loadavg'][0]:.2f}: another "
                          "job is running; its CPU use will show in the figures\n")
     server_cpu, client_cpu = pinning()
-    tools = (build("loadgen.c"), build("c_echo_epoll.c"), benchmarks_dir(),
+    plain = (build("loadgen.c"), build("c_echo_epoll.c"), benchmarks_dir(),
              server_cpu, client_cpu, bench_env())
+    tools: Tools = plain
+    if args.tls:
+        # before anything runs: a missing libssl-dev is said now
+        tools = (*plain, build_tls("loadgen"))
+        build_tls("c_echo")
     with tempfile.TemporaryDirectory(prefix="iocport-bench-store-") as store_dir:
-        groups = plan(args, store_dir)
+        certs = make_certs(store_dir) if args.tls else ("", "", None)
+        groups = plan(args, store_dir, certs[:2])
         if not groups:
             return run_idle_only(args)
         steps = sum(len(servers) + sum(sc["rounds"] * len(
@@ -145,6 +174,9 @@ def run(args: argparse.Namespace) -> int:
           if server_cpu is not None else "not pinned (taskset or a second CPU missing)")
     print(f"{args.conns} connections, {args.seconds} s measured per run, "
           f"{args.rounds} rounds, {elapsed:.0f} s in all")
+    if args.tls:
+        print(f"TLS 1.3, the load generator offering TLS_AES_128_GCM_SHA256 alone, "
+              f"no verification; certificate ECDSA P-256 from {certs[2]}")
     all_results, all_rows, all_notes, all_banners, bad_exit = {}, [], {}, {}, {}
     for title, servers, scenarios, results, notes, banners, exits in ran:
         names = [s[0] for s in servers]
@@ -154,6 +186,10 @@ def run(args: argparse.Namespace) -> int:
         print(print_tables(scenarios, names, results, notes))
         text, rows = ratio_table(scenarios, results, banners)
         print(text)
+        if title == "tls":
+            print(tls_cost_table(scenarios, results))
+        if title in ("tls", "handshakes"):
+            print(f"\n{tls_negotiated(results)}")
         all_results.update(results)
         all_rows += rows
         all_notes.update(notes)

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -25,6 +26,16 @@ Run = dict[str, Any]
 
 CFLAGS = ["-O2", "-std=c11", "-D_GNU_SOURCE", "-Wall", "-Wextra"]
 BENCH_SOURCES = ("loadgen.c", "c_echo_epoll.c")
+# `bench --tls` builds these with OpenSSL: the load generator's TLS build
+# (a second binary, so that the plain one needs no OpenSSL) and the C TLS
+# echo server; (source, extra compiler flags, binary name)
+TLS_TOOLS: dict[str, tuple[str, list[str], str]] = {
+    "loadgen": ("loadgen.c", ["-DLOADGEN_TLS"], "loadgen-tls"),
+    "c_echo": ("c_echo_tls.c", [], "c_echo_tls")}
+TLS_LIBS = ["-lssl", "-lcrypto"]
+TLS_DEV_HINT = ("OpenSSL's headers and libraries are needed to build the TLS benchmark's "
+                "C tools: apt-get install libssl-dev (Debian, Ubuntu; "
+                "dnf install openssl-devel on Fedora)")
 
 # The rivals' event loops that are not in the standard library, by loop name:
 # what --install-rivals installs, whose absence skips a server rather than
@@ -60,26 +71,75 @@ def cache_dir() -> Path:
     return Path(base) / "iocport-bench"
 
 
-def build(source: str, out_dir: str | os.PathLike[str] | None = None) -> Path:
-    """Compile one C file of benchmarks/ (cached by content); return the path."""
+def build(source: str, out_dir: str | os.PathLike[str] | None = None, *,
+          flags: Sequence[str] = (), libs: Sequence[str] = (), name: str | None = None) -> Path:
+    """Compile one C file of benchmarks/ (cached by content and flags) into
+    `name` (default: the source's stem); return the path."""
     cc = os.environ.get("CC") or "gcc"
     if not shutil.which(cc):
         raise Failure(f"{cc} not found (needed to build {source})")
     src = benchmarks_dir() / source
     text = src.read_bytes()
-    digest = hashlib.sha256(text + " ".join([cc] + CFLAGS).encode()).hexdigest()[:12]
+    cmd = [*CFLAGS, *flags]
+    digest = hashlib.sha256(text + " ".join([cc, *cmd, *libs]).encode()).hexdigest()[:12]
     out_dir = Path(out_dir) if out_dir else cache_dir()
     out_dir.mkdir(parents=True, exist_ok=True)
-    exe = out_dir / f"{src.stem}-{digest}"
+    exe = out_dir / f"{name or src.stem}-{digest}"
     if exe.is_file():
         return exe
     tmp = out_dir / f".{exe.name}.{os.getpid()}"
-    r = subprocess.run([cc, *CFLAGS, str(src), "-o", str(tmp)],
+    r = subprocess.run([cc, *cmd, str(src), "-o", str(tmp), *libs],
                        capture_output=True, text=True)
     if r.returncode:
+        if libs and ("openssl/" in r.stderr or "-lssl" in r.stderr
+                     or "-lcrypto" in r.stderr):
+            raise Failure(f"building {source} failed: {TLS_DEV_HINT}\n{r.stderr}")
         raise Failure(f"building {source} failed:\n{r.stderr}")
     os.replace(tmp, exe)   # atomic: concurrent builds do not trip over each other
     return exe
+
+
+def build_tls(tool: str, out_dir: str | os.PathLike[str] | None = None) -> Path:
+    """TLS_TOOLS' `tool` ('loadgen' or 'c_echo'), built with OpenSSL; a
+    Failure naming the package to install when OpenSSL's headers are not
+    there."""
+    source, flags, name = TLS_TOOLS[tool]
+    return build(source, out_dir, flags=flags, libs=TLS_LIBS, name=name)
+
+
+def make_certs(directory: str | os.PathLike[str]) -> tuple[Path, Path, str]:
+    """A server certificate for 127.0.0.1 and localhost (ECDSA P-256) and its
+    key, written to `directory`: with trustme when it is installed, else
+    with the openssl command.  Returns (cert path, key path, how)."""
+    cert, key = Path(directory, "bench-cert.pem"), Path(directory, "bench-key.pem")
+    try:
+        import trustme
+    except ImportError:
+        pass
+    else:
+        leaf = trustme.CA().issue_cert("127.0.0.1", "localhost")
+        leaf.private_key_pem.write_to_path(str(key))
+        cert.write_bytes(b"".join(pem.bytes() for pem in leaf.cert_chain_pems))
+        return cert, key, f"trustme {getattr(trustme, '__version__', '')}".strip()
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        raise Failure("bench --tls makes its certificate with trustme or the openssl "
+                      "command, and neither is here: pip install trustme")
+    r = subprocess.run([openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                        "ec_paramgen_curve:P-256", "-nodes", "-days", "2",
+                        "-subj", "/CN=localhost", "-addext",
+                        "subjectAltName=IP:127.0.0.1,DNS:localhost",
+                        "-keyout", str(key), "-out", str(cert)],
+                       capture_output=True, text=True)
+    if r.returncode:
+        raise Failure(f"openssl req failed:\n{r.stderr}")
+    return cert, key, "openssl req"
+
+
+def tls_dev_installed() -> bool:
+    """Whether OpenSSL's C headers look installed (the --install-rivals check)."""
+    return any(Path(d, "openssl", "ssl.h").is_file()
+               for d in ("/usr/include", "/usr/local/include"))
 
 
 # ---- processes ------------------------------------------------------------
@@ -148,8 +208,10 @@ class ServerProc:
 
 def server_argv(kind: str, extra: list[str], framing: str, bench_dir: Path,
                 c_echo: Path) -> list[str]:
-    """The command line of a server of `kind` (iocport, c, asyncio or
+    """The command line of a server of `kind` (iocport, c, c-tls, asyncio or
     threads), with `extra` options."""
+    if kind == "c-tls":     # built by then (bench --tls builds it first): cached
+        return [str(build_tls("c_echo")), "--port", "0", "--framing", framing, *extra]
     if kind == "iocport":
         return [sys.executable, "-m", "iocport", "echo", "--port", "0",
                 "--framing", framing, *extra]
@@ -161,15 +223,21 @@ def server_argv(kind: str, extra: list[str], framing: str, bench_dir: Path,
 
 def run_loadgen(loadgen: Path, server: ServerProc, *, conns: int, depth: int, size: int,
                 framing: str, seconds: float, warmup: float = 0.2, cpu: int | None = None,
-                rate: int | None = None) -> Run:
+                rate: int | None = None, tls: bool = False, handshakes: bool = False) -> Run:
     """One loadgen run against `server`: closed loop with `depth` messages in
-    flight per connection, or open loop at `rate` messages per second."""
+    flight per connection, or open loop at `rate` messages per second; over
+    TLS with `tls` (`loadgen` then the TLS build); with `handshakes`, a new
+    connection per message."""
     argv = [str(loadgen), "--host", server.host, "--port", str(server.port),
             "--conns", str(conns), "--depth", str(depth), "--size", str(size),
             "--framing", framing, "--seconds", str(seconds),
             "--warmup-seconds", str(warmup), "--server-pid", str(server.pid)]
     if rate:
         argv += ["--rate", str(rate)]
+    if tls:
+        argv.append("--tls")
+    if handshakes:
+        argv.append("--handshakes")
     try:
         r = subprocess.run(_pinned(cpu, argv), capture_output=True, text=True,
                            timeout=seconds + warmup + 30)

@@ -10,8 +10,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from .harness import BENCH_EXTRA, Run
-from .scenarios import (BOUNDS, IDLE_SERVERS, LATENCY_RATIOS, RATIOS, STORE_RATIOS,
-                        Results, Scenario, scenario_name)
+from .scenarios import (BOUNDS, HANDSHAKE_RATIOS, IDLE_SERVERS, LATENCY_RATIOS, RATIOS,
+                        STORE_RATIOS, TLS_PAIRS, TLS_RATIOS, Results, Scenario, is_tls,
+                        scenario_name)
 
 
 class Progress:
@@ -67,6 +68,8 @@ def print_tables(scenarios: list[Scenario], names: list[str], results: Results,
     for sc in scenarios:
         key = scenario_name(sc)
         loop = "open loop, " if sc.get("rate") else ""
+        if sc.get("mode") == "handshake":
+            loop = "a new TLS connection per message (msgs = handshakes), "
         out.append(f"\n## {key}, {sc['conns']} connections, {loop}{sc['framing']} "
                    f"(medians of {sc['rounds']} rounds)\n")
         out.append("| server | msgs/s | p50 us | p99 us | p99.9 us | errors "
@@ -177,10 +180,64 @@ def ratio_table(scenarios: list[Scenario], results: Results, banners: dict[str, 
         elif mode == "rate":
             for label, a, b, target in LATENCY_RATIOS:
                 row(label, a, b, sc, target, field="p99_us", most=True)
+        elif mode == "tls":
+            for label, a, b, depth, tls_target, size in TLS_RATIOS:
+                if depth is None or sc["depth"] == depth:
+                    goal = tls_target if size in (None, sc["size"]) else None
+                    row(label, a, b, sc, goal)
+                    if label in BOUNDS and goal is not None:
+                        row(BOUNDS[label], a, b, sc, goal, bound=True)
+        elif mode == "handshake":
+            for label, a, b in HANDSHAKE_RATIOS:
+                row(label, a, b, sc)
         else:
             for label, a, b in STORE_RATIOS:
                 row(label, a, b, sc)
     return "\n".join(out), rows
+
+
+# ---- TLS ------------------------------------------------------------------
+
+def tls_cost_table(scenarios: list[Scenario], results: Results) -> str:
+    """The cost of TLS for each server: its messages per server CPU-second
+    over TLS and in plaintext (medians), and the ratio of the two taken
+    round by round (median, the rounds' range)."""
+    out = ["\n## The cost of TLS: TLS over plaintext, messages per server CPU-second "
+           "(median of the round-by-round ratios)\n",
+           "| server | scenario | plaintext per CPU-s | TLS per CPU-s | TLS / plaintext "
+           "| rounds' range |",
+           "|---|---|---:|---:|---:|---:|"]
+    for sc in scenarios:
+        if sc.get("mode") != "tls":
+            continue
+        key = scenario_name(sc)
+        for tls, plain in TLS_PAIRS:
+            ratios = _pair_ratios(results, key, tls, plain, "msgs_per_cpu_s")
+            figs = [_median([r.get("msgs_per_cpu_s") for r in results[key].get(n, [])
+                             if "failed" not in r]) for n in (plain, tls)]
+            if figs == [None, None]:
+                continue
+            spread = f"{min(ratios):.2f}-{max(ratios):.2f}" if ratios else "-"
+            out.append(f"| {plain} | {key} | {_fmt(figs[0], ',.0f')} | {_fmt(figs[1], ',.0f')} "
+                       f"| {_fmt(_median(ratios), '.2f')} | {spread} |")
+    return "\n".join(out)
+
+
+def tls_negotiated(results: Results) -> str:
+    """One line: the TLS version and cipher the load generator negotiated
+    with each TLS server (all the runs must agree)."""
+    seen: dict[str, set[str]] = {}
+    for per in results.values():
+        for name, runs in per.items():
+            if is_tls(name):
+                for r in runs:
+                    if r.get("tls_cipher"):
+                        seen.setdefault(name, set()).add(f"{r['tls_version']} "
+                                                         f"{r['tls_cipher']}")
+    if not seen:
+        return "negotiated: -"
+    return "negotiated: " + "; ".join(f"{n} {', '.join(sorted(v))}"
+                                      for n, v in sorted(seen.items()))
 
 
 # ---- chart ----------------------------------------------------------------

@@ -1,5 +1,5 @@
 """What the benchmark runs and how it is judged: the servers of each
-scenario (throughput, latency at a fixed load, store-to-disk, idle memory),
+scenario (throughput, latency at a fixed load, store-to-disk, TLS, idle memory),
 the ratios and targets that apply to each, the plan the options make of
 them, and the A B A B rounds that run a plan."""
 from __future__ import annotations
@@ -13,18 +13,22 @@ from .harness import (Run, ServerProc, benchmarks_dir, bench_env, build, idle_fi
                       measure_idle, missing_note, pinning, rival_missing, run_loadgen,
                       server_argv)
 
-# A server to run: (name, kind, extra options); kind: iocport | c | asyncio | threads
+# A server to run: (name, kind, extra options); kind: iocport | c | c-tls |
+# asyncio | threads
 ServerSpec = tuple[str, str, list[str]]
 # A scenario: size, depth, conns, framing, rounds, seconds, and its mode
-# ("closed", "store") or rate (open loop); "servers" limits it to those.
+# ("closed", "store", "tls", "handshake") or rate (open loop); "servers"
+# limits it to those.
 Scenario = dict[str, Any]
 # A group of the plan: (title, its servers, its scenarios)
 Group = tuple[str, list[ServerSpec], list[Scenario]]
 # Every run's figures: by scenario name, then by server, one per round
 Results = dict[str, dict[str, list[Run]]]
 # What run_group() runs with: loadgen, the C echo server, benchmarks/, the
-# server's and the client's CPU (None: not pinned), the environment
-Tools = tuple[Path, Path, Path, int | None, int | None, dict[str, str]]
+# server's and the client's CPU (None: not pinned), the environment; with
+# bench --tls, the load generator's TLS build after them
+Tools = (tuple[Path, Path, Path, int | None, int | None, dict[str, str]]
+         | tuple[Path, Path, Path, int | None, int | None, dict[str, str], Path])
 
 
 class Steps(Protocol):
@@ -71,6 +75,8 @@ BOUNDS = {
     "python handler / best of uvloop,rloop":
         "bound, the python handler's kernel time alone / best of uvloop,rloop",
     "python handler / asyncio": "bound, the python handler's kernel time alone / asyncio",
+    "TLS: python handler / best of uvloop,asyncio":
+        "bound, the python handler's kernel time alone / best of uvloop,asyncio (TLS)",
 }
 
 
@@ -96,6 +102,64 @@ STORE_RATIOS = [("store: python handler / asyncio + run_in_executor", "iocport-s
                 ("store: python handler / uvloop + run_in_executor", "iocport-store",
                  "uvloop-store")]
 
+# TLS (--tls): the echo over TLS 1.3 (the load generator offers only
+# TLS_AES_128_GCM_SHA256), every server with the same certificate, beside
+# the same servers in plaintext (the cost of TLS), in one group so that all
+# of them alternate round by round.  A name ending in "-tls" is a TLS server
+# (the load generator's TLS build drives it); each gets the certificate's
+# options from the plan.  (name, kind, extra)
+TLS_SERVERS: list[ServerSpec] = [
+    ("iocport-python-tls", "iocport", []),
+    ("iocport-native-tls", "iocport", ["--native"]),
+    ("c-tls", "c-tls", []),
+    ("asyncio-tls", "asyncio", ["--loop", "asyncio"]),
+    ("uvloop-tls", "asyncio", ["--loop", "uvloop"]),
+    ("iocport-python", "iocport", []),
+    ("iocport-native", "iocport", ["--native"]),
+    ("c-epoll", "c", []),
+    ("asyncio", "asyncio", ["--loop", "asyncio"]),
+    ("uvloop", "asyncio", ["--loop", "uvloop"]),
+]
+TLS_SIZES = (64, 4096)
+# (label, A, B, depth or None, target, size the target is set for or None)
+TLS_RATIOS: list[tuple[str, str, str | tuple[str, ...], int | None, float | None,
+                       int | None]] = [
+    ("TLS: python handler / best of uvloop,asyncio", "iocport-python-tls",
+     ("uvloop-tls", "asyncio-tls"), 1, 1.5, 64),
+    ("TLS: python handler / best of uvloop,asyncio", "iocport-python-tls",
+     ("uvloop-tls", "asyncio-tls"), 16, 2.0, 64),
+    ("TLS: native / c-tls", "iocport-native-tls", "c-tls", None, 0.9, None),
+    # no target: how far the same TLS work in plain C gets against the same
+    # rivals, the reference for the python handler's targets
+    ("TLS: c-tls / best of uvloop,asyncio", "c-tls", ("uvloop-tls", "asyncio-tls"),
+     None, None, None),
+]
+# The cost of TLS: each server's TLS figure over its plaintext one, round
+# by round.  (TLS server, plaintext server)
+TLS_PAIRS = [("iocport-python-tls", "iocport-python"),
+             ("iocport-native-tls", "iocport-native"),
+             ("c-tls", "c-epoll"),
+             ("asyncio-tls", "asyncio"),
+             ("uvloop-tls", "uvloop")]
+# Handshakes: a new TLS connection per message (connect, handshake, one
+# 64-byte message, its reply, close_notify, close), 50 at a time.
+HANDSHAKE_SERVERS = ("iocport-python-tls", "uvloop-tls")
+HANDSHAKE_RATIOS = [("handshakes: python handler / uvloop", "iocport-python-tls",
+                     "uvloop-tls")]
+
+
+def is_tls(name: str) -> bool:
+    """Whether server `name` speaks TLS (the load generator's TLS build)."""
+    return name.endswith("-tls")
+
+
+def tls_server_args(kind: str, cert: str | Path, key: str | Path) -> list[str]:
+    """The options that give a server of `kind` the certificate."""
+    if kind == "c-tls":
+        return ["--cert", str(cert), "--key", str(key)]
+    return ["--tls-cert", str(cert), "--tls-key", str(key)]
+
+
 # Idle connections: the resident memory that each costs a server.
 # (name, kind, extra): the servers of the idle scenario
 IDLE_SERVERS: list[ServerSpec] = [
@@ -119,7 +183,9 @@ def scenario_name(sc: Scenario) -> str:
     text = f"{size // 1024} KiB" if size >= 1024 and size % 1024 == 0 else f"{size} B"
     if sc.get("rate"):
         return f"{text} at {sc['rate']:,} msgs/s"
-    prefix = "store, " if sc.get("mode") == "store" else ""
+    if sc.get("mode") == "handshake":
+        return f"handshakes, {text}"
+    prefix = {"store": "store, ", "tls": "tls, "}.get(sc.get("mode", ""), "")
     return f"{prefix}{text}, depth {sc['depth']}"
 
 
@@ -138,7 +204,7 @@ def positive_ints(text: str) -> list[int]:
 def server_names() -> list[str]:
     """Every server the scenarios know (what --only may name)."""
     return sorted({s[0] for s in SERVERS} | {s[0] for s in STORE_SERVERS} |
-                  {s[0] for s in IDLE_SERVERS})
+                  {s[0] for s in IDLE_SERVERS} | {s[0] for s in TLS_SERVERS})
 
 
 def only_names(text: str) -> str:
@@ -152,13 +218,15 @@ def only_names(text: str) -> str:
     return ",".join(sorted(names))
 
 
-def plan(args: argparse.Namespace, store_dir: str) -> list[Group]:
-    """The groups to run: [(title, servers, scenarios)]."""
+def plan(args: argparse.Namespace, store_dir: str,
+         certs: tuple[str | Path, str | Path] = ("cert.pem", "key.pem")) -> list[Group]:
+    """The groups to run: [(title, servers, scenarios)]; `certs` (cert, key)
+    for the TLS servers."""
     common = {"conns": args.conns, "framing": args.framing, "rounds": args.rounds,
               "seconds": args.seconds}
     only = set(args.only.split(",")) if args.only else None
     groups: list[Group] = []
-    just = args.latency or args.store or args.idle
+    just = args.latency or args.store or args.idle or getattr(args, "tls", False)
     if args.full or not just:
         chosen = [s for s in SERVERS if args.full or not s[3]]
         if only:
@@ -180,6 +248,17 @@ def plan(args: argparse.Namespace, store_dir: str) -> list[Group]:
                    for name, kind, extra in STORE_SERVERS if only is None or name in only]
         groups.append(("store", servers, [dict(common, size=64, depth=d, mode="store")
                                           for d in (1, 16)]))
+    if getattr(args, "tls", False):
+        servers = [(name, kind, [*extra, *tls_server_args(kind, *certs)] if is_tls(name)
+                    else extra)
+                   for name, kind, extra in TLS_SERVERS if only is None or name in only]
+        groups.append(("tls", servers, [dict(common, size=size, depth=d, mode="tls")
+                                        for size in (args.sizes or TLS_SIZES)
+                                        for d in (1, 16)]))
+        hs = [s for s in servers if s[0] in HANDSHAKE_SERVERS]
+        if hs:
+            groups.append(("handshakes", hs, [dict(common, size=64, depth=1,
+                                                   mode="handshake")]))
     return groups
 
 
@@ -191,7 +270,16 @@ def run_group(servers: list[ServerSpec], scenarios: list[Scenario],
     """Start `servers` [(name, kind, extra)], warm each up, then run every
     scenario round by round, servers in turn (A B A B).  Returns (results by
     scenario name then server, notes, banners, exit statuses)."""
-    loadgen, c_echo, bench_dir, server_cpu, client_cpu, env = tools
+    loadgen, c_echo, bench_dir, server_cpu, client_cpu, env, *more = tools
+    loadgen_tls = more[0] if more else None     # bench --tls: the TLS build
+
+    def client_for(name: str) -> Path:
+        """The load generator for server `name`: the TLS build for a TLS one."""
+        if not is_tls(name):
+            return loadgen
+        assert loadgen_tls is not None, f"{name}: tools without the TLS load generator"
+        return loadgen_tls
+
     results: Results = {scenario_name(sc): {} for sc in scenarios}
     notes = {name: missing_note(rival_missing(name, kind)) for name, kind, _ in servers
              if rival_missing(name, kind)}
@@ -212,8 +300,10 @@ def run_group(servers: list[ServerSpec], scenarios: list[Scenario],
             started[name] = srv
             banners[name] = srv.banner
             # warm-up, on connections of its own
-            warm = run_loadgen(loadgen, srv, conns=args.conns, depth=16, size=64,
-                               framing=args.framing, seconds=0.5, warmup=0, cpu=client_cpu)
+            tls = is_tls(name)
+            warm = run_loadgen(client_for(name), srv, conns=args.conns,
+                               depth=16, size=64, framing=args.framing, seconds=0.5,
+                               warmup=0, cpu=client_cpu, tls=tls)
             if "failed" in warm or warm.get("errors"):
                 notes[name] = f"warm-up failed: {warm.get('failed', 'wrong replies')}"
             progress.step(f"warm-up {name}")
@@ -225,10 +315,13 @@ def run_group(servers: list[ServerSpec], scenarios: list[Scenario],
                     if live is None or name in notes or \
                             (sc.get("servers") and name not in sc["servers"]):
                         continue
-                    res = run_loadgen(loadgen, live, conns=sc["conns"], depth=sc["depth"],
+                    tls = is_tls(name)
+                    res = run_loadgen(client_for(name), live,
+                                      conns=sc["conns"], depth=sc["depth"],
                                       size=sc["size"], framing=sc["framing"],
                                       seconds=sc["seconds"], cpu=client_cpu,
-                                      rate=sc.get("rate"), warmup=sc.get("warmup", 0.2))
+                                      rate=sc.get("rate"), warmup=sc.get("warmup", 0.2),
+                                      tls=tls, handshakes=sc.get("mode") == "handshake")
                     results[key].setdefault(name, []).append(res)
                     progress.step(f"{key} round {rnd + 1} {name}")
     finally:
