@@ -140,6 +140,18 @@ class Server:
         # stopped: every connection closed, every worker joined
 
     ``serve_forever()`` instead blocks until Ctrl-C, SIGTERM or ``stop()``.
+
+    **Coroutine handlers**: ``handler``, ``on_connect`` and ``on_close``
+    may be ``async def`` functions.  They run on the asyncio loop's thread,
+    each started eagerly (no Task unless it suspends), one at a time and in
+    order per connection; a close cancels the one suspended and drops the
+    messages queued behind it.  Such a server is served from a running
+    loop, ``async with`` (which stops it without blocking the loop) and
+    ``await server.serve()``::
+
+        async with iocport.Server(on_message) as server:
+            server.listen("127.0.0.1", 9000)
+            await server.serve()          # until cancelled or stop()
     """
 
     def __init__(self, handler=None, *, framing=None, workers=1, backend=None,
