@@ -50,6 +50,11 @@ def _echo_args(p):
     p.add_argument("--native", action="store_true",
                    help="echo in C without calling Python (the ceiling)")
     p.add_argument("--store", metavar="PATH", default=None, help=STORE_HELP)
+    p.add_argument("--async", dest="use_async", action="store_true",
+                   help="the handler as a coroutine (async def), served from "
+                        "an asyncio loop")
+    p.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio",
+                   help="with --async: the event loop (default asyncio)")
     p.add_argument("--tls-cert", metavar="PEM", default=None,
                    help="serve over TLS with this certificate chain (PEM); "
                         "needs --tls-key unless the key is in the same file")
@@ -113,8 +118,14 @@ def echo(args: argparse.Namespace) -> int:
     """The echo command: serve until Ctrl-C or SIGTERM."""
     if args.native and args.store:
         raise UsageError("--native and --store do not go together")
+    if args.use_async and (args.native or args.store):
+        raise UsageError("--async does not go with --native or --store")
+    if args.loop != "asyncio" and not args.use_async:
+        raise UsageError("--loop needs --async")
     backend = resolve_backend(args.backend)
     tls = _tls_context(args)
+    if args.use_async:
+        return _echo_async(args, backend, tls)
 
     def on_message(conn, msg):
         conn.send(msg)
@@ -143,6 +154,57 @@ def echo(args: argparse.Namespace) -> int:
     server.serve_forever(ready=lambda: print(
         f"listening on {host}:{port} (backend {server.backend}, {what}"
         f"{', TLS' if tls else ''})", flush=True))
+    return 0
+
+
+def _echo_async(args: argparse.Namespace, backend: str,
+                tls: ssl.SSLContext | None) -> int:
+    """echo --async: the echo handler as a coroutine, served from an
+    asyncio loop (uvloop's with --loop uvloop) until Ctrl-C or SIGTERM."""
+    import asyncio
+    import signal
+    if args.loop == "uvloop":
+        try:
+            import uvloop
+        except ImportError:
+            raise Failure("--loop uvloop: uvloop is not installed "
+                          "(pip install uvloop)") from None
+        new_loop = uvloop.new_event_loop
+    else:
+        new_loop = asyncio.new_event_loop
+
+    async def on_message(conn, msg):
+        conn.send(msg)
+
+    async def main() -> None:
+        server = Server(on_message, framing=args.framing, workers=args.workers,
+                        backend=backend, ssl=tls)
+        async with server:
+            try:
+                host, port = server.listen(args.host, args.port)
+            except OSError as exc:   # in use, no such address, unknown host
+                where = f"[{args.host}]" if ":" in args.host else args.host
+                raise Failure(f"cannot listen on {where}:{args.port}: "
+                              f"{why(exc)}") from None
+            try:
+                server.start()
+            except OSError as exc:
+                raise Failure(f"cannot start the server ({backend} backend): "
+                              f"{why(exc)}") from None
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, server.stop)
+            print(f"listening on {host}:{port} (backend {server.backend}, "
+                  f"python echo, async on {args.loop}{', TLS' if tls else ''})",
+                  flush=True)
+            await server.serve()
+
+    loop = new_loop()
+    try:
+        loop.run_until_complete(main())
+    finally:
+        loop.run_until_complete(loop.shutdown_default_executor())
+        loop.close()
     return 0
 
 

@@ -6,6 +6,7 @@ handling.
 """
 import atexit
 import errno
+import inspect
 import logging
 import os
 import signal
@@ -139,6 +140,18 @@ class Server:
         # stopped: every connection closed, every worker joined
 
     ``serve_forever()`` instead blocks until Ctrl-C, SIGTERM or ``stop()``.
+
+    **Coroutine handlers**: ``handler``, ``on_connect`` and ``on_close``
+    may be ``async def`` functions.  They run on the asyncio loop's thread,
+    each started eagerly (no Task unless it suspends), one at a time and in
+    order per connection; a close cancels the one suspended and drops the
+    messages queued behind it.  Such a server is served from a running
+    loop, ``async with`` (which stops it without blocking the loop) and
+    ``await server.serve()``::
+
+        async with iocport.Server(on_message) as server:
+            server.listen("127.0.0.1", 9000)
+            await server.serve()          # until cancelled or stop()
     """
 
     def __init__(self, handler=None, *, framing=None, workers=1, backend=None,
@@ -168,6 +181,17 @@ class Server:
                           f"{os.strerror(err)} (use backend='epoll' or 'auto')")
         if ssl is not None:
             _iocport.tls_check(ssl, True)
+        self._bridge = None
+        if any(map(_is_async, (handler, on_connect, on_close))):
+            if _is_async(on_eof) or _is_async(on_drain):
+                raise TypeError("on_eof and on_drain must be plain functions "
+                                "(not async def)")
+            from ._aio import _Bridge
+            self._bridge = _Bridge(handler, on_connect, on_close, on_eof)
+            handler, on_connect, on_close, on_eof = self._bridge.callbacks()
+        elif _is_async(on_eof) or _is_async(on_drain):
+            raise TypeError("on_eof and on_drain must be plain functions "
+                            "(not async def)")
         self._ssl = ssl
         self._requested = backend
         self._core = _iocport.Server(
@@ -182,6 +206,8 @@ class Server:
         self._framing = framing
         self._addresses = []
         self._stopped = threading.Event()
+        self._waiters = []   # (loop, future) of every serve() awaiting
+        self._waiters_lock = threading.Lock()
 
     # -- listening ------------------------------------------------------
     def listen(self, host="127.0.0.1", port=0, *, backlog=1024, reuse_port=False,
@@ -232,8 +258,24 @@ class Server:
     def start(self):
         """Start serving in the background (native worker threads).  A
         server with no listener is a client: see connect()."""
+        bridge = self._bridge
+        if bridge is not None and not self.running:
+            import asyncio
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                raise RuntimeError(
+                    "this server's handler (or on_connect, on_close) is a "
+                    "coroutine function: start it from a running asyncio loop, "
+                    "with 'await server.serve()' or 'async with server'") from None
+            bridge.attach(loop)
         self._stopped.clear()
-        self._core.start()
+        try:
+            self._core.start()
+        except BaseException:
+            if bridge is not None and not self.running:
+                bridge.finish()
+            raise
         with _running_lock:
             _running.add(self)
         err = self._core.fallback_errno
@@ -347,6 +389,53 @@ class Server:
         with _running_lock:
             _running.discard(self)
         self._stopped.set()
+        if self._bridge is not None:
+            self._bridge.stopped()
+        with self._waiters_lock:
+            waiters = list(self._waiters)
+        for loop, waiter in waiters:
+            _on_loop(loop, _set_done, waiter)
+
+    async def serve(self):
+        """Serve from the running asyncio loop until stop() is called (from
+        any thread or task); start the server first if it is not running.
+
+        If the task awaiting it is cancelled, the server is stopped (without
+        blocking the loop) and CancelledError raised again.  The way to
+        serve a server whose handlers are coroutines (``async def``); a
+        plain one serves the same way, its handlers still on the workers::
+
+            async with iocport.Server(on_message) as server:
+                server.listen("127.0.0.1", 9000)
+                await server.serve()
+        """
+        import asyncio
+        loop = asyncio.get_running_loop()
+        waiter = (loop, loop.create_future())
+        with self._waiters_lock:
+            self._waiters.append(waiter)
+        try:
+            if not self.running:
+                self.start()
+            await waiter[1]
+        except asyncio.CancelledError:
+            await self._stop_async()
+            raise
+        finally:
+            with self._waiters_lock:
+                self._waiters.remove(waiter)
+        if self._bridge is not None and self._bridge.loop is loop:
+            self._bridge.finish()
+            await self._bridge.settle()
+
+    async def _stop_async(self):
+        """stop() in a thread, then what it left on this loop's thread."""
+        import asyncio
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, self.stop)
+        if self._bridge is not None and self._bridge.loop is loop:
+            self._bridge.finish()
+            await self._bridge.settle()
 
     def serve_forever(self, ready=None):
         """Serve until Ctrl-C, SIGTERM or stop() from another thread.
@@ -388,9 +477,45 @@ class Server:
         """Stop the server, however the with block ended."""
         self.stop()
 
+    async def __aenter__(self):
+        """Return the server (``async with Server(...) as server``)."""
+        return self
+
+    async def __aexit__(self, *exc):
+        """Stop the server without blocking the loop (the workers are joined
+        in a thread), however the block ended; then wait for the coroutine
+        handlers the stop cancelled, and the on_close coroutines."""
+        await self._stop_async()
+
     def __repr__(self):
         state = "running" if self.running else "stopped"
         return f"<iocport.Server {state} backend={self.backend} on {self._addresses}>"
+
+
+def _is_async(fn):
+    return fn is not None and inspect.iscoroutinefunction(fn)
+
+
+def _set_done(future):
+    if not future.done():
+        future.set_result(None)
+
+
+def _on_loop(loop, fn, *args):
+    """fn(*args) on `loop`'s thread: now if this is it, else soon (nothing
+    if that loop is closed)."""
+    import asyncio
+    try:
+        here = asyncio.get_running_loop() is loop
+    except RuntimeError:
+        here = False
+    if here:
+        fn(*args)
+        return
+    try:
+        loop.call_soon_threadsafe(fn, *args)
+    except RuntimeError:
+        pass
 
 
 class _Terminate(BaseException):

@@ -1,5 +1,5 @@
 """Type stubs for iocport.server."""
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 import os
 import ssl as _ssl
@@ -15,13 +15,16 @@ def default_backend() -> str: ...
 class Server:
     def __init__(
         self,
-        handler: Callable[[Connection, bytes], object] | None = None,
+        handler: Callable[[Connection, bytes], object]
+        | Callable[[Connection, bytes], Awaitable[object]] | None = None,
         *,
         framing: Framing | None = None,
         workers: int = 1,
         backend: str | None = None,
-        on_connect: Callable[[Connection], object] | None = None,
-        on_close: Callable[[Connection], object] | None = None,
+        on_connect: Callable[[Connection], object]
+        | Callable[[Connection], Awaitable[object]] | None = None,
+        on_close: Callable[[Connection], object]
+        | Callable[[Connection], Awaitable[object]] | None = None,
         on_eof: Callable[[Connection], object] | None = None,
         on_drain: Callable[[Connection], object] | None = None,
         max_message: int | None = None,
@@ -58,6 +61,9 @@ class Server:
     def adopt_file(self, fd: int) -> File: ...
     def stop(self) -> None: ...
     def serve_forever(self, ready: Callable[[], object] | None = None) -> None: ...
+    async def serve(self) -> None: ...
     def stats(self) -> dict[str, Any]: ...
     def __enter__(self) -> Server: ...
     def __exit__(self, *exc: object) -> None: ...
+    async def __aenter__(self) -> Server: ...
+    async def __aexit__(self, *exc: object) -> None: ...

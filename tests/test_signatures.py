@@ -25,8 +25,9 @@ from iocport import _iocport, framing, server
 # The stubs beside the modules they describe (installed with the package).
 STUB_DIR = Path(iocport.__file__).resolve().parent
 MODULES = {"_iocport": _iocport, "framing": framing, "server": server}
-# Dunder methods a reader calls through syntax (with) and that have stubs.
-DUNDERS = ("__enter__", "__exit__")
+# Dunder methods a reader calls through syntax (with, async with) and that have stubs.
+DUNDERS = ("__enter__", "__exit__", "__aenter__", "__aexit__")
+FUNCTION_DEFS = (ast.FunctionDef, ast.AsyncFunctionDef)
 NO_DEFAULT = object()
 UNKNOWN = object()   # a stub default spelled `...` (or an expression)
 KINDS = inspect.Parameter
@@ -63,11 +64,11 @@ def read_stub(name):
     tree = ast.parse((STUB_DIR / f"{name}.pyi").read_text())
     functions, classes = {}, {}
     for node in tree.body:
-        if isinstance(node, ast.FunctionDef):
+        if isinstance(node, FUNCTION_DEFS):
             functions[node.name] = stub_params(node)
         elif isinstance(node, ast.ClassDef):
             classes[node.name] = {m.name: stub_params(m) for m in node.body
-                                  if isinstance(m, ast.FunctionDef)}
+                                  if isinstance(m, FUNCTION_DEFS)}
     return functions, classes
 
 
