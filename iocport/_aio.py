@@ -295,4 +295,4 @@ class _Bridge:
         log.error("%s raised; closing connection %d", _WHAT[kind], conn.id,
                   exc_info=exc)
         self.aborted.add(conn)
-        conn.abort()
+        conn._abort_handler()   # (close_reason "handler", as for a sync handler)

@@ -212,8 +212,11 @@ def test_an_exception_is_logged_and_aborts_that_connection_only(backend, arun, c
             raise ValueError("boom in a coroutine")
         conn.send(msg)
 
+    reasons = []
+
     async def main():
-        async with server(backend, on_message) as srv:
+        async with server(backend, on_message,
+                          on_close=lambda conn: reasons.append(conn.close_reason)) as srv:
             address = srv.listen()
             srv.start()
             other_r, other_w = await asyncio.open_connection(*address)
@@ -225,6 +228,8 @@ def test_an_exception_is_logged_and_aborts_that_connection_only(backend, arun, c
             w.close()
             other_w.write(frame(b"still here"))
             assert await read_msg(other_r) == b"still here"
+            await until(lambda: reasons, "on_close of the aborted connection")
+            assert reasons == ["handler"]   # (the other one is still open)
             other_w.close()
 
     with caplog.at_level(logging.ERROR, logger="iocport"):

@@ -118,7 +118,17 @@ conn_fail(struct conn *c, enum close_reason why, int err)
 void
 conn_abort(struct conn *c, enum close_reason why)
 {
-    conn_fail(c, why, 0);
+    if (on_worker_thread(c->w)) {
+        conn_fail(c, why, 0);
+        return;
+    }
+    pthread_mutex_lock(&c->lock);
+    if (c->state < CONN_CLOSING) {
+        c->close_req = 2;
+        c->close_why = (uint8_t)why;
+        conn_post(c);
+    }
+    pthread_mutex_unlock(&c->lock);
 }
 
 void

@@ -267,7 +267,7 @@ int conn_send_file(struct conn *c, struct xfer *x);
 /* Graceful: stop handling input, send what is queued, FIN, wait for the
  * peer's; else at once.  Any thread. */
 void conn_close(struct conn *c, int graceful);
-/* Dispatch: close at once, counting `why` (a handler raised). */
+/* Close at once, counting `why` (a handler raised).  Any thread. */
 void conn_abort(struct conn *c, enum close_reason why);
 size_t conn_unsent(struct conn *c);
 /* Whether the unsent bytes are at most max_unsent; when not, the

@@ -163,6 +163,15 @@ conn_abort_m(ConnObject *self, PyObject *Py_UNUSED(ignored))
     Py_RETURN_NONE;
 }
 
+/* iocport's asyncio layer: a coroutine handler raised (reason 'handler'). */
+static PyObject *
+conn_abort_handler_m(ConnObject *self, PyObject *Py_UNUSED(ignored))
+{
+    if (self->c != NULL)
+        conn_abort(self->c, CLOSE_HANDLER);
+    Py_RETURN_NONE;
+}
+
 static PyObject *
 sockaddr_to_py(const struct sockaddr *sa, socklen_t len)
 {
@@ -300,6 +309,10 @@ static PyMethodDef conn_methods[] = {
      "Stop receiving, send what is queued, then close.  Idempotent."},
     {"abort", (PyCFunction)conn_abort_m, METH_NOARGS,
      "abort($self, /)\n--\n\nClose at once, dropping unsent data."},
+    {"_abort_handler", (PyCFunction)conn_abort_handler_m, METH_NOARGS,
+     "_abort_handler($self, /)\n--\n\n"
+     "Close at once as after a handler that raised (close_reason 'handler');\n"
+     "for iocport's asyncio layer, whose handlers run on the loop's thread."},
     {NULL, NULL, 0, NULL},
 };
 
