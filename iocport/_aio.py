@@ -63,26 +63,28 @@ async def _continue(coro, value):
 
 
 class _Busy:
-    """A connection whose coroutine is suspended: the Task, and the events
-    that came for that connection since."""
+    """A connection with a coroutine suspended: the Tasks running its
+    events, and the events that came since and wait their turn."""
 
-    __slots__ = ("task", "queue")
+    __slots__ = ("running", "barrier", "queue")
 
     def __init__(self):
-        self.task = None
+        self.running = set()
+        self.barrier = False   # what runs is on_connect, on_eof or on_close
         self.queue = deque()
 
 
 class _Bridge:
     """The worker-to-loop handoff of one Server."""
 
-    def __init__(self, handler, on_connect, on_close, on_eof):
+    def __init__(self, handler, on_connect, on_close, on_eof, per_connection=1):
         for name, fn in (("handler", handler), ("on_connect", on_connect),
                          ("on_close", on_close), ("on_eof", on_eof)):
             if fn is not None and not callable(fn):
                 raise TypeError(f"{name} must be callable or None, "
                                 f"got {type(fn).__name__}")
         self.fns = (handler, on_connect, on_eof, on_close)
+        self.per_connection = per_connection
         self.queue = deque()
         self.signalled = False
         self.draining = False
@@ -171,22 +173,16 @@ class _Bridge:
         self.fd = -1
 
     def stopped(self):
-        """The core has stopped (called from any thread): finish() on the
-        loop's thread, now if this is it."""
+        """The core has stopped (called from any thread): finish() soon on
+        the loop's thread -- never inside stop() itself, which a handler
+        may be the one calling (nothing runs under its feet)."""
         loop = self.loop
         if loop is None or self.fd < 0:
             return
         try:
-            here = asyncio.get_running_loop() is loop
-        except RuntimeError:
-            here = False
-        if here:
-            self.finish()
-        else:
-            try:
-                loop.call_soon_threadsafe(self.finish)
-            except RuntimeError:   # that loop is closed
-                pass
+            loop.call_soon_threadsafe(self.finish)
+        except RuntimeError:   # that loop is closed
+            pass
 
     async def settle(self):
         """Wait for the Tasks still running (cancelled ones end, on_close
@@ -214,42 +210,55 @@ class _Bridge:
                 kind, conn, arg = popleft()
                 b = busy.get(conn)
                 if b is None:
-                    self._run(conn, kind, arg, None)
+                    task = self._start(conn, kind, arg)
+                    if task is not None:
+                        b = busy[conn] = _Busy()
+                        self._track(conn, b, kind, arg, task)
                 elif kind == _CLOSE:
-                    # Closed: cancel what is pending, drop what is queued.
+                    # Closed: cancel what runs, drop what waits.
                     b.queue.clear()
                     b.queue.append((_CLOSE, None))
-                    b.task.cancel()
+                    for task in b.running:
+                        task.cancel()
                 else:
                     b.queue.append((kind, arg))
+                    if kind == _MSG and self.per_connection > 1:
+                        self._pump(conn, b)
         finally:
             self.draining = False
 
-    def _run(self, conn, kind, arg, b):
-        """Run the events of a connection from (kind, arg) on, in order,
-        until one suspends (then its Task goes on later) or none is left."""
-        while True:
+    def _pump(self, conn, b):
+        """Start the events of a busy connection that may start now, in
+        order: a message beside the messages running while fewer than
+        per_connection run; anything else alone."""
+        queue = b.queue
+        while queue:
+            kind, arg = queue[0]
+            if b.running and (kind != _MSG or b.barrier or
+                              len(b.running) >= self.per_connection):
+                return
+            queue.popleft()
             task = self._start(conn, kind, arg)
             if task is not None:
-                if b is None:
-                    b = self.busy[conn] = _Busy()
-                b.task = task
-                self.tasks.add(task)
-                task.add_done_callback(partial(self._done, conn, kind))
-                return
-            if b is None or not b.queue:
-                if b is not None:
-                    del self.busy[conn]
-                return
-            kind, arg = b.queue.popleft()
+                self._track(conn, b, kind, arg, task)
+        if not b.running and self.busy.get(conn) is b:
+            del self.busy[conn]
+
+    def _track(self, conn, b, kind, arg, task):
+        b.running.add(task)
+        b.barrier = kind != _MSG
+        self.tasks.add(task)
+        task.add_done_callback(partial(self._done, conn, b, kind, arg))
 
     def _start(self, conn, kind, arg):
-        """Start one event's callback; its Task if it suspended, else None."""
+        """Start one event's callback; its Task if it suspended, else None
+        (a message that ends here is given back to the core's count)."""
         if kind == _CLOSE:
             self.aborted.discard(conn)
         elif conn in self.aborted:
             return None   # a coroutine of this connection raised: dropped
         fn = self.fns[kind]
+        coro = None
         try:
             if kind == _MSG:
                 result = fn(conn, arg)
@@ -257,36 +266,36 @@ class _Bridge:
                 result = fn(conn)
             else:
                 result = None
-            if type(result) is not types.CoroutineType:
-                if kind == _EOF and not result:
-                    conn.close()   # every message handled: close it now
-                return None
-            value = result.send(None)
-        except StopIteration as stop:
-            if kind == _EOF and not stop.value:
-                conn.close()
-            return None
+            if type(result) is types.CoroutineType:
+                coro = result
+                value = coro.send(None)
+        except StopIteration as stop:   # the common case: it did not suspend
+            coro, result = None, stop.value
         except (Exception, asyncio.CancelledError) as exc:
             self._failed(conn, kind, exc)
             return None
-        return self.loop.create_task(_continue(result, value))
+        if coro is not None:
+            return self.loop.create_task(_continue(coro, value))
+        self._ended(conn, kind, arg, result)
+        return None
 
-    def _done(self, conn, kind, task):
+    def _ended(self, conn, kind, arg, result):
+        if kind == _MSG:
+            conn._handled(arg)   # no longer counts toward backpressure
+        elif kind == _EOF and not result:
+            conn.close()   # every message handled: close it now
+
+    def _done(self, conn, b, kind, arg, task):
         self.tasks.discard(task)
-        if not task.cancelled():
-            exc = task.exception()
-            if exc is not None:
-                self._failed(conn, kind, exc)
-            elif kind == _EOF and not task.result():
-                conn.close()
-        b = self.busy.get(conn)
-        if b is None or b.task is not task:
-            return
-        if not b.queue:
-            del self.busy[conn]
-            return
-        kind, arg = b.queue.popleft()
-        self._run(conn, kind, arg, b)
+        b.running.discard(task)
+        if task.cancelled():
+            pass
+        elif task.exception() is not None:
+            self._failed(conn, kind, task.exception())
+        else:
+            self._ended(conn, kind, arg, task.result())
+        if self.busy.get(conn) is b:
+            self._pump(conn, b)
 
     def _failed(self, conn, kind, exc):
         if kind == _CLOSE:

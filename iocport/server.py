@@ -124,6 +124,11 @@ class Server:
     native_echo
         Echo every message in C without calling Python (then ``handler``
         may be None): the ceiling, for benchmarks.
+    handlers_per_connection
+        For a coroutine handler: how many messages of one connection it may
+        handle at once (default 1: one at a time, in order).  Above 1, a
+        message starts while earlier ones are suspended, in arrival order;
+        on_connect, on_eof and on_close still run alone.
 
     **Nothing owed is lost**: when the peer half-closes, or sends a bad
     frame, every whole message before it is still handled and every reply
@@ -147,7 +152,9 @@ class Server:
     order per connection; a close cancels the one suspended and drops the
     messages queued behind it.  Such a server is served from a running
     loop, ``async with`` (which stops it without blocking the loop) and
-    ``await server.serve()``::
+    ``await server.serve()``.  Messages a coroutine has not finished count
+    toward ``max_unsent``, as unsent replies do: while its handlers lag, a
+    connection stops receiving, so memory stays bounded::
 
         async with iocport.Server(on_message) as server:
             server.listen("127.0.0.1", 9000)
@@ -159,7 +166,8 @@ class Server:
                  max_message=None, max_unsent=4 * 1024 * 1024,
                  unsent_limit=64 * 1024 * 1024, max_connections=100_000,
                  idle_timeout=None, half_close_timeout=30.0,
-                 native_echo=False, ssl=None, ssl_handshake_timeout=60.0):
+                 native_echo=False, ssl=None, ssl_handshake_timeout=60.0,
+                 handlers_per_connection=1):
         if framing is None:
             framing = LengthPrefixed(4)
         if not isinstance(framing, Framing):
@@ -181,17 +189,20 @@ class Server:
                           f"{os.strerror(err)} (use backend='epoll' or 'auto')")
         if ssl is not None:
             _iocport.tls_check(ssl, True)
+        _check_int("handlers_per_connection", handlers_per_connection)
         self._bridge = None
-        if any(map(_is_async, (handler, on_connect, on_close))):
-            if _is_async(on_eof) or _is_async(on_drain):
-                raise TypeError("on_eof and on_drain must be plain functions "
-                                "(not async def)")
-            from ._aio import _Bridge
-            self._bridge = _Bridge(handler, on_connect, on_close, on_eof)
-            handler, on_connect, on_close, on_eof = self._bridge.callbacks()
-        elif _is_async(on_eof) or _is_async(on_drain):
+        if _is_async(on_eof) or _is_async(on_drain):
             raise TypeError("on_eof and on_drain must be plain functions "
                             "(not async def)")
+        if any(map(_is_async, (handler, on_connect, on_close))):
+            from ._aio import _Bridge
+            self._bridge = _Bridge(handler, on_connect, on_close, on_eof,
+                                   handlers_per_connection)
+            handler, on_connect, on_close, on_eof = self._bridge.callbacks()
+        elif handlers_per_connection != 1:
+            raise ValueError("handlers_per_connection is for a coroutine "
+                             "handler (async def); this handler is a plain "
+                             "function, which handles one message at a time")
         self._ssl = ssl
         self._requested = backend
         self._core = _iocport.Server(
@@ -202,7 +213,8 @@ class Server:
             unsent_limit=unsent_limit, max_connections=max_connections,
             idle_timeout=idle_timeout, half_close_timeout=half_close_timeout,
             native_echo=bool(native_echo), fallback=backend == "auto",
-            ssl_handshake_timeout=ssl_handshake_timeout)
+            ssl_handshake_timeout=ssl_handshake_timeout,
+            hold_messages=self._bridge is not None and handler is not None)
         self._framing = framing
         self._addresses = []
         self._stopped = threading.Event()
@@ -463,7 +475,8 @@ class Server:
     def stats(self):
         """Counters, as a dict: connections (live), accepted, closed,
         messages and bytes in and out, ``errors`` by close reason,
-        accept_errors, refused, ``backend``, and ``workers``: per worker,
+        accept_errors, refused, ``pauses`` (times a connection stopped
+        receiving for backpressure), ``backend``, and ``workers``: per worker,
         its live ``connections`` and those it was ever given (``opened``)."""
         s = self._core.stats()
         s["backend"] = self.backend

@@ -36,6 +36,7 @@ class Server:
         native_echo: bool = False,
         ssl: _ssl.SSLContext | None = None,
         ssl_handshake_timeout: float | None = 60.0,
+        handlers_per_connection: int = 1,
     ) -> None: ...
     def listen(self, host: str = "127.0.0.1", port: int = 0, *, backlog: int = 1024,
                reuse_port: bool = False,

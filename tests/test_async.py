@@ -108,27 +108,29 @@ def test_echo_through_a_coroutine_handler(backend, arun):
     arun(main())
 
 
-def test_handlers_awaiting_sleep_on_200_connections(backend, arun):
-    waiting = []
-    peak = [0]
+def test_handlers_awaiting_on_1000_connections_at_once(backend, arun):
+    n = 1000
+    waiting = set()
 
     async def on_message(conn, msg):
-        waiting.append(conn)
-        peak[0] = max(peak[0], len(waiting))
-        await asyncio.sleep(0.05)
-        waiting.remove(conn)
+        waiting.add(conn)
+        if len(waiting) == n:
+            everyone.set()   # all 1,000 handlers are suspended at once
+        await everyone.wait()
+        await asyncio.sleep(0.01)
         conn.send(msg[::-1])
 
     async def main():
+        nonlocal everyone
+        everyone = asyncio.Event()
         async with server(backend, on_message) as srv:
             address = srv.listen()
             srv.start()
             replies = await asyncio.gather(
-                *(exchange(address, [b"abc%d" % i]) for i in range(200)))
-            assert replies == [[(b"abc%d" % i)[::-1]] for i in range(200)]
-        # the loop was not blocked: handlers of many connections were
-        # suspended at once
-        assert peak[0] > 1
+                *(exchange(address, [b"abc%d" % i]) for i in range(n)))
+            assert replies == [[(b"abc%d" % i)[::-1]] for i in range(n)]
+        assert len(waiting) == n
+    everyone = None
     arun(main())
 
 
@@ -462,3 +464,151 @@ def test_cli_echo_async_answers(backend):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+# ---- backpressure, several at once, stop from a handler ---------------------
+
+def test_unhandled_messages_pause_receiving(backend, arun):
+    """While a coroutine lags, its connection's unhandled messages count
+    toward max_unsent: receiving stops, so what the server holds stays
+    bounded however much the peer sends; then every message is handled,
+    in order."""
+    size, count, max_unsent = 1024, 16384, 64 * 1024   # 16 MiB sent
+    handled = []
+
+    async def on_message(conn, msg):
+        await release.wait()
+        handled.append(msg[:8])
+        conn.send(msg[:8])
+
+    async def main():
+        nonlocal release
+        release = asyncio.Event()
+        async with server(backend, on_message, max_unsent=max_unsent) as srv:
+            address = srv.listen()
+            srv.start()
+            reader, writer = await asyncio.open_connection(*address)
+            msgs = [struct.pack(">Q", i) + bytes(size - 8) for i in range(count)]
+            writer.write(b"".join(frame(m) for m in msgs))
+            await until(lambda: srv.stats()["pauses"] >= 1, "a pause")
+            held = srv.stats()["messages_in"]
+            # max_unsent's worth of messages, give or take a turn's worth
+            # (a turn frames what one receive brought): not 16 MiB.
+            assert held <= 4 * max_unsent // size, held
+            assert writer.transport.get_write_buffer_size() > 0
+            release.set()
+            replies = [await read_msg(reader) for _ in range(count)]
+            assert replies == [struct.pack(">Q", i) for i in range(count)]
+            writer.close()
+        assert handled == [struct.pack(">Q", i) for i in range(count)]
+    release = None
+    arun(main())
+
+
+def test_several_messages_of_a_connection_at_once(backend, arun):
+    limit = 4
+    running, starts, peak = set(), [], [0]
+
+    async def on_connect(conn):
+        await asyncio.sleep(0)
+        starts.append("open")
+
+    async def on_message(conn, msg):
+        n = int(msg)
+        starts.append(n)
+        running.add(n)
+        peak[0] = max(peak[0], len(running))
+        try:
+            if n == 0:
+                await third_done.wait()   # 0 and 3 run at once
+            else:
+                await asyncio.sleep(0)
+        finally:
+            running.discard(n)
+        conn.send(msg)
+        if n == limit - 1:
+            third_done.set()
+
+    async def on_close(conn):
+        assert not running   # on_close waits for every handler of conn
+        starts.append("close")
+
+    async def main():
+        nonlocal third_done
+        third_done = asyncio.Event()
+        async with server(backend, on_message, on_connect=on_connect,
+                          on_close=on_close,
+                          handlers_per_connection=limit) as srv:
+            address = srv.listen()
+            srv.start()
+            reader, writer = await asyncio.open_connection(*address)
+            writer.write(b"".join(frame(b"%d" % i) for i in range(40)))
+            replies = [int(await read_msg(reader)) for _ in range(40)]
+            assert replies.index(limit - 1) < replies.index(0)
+            assert sorted(replies) == list(range(40))
+            writer.close()
+            await until(lambda: starts[-1:] == ["close"], "on_close")
+        # started in order, on_connect first; never more than the limit
+        assert starts == ["open"] + list(range(40)) + ["close"]
+        assert 2 <= peak[0] <= limit
+    third_done = None
+    arun(main())
+
+
+@pytest.mark.parametrize("value, error", [(0, ValueError), (-1, ValueError),
+                                          ("2", TypeError), (2.0, TypeError),
+                                          (True, TypeError)])
+def test_handlers_per_connection_is_checked(value, error):
+    async def on_message(conn, msg):
+        pass
+    with pytest.raises(error, match="handlers_per_connection"):
+        iocport.Server(on_message, handlers_per_connection=value)
+
+
+def test_handlers_per_connection_needs_a_coroutine_handler():
+    with pytest.raises(ValueError, match="coroutine handler"):
+        iocport.Server(lambda conn, msg: None, handlers_per_connection=2)
+
+
+@pytest.mark.parametrize("suspend", [False, True])
+def test_stop_from_a_coroutine_handler(backend, arun, suspend, caplog):
+    closed, events = [], []
+
+    async def on_message(conn, msg):
+        if suspend:
+            await asyncio.sleep(0)
+        conn.send(msg)
+        if msg == b"stop":
+            srv.stop()
+            events.append("handler returns")
+
+    async def on_close(conn):
+        closed.append(conn.close_reason)
+        events.append("on_close")
+
+    async def main():
+        nonlocal srv
+        srv = server(backend, on_message, on_close=on_close)
+        address = srv.listen()
+        others = []
+        async with srv:
+            serving = asyncio.ensure_future(srv.serve())
+            await until(lambda: srv.running, "the server to run")
+            for _ in range(3):
+                others.append(await asyncio.open_connection(*address))
+            for _, w in others:
+                w.write(frame(b"hello"))
+            for r, _ in others:
+                assert await read_msg(r) == b"hello"
+            assert await exchange(address, [b"stop"]) == [b"stop"]
+            await asyncio.wait_for(serving, DEADLINE)   # serve() returns
+        assert not srv.running
+        assert len(closed) == 4
+        # the stopping handler finished before any on_close ran
+        assert events == ["handler returns"] + ["on_close"] * 4
+        for _, w in others:
+            w.close()
+    srv = None
+    with caplog.at_level(logging.ERROR, logger="iocport"):
+        arun(main())
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]

@@ -174,6 +174,8 @@ struct server_config {
                                     always have it) */
     uint8_t want_eof;            /* ... ENTRY_EOF */
     uint8_t want_drain;          /* ... ENTRY_DRAIN */
+    uint8_t hold_msgs;           /* handlers finish messages later, on
+                                    another thread (conn_held_done) */
     int64_t tls_handshake_ms;    /* a TLS handshake not over by then
                                     fails; 0: no limit */
 };
@@ -193,6 +195,8 @@ struct server_stats {
     unsigned connections;
     uint64_t accepted, closed, msgs_in, msgs_out, bytes_in, bytes_out;
     uint64_t accept_errors, refused;
+    uint64_t pauses;             /* times a connection stopped receiving
+                                    for backpressure */
     uint64_t errors[CLOSE_REASON_COUNT];
 };
 
@@ -278,6 +282,13 @@ int conn_writable(struct conn *c);
  * c alive. */
 void conn_hold(struct conn *c);
 void conn_unhold(struct conn *c);
+
+/* With cfg.hold_msgs, a message of `len` bytes delivered to the dispatch
+ * layer counts toward c's backpressure (as unsent bytes do: receiving
+ * pauses above max_unsent, resumes at half) until this is called for it,
+ * once it is handled.  Any thread; the count is its bytes plus what
+ * carrying it costs (HELD_MSG_COST). */
+void conn_held_done(struct conn *c, size_t len);
 
 /* The dispatch layer's object for c, or NULL; attaching keeps c alive
  * until conn_detach (which the dispatch layer calls after ENTRY_CLOSE). */

@@ -143,6 +143,10 @@ struct conn {
     /* Ciphertext sealed and not yet with the kernel: written by the
      * worker, read by senders for the unsent count (relaxed). */
     _Atomic size_t tls_queued;
+    /* Messages delivered and not yet finished by a handler that finishes
+     * them later (cfg.hold_msgs): their held_cost(), added by the worker
+     * before delivery, taken off by conn_held_done() from any thread. */
+    _Atomic size_t held;
 };
 
 /* An outgoing connection's addresses, tried in turn until one connects or
@@ -160,6 +164,7 @@ struct dial {
 struct stats {
     _Atomic uint64_t accepted, closed, msgs_in, msgs_out, bytes_in, bytes_out;
     _Atomic uint64_t accept_errors, refused;
+    _Atomic uint64_t pauses;     /* receiving stopped for backpressure */
     _Atomic uint64_t errors[CLOSE_REASON_COUNT];
 };
 
@@ -368,6 +373,17 @@ conn_unsent_locked(const struct conn *c)
 {
     return c->olen + (c->rq ? c->rq->obytes : 0) + (c->slen - sent_off(c)) +
            atomic_load_explicit(&c->tls_queued, memory_order_relaxed);
+}
+
+/* What a held message (cfg.hold_msgs) counts toward backpressure: its
+ * bytes, and about what the objects carrying it to its handler cost (a
+ * Python bytes object and a queue entry), so empty messages count too. */
+#define HELD_MSG_COST 128
+
+static inline size_t
+held_cost(size_t len)
+{
+    return len + HELD_MSG_COST;
 }
 
 /* An operation ended by our cancel: -ECANCELED, or, once we are closing,

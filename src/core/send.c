@@ -163,14 +163,29 @@ static int
 send_backpressure(struct conn *c, size_t unsent)
 {
     size_t hi = c->w->srv->cfg.max_unsent;
+    unsent += atomic_load_explicit(&c->held, memory_order_relaxed);
     if (!c->paused && unsent > hi) {
         c->paused = 1;
+        stat_add(&c->w->srv->stats.pauses, 1);
         recv_update(c);
     } else if (c->paused && unsent <= hi / 2) {
         c->paused = 0;
         return 1;
     }
     return 0;
+}
+
+void
+conn_held_done(struct conn *c, size_t len)
+{
+    size_t cost = held_cost(len), half = c->w->srv->cfg.max_unsent / 2;
+    size_t before = atomic_fetch_sub_explicit(&c->held, cost,
+                                              memory_order_relaxed);
+    /* Back to half: the worker looks again (send_settle), and resumes
+     * receiving if the rest allows.  Once per crossing, not per message;
+     * the mailbox orders this count before its look. */
+    if (before > half && before - cost <= half)
+        conn_post(c);
 }
 
 /* The queued references go out with the buffer just swapped in (lock). */

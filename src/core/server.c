@@ -643,6 +643,7 @@ server_get_stats(struct server *s, struct server_stats *out)
     out->bytes_out = LD(st->bytes_out);
     out->accept_errors = LD(st->accept_errors);
     out->refused = LD(st->refused);
+    out->pauses = LD(st->pauses);
     for (int i = 0; i < CLOSE_REASON_COUNT; i++)
         out->errors[i] = LD(st->errors[i]);
 #undef LD

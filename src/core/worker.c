@@ -175,8 +175,13 @@ dispatch_batch(struct worker *w)
          * nothing they can call receives, frames or compacts.) */
         for (unsigned i = 0; i < n; i++) {
             struct entry *e = &w->batch[i];
-            if (e->kind == ENTRY_MSG && e->ptr == NULL)
+            if (e->kind != ENTRY_MSG)
+                continue;
+            if (e->ptr == NULL)
                 e->ptr = e->c->rbuf + e->off;
+            if (s->cfg.hold_msgs)   /* before its handler can finish it */
+                atomic_fetch_add_explicit(&e->c->held, held_cost(e->len),
+                                          memory_order_relaxed);
         }
         s->dops->dispatch(w, 0, n);
         /* Handlers may have closed connections and queued CLOSE entries
@@ -187,16 +192,21 @@ dispatch_batch(struct worker *w)
             s->dops->dispatch(w, from, n);
         }
         for (unsigned i = 0; i < n; i++) {
-            struct conn *c = w->batch[i].c;
+            struct entry *e = &w->batch[i];
+            struct conn *c = e->c;
             if (c == NULL)
                 continue;   /* a file completion: the dispatch layer owns it */
-            if (w->batch[i].kind == ENTRY_MSG)
+            /* send_flush() decides whether to close (and, with held
+             * messages, whether to pause receiving). */
+            int look = e->kind == ENTRY_EOF;
+            if (e->kind == ENTRY_MSG) {
                 w->delivered = 1;   /* and gave a reference back first */
-            if (((w->batch[i].kind == ENTRY_MSG && --c->queued == 0 &&
-                  (c->peer_eof || c->graceful || c->bad_input)) ||
-                 w->batch[i].kind == ENTRY_EOF) &&
-                c->state <= CONN_DRAINING)
-                mark_dirty(w, c);   /* send_flush() decides whether to close */
+                look = (--c->queued == 0 &&
+                        (c->peer_eof || c->graceful || c->bad_input)) ||
+                       s->cfg.hold_msgs;
+            }
+            if (look && c->state <= CONN_DRAINING)
+                mark_dirty(w, c);
             conn_unref(c);
         }
         w->nbatch = 0;

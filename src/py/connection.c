@@ -172,6 +172,18 @@ conn_abort_handler_m(ConnObject *self, PyObject *Py_UNUSED(ignored))
     Py_RETURN_NONE;
 }
 
+/* iocport's asyncio layer: a held message is handled (hold_messages). */
+static PyObject *
+conn_handled_m(ConnObject *self, PyObject *msg)
+{
+    if (!PyBytes_Check(msg))
+        return PyErr_Format(PyExc_TypeError, "_handled() takes the message "
+                            "(bytes), got %s", Py_TYPE(msg)->tp_name);
+    if (self->c != NULL)
+        conn_held_done(self->c, (size_t)PyBytes_GET_SIZE(msg));
+    Py_RETURN_NONE;
+}
+
 static PyObject *
 sockaddr_to_py(const struct sockaddr *sa, socklen_t len)
 {
@@ -313,6 +325,11 @@ static PyMethodDef conn_methods[] = {
      "_abort_handler($self, /)\n--\n\n"
      "Close at once as after a handler that raised (close_reason 'handler');\n"
      "for iocport's asyncio layer, whose handlers run on the loop's thread."},
+    {"_handled", (PyCFunction)conn_handled_m, METH_O,
+     "_handled($self, msg, /)\n--\n\n"
+     "The message `msg` is handled: it no longer counts toward this\n"
+     "connection's backpressure (a Server made with hold_messages=True;\n"
+     "for iocport's asyncio layer)."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -178,7 +178,7 @@ server_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
                              "max_connections", "idle_timeout", "native_echo",
                              "fallback", "bufsize", "on_eof", "on_drain",
                              "half_close_timeout", "unsent_limit",
-                             "ssl_handshake_timeout", NULL};
+                             "ssl_handshake_timeout", "hold_messages", NULL};
     PyObject *handler, *framing, *on_connect = Py_None, *on_close = Py_None;
     PyObject *on_eof = Py_None, *on_drain = Py_None;
     PyObject *workers_o = NULL, *max_unsent_o = NULL, *unsent_limit_o = NULL;
@@ -188,17 +188,17 @@ server_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     long long workers = 1, max_conns = 100000, bufsize = 16384;
     long long max_unsent = 4 << 20, unsent_limit = 64LL << 20;
     double idle = 0.0, half_close = 30.0, handshake = 60.0;
-    int native_echo = 0, fallback = 1;
+    int native_echo = 0, fallback = 1, hold = 0;
     struct server_config cfg;
 
     memset(&cfg, 0, sizeof(cfg));
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO|$OsOOOOOppOOOOOO", kwlist,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO|$OsOOOOOppOOOOOOp", kwlist,
                                      &handler, &framing, &workers_o, &backend,
                                      &on_connect, &on_close, &max_unsent_o,
                                      &max_conns_o, &idle_o, &native_echo,
                                      &fallback, &bufsize_o, &on_eof, &on_drain,
                                      &half_close_o, &unsent_limit_o,
-                                     &handshake_o))
+                                     &handshake_o, &hold))
         return NULL;
     if (handler == Py_None && !native_echo)
         return PyErr_Format(PyExc_TypeError, "handler is required (a "
@@ -230,6 +230,7 @@ server_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     cfg.workers = (unsigned)workers;
     cfg.fallback = fallback;
     cfg.native_echo = native_echo;
+    cfg.hold_msgs = (uint8_t)hold;
     cfg.max_unsent = (size_t)max_unsent;
     cfg.max_connections = (unsigned)max_conns;
     cfg.idle_timeout_ms = seconds_to_ms(idle);
@@ -507,13 +508,14 @@ server_stats_m(ServerObject *self, PyObject *Py_UNUSED(ignored))
     }
 #define U(x) ((unsigned long long)(x))
     return Py_BuildValue(
-        "{sIsKsKsKsKsKsKsKsKsKsNsN}",
+        "{sIsKsKsKsKsKsKsKsKsKsKsNsN}",
         "connections", st.connections,
         "accepted", U(st.accepted), "closed", U(st.closed),
         "messages_in", U(st.msgs_in), "messages_out", U(st.msgs_out),
         "bytes_in", U(st.bytes_in), "bytes_out", U(st.bytes_out),
         "eof", U(st.errors[CLOSE_EOF]),
         "accept_errors", U(st.accept_errors), "refused", U(st.refused),
+        "pauses", U(st.pauses),
         "errors", errors, "workers", per);
 #undef U
 }
@@ -579,7 +581,8 @@ static PyType_Slot server_slots[] = {
      " on_close=None, max_unsent=4194304, max_connections=100000,"
      " idle_timeout=None, native_echo=False, fallback=True, bufsize=16384,"
      " on_eof=None, on_drain=None, half_close_timeout=30.0,"
-     " unsent_limit=67108864, ssl_handshake_timeout=60.0)\n--\n\n"
+     " unsent_limit=67108864, ssl_handshake_timeout=60.0,"
+     " hold_messages=False)\n--\n\n"
      "The native engine behind iocport.Server, which is the one to use: it\n"
      "resolves the backend and makes the listening sockets."},
     {Py_tp_new, server_new},
