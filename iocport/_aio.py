@@ -1,21 +1,25 @@
 """Coroutine handlers: iocport inside an asyncio loop.
 
 When a Server's handler, on_connect or on_close is an ``async def``
-function, the native workers do not call it: they call the small sync
-trampolines of a _Bridge, which append ``(kind, conn, msg)`` to a deque and
-wake the loop through an eventfd watched with ``loop.add_reader`` -- once
-per batch: only the append that finds no wake-up pending writes the eventfd
-(``signalled``), so a worker's turn of many messages costs one wake-up, and
-never a ``call_soon_threadsafe`` per message.
+function, the native workers do not call it: its messages go to a native
+hand-off (``_iocport._Bridge``, src/py/bridge.c), which queues them and
+wakes the loop through an eventfd watched with ``loop.add_reader`` -- once
+per batch: only the event that finds no wake-up pending writes the eventfd,
+so a worker's turn of many messages costs one wake-up, and never a
+``call_soon_threadsafe`` per message.  on_connect, on_eof and on_close
+events come through the small trampolines below into the same queue.
 
-On the loop's thread each coroutine is started eagerly (``coro.send(None)``,
-as Python 3.12's eager tasks do, by hand so 3.10 and 3.11 behave the same):
-one that finishes without suspending costs no Task; one that suspends is
-wrapped in a Task that continues it from where it stopped.  Per connection,
-one at a time and in order: while a connection's coroutine is suspended its
-later events wait in that connection's own deque.  A close cancels the
-pending coroutine and drops the messages queued behind it; on_close runs
-after it.
+On the loop's thread each coroutine is started eagerly (as Python 3.12's
+eager tasks do, by hand so 3.10 and 3.11 behave the same): one that
+finishes without suspending costs no Task; one that suspends is wrapped in
+a Task that continues it from where it stopped.  The bridge runs a message
+of a connection with nothing suspended itself, in C; everything else comes
+here.  Per connection, in order, one at a time (or up to
+handlers_per_connection messages at once): while a connection's coroutine
+is suspended its later events wait in that connection's own deque.  A
+close cancels what is pending and drops the messages queued behind it;
+on_close runs after it.  A message counts toward the connection's
+backpressure until its coroutine ends.
 """
 import asyncio
 import inspect
@@ -27,7 +31,11 @@ from functools import partial
 
 log = logging.getLogger("iocport")
 
-_MSG, _OPEN, _EOF, _CLOSE = 0, 1, 2, 3
+from ._iocport import _Bridge as _Native
+from ._iocport import _EV_CLOSE as _CLOSE
+from ._iocport import _EV_EOF as _EOF
+from ._iocport import _EV_MSG as _MSG
+from ._iocport import _EV_OPEN as _OPEN
 _WHAT = ("handler", "on_connect", "on_eof", "on_close")
 
 
@@ -85,45 +93,32 @@ class _Bridge:
                                 f"got {type(fn).__name__}")
         self.fns = (handler, on_connect, on_eof, on_close)
         self.per_connection = per_connection
-        self.queue = deque()
-        self.signalled = False
-        self.draining = False
         self.fd = -1
         self.loop = None
         self.busy = {}        # conn -> _Busy
         self.aborted = set()  # conns whose coroutine raised, until their close
         self.tasks = set()    # the Tasks of suspended coroutines
+        self.native = _Native(handler, self.busy, self.aborted, self._event,
+                              self._suspended, self._failed,
+                              asyncio.CancelledError)
 
     # -- on the workers (GIL held) ----------------------------------------
     def callbacks(self):
         """(handler, on_connect, on_close, on_eof) for the native core."""
-        bridge = self
-        queue = self.queue
-        append = queue.append
-        write = os.eventfd_write
+        native = self.native
+        push = native.push
         busy = self.busy
         aborted = self.aborted
         handler, on_connect, on_eof, on_close = self.fns
 
-        def wake():
-            bridge.signalled = True
-            write(bridge.fd, 1)
-
-        def message(conn, msg):
-            append((_MSG, conn, msg))
-            if not bridge.signalled:
-                wake()
-
         def connected(conn):
-            append((_OPEN, conn, None))
-            if not bridge.signalled:
-                wake()
+            push(_OPEN, conn, None)
 
         def pending(conn):
             # Anything of this connection's still to run on the loop?  Its
-            # events are all in `queue` (this worker put them there), being
-            # drained, or behind a suspended coroutine (`busy`).
-            return queue or bridge.draining or conn in busy or conn in aborted
+            # events are all queued in the bridge (this worker put them
+            # there), being drained, or behind a suspended coroutine.
+            return not native.idle or conn in busy or conn in aborted
 
         def eof(conn):
             # The peer half-closed and the core has handed over every
@@ -131,19 +126,15 @@ class _Bridge:
             # them (then on_eof's answer, or close()).
             if on_eof is None and not pending(conn):
                 return False     # nothing owed: the core closes it ('eof')
-            append((_EOF, conn, None))
-            if not bridge.signalled:
-                wake()
+            push(_EOF, conn, None)
             return True
 
         def closed(conn):
             if on_close is None and not pending(conn):
                 return
-            append((_CLOSE, conn, None))
-            if not bridge.signalled:
-                wake()
+            push(_CLOSE, conn, None)
 
-        return (message if handler is not None else None,
+        return (native if handler is not None else None,
                 connected if on_connect is not None else None,
                 closed, eof)
 
@@ -153,10 +144,10 @@ class _Bridge:
         if self.fd >= 0:
             self.finish()
         self.loop = loop
-        self.signalled = False
         self.fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self.native.set_fd(self.fd)
         try:
-            loop.add_reader(self.fd, self._wake)
+            loop.add_reader(self.fd, self.native.drain)
         except BaseException:
             os.close(self.fd)
             self.fd = -1
@@ -167,8 +158,9 @@ class _Bridge:
         left (closes: pending coroutines cancelled), stop watching."""
         if self.fd < 0:
             return
-        self._drain()
+        self.native.drain()
         self.loop.remove_reader(self.fd)
+        self.native.set_fd(-1)
         os.close(self.fd)
         self.fd = -1
 
@@ -190,42 +182,32 @@ class _Bridge:
         while self.tasks:
             await asyncio.wait(list(self.tasks))
 
-    def _wake(self):
-        try:
-            os.eventfd_read(self.fd)
-        except BlockingIOError:
-            pass
-        # Cleared after the read: a worker that signals from here on wakes
-        # the loop again, and what it appended before is drained below.
-        self.signalled = False
-        self._drain()
-
-    def _drain(self):
-        queue = self.queue
-        popleft = queue.popleft
+    # -- the native bridge's paths -------------------------------------
+    def _event(self, kind, conn, arg):
+        """An event the bridge did not run itself: anything but a message
+        of a connection with nothing suspended."""
         busy = self.busy
-        self.draining = True
-        try:
-            while queue:
-                kind, conn, arg = popleft()
-                b = busy.get(conn)
-                if b is None:
-                    task = self._start(conn, kind, arg)
-                    if task is not None:
-                        b = busy[conn] = _Busy()
-                        self._track(conn, b, kind, arg, task)
-                elif kind == _CLOSE:
-                    # Closed: cancel what runs, drop what waits.
-                    b.queue.clear()
-                    b.queue.append((_CLOSE, None))
-                    for task in b.running:
-                        task.cancel()
-                else:
-                    b.queue.append((kind, arg))
-                    if kind == _MSG and self.per_connection > 1:
-                        self._pump(conn, b)
-        finally:
-            self.draining = False
+        b = busy.get(conn)
+        if b is None:
+            task = self._start(conn, kind, arg)
+            if task is not None:
+                b = busy[conn] = _Busy()
+                self._track(conn, b, kind, arg, task)
+        elif kind == _CLOSE:
+            # Closed: cancel what runs, drop what waits.
+            b.queue.clear()
+            b.queue.append((_CLOSE, None))
+            for task in b.running:
+                task.cancel()
+        else:
+            b.queue.append((kind, arg))
+            if kind == _MSG and self.per_connection > 1:
+                self._pump(conn, b)
+
+    def _suspended(self, conn, msg, coro, value):
+        """A message's coroutine, started by the bridge, awaited `value`."""
+        b = self.busy[conn] = _Busy()
+        self._track(conn, b, _MSG, msg, self.loop.create_task(_continue(coro, value)))
 
     def _pump(self, conn, b):
         """Start the events of a busy connection that may start now, in

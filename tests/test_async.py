@@ -612,3 +612,22 @@ def test_stop_from_a_coroutine_handler(backend, arun, suspend, caplog):
     with caplog.at_level(logging.ERROR, logger="iocport"):
         arun(main())
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def test_the_native_bridge_refuses_what_is_not_an_event():
+    """The bridge runs messages in C: it lets in a Connection and bytes
+    only (anything else would be read as one), and push() only the other
+    events' kinds."""
+    async def on_message(conn, msg):
+        pass
+    srv = iocport.Server(on_message)
+    native = srv._bridge.native
+    with pytest.raises(TypeError, match="Connection and bytes"):
+        native(object(), b"x")
+    with pytest.raises(TypeError, match="Connection and bytes"):
+        native(None, b"x")
+    with pytest.raises(ValueError, match="open, eof and close"):
+        native.push(iocport._iocport._EV_MSG, None, b"x")
+    with pytest.raises(TypeError, match="must be a Connection"):
+        native.push(iocport._iocport._EV_CLOSE, object(), None)
+    assert native.idle

@@ -2,8 +2,9 @@
  * module-level functions, logging helpers, the base exception Error.
  * Types live in port.c (Port,
  * Packet, PortClosedError), framer.c (Framer, FramingError), file.c (File),
- * connection.c (Connection) and server.c (Server); dispatch.c holds the
- * hooks the core's workers call. */
+ * connection.c (Connection), server.c (Server) and bridge.c (_Bridge, the
+ * asyncio layer's hand-off); dispatch.c holds the hooks the core's workers
+ * call. */
 #include "py/module.h"
 #include "core/core.h"
 #include "lib/port.h"
@@ -147,6 +148,7 @@ iocp_exec(PyObject *module)
         iocp_port_add_types(module, st) < 0 ||
         iocp_framer_add_types(module, st) < 0 ||
         iocp_file_add_types(module, st) < 0 ||
+        iocp_bridge_add_types(module, st) < 0 ||
         iocp_server_add_types(module, st) < 0)
         return -1;
     return 0;

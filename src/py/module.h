@@ -53,6 +53,7 @@ int iocp_port_add_types(PyObject *module, iocp_state *st);
 int iocp_server_add_types(PyObject *module, iocp_state *st);
 int iocp_framer_add_types(PyObject *module, iocp_state *st);
 int iocp_file_add_types(PyObject *module, iocp_state *st);
+int iocp_bridge_add_types(PyObject *module, iocp_state *st);
 
 /* tls.c: the OpenSSL the module loaded, freed at module free;
  * tls_check(ctx, server_side), the module function. */
