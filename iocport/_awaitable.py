@@ -147,14 +147,17 @@ class _ConnState:
         self.draining = []           # (loop, future) awaiting a drain
 
     def __call__(self, conn, error):
-        with self.lock:
-            self.outcome = error
-            waiters, self.connecting = self.connecting, []
-        for loop, fut in waiters:
-            _wake(loop, fut)
+        # The callback first: it has run when an await returns.
         callback, self.callback = self.callback, None
-        if callback is not None:
-            callback(conn, error)   # raising: logged by the core, as before
+        try:
+            if callback is not None:
+                callback(conn, error)   # raising: logged by the core, as before
+        finally:
+            with self.lock:
+                self.outcome = error
+                waiters, self.connecting = self.connecting, []
+            for loop, fut in waiters:
+                _wake(loop, fut)
 
     def drained(self):
         with self.lock:
