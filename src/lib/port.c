@@ -191,7 +191,7 @@ running_add(struct port *p, pthread_t self)
 static void
 stack_remove(struct port *p, struct port_wait *w)
 {
-    struct port_wait **top = w->notify_fd >= 0 ? &p->atop : &p->top;
+    struct port_wait **top = w->is_async ? &p->atop : &p->top;
     for (struct port_wait **pp = top; *pp != NULL; pp = &(*pp)->below) {
         if (*pp == w) {
             *pp = w->below;
@@ -219,7 +219,7 @@ active_remove(struct port *p, struct port_wait *w)
 static void
 wake(struct port_wait *w)
 {
-    if (w->notify_fd < 0) {
+    if (!w->is_async) {
         CHECK(pthread_cond_signal(&w->cond));
         return;
     }
@@ -252,7 +252,7 @@ handoff(struct port *p)
         p->nwaiters--;
         w->state = W_ACTIVE;
         w->n = ring_take(p, w->out, w->max);
-        if (w->notify_fd < 0)
+        if (!w->is_async)
             running_add(p, w->self);
         wake(w);
     }
@@ -298,6 +298,7 @@ int
 port_wait_async(struct port *p, struct port_wait *w, int notify_fd)
 {
     int rc = 0;
+    w->is_async = 1;
     lock(p);
     if (p->closed) {
         rc = -EPIPE;
@@ -442,7 +443,7 @@ port_wait_cancel(struct port *p, struct port_wait *w)
     lock(p);
     wait_finish(p, w);
     if (w->n > 0) {
-        if (w->notify_fd < 0)
+        if (!w->is_async)
             running_remove(p, w->self);
         if (p->closed) {
             left = w->n;        /* nobody can get them any more */

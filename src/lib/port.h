@@ -43,7 +43,8 @@ struct port_wait {
     struct port_packet *out;
     pthread_t self;
     int max, n, state;
-    int notify_fd;                    /* an async wait's eventfd, else -1 */
+    int is_async;                     /* port_wait_async's: not counted */
+    int notify_fd;                    /* a stacked async wait's eventfd */
 };
 
 struct port_stats {
