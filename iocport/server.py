@@ -14,7 +14,7 @@ import socket
 import stat
 import threading
 
-from . import _iocport
+from . import _awaitable, _iocport
 from .framing import Framing, LengthPrefixed
 
 __all__ = ["Server", "backends", "default_backend"]
@@ -342,8 +342,16 @@ class Server:
                 addresses.append((family, address))
         if not addresses:
             raise OSError(f"{host!r} has no IPv4 or IPv6 address")
-        # (callback and timeout are checked by the native engine)
-        return self._core.connect(addresses, callback, timeout, ssl, server_hostname)
+        if callback is not None and not callable(callback):
+            raise TypeError("callback must be callable or None, got "
+                            f"{type(callback).__name__}")
+        # The core calls `state`, which wakes `await conn` and then calls
+        # the callback.  (timeout is checked by the native engine.)
+        state = _awaitable.connect_callback(callback)
+        conn = self._core.connect(addresses, state, timeout, ssl,
+                                  server_hostname)
+        conn._aio = state
+        return conn
 
     # -- files ----------------------------------------------------------
     _MODES = {

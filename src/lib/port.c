@@ -22,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 enum { W_NEW, W_ACTIVE, W_STACKED, W_DONE };
 
@@ -31,6 +32,7 @@ struct port {
     struct port_packet *ring;   /* cap is a power of two */
     size_t head, count, cap;
     struct port_wait *top;      /* LIFO stack via ->below */
+    struct port_wait *atop;     /* async waits' LIFO stack, via ->below */
     struct port_wait *active;   /* every wait in progress via ->next/->prev */
     unsigned nwaiters;
     unsigned concurrency, nrunning;
@@ -189,7 +191,8 @@ running_add(struct port *p, pthread_t self)
 static void
 stack_remove(struct port *p, struct port_wait *w)
 {
-    for (struct port_wait **pp = &p->top; *pp != NULL; pp = &(*pp)->below) {
+    struct port_wait **top = w->is_async ? &p->atop : &p->top;
+    for (struct port_wait **pp = top; *pp != NULL; pp = &(*pp)->below) {
         if (*pp == w) {
             *pp = w->below;
             w->below = NULL;
@@ -211,21 +214,47 @@ active_remove(struct port *p, struct port_wait *w)
     w->prev = w->next = NULL;
 }
 
-/* Give queued packets to sleeping waits, most recent first, while slots are
- * free.  The chosen wait counts as running from here. */
+/* Wake a wait: its thread, or an async wait's eventfd.  The eventfd's
+ * counter only overflows (EAGAIN) when it is already signalled. */
+static void
+wake(struct port_wait *w)
+{
+    if (!w->is_async) {
+        CHECK(pthread_cond_signal(&w->cond));
+        return;
+    }
+    uint64_t one = 1;
+    while (write(w->notify_fd, &one, sizeof one) < 0) {
+        if (errno == EAGAIN)
+            break;
+        if (errno != EINTR)
+            port_fatal("write(eventfd)", errno);
+    }
+}
+
+/* Give queued packets to sleeping waits, most recent first: threads while
+ * slots are free (the chosen one counts as running from here), then async
+ * waits, which the bound does not hold back. */
 static void
 handoff(struct port *p)
 {
-    while (!p->closed && p->count > 0 && p->top != NULL &&
-           p->nrunning < p->concurrency) {
-        struct port_wait *w = p->top;
-        p->top = w->below;
+    while (!p->closed && p->count > 0) {
+        struct port_wait **top;
+        if (p->top != NULL && p->nrunning < p->concurrency)
+            top = &p->top;
+        else if (p->atop != NULL)
+            top = &p->atop;
+        else
+            break;
+        struct port_wait *w = *top;
+        *top = w->below;
         w->below = NULL;
         p->nwaiters--;
         w->state = W_ACTIVE;
         w->n = ring_take(p, w->out, w->max);
-        running_add(p, w->self);
-        CHECK(pthread_cond_signal(&w->cond));
+        if (!w->is_async)
+            running_add(p, w->self);
+        wake(w);
     }
 }
 
@@ -261,7 +290,49 @@ port_wait_init(struct port *p, struct port_wait *w, struct port_packet *out,
     w->max = max;
     w->self = pthread_self();
     w->state = W_NEW;
+    w->notify_fd = -1;
     return 0;
+}
+
+int
+port_wait_async(struct port *p, struct port_wait *w, int notify_fd)
+{
+    int rc = 0;
+    w->is_async = 1;
+    lock(p);
+    if (p->closed) {
+        rc = -EPIPE;
+    } else if (p->count > 0) {
+        w->n = ring_take(p, w->out, w->max);
+        rc = w->n;
+    } else if (notify_fd < 0) {
+        rc = 0;
+    } else {
+        w->notify_fd = notify_fd;
+        w->below = p->atop;
+        p->atop = w;
+        p->nwaiters++;
+        w->state = W_STACKED;
+    }
+    if (rc > 0 || w->state == W_STACKED) {
+        w->next = p->active;   /* port_visit sees what it holds */
+        if (p->active != NULL)
+            p->active->prev = w;
+        p->active = w;
+        if (rc > 0)
+            w->state = W_ACTIVE;
+    }
+    unlock(p);
+    return rc;
+}
+
+int
+port_wait_poll(struct port *p, struct port_wait *w)
+{
+    lock(p);
+    int rc = w->n > 0 ? w->n : p->closed ? -EPIPE : 0;
+    unlock(p);
+    return rc;
 }
 
 static void
@@ -372,7 +443,8 @@ port_wait_cancel(struct port *p, struct port_wait *w)
     lock(p);
     wait_finish(p, w);
     if (w->n > 0) {
-        running_remove(p, w->self);
+        if (!w->is_async)
+            running_remove(p, w->self);
         if (p->closed) {
             left = w->n;        /* nobody can get them any more */
         } else if (ring_reserve(p, p->count + (size_t)w->n) == 0) {
@@ -412,6 +484,13 @@ port_close(struct port *p)
         w->below = NULL;
         w->state = W_ACTIVE;
         CHECK(pthread_cond_signal(&w->cond));
+    }
+    while (p->atop != NULL) {
+        struct port_wait *w = p->atop;
+        p->atop = w->below;
+        w->below = NULL;
+        w->state = W_ACTIVE;
+        wake(w);
     }
     p->nwaiters = 0;
     unlock(p);

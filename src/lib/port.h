@@ -43,6 +43,8 @@ struct port_wait {
     struct port_packet *out;
     pthread_t self;
     int max, n, state;
+    int is_async;                     /* port_wait_async's: not counted */
+    int notify_fd;                    /* a stacked async wait's eventfd */
 };
 
 struct port_stats {
@@ -78,6 +80,18 @@ int port_wait_init(struct port *p, struct port_wait *w,
  * as running from the moment it gets packets until its next get or
  * port_leave(). */
 int port_get(struct port *p, struct port_wait *w, int64_t timeout_ns);
+/* An asynchronous get (e.g. a coroutine's, whose thread must not sleep),
+ * after port_wait_init().  It neither counts as running nor is held back by
+ * the concurrency bound: a loop's coroutines share one thread, which the
+ * bound is about.  Takes what is queued at once (returns the count); with
+ * notify_fd -1 returns 0 when nothing is; otherwise stacks the wait (0):
+ * when a post hands it packets (a thread's get() within the bound goes
+ * first) or the port closes, notify_fd, an eventfd, is written, under the
+ * port's lock, so the eventfd must outlive the wait.  -EPIPE once closed.
+ * Then port_wait_poll(), and port_wait_done() or port_wait_cancel(). */
+int port_wait_async(struct port *p, struct port_wait *w, int notify_fd);
+/* What an async wait has: the count (>= 1), 0 (nothing yet) or -EPIPE. */
+int port_wait_poll(struct port *p, struct port_wait *w);
 /* Finish a wait; returns the packets it holds (possibly handed to it after
  * port_get last returned 0: the caller owns them). */
 int port_wait_done(struct port *p, struct port_wait *w);

@@ -15,6 +15,7 @@ conn_traverse(ConnObject *self, visitproc visit, void *arg)
     Py_VISIT(self->peer);
     Py_VISIT(self->connect_cb);
     Py_VISIT(self->tls);
+    Py_VISIT(self->aio);
     return 0;
 }
 
@@ -25,6 +26,7 @@ conn_clear(ConnObject *self)
     Py_CLEAR(self->peer);
     Py_CLEAR(self->connect_cb);
     Py_CLEAR(self->tls);
+    Py_CLEAR(self->aio);
     return 0;
 }
 
@@ -147,6 +149,21 @@ conn_send_file_m(ConnObject *self, PyObject *args, PyObject *kwds)
     Py_RETURN_NONE;
 }
 
+IOCP_AWAITABLE_METHOD(conn_send_file_async_m, "send_file")
+
+static PyObject *
+conn_drain_m(ConnObject *self, PyObject *Py_UNUSED(ignored))
+{
+    return iocp_awaitable("drain", (PyObject *)self, NULL, NULL);
+}
+
+/* `await conn`: the connection once connected (see connect()). */
+static PyObject *
+conn_await(ConnObject *self)
+{
+    return iocp_awaitable("connection_await", (PyObject *)self, NULL, NULL);
+}
+
 static PyObject *
 conn_close_m(ConnObject *self, PyObject *Py_UNUSED(ignored))
 {
@@ -257,6 +274,19 @@ conn_get_writable(ConnObject *self, void *Py_UNUSED(closure))
 }
 
 static PyObject *
+conn_get_aio(ConnObject *self, void *Py_UNUSED(closure))
+{
+    return Py_NewRef(self->aio ? self->aio : Py_None);
+}
+
+static int
+conn_set_aio(ConnObject *self, PyObject *v, void *Py_UNUSED(closure))
+{
+    Py_XSETREF(self->aio, v == Py_None ? NULL : Py_XNewRef(v));
+    return 0;
+}
+
+static PyObject *
 conn_get_state(ConnObject *self, void *Py_UNUSED(closure))
 {
     return Py_NewRef(self->state ? self->state : Py_None);
@@ -316,6 +346,19 @@ static PyMethodDef conn_methods[] = {
      "natively, with bounded memory.  Messages sent meanwhile follow the\n"
      "file.  callback(nbytes, error) runs when all of it is with the kernel\n"
      "or when it stopped (error: an OSError)."},
+    {"send_file_async", (PyCFunction)(void (*)(void))conn_send_file_async_m,
+     METH_VARARGS | METH_KEYWORDS,
+     "send_file_async($self, /, file, offset=0, count=None)\n--\n\n"
+     "Coroutine: send_file(), awaited: returns the bytes handed to the\n"
+     "kernel once all of them are, or raises the OSError that stopped it.\n"
+     "Cancelling the await aborts the connection (a file cut short would\n"
+     "leave the peer inside a message), which stops the transfer."},
+    {"drain", (PyCFunction)conn_drain_m, METH_NOARGS,
+     "drain($self, /)\n--\n\n"
+     "Coroutine: wait until the connection is writable again.  Returns at\n"
+     "once while the bytes queued are at most max_unsent; otherwise once\n"
+     "they have drained below half of it (as on_drain).  Raises\n"
+     "ConnectionError if the connection is or gets closed."},
     {"close", (PyCFunction)conn_close_m, METH_NOARGS,
      "close($self, /)\n--\n\n"
      "Stop receiving, send what is queued, then close.  Idempotent."},
@@ -356,6 +399,8 @@ static PyGetSetDef conn_getset[] = {
     {"peer_certificate", (getter)conn_get_tls_item, NULL,
      "The peer's TLS certificate, DER-encoded (ssl.DER_cert_to_PEM_cert()\n"
      "turns it into PEM), or None: not TLS, or the peer sent none.", (void *)3},
+    {"_aio", (getter)conn_get_aio, (setter)conn_set_aio,
+     "iocport's asyncio layer's state for this connection, or None.", NULL},
     {"state", (getter)conn_get_state, (setter)conn_set_state,
      "A slot for the user's own state (None at first).", NULL},
     {NULL, NULL, NULL, NULL, NULL},
@@ -371,13 +416,18 @@ static PyType_Slot conn_slots[] = {
      "sends FIN and waits (up to 2 s) for the peer's, so no reply is lost to\n"
      "a reset; abort() closes at once.  A bytes message of 32 KiB or more is\n"
      "sent from the object itself, not copied; bytearray and memoryview are\n"
-     "always copied, so changing them after send() is safe."},
+     "always copied, so changing them after send() is safe.\n"
+     "\n"
+     "A Connection is awaitable: ``await server.connect(host, port)``\n"
+     "returns it once connected, or raises the OSError that made the\n"
+     "connect fail (an accepted connection returns at once)."},
     {Py_tp_dealloc, conn_dealloc},
     {Py_tp_traverse, conn_traverse},
     {Py_tp_clear, conn_clear},
     {Py_tp_repr, conn_repr},
     {Py_tp_methods, conn_methods},
     {Py_tp_getset, conn_getset},
+    {Py_am_await, conn_await},
     {0, NULL},
 };
 

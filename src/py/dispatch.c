@@ -98,6 +98,19 @@ connect_done(ServerObject *so, ConnObject *o, struct conn *c)
     Py_DECREF(cb);
 }
 
+/* Tell the asyncio layer's state of a connection (o->aio) of a drain or
+ * the close: it wakes what awaits them, on their loops. */
+static void
+aio_notice(ServerObject *so, ConnObject *o, const char *what)
+{
+    PyObject *r = PyObject_CallMethod(o->aio, what, NULL);
+    if (r == NULL)
+        iocp_log_exception(so->logger, PyUnicode_FromFormat(
+            "waking the awaits of connection %llu failed",
+            (unsigned long long)o->id));
+    Py_XDECREF(r);
+}
+
 static void
 deliver_close(ServerObject *so, struct conn *c)
 {
@@ -137,6 +150,8 @@ deliver_close(ServerObject *so, struct conn *c)
     o->c = NULL;
     if (o->connect_cb != NULL)
         connect_done(so, o, c);
+    if (o->aio != NULL)
+        aio_notice(so, o, "closed");
     if (so->on_close != Py_None) {
         PyObject *r = PyObject_CallOneArg(so->on_close, (PyObject *)o);
         if (r == NULL)
@@ -212,6 +227,11 @@ d_dispatch(struct worker *w, unsigned from, unsigned to)
         }
         if (!conn_deliverable(c, e->kind))
             continue;
+        if (e->kind == ENTRY_DRAIN && so->on_drain == Py_None) {
+            ConnObject *po = conn_py(c);
+            if (po == NULL || po->aio == NULL)
+                continue;   /* nobody listens (want_drain is always on) */
+        }
         if ((o = conn_object(so, c)) == NULL) {
             callback_failed(so, c, "creating the connection object");
             continue;
@@ -229,7 +249,10 @@ d_dispatch(struct worker *w, unsigned from, unsigned to)
             if (notify(so, c, o, so->on_eof, "on_eof", &keep) && keep)
                 conn_keep_open(c);
         } else if (e->kind == ENTRY_DRAIN) {
-            notify(so, c, o, so->on_drain, "on_drain", NULL);
+            if (o->aio != NULL)
+                aio_notice(so, o, "drained");
+            if (so->on_drain != Py_None)
+                notify(so, c, o, so->on_drain, "on_drain", NULL);
         } else {
             /* One sent reference given back per message, before the
              * message and its reply are allocated: the heap reuses the

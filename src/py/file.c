@@ -357,6 +357,11 @@ file_close(FileObject *self, PyObject *args, PyObject *kwds)
     Py_RETURN_NONE;
 }
 
+IOCP_AWAITABLE_METHOD(file_read_async, "file_read")
+IOCP_AWAITABLE_METHOD(file_write_async, "file_write")
+IOCP_AWAITABLE_METHOD(file_sync_async, "file_sync")
+IOCP_AWAITABLE_METHOD(file_close_async, "file_close")
+
 static PyObject *
 file_get_fd(FileObject *self, void *Py_UNUSED(closure))
 {
@@ -409,6 +414,26 @@ static PyMethodDef file_methods[] = {
      "No new operations; the descriptor is closed once those in flight have\n"
      "completed, then callback(None, None) runs, or callback(None, error) with\n"
      "error an OSError if close(2) failed."},
+    {"read_async", (PyCFunction)(void (*)(void))file_read_async,
+     METH_VARARGS | METH_KEYWORDS,
+     "read_async($self, /, offset, size)\n--\n\n"
+     "Coroutine: read(), awaited: the bytes read (shorter at the end of the\n"
+     "file), or raises the OSError."},
+    {"write_async", (PyCFunction)(void (*)(void))file_write_async,
+     METH_VARARGS | METH_KEYWORDS,
+     "write_async($self, /, data, offset=None)\n--\n\n"
+     "Coroutine: write(), awaited: the number of bytes written, or raises\n"
+     "the OSError.  offset None appends, in the order of the calls."},
+    {"sync_async", (PyCFunction)(void (*)(void))file_sync_async,
+     METH_VARARGS | METH_KEYWORDS,
+     "sync_async($self, /, *, data_only=False)\n--\n\n"
+     "Coroutine: sync(), awaited; raises the OSError."},
+    {"close_async", (PyCFunction)(void (*)(void))file_close_async,
+     METH_VARARGS | METH_KEYWORDS,
+     "close_async($self, /)\n--\n\n"
+     "Coroutine: close(), awaited: returns once the operations in flight\n"
+     "have completed and the descriptor is closed; raises the OSError of\n"
+     "close(2)."},
     {NULL, NULL, 0, NULL},
 };
 

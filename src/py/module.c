@@ -50,6 +50,31 @@ iocp_log_exception(PyObject *logger, PyObject *msg)
 }
 
 PyObject *
+iocp_awaitable(const char *name, PyObject *self, PyObject *args, PyObject *kwds)
+{
+    PyObject *mod = PyImport_ImportModule("iocport._awaitable");
+    if (mod == NULL)
+        return NULL;
+    PyObject *fn = PyObject_GetAttrString(mod, name);
+    Py_DECREF(mod);
+    if (fn == NULL)
+        return NULL;
+    Py_ssize_t n = args != NULL ? PyTuple_GET_SIZE(args) : 0;
+    PyObject *all = PyTuple_New(n + 1);
+    if (all == NULL) {
+        Py_DECREF(fn);
+        return NULL;
+    }
+    PyTuple_SET_ITEM(all, 0, Py_NewRef(self));
+    for (Py_ssize_t i = 0; i < n; i++)
+        PyTuple_SET_ITEM(all, i + 1, Py_NewRef(PyTuple_GET_ITEM(args, i)));
+    PyObject *r = PyObject_Call(fn, all, kwds);
+    Py_DECREF(all);
+    Py_DECREF(fn);
+    return r;
+}
+
+PyObject *
 iocp_oserror(int err)
 {
     /* OSError(errno, strerror) picks the subclass (ConnectionRefusedError...) */
@@ -162,6 +187,7 @@ iocp_traverse(PyObject *module, visitproc visit, void *arg)
     Py_VISIT(st->PortType);
     Py_VISIT(st->PortClosedError);
     Py_VISIT(st->PacketType);
+    Py_VISIT(st->PortWaitType);
     Py_VISIT(st->ServerType);
     Py_VISIT(st->ConnectionType);
     Py_VISIT(st->FramerType);
@@ -182,6 +208,7 @@ iocp_clear(PyObject *module)
     Py_CLEAR(st->PortType);
     Py_CLEAR(st->PortClosedError);
     Py_CLEAR(st->PacketType);
+    Py_CLEAR(st->PortWaitType);
     Py_CLEAR(st->ServerType);
     Py_CLEAR(st->ConnectionType);
     Py_CLEAR(st->FramerType);

@@ -17,6 +17,7 @@ typedef struct {
     PyTypeObject *PortClosedError;   /* exception: subclass of Error and
                                         RuntimeError */
     PyTypeObject *PacketType;        /* structseq (key, nbytes, value) */
+    PyTypeObject *PortWaitType;      /* a Port.get_async() in progress */
     PyTypeObject *ServerType;
     PyTypeObject *ConnectionType;
     PyTypeObject *FramerType;
@@ -59,6 +60,18 @@ int iocp_bridge_add_types(PyObject *module, iocp_state *st);
  * tls_check(ctx, server_side), the module function. */
 void iocp_tls_free(iocp_state *st);
 PyObject *iocp_tls_check(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+
+/* The awaitable forms are written in Python, in iocport/_awaitable.py (they
+ * need the running loop): a method forwards its call there, as
+ * iocport._awaitable.<name>(self, *args, **kwds). */
+PyObject *iocp_awaitable(const char *name, PyObject *self, PyObject *args,
+                         PyObject *kwds);
+/* A METH_VARARGS | METH_KEYWORDS method `cname` forwarding to `pyname`. */
+#define IOCP_AWAITABLE_METHOD(cname, pyname)                                \
+    static PyObject *cname(PyObject *self, PyObject *args, PyObject *kwds)  \
+    {                                                                       \
+        return iocp_awaitable(pyname, self, args, kwds);                    \
+    }
 
 /* logger.<level>(msg, exc_info=exc); a failure to log is unraisable. */
 void iocp_log(PyObject *logger, const char *level, PyObject *msg, PyObject *exc);

@@ -36,6 +36,9 @@ typedef struct {
     int err;
     PyObject *tls;               /* cached (version, cipher, alpn, cert) of
                                     a TLS connection, or NULL */
+    PyObject *aio;               /* iocport._awaitable's state for it (the
+                                    connect's outcome, drain() awaits), or
+                                    NULL; told of drains and the close */
 } ConnObject;
 
 /* dispatch.c: the hooks the core's workers call. */

@@ -24,7 +24,9 @@
 
 #include <errno.h>
 #include <math.h>
+#include <sys/eventfd.h>
 #include <time.h>
+#include <unistd.h>
 
 #define GET_MANY_LIMIT 4096              /* packets per get_many() call */
 #define SIGNAL_SLICE_NS 50000000LL       /* main thread: check signals */
@@ -577,6 +579,219 @@ Port_exit(PyObject *op, PyObject *const *Py_UNUSED(args),
     return Port_close(op, NULL);
 }
 
+
+/* ---- asynchronous gets (Port.get_async) ----------------------------------
+ *
+ * iocport/_awaitable.py runs the await on the loop; here are its two
+ * pieces.  Port._wait_async() takes a queued packet at once (a Packet), or
+ * stacks an async wait (port_wait_async in lib/port.h) and returns it as a
+ * _PortWait: its eventfd, which the loop watches, is written when a post
+ * hands the wait a packet or the port closes; result() then takes it.
+ * Async waits do not count as running and the concurrency bound does not
+ * hold them back.  A _PortWait holds its Port, so the port outlives it; it
+ * has no tp_clear, so the collector never tears down a wait the port may
+ * still write to; close() (or dealloc) cancels a wait still in progress (a
+ * packet handed to it goes back to the front of the queue), then closes
+ * the eventfd. */
+
+typedef struct {
+    PyObject_HEAD
+    PortObject *port;
+    struct port_wait w;
+    struct port_packet out;
+    int waiting;                         /* w is stacked or holds a packet */
+    int efd;                             /* -1 once closed */
+} PortWaitObject;
+
+/* Finish the wait if it is in progress (cancel: give back what it holds).
+ * Nothing writes the eventfd once the wait is off the port's stacks. */
+static void
+wait_finish(PortWaitObject *self, int cancel)
+{
+    if (!self->waiting)
+        return;
+    self->waiting = 0;
+    struct port *p = self->port->port;
+    if (cancel)
+        drop_packets(&self->out, port_wait_cancel(p, &self->w));
+    else
+        (void)port_wait_done(p, &self->w);
+}
+
+/* Cancel the wait if in progress, then close the eventfd (the caller has
+ * stopped watching it). */
+static void
+wait_close(PortWaitObject *self)
+{
+    wait_finish(self, 1);
+    if (self->efd >= 0)
+        (void)close(self->efd);   /* Linux releases it even on EINTR */
+    self->efd = -1;
+}
+
+static int
+PortWait_traverse(PyObject *op, visitproc visit, void *arg)
+{
+    PortWaitObject *self = (PortWaitObject *)op;
+    Py_VISIT(Py_TYPE(op));
+    Py_VISIT(self->port);
+    return 0;
+}
+
+static void
+PortWait_dealloc(PyObject *op)
+{
+    PortWaitObject *self = (PortWaitObject *)op;
+    PyTypeObject *tp = Py_TYPE(op);
+    PyObject_GC_UnTrack(op);
+    if (self->port != NULL)
+        wait_close(self);
+    Py_CLEAR(self->port);
+    tp->tp_free(op);
+    Py_DECREF(tp);
+}
+
+static PyObject *
+PortWait_result(PyObject *op, PyTypeObject *cls, PyObject *const *Py_UNUSED(args),
+                Py_ssize_t nargs, PyObject *kwnames)
+{
+    PortWaitObject *self = (PortWaitObject *)op;
+    if (nargs != 0 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames) != 0)) {
+        PyErr_SetString(PyExc_TypeError, "result() takes no arguments");
+        return NULL;
+    }
+    iocp_state *st = PyType_GetModuleState(cls);
+    if (!self->waiting) {
+        PyErr_SetString(PyExc_RuntimeError, "the wait is over");
+        return NULL;
+    }
+    int rc = port_wait_poll(self->port->port, &self->w);
+    if (rc == 0)
+        Py_RETURN_NONE;
+    wait_finish(self, 0);
+    if (rc < 0)
+        return closed_error(st);
+    return make_packet(st, &self->out);
+}
+
+static PyObject *
+PortWait_close(PyObject *op, PyObject *Py_UNUSED(ignored))
+{
+    wait_close((PortWaitObject *)op);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+PortWait_get_fd(PyObject *op, void *Py_UNUSED(closure))
+{
+    return PyLong_FromLong(((PortWaitObject *)op)->efd);
+}
+
+static PyMethodDef PortWait_methods[] = {
+    {"result", (PyCFunction)(void (*)(void))PortWait_result,
+     METH_METHOD | METH_FASTCALL | METH_KEYWORDS,
+     "result($self, /)\n--\n\n"
+     "The Packet once handed one (the wait is then over), None while it\n"
+     "waits; PortClosedError once the port is closed."},
+    {"close", PortWait_close, METH_NOARGS,
+     "close($self, /)\n--\n\n"
+     "Stop waiting if the wait is not over (a packet handed meanwhile goes\n"
+     "back to the front of the queue), then close the eventfd: stop\n"
+     "watching it first."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef PortWait_getset[] = {
+    {"fd", PortWait_get_fd, NULL,
+     "The eventfd written when the wait has a packet or the port closed\n"
+     "(-1 once closed).", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyType_Slot PortWait_slots[] = {
+    {Py_tp_dealloc, PortWait_dealloc},
+    {Py_tp_traverse, PortWait_traverse},
+    {Py_tp_methods, PortWait_methods},
+    {Py_tp_getset, PortWait_getset},
+    {Py_tp_doc, (void *)"A Port.get_async() in progress (iocport's asyncio layer)."},
+    {0, NULL},
+};
+
+static PyType_Spec PortWait_spec = {
+    .name = "iocport._iocport._PortWait",
+    .basicsize = sizeof(PortWaitObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC |
+             Py_TPFLAGS_IMMUTABLETYPE | Py_TPFLAGS_DISALLOW_INSTANTIATION,
+    .slots = PortWait_slots,
+};
+
+static PyObject *
+Port_wait_async(PyObject *op, PyTypeObject *cls, PyObject *const *Py_UNUSED(args),
+                Py_ssize_t nargs, PyObject *kwnames)
+{
+    PortObject *port = (PortObject *)op;
+    if (nargs != 0 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames) != 0)) {
+        PyErr_SetString(PyExc_TypeError, "_wait_async() takes no arguments");
+        return NULL;
+    }
+    iocp_state *st = PyType_GetModuleState(cls);
+    struct port_packet pk;
+    struct port_wait w;
+    /* A queued packet costs no eventfd. */
+    int rc = port_wait_init(port->port, &w, &pk, 1);
+    if (rc < 0) {
+        errno = -rc;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    int n = port_wait_async(port->port, &w, -1);
+    (void)port_wait_done(port->port, &w);
+    if (n > 0)
+        return make_packet(st, &pk);
+    if (n == -EPIPE)
+        return closed_error(st);
+    PortWaitObject *self = PyObject_GC_New(PortWaitObject, st->PortWaitType);
+    if (self == NULL)
+        return NULL;
+    self->port = (PortObject *)Py_NewRef(op);
+    self->waiting = 0;
+    self->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (self->efd < 0) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        Py_DECREF(self);
+        return NULL;
+    }
+    rc = port_wait_init(port->port, &self->w, &self->out, 1);
+    if (rc < 0) {
+        (void)close(self->efd);
+        self->efd = -1;
+        errno = -rc;
+        PyErr_SetFromErrno(PyExc_OSError);
+        Py_DECREF(self);
+        return NULL;
+    }
+    rc = port_wait_async(port->port, &self->w, self->efd);
+    self->waiting = 1;   /* (finished by dealloc on -EPIPE: holds nothing) */
+    PyObject_GC_Track(self);
+    if (rc == -EPIPE) {
+        Py_DECREF(self);
+        return closed_error(st);
+    }
+    return (PyObject *)self;   /* holding a packet already if rc > 0 */
+}
+
+PyDoc_STRVAR(Port_get_async_doc,
+"get_async($self, /, timeout=None)\n--\n\n"
+"Coroutine: await one packet without blocking the loop (a Packet).\n"
+"timeout is in seconds (None: forever): TimeoutError when it expires;\n"
+"PortClosedError if the port is or gets closed.  Unlike get(), the\n"
+"await does not count as a running thread and the concurrency bound\n"
+"does not hold it back (a loop's coroutines share its one thread); a\n"
+"thread waiting in get() within the bound is served first.  Cancelling\n"
+"the await gives a packet handed meanwhile back to the front of the\n"
+"queue.");
+
+IOCP_AWAITABLE_METHOD(Port_get_async, "port_get")
+
 static PyMethodDef Port_methods[] = {
     {"post", (PyCFunction)(void (*)(void))Port_post,
      METH_METHOD | METH_FASTCALL | METH_KEYWORDS, Port_post_doc},
@@ -584,6 +799,12 @@ static PyMethodDef Port_methods[] = {
      METH_METHOD | METH_FASTCALL | METH_KEYWORDS, Port_get_doc},
     {"get_many", (PyCFunction)(void (*)(void))Port_get_many,
      METH_METHOD | METH_FASTCALL | METH_KEYWORDS, Port_get_many_doc},
+    {"get_async", (PyCFunction)(void (*)(void))Port_get_async,
+     METH_VARARGS | METH_KEYWORDS, Port_get_async_doc},
+    {"_wait_async", (PyCFunction)(void (*)(void))Port_wait_async,
+     METH_METHOD | METH_FASTCALL | METH_KEYWORDS,
+     "_wait_async($self, /)\n--\n\n"
+     "For get_async(): a queued Packet, or a _PortWait stacked on the port."},
     {"close", Port_close, METH_NOARGS, Port_close_doc},
     {"leave", Port_leave, METH_NOARGS, Port_leave_doc},
     {"__enter__", Port_enter, METH_NOARGS,
@@ -614,7 +835,8 @@ static PyGetSetDef Port_getset[] = {
      "Threads counting as running (took a packet, not waiting again yet,\n"
      "not left, not ended).",
      (void *)1},
-    {"waiters", stat_get, NULL, "Threads asleep in get()/get_many().",
+    {"waiters", stat_get, NULL,
+     "Threads asleep in get()/get_many(), and get_async() awaits.",
      (void *)2},
     {"queued", stat_get, NULL, "Packets in the queue.", (void *)3},
     {"closed", stat_get, NULL, "True once close() was called.", (void *)4},
@@ -681,6 +903,10 @@ iocp_port_add_types(PyObject *module, iocp_state *st)
                                                             &Port_spec, NULL);
     if (st->PortType == NULL ||
         PyModule_AddObjectRef(module, "Port", (PyObject *)st->PortType) < 0)
+        return -1;
+    st->PortWaitType = (PyTypeObject *)PyType_FromModuleAndSpec(
+        module, &PortWait_spec, NULL);
+    if (st->PortWaitType == NULL)
         return -1;
     st->PacketType = PyStructSequence_NewType(&Packet_desc);
     if (st->PacketType == NULL ||

@@ -160,7 +160,9 @@ server_object(PyTypeObject *type, struct server_config *cfg, PyObject **cbs)
     }
     cfg->want_open = self->on_connect != Py_None;
     cfg->want_eof = self->on_eof != Py_None;
-    cfg->want_drain = self->on_drain != Py_None;
+    /* Always: a drain() may await any connection (d_dispatch skips the
+     * notice when nobody listens). */
+    cfg->want_drain = 1;
     self->srv = server_create(cfg, &iocp_dispatch_ops, self);
     if (self->srv == NULL) {
         PyErr_SetFromErrno(PyExc_OSError);
