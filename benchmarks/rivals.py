@@ -3,7 +3,7 @@
 send back what it returns, framed the same way).
 
     python benchmarks/rivals.py asyncio  [--loop asyncio|uvloop|rloop] [--store PATH]
-                                         [--tls-cert PEM --tls-key PEM] [opts]
+                                         [--tls-cert PEM --tls-key PEM] [--streams] [opts]
     python benchmarks/rivals.py threads  [opts]      # socketserver, a thread per connection
 
     opts: --host 127.0.0.1 --port 9000 --framing len4|line
@@ -15,7 +15,15 @@ TLS (``create_server(ssl=ctx)``) over the same kind of context as ``python
 -m iocport echo --tls-cert`` makes (``ssl.create_default_context(
 Purpose.CLIENT_AUTH)`` with the chain loaded), the same Protocol above it.
 
-Both variants share one framer.  Replies produced from one receive are joined
+With --streams the asyncio server is the idiomatic streams one instead of a
+Protocol: ``asyncio.start_server``, a coroutine per connection that reads
+each message with ``await reader.readexactly`` (len4: the 4-byte header,
+then the payload; line: ``await reader.readuntil``), calls the same
+per-message function, then ``writer.write`` of the framed reply and
+``await writer.drain()``: a write per message, the way asyncio's
+documentation writes a server.
+
+The Protocol and the thread-per-connection variants share one framer.  Replies produced from one receive are joined
 and written with one call (the same batching iocport does), so the rivals
 are not handicapped by a write per message.
 """
@@ -90,6 +98,17 @@ class Framer:
         return b"".join(out)
 
 
+def nodelay(transport: asyncio.BaseTransport | asyncio.StreamWriter) -> None:
+    """TCP_NODELAY on the socket of a transport (or a stream's writer), as
+    iocport and the C server set it."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+
+
 class EchoProtocol(asyncio.Protocol):
     """The asyncio rival: echo every whole message."""
     framing: str = "len4"
@@ -97,12 +116,7 @@ class EchoProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport: asyncio.Transport = cast(asyncio.Transport, transport)
         self.framer: Framer = Framer(self.framing)
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
+        nodelay(transport)
 
     def data_received(self, data: bytes) -> None:
         out = self.framer.feed(data)
@@ -155,6 +169,39 @@ class StoreProtocol(EchoProtocol):
             self.transport.write(b"".join(out))
 
 
+async def streams_echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                       framing: str, tasks: set[asyncio.Task[Any]]) -> None:
+    """The streams rival's connection: one whole message read at a time
+    (``readexactly`` of the header, then of the payload), echoed with
+    ``write`` and ``drain``, until the peer closes; its Task is in `tasks`
+    meanwhile (what a stop cancels)."""
+    task = asyncio.current_task()
+    if task is not None:
+        tasks.add(task)
+    nodelay(writer)
+    line = framing == "line"
+    try:
+        while True:
+            if line:
+                msg = (await reader.readuntil(b"\n"))[:-1]
+            else:
+                n = int.from_bytes(await reader.readexactly(4), "big")
+                if n > MAX_FRAME:
+                    break
+                msg = await reader.readexactly(n)
+            reply = on_message(msg)
+            if reply is not None:
+                writer.write(reply + b"\n" if line
+                             else len(reply).to_bytes(4, "big") + reply)
+                await writer.drain()
+    except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+        pass            # the peer closed (or reset), or a line past the 64 KiB limit
+    finally:
+        writer.close()
+        if task is not None:
+            tasks.discard(task)
+
+
 def _new_loop(name: str) -> asyncio.AbstractEventLoop:
     if name == "uvloop":
         import uvloop
@@ -192,20 +239,33 @@ def run_asyncio(args: argparse.Namespace) -> int:
             # a loop without signal support: wake it from the Python handler
             signal.signal(sig, lambda *_: loop.call_soon_threadsafe(request_stop))
 
+    handlers: set[asyncio.Task[Any]] = set()     # --streams: a Task per connection
+
     async def main() -> None:
         protocol: type[EchoProtocol] = EchoProtocol
         if args.store:
             protocol = StoreProtocol
             protocol.store_fd = os.open(args.store, os.O_WRONLY | os.O_CREAT | os.O_APPEND,
                                         0o644)
-        server = await loop.create_server(protocol, args.host, args.port,
-                                          backlog=1024, reuse_address=True, ssl=tls)
+        if args.streams:
+            server = await asyncio.start_server(
+                lambda r, w: streams_echo(r, w, args.framing, handlers), args.host,
+                args.port, backlog=1024, reuse_address=True, ssl=tls)
+        else:
+            server = await loop.create_server(protocol, args.host, args.port,
+                                              backlog=1024, reuse_address=True, ssl=tls)
         host, port = server.sockets[0].getsockname()[:2]
         what = f", storing to {args.store} via run_in_executor" if args.store else ""
+        what += ", streams: readexactly, write, drain" if args.streams else ""
         what += ", TLS" if tls else ""
         print(f"listening on {host}:{port} ({args.loop} loop{what})", flush=True)
         await stop
         server.close()
+        # the streams server's connections still open: ended, not left
+        # pending when the loop closes
+        for task in handlers:
+            task.cancel()
+        await asyncio.gather(*handlers, return_exceptions=True)
 
     try:
         loop.run_until_complete(main())
@@ -286,9 +346,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tls-cert", metavar="PEM",
                    help="asyncio only: serve over TLS with this certificate chain")
     p.add_argument("--tls-key", metavar="PEM", help="the key of --tls-cert")
+    p.add_argument("--streams", action="store_true",
+                   help="asyncio only: the idiomatic streams server (start_server, "
+                        "await reader.readexactly, writer.write, await writer.drain) "
+                        "instead of a Protocol")
     args = p.parse_args(argv)
     if args.tls_cert and args.kind != "asyncio":
         p.error("--tls-cert: asyncio only")
+    if args.streams and (args.kind != "asyncio" or args.store):
+        p.error("--streams: asyncio only, without --store")
     if args.kind == "threads":
         return run_threads(args)
     return run_asyncio(args)

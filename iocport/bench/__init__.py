@@ -94,6 +94,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="run only the TLS scenarios: TLS echo against the same servers in "
                         "plaintext, 64 B and 4 KiB, and handshakes (needs OpenSSL's "
                         "headers: apt-get install libssl-dev; not part of --full)")
+    p.add_argument("--async", dest="use_async", action="store_true",
+                   help="run only the coroutine-handler scenario: echo --async against "
+                        "uvloop's Protocol and streams servers, depths 1 and 16, with the "
+                        "plain handler beside them (needs uvloop; not part of --full)")
 
 
 def install_tls_dev() -> None:

@@ -269,10 +269,12 @@ def bench_env() -> dict[str, str]:
 
 def rival_missing(name: str, kind: str) -> str | None:
     """The package server `name` needs when it runs on a rival loop that is
-    not installed ('uvloop'), else None."""
-    loop = name.split("-")[0]
-    if kind == "asyncio" and loop in RIVAL_PACKAGES and \
-            importlib.util.find_spec(RIVAL_PACKAGES[loop]) is None:
+    not installed ('uvloop'), else None: a Python rival named for its loop
+    ('uvloop-tls'), or iocport's coroutine handler served from that loop
+    ('iocport-async-uvloop')."""
+    words = name.split("-")
+    loop = words[0] if kind == "asyncio" else words[-1] if kind == "iocport" else None
+    if loop in RIVAL_PACKAGES and importlib.util.find_spec(RIVAL_PACKAGES[loop]) is None:
         return RIVAL_PACKAGES[loop]
     return None
 

@@ -10,9 +10,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from .harness import BENCH_EXTRA, Run
-from .scenarios import (BOUNDS, HANDSHAKE_RATIOS, IDLE_SERVERS, LATENCY_RATIOS, RATIOS,
-                        STORE_RATIOS, TLS_PAIRS, TLS_RATIOS, Results, Scenario, is_tls,
-                        scenario_name)
+from .scenarios import (ASYNC_RATIOS, BOUNDS, HANDSHAKE_RATIOS, IDLE_SERVERS, LATENCY_RATIOS,
+                        RATIOS, STORE_RATIOS, TLS_PAIRS, TLS_RATIOS, Results, Scenario,
+                        is_tls, scenario_name)
 
 
 class Progress:
@@ -132,6 +132,7 @@ def ratio_table(scenarios: list[Scenario], results: Results, banners: dict[str, 
                 ) -> tuple[str, list[dict[str, Any]]]:
     """The ratios of every scenario run: throughput targets (RATIOS) on the
     closed-loop scenarios, p99 latency (LATENCY_RATIOS) on the open-loop
+    ones, TLS_RATIOS and ASYNC_RATIOS on the TLS and coroutine-handler
     ones, and the store scenario's figures (STORE_RATIOS, no target)."""
     out = ["\n## Ratios (median of the round-by-round ratios)\n",
            "| ratio | scenario | per server CPU-s | msgs/s | p99 | rounds' range | target | met |",
@@ -180,10 +181,11 @@ def ratio_table(scenarios: list[Scenario], results: Results, banners: dict[str, 
         elif mode == "rate":
             for label, a, b, target in LATENCY_RATIOS:
                 row(label, a, b, sc, target, field="p99_us", most=True)
-        elif mode == "tls":
-            for label, a, b, depth, tls_target, size in TLS_RATIOS:
+        elif mode in ("tls", "async"):
+            for label, a, b, depth, each_target, size in (TLS_RATIOS if mode == "tls"
+                                                          else ASYNC_RATIOS):
                 if depth is None or sc["depth"] == depth:
-                    goal = tls_target if size in (None, sc["size"]) else None
+                    goal = each_target if size in (None, sc["size"]) else None
                     row(label, a, b, sc, goal)
                     if label in BOUNDS and goal is not None:
                         row(BOUNDS[label], a, b, sc, goal, bound=True)

@@ -1,7 +1,7 @@
 """What the benchmark runs and how it is judged: the servers of each
-scenario (throughput, latency at a fixed load, store-to-disk, TLS, idle memory),
-the ratios and targets that apply to each, the plan the options make of
-them, and the A B A B rounds that run a plan."""
+scenario (throughput, latency at a fixed load, store-to-disk, TLS, coroutine
+handlers, idle memory), the ratios and targets that apply to each, the plan
+the options make of them, and the A B A B rounds that run a plan."""
 from __future__ import annotations
 
 import argparse
@@ -17,7 +17,7 @@ from .harness import (Run, ServerProc, benchmarks_dir, bench_env, build, idle_fi
 # asyncio | threads
 ServerSpec = tuple[str, str, list[str]]
 # A scenario: size, depth, conns, framing, rounds, seconds, and its mode
-# ("closed", "store", "tls", "handshake") or rate (open loop); "servers"
+# ("closed", "store", "tls", "handshake", "async") or rate (open loop); "servers"
 # limits it to those.
 Scenario = dict[str, Any]
 # A group of the plan: (title, its servers, its scenarios)
@@ -77,6 +77,10 @@ BOUNDS = {
     "python handler / asyncio": "bound, the python handler's kernel time alone / asyncio",
     "TLS: python handler / best of uvloop,asyncio":
         "bound, the python handler's kernel time alone / best of uvloop,asyncio (TLS)",
+    "async handler / uvloop Protocol":
+        "bound, the async handler's kernel time alone / uvloop Protocol",
+    "async handler / uvloop streams":
+        "bound, the async handler's kernel time alone / uvloop streams",
 }
 
 
@@ -160,6 +164,38 @@ def tls_server_args(kind: str, cert: str | Path, key: str | Path) -> list[str]:
     return ["--tls-cert", str(cert), "--tls-key", str(key)]
 
 
+# Coroutine handlers (--async): `echo --async` (the echo handler as an
+# `async def`, on asyncio's loop, the command's default) against uvloop
+# running the throughput group's Protocol and the idiomatic streams server
+# (start_server, readexactly, write, drain), with the same handler on
+# uvloop's loop and the plain (sync) handler beside them for context, in
+# one group so that all of them alternate round by round.  (name, kind, extra)
+ASYNC_SERVERS: list[ServerSpec] = [
+    ("iocport-async", "iocport", ["--async"]),
+    ("iocport-async-uvloop", "iocport", ["--async", "--loop", "uvloop"]),
+    ("iocport-python", "iocport", []),
+    ("uvloop", "asyncio", ["--loop", "uvloop"]),
+    ("uvloop-streams", "asyncio", ["--loop", "uvloop", "--streams"]),
+]
+ASYNC_SIZES = (64,)
+# (label, A, B, depth or None, target, size the target is set for or None)
+ASYNC_RATIOS: list[tuple[str, str, str | tuple[str, ...], int | None, float | None,
+                         int | None]] = [
+    ("async handler / uvloop Protocol", "iocport-async", "uvloop", 1, 1.2, 64),
+    ("async handler / uvloop Protocol", "iocport-async", "uvloop", 16, 1.5, 64),
+    ("async handler / uvloop streams", "iocport-async", "uvloop-streams", 1, 1.5, 64),
+    ("async handler / uvloop streams", "iocport-async", "uvloop-streams", 16, 5.0, 64),
+    # no target: the same handler served from uvloop's loop, and the plain
+    # handler, the async handler's ceiling
+    ("async handler on uvloop / uvloop Protocol", "iocport-async-uvloop", "uvloop",
+     None, None, None),
+    ("async handler on uvloop / uvloop streams", "iocport-async-uvloop", "uvloop-streams",
+     None, None, None),
+    ("async handler / sync handler", "iocport-async", "iocport-python", None, None, None),
+    ("sync handler / uvloop Protocol", "iocport-python", "uvloop", None, None, None),
+]
+
+
 # Idle connections: the resident memory that each costs a server.
 # (name, kind, extra): the servers of the idle scenario
 IDLE_SERVERS: list[ServerSpec] = [
@@ -185,7 +221,8 @@ def scenario_name(sc: Scenario) -> str:
         return f"{text} at {sc['rate']:,} msgs/s"
     if sc.get("mode") == "handshake":
         return f"handshakes, {text}"
-    prefix = {"store": "store, ", "tls": "tls, "}.get(sc.get("mode", ""), "")
+    prefix = {"store": "store, ", "tls": "tls, ", "async": "async, "}.get(
+        sc.get("mode", ""), "")
     return f"{prefix}{text}, depth {sc['depth']}"
 
 
@@ -204,7 +241,8 @@ def positive_ints(text: str) -> list[int]:
 def server_names() -> list[str]:
     """Every server the scenarios know (what --only may name)."""
     return sorted({s[0] for s in SERVERS} | {s[0] for s in STORE_SERVERS} |
-                  {s[0] for s in IDLE_SERVERS} | {s[0] for s in TLS_SERVERS})
+                  {s[0] for s in IDLE_SERVERS} | {s[0] for s in TLS_SERVERS} |
+                  {s[0] for s in ASYNC_SERVERS})
 
 
 def only_names(text: str) -> str:
@@ -226,7 +264,8 @@ def plan(args: argparse.Namespace, store_dir: str,
               "seconds": args.seconds}
     only = set(args.only.split(",")) if args.only else None
     groups: list[Group] = []
-    just = args.latency or args.store or args.idle or getattr(args, "tls", False)
+    just = (args.latency or args.store or args.idle or getattr(args, "tls", False)
+            or getattr(args, "use_async", False))
     if args.full or not just:
         chosen = [s for s in SERVERS if args.full or not s[3]]
         if only:
@@ -259,6 +298,11 @@ def plan(args: argparse.Namespace, store_dir: str,
         if hs:
             groups.append(("handshakes", hs, [dict(common, size=64, depth=1,
                                                    mode="handshake")]))
+    if getattr(args, "use_async", False):
+        servers = [s for s in ASYNC_SERVERS if only is None or s[0] in only]
+        groups.append(("async", servers, [dict(common, size=size, depth=d, mode="async")
+                                          for size in (args.sizes or ASYNC_SIZES)
+                                          for d in (1, 16)]))
     return groups
 
 
