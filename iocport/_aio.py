@@ -25,7 +25,9 @@ import asyncio
 import inspect
 import logging
 import os
+import sys
 import types
+from asyncio.tasks import _enter_task, _leave_task
 from collections import deque
 from functools import partial
 
@@ -37,6 +39,7 @@ from ._iocport import _EV_EOF as _EOF
 from ._iocport import _EV_MSG as _MSG
 from ._iocport import _EV_OPEN as _OPEN
 _WHAT = ("handler", "on_connect", "on_eof", "on_close")
+_IDLE = object()   # _Bridge.outer outside _begin() .. _end()
 
 
 def is_async(fn):
@@ -45,29 +48,74 @@ def is_async(fn):
 
 
 @types.coroutine
-def _resume(coro, value):
-    """Continue `coro`, which yielded `value` when it was started eagerly:
-    pass on what it yields, and what its Task sends or throws back."""
+def _resume(coro, value, exc=None):
+    """Continue `coro`, which yielded `value` when it was started eagerly
+    (or, with `exc`, throw that into it first): pass on what it yields,
+    and what its Task sends or throws back."""
     while True:
-        try:
-            sent = yield value
-        except GeneratorExit:
-            coro.close()
-            raise
-        except BaseException as exc:   # CancelledError included: passed on
+        if exc is None:
             try:
-                value = coro.throw(exc)
+                sent = yield value
+            except GeneratorExit:
+                coro.close()
+                raise
+            except BaseException as thrown:   # CancelledError included
+                exc = thrown
+                continue
+            try:
+                value = coro.send(sent)
             except StopIteration as stop:
                 return stop.value
-            continue
+        else:
+            thrown, exc = exc, None
+            try:
+                value = coro.throw(thrown)
+            except StopIteration as stop:
+                return stop.value
+
+
+class _Host:
+    """A Task for coroutine handlers to run as.  A handler is started
+    eagerly on the loop's thread, outside any Task -- but what it awaits
+    may ask for its Task (``asyncio.timeout()``, ``current_task()``,
+    anyio's cancel scopes), so while it runs the current task is a host:
+    a real Task parked on `ready`.  If the handler finishes without
+    suspending, the host stays parked for the next one (no Task made); if
+    it suspends, the host takes it over (`coro`, `value`) and goes on with
+    it -- the same Task from its first step to its last -- and a new host
+    is parked for the next handler."""
+
+    __slots__ = ("task", "ready", "coro", "value")
+
+    def __init__(self, loop):
+        self.ready = loop.create_future()
+        self.coro = self.value = None
+        self.task = loop.create_task(self._run())
+
+    async def _run(self):
         try:
-            value = coro.send(sent)
-        except StopIteration as stop:
-            return stop.value
+            await self.ready
+        except asyncio.CancelledError as exc:
+            if self.coro is None:
+                raise          # cancelled while parked: nothing to go on with
+            # cancelled by the handler it was taking over (its first steps
+            # ran as this Task): that handler gets it
+            return await _resume(self.coro, None, exc)
+        if self.coro is None:
+            return None        # retired while parked
+        return await _resume(self.coro, self.value)
 
+    def take(self, coro, value):
+        """Go on with `coro`, suspended on `value`; the Task."""
+        self.coro, self.value = coro, value
+        if not self.ready.done():
+            self.ready.set_result(None)
+        return self.task
 
-async def _continue(coro, value):
-    return await _resume(coro, value)
+    def retire(self):
+        """End parked (the Task returns None)."""
+        if not self.ready.done():
+            self.ready.set_result(None)
 
 
 class _Busy:
@@ -98,9 +146,10 @@ class _Bridge:
         self.busy = {}        # conn -> _Busy
         self.aborted = set()  # conns whose coroutine raised, until their close
         self.tasks = set()    # the Tasks of suspended coroutines
-        self.native = _Native(handler, self.busy, self.aborted, self._event,
-                              self._suspended, self._failed,
-                              asyncio.CancelledError)
+        self.host = None      # the _Host handlers start as (see _Host)
+        self.outer = _IDLE    # in _begin() .. _end(): the task current
+                              # before, if any
+        self.native = _Native(self, handler, asyncio.CancelledError)
 
     # -- on the workers (GIL held) ----------------------------------------
     def callbacks(self):
@@ -163,6 +212,7 @@ class _Bridge:
         self.native.set_fd(-1)
         os.close(self.fd)
         self.fd = -1
+        self._retire_host(None)
 
     def stopped(self):
         """The core has stopped (called from any thread): finish() soon on
@@ -179,7 +229,10 @@ class _Bridge:
     async def settle(self):
         """Wait for the Tasks still running (cancelled ones end, on_close
         coroutines they were holding back run)."""
-        while self.tasks:
+        while True:
+            self._retire_host(None)   # (one may have been parked since)
+            if not self.tasks:
+                return
             await asyncio.wait(list(self.tasks))
 
     # -- the native bridge's paths -------------------------------------
@@ -207,7 +260,59 @@ class _Bridge:
     def _suspended(self, conn, msg, coro, value):
         """A message's coroutine, started by the bridge, awaited `value`."""
         b = self.busy[conn] = _Busy()
-        self._track(conn, b, _MSG, msg, self.loop.create_task(_continue(coro, value)))
+        self._track(conn, b, _MSG, msg, self._hand_over(coro, value))
+
+    # -- the host: the Task a handler starts as ---------------------------
+    def _new_host(self):
+        self.host = _Host(self.loop)
+        self.native.set_host(self.host.task)
+
+    def _hand_over(self, coro, value):
+        """The current host goes on with `coro`; a new one becomes current.
+        Returns the Task that now runs `coro`."""
+        task = self.host.take(coro, value)
+        self._switch()
+        return task
+
+    def _retire_host(self, new=True):
+        """The host was kept by what a finished handler left behind (or
+        the bridge is done): let its Task end, and park a new one."""
+        host = self.host
+        if host is None:
+            return
+        host.retire()
+        self.tasks.add(host.task)   # settle() waits for it to end
+        host.task.add_done_callback(self.tasks.discard)
+        if new is None:
+            self.host = None
+            self.native.set_host(None)
+        else:
+            self._switch()
+
+    def _switch(self):
+        old = self.host.task
+        self._new_host()
+        if self.outer is not _IDLE:      # inside _begin() .. _end()
+            _leave_task(self.loop, old)
+            _enter_task(self.loop, self.host.task)
+
+    def _begin(self):
+        """Handlers are about to start (a pass of the bridge, or what a
+        finished Task lets go on): the host becomes the current task."""
+        loop = self.loop
+        if self.host is None:
+            self._new_host()
+        self.outer = asyncio.current_task(loop)
+        if self.outer is not None:   # finish() from a coroutine: step aside
+            _leave_task(loop, self.outer)
+        _enter_task(loop, self.host.task)
+
+    def _end(self):
+        loop = self.loop
+        _leave_task(loop, self.host.task)
+        if self.outer is not None:
+            _enter_task(loop, self.outer)
+        self.outer = _IDLE
 
     def _pump(self, conn, b):
         """Start the events of a busy connection that may start now, in
@@ -241,6 +346,7 @@ class _Bridge:
             return None   # a coroutine of this connection raised: dropped
         fn = self.fns[kind]
         coro = None
+        refs = sys.getrefcount(self.host.task)
         try:
             if kind == _MSG:
                 result = fn(conn, arg)
@@ -257,7 +363,9 @@ class _Bridge:
             self._failed(conn, kind, exc)
             return None
         if coro is not None:
-            return self.loop.create_task(_continue(coro, value))
+            return self._hand_over(coro, value)
+        if sys.getrefcount(self.host.task) > refs:
+            self._retire_host()   # kept by what the handler left behind
         self._ended(conn, kind, arg, result)
         return None
 
@@ -277,7 +385,11 @@ class _Bridge:
         else:
             self._ended(conn, kind, arg, task.result())
         if self.busy.get(conn) is b:
-            self._pump(conn, b)
+            self._begin()
+            try:
+                self._pump(conn, b)
+            finally:
+                self._end()
 
     def _failed(self, conn, kind, exc):
         if kind == _CLOSE:

@@ -631,3 +631,77 @@ def test_the_native_bridge_refuses_what_is_not_an_event():
     with pytest.raises(TypeError, match="must be a Connection"):
         native.push(iocport._iocport._EV_CLOSE, object(), None)
     assert native.idle
+
+
+# ---- the Task a handler runs as -------------------------------------------------
+
+def test_a_handler_runs_as_one_task_from_its_first_step(backend, arun):
+    """What a handler awaits may ask for its Task before it first suspends
+    (asyncio.timeout(), redis-py, anyio): it has one, not done, and the
+    same one after it suspends, to its end."""
+    ran = []
+
+    async def on_message(conn, msg):
+        first = asyncio.current_task()
+        assert first is not None and not first.done()
+        if msg == b"suspend":
+            await asyncio.sleep(0)
+            assert asyncio.current_task() is first
+            await asyncio.sleep(0.001)
+            assert asyncio.current_task() is first
+        ran.append(msg)
+        conn.send(msg)
+
+    async def main():
+        async with server(backend, on_message) as srv:
+            address = srv.listen()
+            srv.start()
+            msgs = [b"a", b"suspend", b"b", b"suspend", b"c"]
+            assert await exchange(address, msgs) == msgs
+        assert ran == msgs
+    arun(main())
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="asyncio.timeout is 3.11+")
+def test_asyncio_timeout_in_a_handler_before_it_suspends(backend, arun):
+    async def on_message(conn, msg):
+        try:
+            async with asyncio.timeout(0.01 if msg == b"late" else 30):
+                if msg == b"late":
+                    await asyncio.Event().wait()     # never set: times out
+                await asyncio.sleep(0)
+            conn.send(b"in time")
+        except TimeoutError:
+            conn.send(b"timed out")
+
+    async def main():
+        async with server(backend, on_message) as srv:
+            address = srv.listen()
+            srv.start()
+            replies = await asyncio.gather(exchange(address, [b"late"]),
+                                           exchange(address, [b"soon"]))
+            assert replies == [[b"timed out"], [b"in time"]]
+    arun(main())
+
+
+def test_a_task_kept_by_a_handler_that_ended_is_its_own(backend, arun):
+    """A handler that ends without suspending but keeps current_task()
+    (a library's registry, say) keeps a Task that then ends; the next
+    handler runs as another."""
+    kept = []
+
+    async def on_message(conn, msg):
+        if msg == b"keep":
+            kept.append(asyncio.current_task())
+        else:
+            assert asyncio.current_task() not in kept
+        conn.send(msg)
+
+    async def main():
+        async with server(backend, on_message) as srv:
+            address = srv.listen()
+            srv.start()
+            assert await exchange(address, [b"keep", b"next"]) == [b"keep", b"next"]
+            await until(lambda: kept[0].done(), "the kept Task to end")
+            assert kept[0].result() is None
+    arun(main())

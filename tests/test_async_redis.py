@@ -6,16 +6,11 @@ loops (asyncio's and uvloop's).
 
 Each test runs twice: with the handler's first redis-py call made at once
 ("direct", as the issue's example does) and after one ``await
-asyncio.sleep(0)``.  From Python 3.11.3 on, "direct" is an expected failure
-for now (strict: it turns into a failure once it passes): the bridge starts
-each coroutine eagerly outside any Task, so ``asyncio.current_task()`` is
-None until it first suspends, and redis-py enters ``asyncio.timeout()``
-(its choice from 3.11.3 on) around its connect and its reads, which raises
-"Timeout should be used inside a task" there.  Before 3.11.3 redis-py uses
-the async_timeout package, which takes the missing task without a word (a
-deadline that expired there would fail instead), so "direct" passes.  After
-the first suspension the handler runs inside the Task that continues it,
-and redis-py works everywhere.
+asyncio.sleep(0)``.  "Direct" is the case that needs the handler's eager
+start to run inside a Task: from Python 3.11.3 on redis-py enters
+``asyncio.timeout()`` around its connect and its reads, which raises
+"Timeout should be used inside a task" where ``asyncio.current_task()`` is
+None (it did, before the bridge's host Task).
 
 Skips when ``redis-server`` (Debian: ``apt-get install redis-server``) or
 the ``redis`` package (the ``test`` extra) is missing; ``.ci/run`` installs
@@ -28,7 +23,6 @@ import shutil
 import socket
 import struct
 import subprocess
-import sys
 
 import pytest
 
@@ -115,17 +109,7 @@ def redis_port(tmp_path_factory):
         _stop(proc)
 
 
-# "direct" fails for now (see the module's docstring); Python 3.12's eager
-# tasks run the eager part inside their Task, where current_task() is set.
-EAGER_WITHOUT_TASK = ("the bridge's eager start runs the handler outside a Task: "
-                      "asyncio.current_task() is None, so asyncio.timeout() in redis-py "
-                      "raises 'Timeout should be used inside a task'")
-
-
-@pytest.fixture(params=[pytest.param("direct", marks=pytest.mark.xfail(
-                            sys.version_info >= (3, 11, 3), strict=True,
-                            reason=EAGER_WITHOUT_TASK)),
-                        "after sleep(0)"])
+@pytest.fixture(params=["direct", "after sleep(0)"])
 def first_await(request):
     """What a handler does before its first redis-py call (see above)."""
     async def before():

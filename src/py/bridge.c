@@ -16,7 +16,11 @@
  * handed back to the core's backpressure count at once (conn_held_done).
  * Everything else goes to _aio.py: `suspended(conn, msg, coro, value)` for
  * a coroutine that awaited, `failed(conn, kind, exc)` for one that raised,
- * `slow(kind, conn, arg)` for any other event.  All of it under the GIL. */
+ * `slow(kind, conn, arg)` for any other event.  A pass runs between
+ * owner._begin() and owner._end(), which make the host Task current (see
+ * _aio.py's _Host: what handlers await may ask for their Task); a handler
+ * that ends and leaves the host referenced has it retired.  All of it
+ * under the GIL. */
 #include "py/objects.h"
 
 #include <errno.h>
@@ -34,6 +38,8 @@ typedef struct {
     PyObject *busy;              /* dict: conn -> its suspended state */
     PyObject *aborted;           /* set: conns whose coroutine raised */
     PyObject *slow, *suspended, *failed;   /* _aio.py's paths */
+    PyObject *begin, *end, *retire;        /* ... and its host Task's */
+    PyObject *host;              /* the Task handlers start as, or NULL */
     PyObject *cancelled;         /* asyncio.CancelledError */
     PyObject *pending;           /* list: kind, conn, arg, ... (workers) */
     PyObject *taken;             /* list: the batch drain() works on */
@@ -151,37 +157,44 @@ message_failed(BridgeObject *b, PyObject *conn)
     return 0;
 }
 
-/* Run one message eagerly (conn has nothing suspended).  0, or -1 with
- * an exception that must go on up. */
+/* Run one message eagerly (conn has nothing suspended), as the host Task.
+ * 0, or -1 with an exception that must go on up. */
 static int
 run_message(BridgeObject *b, PyObject *conn, PyObject *msg)
 {
+    PyObject *host = b->host;
+    Py_ssize_t refs = host != NULL ? Py_REFCNT(host) : 0;
     PyObject *args[2] = {conn, msg};
     PyObject *r = PyObject_Vectorcall(b->handler, args, 2, NULL);
-    if (r == NULL)
-        return message_failed(b, conn);
-    if (!PyCoro_CheckExact(r)) {   /* a plain function: done */
+    int rc = 0;
+    if (r == NULL) {
+        rc = message_failed(b, conn);
+    } else if (!PyCoro_CheckExact(r)) {   /* a plain function: done */
         Py_DECREF(r);
         handled(conn, msg);
-        return 0;
-    }
-    PyObject *value = NULL;
-    PySendResult s = PyIter_Send(r, Py_None, &value);
-    if (s == PYGEN_RETURN) {
-        Py_DECREF(value);
+    } else {
+        PyObject *value = NULL;
+        PySendResult s = PyIter_Send(r, Py_None, &value);
+        if (s == PYGEN_NEXT) {   /* it awaited: the host goes on with it */
+            PyObject *sargs[4] = {conn, msg, r, value};
+            call_back(b->suspended, sargs, 4);
+            Py_DECREF(value);
+            Py_DECREF(r);
+            return 0;
+        }
         Py_DECREF(r);
-        handled(conn, msg);
-        return 0;
+        if (s == PYGEN_RETURN) {
+            Py_DECREF(value);
+            handled(conn, msg);
+        } else {
+            rc = message_failed(b, conn);
+        }
     }
-    if (s == PYGEN_NEXT) {         /* it awaited: a Task goes on with it */
-        PyObject *sargs[4] = {conn, msg, r, value};
-        call_back(b->suspended, sargs, 4);
-        Py_DECREF(value);
-        Py_DECREF(r);
-        return 0;
-    }
-    Py_DECREF(r);
-    return message_failed(b, conn);
+    /* Ended here: if what it left behind still holds the host (a stored
+     * current_task()), that Task is its own now: park another. */
+    if (rc == 0 && host != NULL && host == b->host && Py_REFCNT(host) > refs)
+        call_back(b->retire, NULL, 0);
+    return rc;
 }
 
 /* What is left of a batch when an exception goes on up: back to the front
@@ -213,27 +226,17 @@ runs_here(BridgeObject *b, PyObject *conn)
     return 1;
 }
 
-static PyObject *
-bridge_drain_m(BridgeObject *self, PyObject *Py_UNUSED(ignored))
+/* One pass over what is queued; 0, or -1 with an exception to raise. */
+static int
+drain_pass(BridgeObject *self)
 {
-    if (self->draining)
-        Py_RETURN_NONE;   /* a pass is under way: it takes what came */
-    if (self->fd >= 0) {
-        eventfd_t v;
-        if (eventfd_read(self->fd, &v) < 0 && errno != EAGAIN)
-            return PyErr_SetFromErrno(PyExc_OSError);
-    }
-    /* Cleared after the read: a worker that appends from here on wakes
-     * the loop again, and what came before is taken below. */
-    self->signalled = 0;
-    self->draining = 1;
-    int failed = 0;
-    while (!failed && PyList_GET_SIZE(self->pending) > 0) {
+    while (PyList_GET_SIZE(self->pending) > 0) {
         PyObject *batch = self->pending;   /* swap: workers append to the
                                               other list meanwhile */
         self->pending = self->taken;
         self->taken = batch;
         Py_ssize_t n = PyList_GET_SIZE(batch), i;
+        int failed = 0;
         for (i = 0; i < n; i += 3) {
             PyObject *kind = PyList_GET_ITEM(batch, i);
             PyObject *conn = PyList_GET_ITEM(batch, i + 1);
@@ -256,12 +259,47 @@ bridge_drain_m(BridgeObject *self, PyObject *Py_UNUSED(ignored))
         if (failed)
             put_back(self, i, n);
         if (PyList_SetSlice(batch, 0, n, NULL) < 0) {
-            PyErr_WriteUnraisable((PyObject *)self);
-            failed = 1;
+            if (!failed)
+                PyErr_WriteUnraisable((PyObject *)self);
+            else
+                PyErr_Clear();   /* keep the first error */
         }
+        if (failed)
+            return -1;
     }
+    return 0;
+}
+
+static PyObject *
+bridge_drain_m(BridgeObject *self, PyObject *Py_UNUSED(ignored))
+{
+    if (self->draining)
+        Py_RETURN_NONE;   /* a pass is under way: it takes what came */
+    if (self->fd >= 0) {
+        eventfd_t v;
+        if (eventfd_read(self->fd, &v) < 0 && errno != EAGAIN)
+            return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    /* Cleared after the read: a worker that appends from here on wakes
+     * the loop again, and what came before is taken below. */
+    self->signalled = 0;
+    if (PyList_GET_SIZE(self->pending) == 0)
+        Py_RETURN_NONE;
+    PyObject *r = PyObject_CallNoArgs(self->begin);   /* the host is current */
+    if (r == NULL)
+        return NULL;
+    Py_DECREF(r);
+    self->draining = 1;
+    int rc = drain_pass(self);
     self->draining = 0;
-    if (failed)
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    r = PyObject_CallNoArgs(self->end);
+    if (r == NULL)
+        PyErr_WriteUnraisable(self->end);
+    Py_XDECREF(r);
+    PyErr_Restore(type, value, tb);
+    if (rc < 0)
         return NULL;
     Py_RETURN_NONE;
 }
@@ -280,21 +318,34 @@ bridge_set_fd_m(BridgeObject *self, PyObject *arg)
 }
 
 static PyObject *
+bridge_set_host_m(BridgeObject *self, PyObject *task)
+{
+    Py_XSETREF(self->host, task == Py_None ? NULL : Py_NewRef(task));
+    Py_RETURN_NONE;
+}
+
+static PyObject *
 bridge_get_idle(BridgeObject *self, void *Py_UNUSED(closure))
 {
     return PyBool_FromLong(!self->draining &&
                            PyList_GET_SIZE(self->pending) == 0);
 }
 
+/* owner.<name>, into *out (a new reference); 0 or -1. */
+static int
+owner_attr(PyObject *owner, const char *name, PyObject **out)
+{
+    *out = PyObject_GetAttrString(owner, name);
+    return *out == NULL ? -1 : 0;
+}
+
 static PyObject *
 bridge_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"handler", "busy", "aborted", "slow",
-                             "suspended", "failed", "cancelled", NULL};
-    PyObject *handler, *busy, *aborted, *slow, *suspended, *failed, *cancelled;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO!O!OOOO", kwlist, &handler,
-                                     &PyDict_Type, &busy, &PySet_Type, &aborted,
-                                     &slow, &suspended, &failed, &cancelled))
+    static char *kwlist[] = {"owner", "handler", "cancelled", NULL};
+    PyObject *owner, *handler, *cancelled;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOO", kwlist, &owner,
+                                     &handler, &cancelled))
         return NULL;
     BridgeObject *self = (BridgeObject *)type->tp_alloc(type, 0);
     if (self == NULL)
@@ -304,12 +355,23 @@ bridge_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     self->conn_type = (PyTypeObject *)Py_NewRef(
         ((iocp_state *)PyType_GetModuleState(type))->ConnectionType);
     self->handler = Py_NewRef(handler);
-    self->busy = Py_NewRef(busy);
-    self->aborted = Py_NewRef(aborted);
-    self->slow = Py_NewRef(slow);
-    self->suspended = Py_NewRef(suspended);
-    self->failed = Py_NewRef(failed);
     self->cancelled = Py_NewRef(cancelled);
+    if (owner_attr(owner, "busy", &self->busy) < 0 ||
+        owner_attr(owner, "aborted", &self->aborted) < 0 ||
+        owner_attr(owner, "_event", &self->slow) < 0 ||
+        owner_attr(owner, "_suspended", &self->suspended) < 0 ||
+        owner_attr(owner, "_failed", &self->failed) < 0 ||
+        owner_attr(owner, "_begin", &self->begin) < 0 ||
+        owner_attr(owner, "_end", &self->end) < 0 ||
+        owner_attr(owner, "_retire_host", &self->retire) < 0) {
+        Py_DECREF(self);
+        return NULL;
+    }
+    if (!PyDict_CheckExact(self->busy) || !PyAnySet_CheckExact(self->aborted)) {
+        Py_DECREF(self);
+        return PyErr_Format(PyExc_TypeError,
+                            "_Bridge: owner.busy must be a dict, aborted a set");
+    }
     self->pending = PyList_New(0);
     self->taken = PyList_New(0);
     if (self->pending == NULL || self->taken == NULL) {
@@ -339,6 +401,10 @@ bridge_traverse(BridgeObject *self, visitproc visit, void *arg)
     Py_VISIT(self->pending);
     Py_VISIT(self->taken);
     Py_VISIT(self->conn_type);
+    Py_VISIT(self->begin);
+    Py_VISIT(self->end);
+    Py_VISIT(self->retire);
+    Py_VISIT(self->host);
     return 0;
 }
 
@@ -355,6 +421,10 @@ bridge_clear(BridgeObject *self)
     Py_CLEAR(self->pending);
     Py_CLEAR(self->taken);
     Py_CLEAR(self->conn_type);
+    Py_CLEAR(self->begin);
+    Py_CLEAR(self->end);
+    Py_CLEAR(self->retire);
+    Py_CLEAR(self->host);
     for (int k = 0; k < EV_KINDS; k++)
         Py_CLEAR(self->kinds[k]);
     return 0;
@@ -378,6 +448,10 @@ static PyMethodDef bridge_methods[] = {
     {"drain", (PyCFunction)bridge_drain_m, METH_NOARGS,
      "drain($self, /)\n--\n\n"
      "On the loop: read the eventfd, then handle every queued event."},
+    {"set_host", (PyCFunction)bridge_set_host_m, METH_O,
+     "set_host($self, task, /)\n--\n\n"
+     "The Task handlers start as (None: none yet); one that a finished\n"
+     "handler left referenced is retired (owner._retire_host())."},
     {"set_fd", (PyCFunction)bridge_set_fd_m, METH_O,
      "set_fd($self, fd, /)\n--\n\n"
      "The eventfd to write when waking the loop (-1: none)."},
@@ -398,8 +472,7 @@ static PyMemberDef bridge_members[] = {
 
 static PyType_Slot bridge_slots[] = {
     {Py_tp_doc,
-     "Bridge(handler, busy, aborted, slow, suspended, failed, cancelled)\n"
-     "--\n\n"
+     "_Bridge(owner, handler, cancelled)\n--\n\n"
      "The native hand-off of iocport's asyncio layer (iocport/_aio.py)."},
     {Py_tp_new, bridge_new},
     {Py_tp_dealloc, bridge_dealloc},
