@@ -39,7 +39,6 @@ from ._iocport import _EV_EOF as _EOF
 from ._iocport import _EV_MSG as _MSG
 from ._iocport import _EV_OPEN as _OPEN
 _WHAT = ("handler", "on_connect", "on_eof", "on_close")
-_IDLE = object()   # _Bridge.outer outside _begin() .. _end()
 
 
 def is_async(fn):
@@ -147,8 +146,6 @@ class _Bridge:
         self.aborted = set()  # conns whose coroutine raised, until their close
         self.tasks = set()    # the Tasks of suspended coroutines
         self.host = None      # the _Host handlers start as (see _Host)
-        self.outer = _IDLE    # in _begin() .. _end(): the task current
-                              # before, if any
         self.native = _Native(self, handler, asyncio.CancelledError)
 
     # -- on the workers (GIL held) ----------------------------------------
@@ -194,7 +191,7 @@ class _Bridge:
             self.finish()
         self.loop = loop
         self.fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        self.native.set_fd(self.fd)
+        self.native.attach(self.fd, loop)
         try:
             loop.add_reader(self.fd, self.native.drain)
         except BaseException:
@@ -209,7 +206,7 @@ class _Bridge:
             return
         self.native.drain()
         self.loop.remove_reader(self.fd)
-        self.native.set_fd(-1)
+        self.native.detach()
         os.close(self.fd)
         self.fd = -1
         self._retire_host(None)
@@ -290,29 +287,14 @@ class _Bridge:
             self._switch()
 
     def _switch(self):
+        """Park a new host; if the old one is current (a pass is under
+        way: the native bridge's begin() .. end()), the new one is now."""
         old = self.host.task
         self._new_host()
-        if self.outer is not _IDLE:      # inside _begin() .. _end()
-            _leave_task(self.loop, old)
-            _enter_task(self.loop, self.host.task)
-
-    def _begin(self):
-        """Handlers are about to start (a pass of the bridge, or what a
-        finished Task lets go on): the host becomes the current task."""
         loop = self.loop
-        if self.host is None:
-            self._new_host()
-        self.outer = asyncio.current_task(loop)
-        if self.outer is not None:   # finish() from a coroutine: step aside
-            _leave_task(loop, self.outer)
-        _enter_task(loop, self.host.task)
-
-    def _end(self):
-        loop = self.loop
-        _leave_task(loop, self.host.task)
-        if self.outer is not None:
-            _enter_task(loop, self.outer)
-        self.outer = _IDLE
+        if asyncio.current_task(loop) is old:
+            _leave_task(loop, old)
+            _enter_task(loop, self.host.task)
 
     def _pump(self, conn, b):
         """Start the events of a busy connection that may start now, in
@@ -385,11 +367,11 @@ class _Bridge:
         else:
             self._ended(conn, kind, arg, task.result())
         if self.busy.get(conn) is b:
-            self._begin()
+            outer = self.native.begin()
             try:
                 self._pump(conn, b)
             finally:
-                self._end()
+                self.native.end(outer)
 
     def _failed(self, conn, kind, exc):
         if kind == _CLOSE:

@@ -2,7 +2,7 @@
  * hand-off of a server's events from its workers to an asyncio loop, and
  * the loop's pass over them.
  *
- * Workers: the Bridge object is the server's message handler.  Calling it
+ * Workers: the _Bridge object is the server's message handler.  Calling it
  * appends (kind, conn, msg) to `pending`, a flat list of triples, and
  * writes the eventfd the loop watches only when no wake-up is pending
  * (`signalled`), so a worker's turn of many messages costs one wake-up and
@@ -16,11 +16,10 @@
  * handed back to the core's backpressure count at once (conn_held_done).
  * Everything else goes to _aio.py: `suspended(conn, msg, coro, value)` for
  * a coroutine that awaited, `failed(conn, kind, exc)` for one that raised,
- * `slow(kind, conn, arg)` for any other event.  A pass runs between
- * owner._begin() and owner._end(), which make the host Task current (see
- * _aio.py's _Host: what handlers await may ask for their Task); a handler
- * that ends and leaves the host referenced has it retired.  All of it
- * under the GIL. */
+ * `slow(kind, conn, arg)` for any other event.  During a pass the host
+ * Task is current (host_enter .. host_leave; see _aio.py's _Host: what a
+ * handler awaits may ask for its Task); a handler that ends and leaves the
+ * host referenced has it retired.  All of it under the GIL. */
 #include "py/objects.h"
 
 #include <errno.h>
@@ -38,8 +37,11 @@ typedef struct {
     PyObject *busy;              /* dict: conn -> its suspended state */
     PyObject *aborted;           /* set: conns whose coroutine raised */
     PyObject *slow, *suspended, *failed;   /* _aio.py's paths */
-    PyObject *begin, *end, *retire;        /* ... and its host Task's */
+    PyObject *new_host, *retire;           /* ... and its host Task's */
     PyObject *host;              /* the Task handlers start as, or NULL */
+    PyObject *loop;              /* the loop it wakes, or NULL */
+    PyObject *enter, *leave, *current;     /* asyncio.tasks' _enter_task,
+                                              _leave_task, current_task */
     PyObject *cancelled;         /* asyncio.CancelledError */
     PyObject *pending;           /* list: kind, conn, arg, ... (workers) */
     PyObject *taken;             /* list: the batch drain() works on */
@@ -54,10 +56,18 @@ static int
 push(BridgeObject *b, int kind, PyObject *conn, PyObject *arg)
 {
     PyObject *list = b->pending;
+    Py_ssize_t n = PyList_GET_SIZE(list);
     if (PyList_Append(list, b->kinds[kind]) < 0 ||
         PyList_Append(list, conn) < 0 ||
-        PyList_Append(list, arg) < 0)
+        PyList_Append(list, arg) < 0) {
+        /* No memory: no part of a triple may stay. */
+        PyObject *type, *value, *tb;
+        PyErr_Fetch(&type, &value, &tb);
+        if (PyList_SetSlice(list, n, PyList_GET_SIZE(list), NULL) < 0)
+            PyErr_Clear();   /* (shrinking does not allocate) */
+        PyErr_Restore(type, value, tb);
         return -1;
+    }
     if (!b->signalled && b->fd >= 0) {
         b->signalled = 1;
         if (eventfd_write(b->fd, 1) < 0 && errno != EAGAIN) {
@@ -270,6 +280,92 @@ drain_pass(BridgeObject *self)
     return 0;
 }
 
+static int
+call2(PyObject *fn, PyObject *a, PyObject *b)
+{
+    PyObject *args[2] = {a, b};
+    PyObject *r = PyObject_Vectorcall(fn, args, 2, NULL);
+    Py_XDECREF(r);
+    return r == NULL ? -1 : 0;
+}
+
+/* Make the host Task current (parking one first if there is none); the
+ * task that was current, stepped aside (finish() inside serve()'s Task),
+ * in *outer (a new reference), else NULL.  0, or -1 with an exception. */
+static int
+host_enter(BridgeObject *b, PyObject **outer)
+{
+    *outer = NULL;
+    if (b->loop == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "_Bridge: not attached to a loop");
+        return -1;
+    }
+    if (b->host == NULL) {
+        PyObject *r = PyObject_CallNoArgs(b->new_host);   /* set_host()s */
+        if (r == NULL)
+            return -1;
+        Py_DECREF(r);
+        if (b->host == NULL) {
+            PyErr_SetString(PyExc_RuntimeError, "_Bridge: no host Task");
+            return -1;
+        }
+    }
+    PyObject *cur = PyObject_CallOneArg(b->current, b->loop);
+    if (cur == NULL)
+        return -1;
+    if (cur != Py_None && call2(b->leave, b->loop, cur) < 0) {
+        Py_DECREF(cur);
+        return -1;
+    }
+    if (call2(b->enter, b->loop, b->host) < 0) {
+        if (cur != Py_None && call2(b->enter, b->loop, cur) < 0)
+            PyErr_WriteUnraisable((PyObject *)b);
+        Py_DECREF(cur);
+        return -1;
+    }
+    if (cur != Py_None)
+        *outer = cur;
+    else
+        Py_DECREF(cur);
+    return 0;
+}
+
+/* Undo host_enter(): the host (the one current now) leaves, `outer`
+ * (stolen) comes back.  Keeps the exception being raised, if any. */
+static int
+host_leave(BridgeObject *b, PyObject *outer)
+{
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    int rc = call2(b->leave, b->loop, b->host);
+    if (outer != NULL && rc == 0)
+        rc = call2(b->enter, b->loop, outer);
+    Py_XDECREF(outer);
+    if (type != NULL) {
+        if (rc < 0)
+            PyErr_WriteUnraisable((PyObject *)b);
+        PyErr_Restore(type, value, tb);
+    }
+    return rc;
+}
+
+static PyObject *
+bridge_begin_m(BridgeObject *self, PyObject *Py_UNUSED(ignored))
+{
+    PyObject *outer;
+    if (host_enter(self, &outer) < 0)
+        return NULL;
+    return outer != NULL ? outer : Py_NewRef(Py_None);
+}
+
+static PyObject *
+bridge_end_m(BridgeObject *self, PyObject *outer)
+{
+    if (host_leave(self, outer == Py_None ? NULL : Py_NewRef(outer)) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
 static PyObject *
 bridge_drain_m(BridgeObject *self, PyObject *Py_UNUSED(ignored))
 {
@@ -285,35 +381,37 @@ bridge_drain_m(BridgeObject *self, PyObject *Py_UNUSED(ignored))
     self->signalled = 0;
     if (PyList_GET_SIZE(self->pending) == 0)
         Py_RETURN_NONE;
-    PyObject *r = PyObject_CallNoArgs(self->begin);   /* the host is current */
-    if (r == NULL)
+    PyObject *outer;
+    if (host_enter(self, &outer) < 0)
         return NULL;
-    Py_DECREF(r);
     self->draining = 1;
     int rc = drain_pass(self);
     self->draining = 0;
-    PyObject *type, *value, *tb;
-    PyErr_Fetch(&type, &value, &tb);
-    r = PyObject_CallNoArgs(self->end);
-    if (r == NULL)
-        PyErr_WriteUnraisable(self->end);
-    Py_XDECREF(r);
-    PyErr_Restore(type, value, tb);
-    if (rc < 0)
+    if (host_leave(self, outer) < 0 || rc < 0)
         return NULL;
     Py_RETURN_NONE;
 }
 
 static PyObject *
-bridge_set_fd_m(BridgeObject *self, PyObject *arg)
+bridge_attach_m(BridgeObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    long fd = PyLong_AsLong(arg);
+    if (nargs != 2)
+        return PyErr_Format(PyExc_TypeError, "attach() takes (fd, loop)");
+    long fd = PyLong_AsLong(args[0]);
     if (fd == -1 && PyErr_Occurred())
         return NULL;
-    if (fd < -1 || fd > INT_MAX)
-        return PyErr_Format(PyExc_ValueError, "set_fd(): no descriptor %ld", fd);
+    if (fd < 0 || fd > INT_MAX)
+        return PyErr_Format(PyExc_ValueError, "attach(): no descriptor %ld", fd);
     self->fd = (int)fd;
     self->signalled = 0;
+    Py_XSETREF(self->loop, Py_NewRef(args[1]));
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+bridge_detach_m(BridgeObject *self, PyObject *Py_UNUSED(ignored))
+{
+    self->fd = -1;   /* (the loop stays: what finishes on it runs there) */
     Py_RETURN_NONE;
 }
 
@@ -361,8 +459,7 @@ bridge_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         owner_attr(owner, "_event", &self->slow) < 0 ||
         owner_attr(owner, "_suspended", &self->suspended) < 0 ||
         owner_attr(owner, "_failed", &self->failed) < 0 ||
-        owner_attr(owner, "_begin", &self->begin) < 0 ||
-        owner_attr(owner, "_end", &self->end) < 0 ||
+        owner_attr(owner, "_new_host", &self->new_host) < 0 ||
         owner_attr(owner, "_retire_host", &self->retire) < 0) {
         Py_DECREF(self);
         return NULL;
@@ -372,9 +469,18 @@ bridge_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         return PyErr_Format(PyExc_TypeError,
                             "_Bridge: owner.busy must be a dict, aborted a set");
     }
+    PyObject *tasks = PyImport_ImportModule("asyncio.tasks");
+    if (tasks == NULL) {
+        Py_DECREF(self);
+        return NULL;
+    }
+    int bad = owner_attr(tasks, "_enter_task", &self->enter) < 0 ||
+              owner_attr(tasks, "_leave_task", &self->leave) < 0 ||
+              owner_attr(tasks, "current_task", &self->current) < 0;
+    Py_DECREF(tasks);
     self->pending = PyList_New(0);
     self->taken = PyList_New(0);
-    if (self->pending == NULL || self->taken == NULL) {
+    if (bad || self->pending == NULL || self->taken == NULL) {
         Py_DECREF(self);
         return NULL;
     }
@@ -401,9 +507,12 @@ bridge_traverse(BridgeObject *self, visitproc visit, void *arg)
     Py_VISIT(self->pending);
     Py_VISIT(self->taken);
     Py_VISIT(self->conn_type);
-    Py_VISIT(self->begin);
-    Py_VISIT(self->end);
     Py_VISIT(self->retire);
+    Py_VISIT(self->new_host);
+    Py_VISIT(self->loop);
+    Py_VISIT(self->enter);
+    Py_VISIT(self->leave);
+    Py_VISIT(self->current);
     Py_VISIT(self->host);
     return 0;
 }
@@ -421,9 +530,12 @@ bridge_clear(BridgeObject *self)
     Py_CLEAR(self->pending);
     Py_CLEAR(self->taken);
     Py_CLEAR(self->conn_type);
-    Py_CLEAR(self->begin);
-    Py_CLEAR(self->end);
     Py_CLEAR(self->retire);
+    Py_CLEAR(self->new_host);
+    Py_CLEAR(self->loop);
+    Py_CLEAR(self->enter);
+    Py_CLEAR(self->leave);
+    Py_CLEAR(self->current);
     Py_CLEAR(self->host);
     for (int k = 0; k < EV_KINDS; k++)
         Py_CLEAR(self->kinds[k]);
@@ -452,9 +564,20 @@ static PyMethodDef bridge_methods[] = {
      "set_host($self, task, /)\n--\n\n"
      "The Task handlers start as (None: none yet); one that a finished\n"
      "handler left referenced is retired (owner._retire_host())."},
-    {"set_fd", (PyCFunction)bridge_set_fd_m, METH_O,
-     "set_fd($self, fd, /)\n--\n\n"
-     "The eventfd to write when waking the loop (-1: none)."},
+    {"attach", (PyCFunction)(void (*)(void))bridge_attach_m, METH_FASTCALL,
+     "attach($self, fd, loop, /)\n--\n\n"
+     "Wake `loop` through the eventfd `fd`."},
+    {"detach", (PyCFunction)bridge_detach_m, METH_NOARGS,
+     "detach($self, /)\n--\n\n"
+     "Write the eventfd no more (it is about to close)."},
+    {"begin", (PyCFunction)bridge_begin_m, METH_NOARGS,
+     "begin($self, /)\n--\n\n"
+     "Make the host Task current for handlers about to start; returns the\n"
+     "task that was current (stepped aside), or None, for end()."},
+    {"end", (PyCFunction)bridge_end_m, METH_O,
+     "end($self, outer, /)\n--\n\n"
+     "Undo begin(): the host leaves, `outer` (what begin() returned) is\n"
+     "current again."},
     {NULL, NULL, 0, NULL},
 };
 
