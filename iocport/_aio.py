@@ -58,17 +58,17 @@ def _resume(coro, value, exc=None):
             except GeneratorExit:
                 coro.close()
                 raise
-            except BaseException as thrown:   # CancelledError included
-                exc = thrown
+            except BaseException as caught:   # CancelledError included
+                exc = caught
                 continue
             try:
                 value = coro.send(sent)
             except StopIteration as stop:
                 return stop.value
         else:
-            thrown, exc = exc, None
+            passed_on, exc = exc, None
             try:
-                value = coro.throw(thrown)
+                value = coro.throw(passed_on)
             except StopIteration as stop:
                 return stop.value
 
