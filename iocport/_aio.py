@@ -195,6 +195,7 @@ class _Bridge:
         try:
             loop.add_reader(self.fd, self.native.drain)
         except BaseException:
+            self.native.detach()
             os.close(self.fd)
             self.fd = -1
             raise
