@@ -79,8 +79,9 @@ class Server:
     ``handler(conn, msg)`` is called with the GIL held for every whole
     message (``bytes``), in order per connection; socket work runs on native
     worker threads with the GIL released.  If it raises, the traceback is
-    logged (logger ``"iocport"``), that connection is closed and the server
-    goes on.  Every argument but the handler is keyword-only:
+    logged (logger ``"iocport"``), nothing more from that connection is
+    handled, the replies already queued on it go out, then it closes; the
+    server goes on.  Every argument but the handler is keyword-only:
 
     framing
         How the byte stream is cut into messages, and replies framed:

@@ -403,6 +403,47 @@ def test_good_messages_then_a_bad_frame_in_one_write(make_server, client,
     assert errors(srv)["reset"] == 0
 
 
+@pytest.mark.parametrize("where", ["on_connect", "handler"])
+def test_a_handler_that_raises_keeps_the_replies_queued_before(make_server, client,
+                                                               where, caplog):
+    """Pipelined messages, the 11th of which makes the handler raise (or
+    on_connect raises after sending a greeting): every reply queued before
+    the failure goes out, then a FIN (not a reset), and nothing after it is
+    handled.  (A handler's failure ends the input as a bad frame does.)"""
+    ev = Events()
+    got = []
+
+    def on_connect(conn):
+        conn.send(b"hello")
+        if where == "on_connect":
+            raise RuntimeError("on_connect fails after its greeting")
+
+    def handler(conn, msg):
+        got.append(msg)
+        if msg == b"boom":
+            raise ValueError("fails on purpose")
+        conn.send(msg)
+
+    srv = make_server(handler, on_connect=on_connect, on_close=ev.on_close)
+    codec = Codec(iocport.LengthPrefixed(4))
+    msgs = [b"good %d" % i for i in range(10)]
+    s = client(srv.address)
+    # one write: the failure comes in the same turn as the replies before
+    # it; what follows it (64 KiB more) is discarded, never handled
+    s.sendall(frames(codec, msgs + [b"boom", b"after"] + [b"late"] * 8000))
+    data = recv_until_eof(s)    # ConnectionResetError if it were a reset
+    replies = codec.feed(data)
+    if where == "on_connect":
+        assert replies == [b"hello"] and got == []
+    else:
+        assert replies == [b"hello"] + msgs
+        assert got == msgs + [b"boom"]      # nothing handled after it
+    s.close()
+    wait_for(lambda: ev.closed, what="on_close")
+    assert reasons(ev) == ["handler"]
+    assert errors(srv)["handler"] == 1 and errors(srv)["reset"] == 0
+
+
 # The property test (items 1, 4 and 5 of the issue): random streams of good
 # frames, cut at a random point, ending in the peer's FIN (after a partial
 # frame or not) or in a bad frame, written in random chunks.

@@ -17,7 +17,8 @@
  * CLOSING (operations cancelled, waiting for their final events) -> DEAD
  * (fd closed, ENTRY_CLOSE queued; the struct lives on until its last
  * reference).  The input can end before the state changes: the peer's
- * FIN (peer_eof) or a bad frame (bad_input); conn_output_done() closes
+ * FIN (peer_eof), a bad frame or a handler that raised (bad_input);
+ * conn_output_done() closes
  * once everything owed for it has gone out. */
 #include "core/internal.h"
 
@@ -116,15 +117,16 @@ conn_fail(struct conn *c, enum close_reason why, int err)
 }
 
 void
-conn_abort(struct conn *c, enum close_reason why)
+conn_end_input(struct conn *c, enum close_reason why)
 {
     if (on_worker_thread(c->w)) {
-        conn_fail(c, why, 0);
+        if (c->state <= CONN_DRAINING)
+            recv_end_input(c, why);
         return;
     }
     pthread_mutex_lock(&c->lock);
-    if (c->state < CONN_CLOSING) {
-        c->close_req = 2;
+    if (c->state < CONN_CLOSING && c->close_req == 0) {
+        c->close_req = 3;
         c->close_why = (uint8_t)why;
         conn_post(c);
     }
@@ -374,7 +376,7 @@ conn_detach(struct conn *c)
 int
 conn_deliverable(const struct conn *c, enum entry_kind kind)
 {
-    if (c->reason == CLOSE_HANDLER)
+    if (c->handler_failed)
         return 0;   /* a handler of this connection already failed */
     if (kind == ENTRY_MSG)   /* we closed it: close() stops handling input,
                                 even messages framed in the same turn */

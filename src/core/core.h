@@ -271,8 +271,10 @@ int conn_send_file(struct conn *c, struct xfer *x);
 /* Graceful: stop handling input, send what is queued, FIN, wait for the
  * peer's; else at once.  Any thread. */
 void conn_close(struct conn *c, int graceful);
-/* Close at once, counting `why` (a handler raised).  Any thread. */
-void conn_abort(struct conn *c, enum close_reason why);
+/* End c's input, counting `why` (a handler raised): nothing more of it is
+ * delivered; the replies already queued go out, then a graceful close
+ * (our FIN; what the peer sends meanwhile is discarded).  Any thread. */
+void conn_end_input(struct conn *c, enum close_reason why);
 size_t conn_unsent(struct conn *c);
 /* Whether the unsent bytes are at most max_unsent; when not, the
  * connection owes an ENTRY_DRAIN once they are back to half. */

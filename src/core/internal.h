@@ -72,7 +72,8 @@ struct conn {
     uint8_t reason;              /* enum close_reason, first one wins */
     uint8_t close_queued;        /* the CLOSE notice is in the batch */
     uint8_t graceful;            /* close once the send queue is empty */
-    uint8_t close_req;           /* from another thread: 1 graceful, 2 abort */
+    uint8_t close_req;           /* from another thread: 1 graceful, 2 abort,
+                                    3 end the input (close_why) */
     uint8_t rbuf_pinned;         /* batch entries point into rbuf */
     uint8_t deferred;            /* unframed bytes wait for the next turn */
     uint8_t connect_req;         /* outgoing: connect when the worker drains */
@@ -81,8 +82,11 @@ struct conn {
     uint8_t direct;              /* the recv in flight is a recv_into() */
     uint8_t big;                 /* large messages or bulk input: direct */
     uint8_t refs_out;            /* sbuf goes out with references (worker) */
-    uint8_t bad_input;           /* a bad frame ended the input: nothing
-                                    more is framed, what comes is discarded */
+    uint8_t bad_input;           /* a bad frame or a handler that raised
+                                    ended the input: nothing more is
+                                    framed, what comes is discarded */
+    uint8_t handler_failed;      /* ... a handler: nothing more is
+                                    delivered, even what was framed */
     uint8_t eof_told;            /* ENTRY_EOF went to the dispatch layer */
     uint8_t keep_open;           /* on_eof asked to stay open after the
                                     peer's FIN, until closed */
@@ -435,6 +439,9 @@ void recv_start(struct conn *c);
 void recv_stop(struct conn *c);
 /* Start or stop receiving as the connection's state asks. */
 void recv_update(struct conn *c);
+/* The input ends here, counting `why`: nothing more is framed, what comes
+ * is discarded; the replies owed go out, then a graceful close. */
+void recv_end_input(struct conn *c, enum close_reason why);
 /* Frame what rbuf holds.  0, or -1 if the connection failed. */
 int recv_frame(struct worker *w, struct conn *c);
 /* Room for n more bytes at rbuf + rlen.  0 or -ENOMEM. */

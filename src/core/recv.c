@@ -7,8 +7,9 @@
  * message at a buffer's end is copied into rbuf, and only its own bytes.
  * A connection frames at most FRAME_BUDGET messages a turn; the rest wait,
  * unframed, for the next (deferred).  The input ends with the peer's FIN
- * (peer_eof) or a bad frame (bad_input): after either, nothing more is
- * framed and conn_output_done() closes once the replies owed are out. */
+ * (peer_eof), a bad frame or a handler that raised (bad_input,
+ * recv_end_input()): after either, nothing more is framed and
+ * conn_output_done() closes once the replies owed are out. */
 #include "core/internal.h"
 
 #define KEEP_BUF (64 * 1024)  /* most a header makes us reserve ahead */
@@ -194,7 +195,15 @@ rbuf_append(struct conn *c, const uint8_t *p, size_t n, size_t need)
 static void
 frame_error(struct conn *c, int st)
 {
-    conn_note_reason(c, st == FRAME_TOO_BIG ? CLOSE_TOO_BIG : CLOSE_BAD_FRAME, 0);
+    recv_end_input(c, st == FRAME_TOO_BIG ? CLOSE_TOO_BIG : CLOSE_BAD_FRAME);
+}
+
+void
+recv_end_input(struct conn *c, enum close_reason why)
+{
+    conn_note_reason(c, why, 0);
+    if (why == CLOSE_HANDLER)
+        c->handler_failed = 1;
     c->bad_input = 1;
     c->big = 0;
     c->rneed = 0;

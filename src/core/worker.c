@@ -151,7 +151,9 @@ drain_mailbox(struct worker *w)
         if (xfer)
             xfer_attach(c);
         if (c->state <= CONN_DRAINING) {
-            if (req == 2 && why != CLOSE_NONE)
+            if (req == 3)
+                recv_end_input(c, (enum close_reason)why);
+            else if (req == 2 && why != CLOSE_NONE)
                 conn_fail(c, (enum close_reason)why, 0);
             else if (req)
                 conn_close(c, req == 1);
@@ -254,8 +256,9 @@ run_deferred(struct worker *w)
             mark_dirty(w, c);   /* closing: send_flush() decides */
         } else if (!c->paused && recv_frame(w, c) == 0) {
             recv_update(c);     /* the backlog may have shrunk */
-            if (!c->deferred && c->peer_eof)
-                mark_dirty(w, c);   /* may be ready to close */
+            if (!c->deferred && (c->peer_eof || c->bad_input))
+                mark_dirty(w, c);   /* the input is over: may be ready
+                                       to close */
         }
         conn_unref(c);
         c = next;

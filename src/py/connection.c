@@ -185,7 +185,7 @@ static PyObject *
 conn_abort_handler_m(ConnObject *self, PyObject *Py_UNUSED(ignored))
 {
     if (self->c != NULL)
-        conn_abort(self->c, CLOSE_HANDLER);
+        conn_end_input(self->c, CLOSE_HANDLER);
     Py_RETURN_NONE;
 }
 
@@ -366,8 +366,9 @@ static PyMethodDef conn_methods[] = {
      "abort($self, /)\n--\n\nClose at once, dropping unsent data."},
     {"_abort_handler", (PyCFunction)conn_abort_handler_m, METH_NOARGS,
      "_abort_handler($self, /)\n--\n\n"
-     "Close at once as after a handler that raised (close_reason 'handler');\n"
-     "for iocport's asyncio layer, whose handlers run on the loop's thread."},
+     "End the input as after a handler that raised (close_reason 'handler'):\n"
+     "the replies queued go out, then it closes; for iocport's asyncio\n"
+     "layer, whose handlers run on the loop's thread."},
     {"_handled", (PyCFunction)conn_handled_m, METH_O,
      "_handled($self, msg, /)\n--\n\n"
      "The message `msg` is handled: it no longer counts toward this\n"

@@ -52,14 +52,15 @@ conn_object(ServerObject *so, struct conn *c)
     return o;
 }
 
-/* A callback raised: log it with its traceback and close that connection. */
+/* A callback raised: log it with its traceback and end that connection's
+ * input (the replies it has queued still go out, then it closes). */
 static void
 callback_failed(ServerObject *so, struct conn *c, const char *what)
 {
     iocp_log_exception(so->logger, PyUnicode_FromFormat(
         "%s raised; closing connection %llu", what,
         (unsigned long long)conn_id(c)));
-    conn_abort(c, CLOSE_HANDLER);
+    conn_end_input(c, CLOSE_HANDLER);
 }
 
 /* Outgoing connections: report the connect's outcome once (c: the
