@@ -183,6 +183,10 @@ next_elem(const uint8_t *buf, size_t *i, size_t e, size_t *es, size_t *ee)
 
 /* ---- state --------------------------------------------------------------- */
 
+/* What the steps return to go on (HTTP_OK, 0, is a whole request and
+ * HTTP_NEED is 1). */
+#define GO 2
+
 enum {
     S_REQUEST_LINE = 0,   /* and the empty lines before it */
     S_FIELDS,             /* the header section */
@@ -548,7 +552,7 @@ line_end(const uint8_t *buf, size_t s, size_t lf, int crlf, size_t *e)
 }
 
 /* One line of a field section starting at p->pos (the header section at
- * `off` when !trailers, the trailer section otherwise).  1: a field line
+ * `off` when !trailers, the trailer section otherwise).  GO: a field line
  * taken, 0: the empty line ending the section, HTTP_NEED, or an error. */
 static int
 section_line(struct http_parser *p, const uint8_t *buf, size_t len,
@@ -581,7 +585,7 @@ section_line(struct http_parser *p, const uint8_t *buf, size_t len,
     p->nfields++;
     if (!trailers && (rc = header_semantics(p, buf, s, ne, vs, ve)) < 0)
         return rc;
-    return 1;
+    return GO;
 }
 
 /* ---- chunked bodies ------------------------------------------------------ */
@@ -758,9 +762,6 @@ fill_request(struct http_parser *p, const uint8_t *buf,
     out->flags = p->flags & F_PUBLIC;
 }
 
-/* What step() returns to go on (HTTP_OK is 0: a whole request). */
-#define GO 2
-
 /* One step of the state machine: GO, HTTP_OK for a whole request,
  * HTTP_NEED, or an error. */
 static int
@@ -796,7 +797,7 @@ step(struct http_parser *p, uint8_t *buf, size_t len, struct http_request *out)
     case S_FIELDS:
         rc = section_line(p, buf, len, p->fields_off, 0);
         if (rc != 0)
-            return rc == 1 ? GO : rc;
+            return rc;
         if ((rc = framing(p)) < 0)
             return rc;
         p->body_off = p->pos;
@@ -831,7 +832,7 @@ step(struct http_parser *p, uint8_t *buf, size_t len, struct http_request *out)
     case S_TRAILERS:
         rc = section_line(p, buf, len, p->trailers_off, 1);
         if (rc != 0)
-            return rc == 1 ? GO : rc;
+            return rc;
         return HTTP_OK;
     default:
         return -HTTP_E_BAD_REQUEST_LINE;
