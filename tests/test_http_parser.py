@@ -267,6 +267,9 @@ def test_feed_wants_bytes():
     with pytest.raises(TypeError):
         HTTPParser().feed("GET / HTTP/1.1\r\n")
     assert HTTPParser().feed(memoryview(b"GET / HTTP/1.0\r\n\r\n"))
+    p = HTTPParser()
+    assert p.feed(b"") == [] and p.feed(bytearray(b"GET")) == []
+    assert p.buffered == b"GET" and p.feed(b"") == []
 
 
 # ---- rejections -------------------------------------------------------------

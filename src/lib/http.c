@@ -846,6 +846,8 @@ http_parse(struct http_parser *p, uint8_t *buf, size_t len,
     memset(out, 0, sizeof *out);
     if (p->error)
         return p->error;
+    if (len < p->pos)   /* not the buffer of the last call: nothing to do */
+        return HTTP_NEED;
     int rc;
     while ((rc = step(p, buf, len, out)) == GO)
         ;

@@ -162,7 +162,8 @@ struct http_parser {
 
 void http_parser_init(struct http_parser *p, const struct http_limits *lim);
 
-/* Parse buf[0 .. len), the current request from its first byte.  On
+/* Parse buf[0 .. len), the current request from its first byte (len never
+ * less than at the last call: the bytes are the same, more may follow).  On
  * HTTP_OK, fields[] (room for lim->max_headers) holds the header and then
  * the trailer fields.  A chunked body is de-chunked in place: each chunk's
  * data is moved down over the chunk-size lines before it, so the bytes of

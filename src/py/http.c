@@ -208,17 +208,20 @@ hp_feed(HTTPParserObject *self, PyObject *data)
     }
     if (iocp_buf_append(&self->buf, &self->len, &self->cap, data) < 0)
         return NULL;
-    int rc;
     PyObject *reqs = PyList_New(0);
-    if (reqs == NULL)
-        return NULL;
+    if (reqs == NULL || self->len == 0)
+        return reqs;
     self->busy = 1;
     size_t pos = 0;
     int ok = 0;
-    while (!self->paused) {
+    for (;;) {
         struct http_request r;
-        rc = http_parse(&self->p, self->buf + pos, self->len - pos,
-                        self->fields, &r);
+        if (self->paused) {   /* the rest is not HTTP: keep it */
+            ok = 1;
+            break;
+        }
+        int rc = http_parse(&self->p, self->buf + pos, self->len - pos,
+                            self->fields, &r);
         if (rc == HTTP_NEED) {
             self->need = r.need;
             self->flags = r.flags;
@@ -230,27 +233,28 @@ hp_feed(HTTPParserObject *self, PyObject *data)
             hp_fail(self, rc, reqs);
             break;
         }
+        /* Consumed even if it cannot be returned (MemoryError): the parser
+         * has moved on, and a chunked body was de-chunked in place. */
         PyObject *d = request_to_py(self->buf + pos, &r, self->fields);
-        if (d == NULL || PyList_Append(reqs, d) < 0) {
-            Py_XDECREF(d);
-            break;
-        }
-        Py_DECREF(d);
         pos += r.consumed;
         self->need = 0;
         self->flags = 0;
         if (r.flags & (HTTP_UPGRADE | HTTP_CONNECT))
             self->paused = 1;
+        if (d == NULL || PyList_Append(reqs, d) < 0) {
+            Py_XDECREF(d);
+            break;
+        }
+        Py_DECREF(d);
     }
-    if (self->paused)
-        ok = 1;
     self->busy = 0;
     /* The request in progress moves to the buffer's start, as the parser
      * left it (offsets, not pointers: it may move). */
     if (self->error)
         pos = self->len;
     self->len -= pos;
-    memmove(self->buf, self->buf + pos, self->len);
+    if (pos > 0)
+        memmove(self->buf, self->buf + pos, self->len);
     if (!ok)
         Py_CLEAR(reqs);
     return reqs;
