@@ -99,6 +99,37 @@ class Framer:
     @property
     def spec(self) -> Framing: ...
 
+class HTTPParseError(Error, ValueError):
+    """Raised by HTTPParser.feed() on a request it rejects."""
+    status: int
+    """What a server answers: 400, 413, 414, 431, 501 or 505."""
+    reason: str
+    requests: list[dict[str, Any]]
+    """The whole requests that feed() call parsed before the rejected one."""
+
+@final
+class HTTPParser:
+    """The native HTTP/1.1 request parser, for tests (private)."""
+    def __new__(cls, *, max_request_line: int = 8192,
+                max_header_line: int = 8192, max_headers: int = 100,
+                max_header_bytes: int = 65536, max_body: int = 1048576,
+                max_chunk_line: int = 4096) -> HTTPParser: ...
+    def feed(self, data: _Bytes, /) -> list[dict[str, Any]]:
+        """The requests now whole; after an Upgrade or CONNECT request the
+        rest stays in buffered.  A rejection raises HTTPParseError, and
+        again on every later call."""
+        ...
+    @property
+    def buffered(self) -> bytes: ...
+    @property
+    def need(self) -> int: ...
+    @property
+    def expect_continue(self) -> bool: ...
+    @property
+    def paused(self) -> bool: ...
+    @property
+    def work(self) -> int: ...
+
 @final
 class File:
     """An open file whose operations run natively on a server's workers."""

@@ -1,7 +1,8 @@
 /* framer.c - the Python side of framing: iocp_framing_from_py() turns an
  * iocport.framing spec into a struct framing, the Framer type exposes
  * framing.c to Python as an incremental framer (feed/wrap), and
- * FramingError is what feed() raises on a bad frame. */
+ * FramingError is what feed() raises on a bad frame.  iocp_buf_append()
+ * is the buffer growth it shares with py/http.c. */
 #include "py/objects.h"
 
 #include <string.h>
@@ -275,28 +276,36 @@ framer_fail(FramerObject *self, int status, PyObject *msgs)
     Py_DECREF(exc);
 }
 
-/* Make room for `extra` more bytes. */
-static int
-framer_reserve(FramerObject *self, size_t extra)
+/* Shared with the other incremental parsers of the binding (objects.h). */
+int
+iocp_buf_append(uint8_t **buf, size_t *len, size_t *cap, PyObject *data)
 {
-    if (extra <= self->cap - self->len)
-        return 0;
-    if (extra > (size_t)PY_SSIZE_T_MAX - self->len) {
-        PyErr_NoMemory();
+    Py_buffer view;
+    if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0)
         return -1;
+    size_t extra = (size_t)view.len;
+    int rc = 0;
+    if (extra > *cap - *len) {
+        size_t want = *len + extra;
+        size_t n = *cap ? *cap : 256;
+        while (n < want)
+            n = n > (size_t)PY_SSIZE_T_MAX / 2 ? want : n * 2;
+        uint8_t *grown = extra > (size_t)PY_SSIZE_T_MAX - *len
+                             ? NULL : PyMem_Realloc(*buf, n);
+        if (grown == NULL) {
+            PyErr_NoMemory();
+            rc = -1;
+        } else {
+            *buf = grown;
+            *cap = n;
+        }
     }
-    size_t want = self->len + extra;
-    size_t cap = self->cap ? self->cap : 256;
-    while (cap < want)
-        cap = cap > (size_t)PY_SSIZE_T_MAX / 2 ? want : cap * 2;
-    uint8_t *buf = PyMem_Realloc(self->buf, cap);
-    if (buf == NULL) {
-        PyErr_NoMemory();
-        return -1;
+    if (rc == 0 && extra > 0) {
+        memcpy(*buf + *len, view.buf, extra);
+        *len += extra;
     }
-    self->buf = buf;
-    self->cap = cap;
-    return 0;
+    PyBuffer_Release(&view);
+    return rc;
 }
 
 static PyObject *
@@ -310,16 +319,7 @@ framer_feed(FramerObject *self, PyObject *data)
         PyErr_SetString(PyExc_RuntimeError, "Framer.feed() re-entered");
         return NULL;
     }
-    Py_buffer view;
-    if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0)
-        return NULL;
-    int rc = framer_reserve(self, (size_t)view.len);
-    if (rc == 0 && view.len > 0) {
-        memcpy(self->buf + self->len, view.buf, (size_t)view.len);
-        self->len += (size_t)view.len;
-    }
-    PyBuffer_Release(&view);
-    if (rc < 0)
+    if (iocp_buf_append(&self->buf, &self->len, &self->cap, data) < 0)
         return NULL;
 
     PyObject *msgs = PyList_New(0);

@@ -24,6 +24,9 @@ typedef struct {
     PyTypeObject *FramingError;      /* exception: subclass of Error and
                                         ValueError, with .messages */
     PyTypeObject *FileType;
+    PyTypeObject *HTTPParserType;    /* private: the parser's test hook */
+    PyTypeObject *HTTPParseError;    /* exception: subclass of Error and
+                                        ValueError, with .status */
     PyObject *logger;                /* logging.getLogger("iocport") */
     /* TLS, from its first use (py/tls.c): OpenSSL as the ssl module
      * loaded it, _ssl._SSLContext, ssl.SSLError and
@@ -55,6 +58,7 @@ int iocp_server_add_types(PyObject *module, iocp_state *st);
 int iocp_framer_add_types(PyObject *module, iocp_state *st);
 int iocp_file_add_types(PyObject *module, iocp_state *st);
 int iocp_bridge_add_types(PyObject *module, iocp_state *st);
+int iocp_http_add_types(PyObject *module, iocp_state *st);
 
 /* tls.c: the OpenSSL the module loaded, freed at module free;
  * tls_check(ctx, server_side), the module function. */

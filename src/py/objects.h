@@ -62,6 +62,9 @@ void iocp_send_file_done(struct xfer *x);
  * "size", "max_size"; absent ones are 0).  0, or -1 with TypeError or
  * ValueError set. */
 int iocp_framing_from_py(PyObject *spec, struct framing *out);
+/* Append the bytes of `data` (any buffer) to a PyMem buffer buf[0 .. *len)
+ * of *cap bytes, growing it: 0, or -1 with an exception set. */
+int iocp_buf_append(uint8_t **buf, size_t *len, size_t *cap, PyObject *data);
 
 /* connection.c: the Connection type; conn.peer from the connection's
  * address (0, or -1 with an exception). */

@@ -3,19 +3,11 @@
  * with ASan+UBSan by tests/test_backend_c.py.  Exit 0 when every check
  * holds; a failed check prints it and exits 1. */
 #include "lib/slab.c"
+#include "check.h"
 
 #include <stdio.h>
 #include <sys/wait.h>
 #include <unistd.h>
-
-#define CHECK(cond)                                                        \
-    do {                                                                   \
-        if (!(cond)) {                                                     \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__,         \
-                    __LINE__, #cond);                                      \
-            exit(1);                                                       \
-        }                                                                  \
-    } while (0)
 
 enum { OBJ = 400, MANY = 1000 };   /* 1000 x 400 B: several slabs */
 
