@@ -218,6 +218,7 @@ class Server:
             hold_messages=self._bridge is not None and handler is not None)
         self._framing = framing
         self._addresses = []
+        self._unix_files = []   # (path, st_dev, st_ino) listen_unix() made
         self._stopped = threading.Event()
         self._waiters = []   # (loop, future) of every serve() awaiting
         self._waiters_lock = threading.Lock()
@@ -245,14 +246,70 @@ class Server:
         self._addresses.append(address)
         return address
 
+    def listen_unix(self, path, *, mode=None, backlog=1024, ssl=None):
+        """Listen on a Unix stream socket; returns ``path``.  Call before
+        start().
+
+        ``path`` is a filesystem path (str, bytes or path-like) or a Linux
+        abstract name: a str or bytes starting with a NUL (``"\\0app"``, as
+        the socket module spells it), which needs no file.  A socket file
+        left by a dead process (nothing accepts on it) is replaced; one a
+        live server listens on raises OSError (EADDRINUSE), and so does a
+        file that is not a socket.  ``mode`` (e.g. ``0o660``) sets the
+        file's permissions before anyone can connect.  stop() removes the
+        file, unless another has replaced it since.  Its connections speak
+        TLS with ``ssl`` (or the Server's own ``ssl`` when None)."""
+        address = _unix_address(path)
+        abstract = address[0] == 0
+        if mode is not None:
+            _check_int("mode", mode, 0)
+            if mode > 0o777:
+                raise ValueError(f"mode must be between 0 and 0o777, got {mode:#o}")
+            if abstract:
+                raise ValueError("mode is for a filesystem path; an abstract "
+                                 "name has no file")
+        _check_int("backlog", backlog, 0)
+        if ssl is None:
+            ssl = self._ssl
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        created = None
+        try:
+            try:
+                sock.bind(address)
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE or abstract:
+                    raise
+                _remove_stale(address)
+                sock.bind(address)
+            if not abstract:
+                st = os.lstat(address)
+                created = (address, st.st_dev, st.st_ino)
+                if mode is not None:
+                    # Before listen(): until then every connect is refused.
+                    os.chmod(address, mode)
+            sock.listen(backlog)
+            self._core.add_listener(sock, ssl)
+        except BaseException:
+            if created is not None:
+                _unlink_ours(*created)
+            raise
+        finally:
+            sock.close()
+        if created is not None:
+            self._unix_files.append(created)
+        name = path if isinstance(path, str) else os.fsdecode(address)
+        self._addresses.append(name)
+        return name
+
     @property
     def addresses(self):
-        """Every bound (host, port), in listen() order."""
+        """Every bound address, in listen order: (host, port) for TCP, the
+        path (str) for a Unix socket."""
         return list(self._addresses)
 
     @property
     def address(self):
-        """The first bound (host, port)."""
+        """The first bound address (see addresses)."""
         if not self._addresses:
             raise RuntimeError("the server is not listening; call listen() first")
         return self._addresses[0]
@@ -324,17 +381,9 @@ class Server:
         if not isinstance(host, str):
             raise TypeError(f"host must be a str, got {type(host).__name__}")
         _check_port(port)
-        if ssl is None and server_hostname is not None:
-            raise ValueError("server_hostname is only meaningful with ssl")
-        if server_hostname is not None and not isinstance(server_hostname, str):
-            raise TypeError("server_hostname must be a str or None, got "
-                            f"{type(server_hostname).__name__}")
-        if ssl is not None:
-            _iocport.tls_check(ssl, False)
-            if server_hostname is None:
-                server_hostname = host
-        if not self.running:
-            raise RuntimeError("the server is not running; call start() first")
+        _check_client_tls(ssl, server_hostname)
+        if ssl is not None and server_hostname is None:
+            server_hostname = host
         addresses = []
         for family, _, _, _, address in socket.getaddrinfo(
                 host, port, type=socket.SOCK_STREAM):
@@ -343,6 +392,30 @@ class Server:
                 addresses.append((family, address))
         if not addresses:
             raise OSError(f"{host!r} has no IPv4 or IPv6 address")
+        return self._dial(addresses, callback, timeout, ssl, server_hostname)
+
+    def connect_unix(self, path, callback=None, *, timeout=30.0, ssl=None,
+                     server_hostname=None):
+        """Open an outgoing connection to a Unix stream socket (a path, or
+        an abstract name with a leading NUL: see listen_unix()), the way
+        connect() does: it returns the Connection at once, and
+        ``callback(conn, error)`` and ``await conn`` report the outcome
+        (FileNotFoundError: no such file; ConnectionRefusedError: nothing
+        listens on it; TimeoutError).  Over TLS with ``ssl``, the
+        certificate's name is checked against ``server_hostname``, which a
+        context with check_hostname (the default) needs: a path is no host
+        name."""
+        address = _unix_address(path)
+        _check_client_tls(ssl, server_hostname)
+        if ssl is not None and server_hostname is None and ssl.check_hostname:
+            raise ValueError("this ssl context checks the host name "
+                             "(check_hostname): pass server_hostname")
+        return self._dial([(socket.AF_UNIX, address)], callback, timeout, ssl,
+                          server_hostname)
+
+    def _dial(self, addresses, callback, timeout, ssl, server_hostname):
+        if not self.running:
+            raise RuntimeError("the server is not running; call start() first")
         if callback is not None and not callable(callback):
             raise TypeError("callback must be callable or None, got "
                             f"{type(callback).__name__}")
@@ -407,6 +480,9 @@ class Server:
         Idempotent.  To serve again, listen() again, then start()."""
         self._core.stop()
         self._addresses = []
+        files, self._unix_files = self._unix_files, []
+        for created in files:
+            _unlink_ours(*created)
         with _running_lock:
             _running.discard(self)
         self._stopped.set()
@@ -512,6 +588,83 @@ class Server:
     def __repr__(self):
         state = "running" if self.running else "stopped"
         return f"<iocport.Server {state} backend={self.backend} on {self._addresses}>"
+
+
+# sizeof(struct sockaddr_un.sun_path) on Linux: a path and its NUL, or an
+# abstract name (a leading NUL and at most 107 bytes more).
+_UNIX_PATH_MAX = 108
+
+
+def _unix_address(path):
+    """A Unix socket address as bytes (the native connect's form): a path,
+    or an abstract name with a leading NUL."""
+    if not isinstance(path, (str, bytes, os.PathLike)):
+        raise TypeError("path must be a str, bytes or os.PathLike, got "
+                        f"{type(path).__name__}")
+    address = os.fsencode(path)
+    abstract = address[:1] == b"\0"
+    if not address:
+        raise ValueError("path must not be empty")
+    if not abstract and b"\0" in address:
+        raise ValueError("a Unix socket path must contain no NUL (a leading "
+                         "one makes an abstract name)")
+    if len(address) + (not abstract) > _UNIX_PATH_MAX:
+        raise ValueError(f"a Unix socket path is at most {_UNIX_PATH_MAX - 1} "
+                         f"bytes, got {len(address)}")
+    return address
+
+
+def _check_client_tls(ssl, server_hostname):
+    """TypeError/ValueError unless connect()'s ssl and server_hostname fit."""
+    if ssl is None and server_hostname is not None:
+        raise ValueError("server_hostname is only meaningful with ssl")
+    if server_hostname is not None and not isinstance(server_hostname, str):
+        raise TypeError("server_hostname must be a str or None, got "
+                        f"{type(server_hostname).__name__}")
+    if ssl is not None:
+        _iocport.tls_check(ssl, False)
+
+
+def _remove_stale(path):
+    """Remove the socket file at `path` if nothing listens on it (its
+    server died); else raise EADDRINUSE saying what is there."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return   # gone meanwhile: bind again
+    if not stat.S_ISSOCK(st.st_mode):
+        raise OSError(errno.EADDRINUSE, f"{os.fsdecode(path)!r} exists and is "
+                      "not a socket; not replacing it")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        # Non-blocking: a live server with a full backlog says EAGAIN.
+        probe.setblocking(False)
+        err = probe.connect_ex(path)
+    finally:
+        probe.close()
+    if err == errno.ENOENT:
+        return   # gone meanwhile: bind again
+    if err != errno.ECONNREFUSED:
+        raise OSError(errno.EADDRINUSE, f"{os.fsdecode(path)!r} is in use: a "
+                      "server listens on it")
+    log.info("removing the stale socket file %r", os.fsdecode(path))
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _unlink_ours(path, dev, ino):
+    """Remove the socket file listen_unix() made, unless it is another now."""
+    try:
+        st = os.lstat(path)
+        if (st.st_dev, st.st_ino) == (dev, ino):
+            os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        log.warning("could not remove the socket file %r: %s",
+                    os.fsdecode(path), exc)
 
 
 def _is_async(fn):

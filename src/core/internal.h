@@ -22,6 +22,7 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/un.h>
 #include <time.h>
 
 struct slab_pool;
@@ -123,10 +124,11 @@ struct conn {
 
     struct refq *rq;             /* sends by reference, or NULL; set from
                                     NULL under the lock, freed by trim() */
-    union {                      /* TCP: IPv4 or IPv6 */
+    union {                      /* TCP (IPv4, IPv6) or a Unix socket */
         struct sockaddr sa;
         struct sockaddr_in in4;
         struct sockaddr_in6 in6;
+        struct sockaddr_un un;
     } peer;
     socklen_t peerlen;
     struct conn *next, *prev;    /* worker's connection list */

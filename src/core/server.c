@@ -5,7 +5,8 @@
  * kernel wakes, a new connection goes to the least loaded worker (handed
  * over through its mailbox when that is another one).  Outgoing
  * connections (dial_*) try their addresses in turn, each with a share of
- * the time left. */
+ * the time left.  Stream sockets of every family the peer union holds are
+ * served alike: TCP over IPv4 or IPv6, and Unix sockets. */
 #include "core/internal.h"
 
 #include "lib/slab.h"
@@ -169,7 +170,7 @@ accept_on_event(struct worker *w, struct listener_slot *ls, const struct io_even
             if (getpeername(fd, &c->peer.sa, &c->peerlen) < 0 ||
                 c->peerlen > sizeof(c->peer))
                 c->peerlen = 0;   /* already reset (the first recv says so),
-                                   * or not TCP: no address kept */
+                                   * or too long: no address kept */
             if (t == w)
                 accept_adopt(w, c);
             else
@@ -294,9 +295,10 @@ server_connect(struct server *s, const struct sockaddr_storage *addrs,
     if (n == 0)
         return -EINVAL;
     for (unsigned i = 0; i < n; i++)
-        if ((addrs[i].ss_family != AF_INET && addrs[i].ss_family != AF_INET6) ||
+        if ((addrs[i].ss_family != AF_INET && addrs[i].ss_family != AF_INET6 &&
+             addrs[i].ss_family != AF_UNIX) ||
             lens[i] > sizeof(((struct conn *)0)->peer))
-            return -EINVAL;   /* TCP over IPv4 or IPv6 only */
+            return -EINVAL;   /* TCP over IPv4 or IPv6, or a Unix socket */
     struct dial *d = calloc(1, sizeof(*d));
     if (d == NULL)
         return -ENOMEM;

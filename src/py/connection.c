@@ -6,6 +6,9 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <stddef.h>
+#include <string.h>
+#include <sys/un.h>
 
 static int
 conn_traverse(ConnObject *self, visitproc visit, void *arg)
@@ -216,6 +219,17 @@ sockaddr_to_py(const struct sockaddr *sa, socklen_t len)
         return Py_BuildValue("(siIi)", host, ntohs(a->sin6_port),
                              ntohl(a->sin6_flowinfo), (int)a->sin6_scope_id);
     }
+    size_t off = offsetof(struct sockaddr_un, sun_path);
+    if (len > off && sa->sa_family == AF_UNIX) {
+        /* A path (up to its NUL, if the kernel kept one) or an abstract
+         * name: a leading NUL, then all the bytes, as connect_unix() takes
+         * it.  An unbound peer (most clients) has neither: None. */
+        const char *p = ((const struct sockaddr_un *)sa)->sun_path;
+        size_t n = len - off;
+        if (p[0] != '\0')
+            n = strnlen(p, n);
+        return PyUnicode_DecodeFSDefaultAndSize(p, (Py_ssize_t)n);
+    }
     Py_RETURN_NONE;
 }
 
@@ -379,7 +393,9 @@ static PyMethodDef conn_methods[] = {
 
 static PyGetSetDef conn_getset[] = {
     {"id", (getter)conn_get_id, NULL, "Unique id of this connection.", NULL},
-    {"peer", (getter)conn_get_peer, NULL, "The peer's address, e.g. (host, port).", NULL},
+    {"peer", (getter)conn_get_peer, NULL,
+     "The peer's address: (host, port) for TCP, a path for a Unix socket\n"
+     "(None if the peer's is unbound).", NULL},
     {"closed", (getter)conn_get_closed, NULL, "True once the connection is closed.", NULL},
     {"close_reason", (getter)conn_get_reason, NULL,
      "Why it closed (one of iocport.CLOSE_REASONS), or None while open.",

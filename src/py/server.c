@@ -7,7 +7,9 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <stddef.h>
 #include <string.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 static int
@@ -300,16 +302,49 @@ server_add_listener_m(ServerObject *self, PyObject *args, PyObject *kwds)
     Py_RETURN_NONE;
 }
 
-/* (family, address tuple) -> struct sockaddr, as the socket module spells
+/* A Unix socket address: a path, or an abstract name (a leading NUL, as
+ * the socket module spells it), as bytes (iocport.Server.connect_unix()
+ * encodes and checks the user's; this only keeps the copy in bounds). */
+static int
+py_to_sockaddr_un(PyObject *addr, struct sockaddr_storage *ss, socklen_t *len)
+{
+    struct sockaddr_un *a = (struct sockaddr_un *)ss;
+    if (!PyBytes_Check(addr)) {
+        PyErr_Format(PyExc_TypeError, "an AF_UNIX address must be bytes, got "
+                     "%.100s", Py_TYPE(addr)->tp_name);
+        return -1;
+    }
+    Py_ssize_t n = PyBytes_GET_SIZE(addr);
+    const char *p = PyBytes_AS_STRING(addr);
+    int abstract = n > 0 && p[0] == '\0';
+    /* A path keeps its terminating NUL; an abstract name is all its bytes. */
+    if (n == 0 || (size_t)n + !abstract > sizeof(a->sun_path) ||
+        (!abstract && memchr(p, '\0', (size_t)n) != NULL)) {
+        PyErr_Format(PyExc_ValueError, "an AF_UNIX address must be 1 to %zu "
+                     "bytes with no NUL but a leading one, got %zd bytes",
+                     sizeof(a->sun_path) - 1, n);
+        return -1;
+    }
+    a->sun_family = AF_UNIX;
+    memcpy(a->sun_path, p, (size_t)n);
+    *len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + (size_t)n +
+                       !abstract);
+    return 0;
+}
+
+/* (family, address) -> struct sockaddr, as the socket module spells
  * addresses: (host, port) for AF_INET, (host, port[, flow, scope]) for
- * AF_INET6.  Hosts must be numeric (resolved already). */
+ * AF_INET6, bytes for AF_UNIX.  Hosts must be numeric (resolved already). */
 static int
 py_to_sockaddr(int family, PyObject *addr, struct sockaddr_storage *ss,
                socklen_t *len)
 {
     memset(ss, 0, sizeof(*ss));
+    if (family == AF_UNIX)
+        return py_to_sockaddr_un(addr, ss, len);
     if (family != AF_INET && family != AF_INET6) {
-        PyErr_SetString(PyExc_ValueError, "connect() takes AF_INET or AF_INET6 sockets");
+        PyErr_SetString(PyExc_ValueError,
+                        "connect() takes AF_INET, AF_INET6 or AF_UNIX addresses");
         return -1;
     }
     const char *host;
@@ -549,9 +584,10 @@ static PyMethodDef server_methods[] = {
     {"connect", (PyCFunction)server_connect_m, METH_VARARGS,
      "connect($self, addresses, callback, timeout, ssl=None, server_hostname=None, /)"
      "\n--\n\n"
-     "Connect to the first of addresses ((family, numeric address) pairs,\n"
-     "tried in turn) that answers within timeout seconds (None: no limit),\n"
-     "on a worker, over TLS with ssl (a client-side ssl.SSLContext) if\n"
+     "Connect to the first of addresses ((family, address) pairs, tried in\n"
+     "turn: numeric (host, port) for AF_INET and AF_INET6, bytes for\n"
+     "AF_UNIX) that answers within timeout seconds (None: no limit), on a\n"
+     "worker, over TLS with ssl (a client-side ssl.SSLContext) if\n"
      "given, sending SNI for server_hostname and checking it as the context\n"
      "says; callback(conn, error) runs when it completes (error is None, an\n"
      "OSError: the last attempt's, TimeoutError once the time is up, or an\n"
