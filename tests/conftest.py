@@ -4,6 +4,8 @@
   host refuses io_uring).
 - ``make_server``: builds, listens (127.0.0.1, port 0) and starts a Server;
   every server made is stopped at teardown.
+- ``servers``: builds a Server on the test's backend and leaves listening
+  and starting to the test; every one is stopped at teardown.
 - ``client``: opens blocking client sockets with a timeout; all are closed at
   teardown.
 - ``wait_for``: polls a predicate until it holds, failing the test at the
@@ -192,6 +194,22 @@ def backend(request):
         pytest.skip(f"{name} is not available on this host "
                     f"(backends: {iocport.backends()})")
     return name
+
+
+@pytest.fixture
+def servers(backend):
+    """servers(handler, **kw) -> a Server on the test's backend, neither
+    listening nor started; every one is stopped at teardown."""
+    made = []
+
+    def make(handler, **kw):
+        srv = iocport.Server(handler, backend=backend, **kw)
+        made.append(srv)
+        return srv
+
+    yield make
+    for srv in made:
+        srv.stop()
 
 
 @pytest.fixture

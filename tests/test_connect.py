@@ -30,20 +30,6 @@ class Collector:
                 self.done.set()
 
 
-@pytest.fixture
-def servers(backend):
-    made = []
-
-    def make(handler, **kw):
-        srv = iocport.Server(handler, backend=backend, **kw)
-        made.append(srv)
-        return srv
-
-    yield make
-    for srv in made:
-        srv.stop()
-
-
 def upper(conn, msg):
     conn.send(msg.upper())
 
