@@ -74,7 +74,7 @@ def _check_port(port):
 
 
 class Server:
-    """A TCP server whose handler receives whole messages.
+    """A TCP or Unix-socket server whose handler receives whole messages.
 
     ``handler(conn, msg)`` is called with the GIL held for every whole
     message (``bytes``), in order per connection; socket work runs on native

@@ -41,10 +41,13 @@ class Server:
     def listen(self, host: str = "127.0.0.1", port: int = 0, *, backlog: int = 1024,
                reuse_port: bool = False,
                ssl: _ssl.SSLContext | None = None) -> tuple[str, int]: ...
+    def listen_unix(self, path: str | bytes | os.PathLike[str] | os.PathLike[bytes], *,
+                    mode: int | None = None, backlog: int = 1024,
+                    ssl: _ssl.SSLContext | None = None) -> str: ...
     @property
-    def addresses(self) -> list[tuple[str, int]]: ...
+    def addresses(self) -> list[tuple[str, int] | str]: ...
     @property
-    def address(self) -> tuple[str, int]: ...
+    def address(self) -> tuple[str, int] | str: ...
     @property
     def backend(self) -> str: ...
     @property
@@ -52,6 +55,13 @@ class Server:
     def start(self) -> Server: ...
     def connect(
         self, host: str, port: int,
+        callback: Callable[[Connection, OSError | None], object] | None = None,
+        *, timeout: float = 30.0,
+        ssl: _ssl.SSLContext | None = None,
+        server_hostname: str | None = None,
+    ) -> Connection: ...
+    def connect_unix(
+        self, path: str | bytes | os.PathLike[str] | os.PathLike[bytes],
         callback: Callable[[Connection, OSError | None], object] | None = None,
         *, timeout: float = 30.0,
         ssl: _ssl.SSLContext | None = None,
