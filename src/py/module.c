@@ -2,8 +2,8 @@
  * module-level functions, logging helpers, the base exception Error.
  * Types live in port.c (Port,
  * Packet, PortClosedError), framer.c (Framer, FramingError), file.c (File),
- * connection.c (Connection), server.c (Server) and bridge.c (_Bridge, the
- * asyncio layer's hand-off); dispatch.c holds the hooks the core's workers
+ * connection.c (Connection), server.c (Server), bridge.c (_Bridge, the
+ * asyncio layer's hand-off) and resp.c (RESPParser, a test hook); dispatch.c holds the hooks the core's workers
  * call. */
 #include "py/module.h"
 #include "core/core.h"
@@ -174,6 +174,7 @@ iocp_exec(PyObject *module)
         iocp_framer_add_types(module, st) < 0 ||
         iocp_file_add_types(module, st) < 0 ||
         iocp_bridge_add_types(module, st) < 0 ||
+        iocp_resp_add_types(module, st) < 0 ||
         iocp_server_add_types(module, st) < 0)
         return -1;
     return 0;
@@ -193,6 +194,9 @@ iocp_traverse(PyObject *module, visitproc visit, void *arg)
     Py_VISIT(st->FramerType);
     Py_VISIT(st->FramingError);
     Py_VISIT(st->FileType);
+    Py_VISIT(st->RESPParserType);
+    Py_VISIT(st->RESPProtocolError);
+    Py_VISIT(st->RESPError);
     Py_VISIT(st->logger);
     Py_VISIT(st->SSLContextType);
     Py_VISIT(st->SSLError);
@@ -214,6 +218,9 @@ iocp_clear(PyObject *module)
     Py_CLEAR(st->FramerType);
     Py_CLEAR(st->FramingError);
     Py_CLEAR(st->FileType);
+    Py_CLEAR(st->RESPParserType);
+    Py_CLEAR(st->RESPProtocolError);
+    Py_CLEAR(st->RESPError);
     Py_CLEAR(st->logger);
     Py_CLEAR(st->SSLContextType);
     Py_CLEAR(st->SSLError);
