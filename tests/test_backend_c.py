@@ -1,7 +1,7 @@
 """Build and run the standalone C drivers under AddressSanitizer and UBSan:
 tests/c/backend_test.c against each I/O engine, tests/c/core_test.c (the
 core with a C dispatch, no Python) on each, tests/c/slab_test.c (the
-connection pool).  They build from the C sources beside tests/ (src/, in a
+connection pool), tests/c/resp_test.c (the RESP framer and encoder).  They build from the C sources beside tests/ (src/, in a
 checkout or the sdist), not from the installed extension."""
 
 import functools
@@ -20,6 +20,7 @@ SRC = TREE / "src"
 DRIVER = TREE / "tests" / "c" / "backend_test.c"
 CORE_DRIVER = TREE / "tests" / "c" / "core_test.c"
 SLAB_DRIVER = TREE / "tests" / "c" / "slab_test.c"
+RESP_DRIVER = TREE / "tests" / "c" / "resp_test.c"
 SANITIZE = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined"]
 ENGINE_SOURCES = {"epoll": SRC / "io" / "epoll.c", "uring": SRC / "io" / "uring.c"}
 # What an engine links with besides itself (the ring; the file thread pool
@@ -136,3 +137,11 @@ def test_slab_pool(tmp_path):
     run = _build_and_run([SLAB_DRIVER], [], tmp_path)
     assert run.returncode == 0 and "slab: ok" in run.stdout, (
         f"slab driver exited {run.returncode}\n{run.stdout}\n{run.stderr}")
+
+
+def test_resp(tmp_path):
+    """src/lib/resp.c alone: no rescans (bytes searched, counted), NEED for
+    a big bulk, deep nesting refused, encoder sizes."""
+    run = _build_and_run([RESP_DRIVER, SRC / "lib" / "resp.c"], [], tmp_path)
+    assert run.returncode == 0 and "resp: ok" in run.stdout, (
+        f"resp driver exited {run.returncode}\n{run.stdout}\n{run.stderr}")
