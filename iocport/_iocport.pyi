@@ -130,6 +130,29 @@ class HTTPParser:
     @property
     def work(self) -> int: ...
 
+class RESPProtocolError(Error, ValueError):
+    """Raised by RESPParser.feed() on a protocol error; its text is
+    Redis's."""
+    messages: list[Any]
+    """What that feed() call framed before the error."""
+    reply: bytes | None
+    """What a Redis server sends before closing (None for reply errors)."""
+
+class RESPError(Exception):
+    """An error reply (-ERR ..., !...) as a value: args[0] is its text."""
+
+@final
+class RESPParser:
+    """A private test hook over the native RESP framer."""
+    def __new__(cls, *, client: bool = False, max_bulk: int = 536870912,
+                max_args: int = 1048576, max_inline: int = 65536,
+                max_depth: int = 64) -> RESPParser: ...
+    def feed(self, data: _Bytes, /) -> list[Any]: ...
+    @classmethod
+    def encode(cls, value: object, protocol: int = 2) -> bytes: ...
+    @property
+    def pending(self) -> int: ...
+
 @final
 class File:
     """An open file whose operations run natively on a server's workers."""

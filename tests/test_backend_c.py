@@ -1,7 +1,8 @@
 """Build and run the standalone C drivers under AddressSanitizer and UBSan:
 tests/c/backend_test.c against each I/O engine, tests/c/core_test.c (the
 core with a C dispatch, no Python) on each, tests/c/slab_test.c (the
-connection pool), tests/c/http_test.c (the HTTP/1.1 request parser).  They build from the C sources beside tests/ (src/, in a
+connection pool), tests/c/http_test.c (the HTTP/1.1 request parser),
+tests/c/resp_test.c (the RESP framer and encoder).  They build from the C sources beside tests/ (src/, in a
 checkout or the sdist), not from the installed extension."""
 
 import functools
@@ -21,6 +22,7 @@ DRIVER = TREE / "tests" / "c" / "backend_test.c"
 CORE_DRIVER = TREE / "tests" / "c" / "core_test.c"
 SLAB_DRIVER = TREE / "tests" / "c" / "slab_test.c"
 HTTP_DRIVER = TREE / "tests" / "c" / "http_test.c"
+RESP_DRIVER = TREE / "tests" / "c" / "resp_test.c"
 SANITIZE = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined"]
 ENGINE_SOURCES = {"epoll": SRC / "io" / "epoll.c", "uring": SRC / "io" / "uring.c"}
 # What an engine links with besides itself (the ring; the file thread pool
@@ -145,3 +147,11 @@ def test_http_parser(tmp_path):
     run = _build_and_run([HTTP_DRIVER, SRC / "lib" / "http.c"], [], tmp_path)
     assert run.returncode == 0 and "http: ok" in run.stdout, (
         f"http driver exited {run.returncode}\n{run.stdout}\n{run.stderr}")
+
+
+def test_resp(tmp_path):
+    """src/lib/resp.c alone: no rescans (bytes searched, counted), NEED for
+    a big bulk, deep nesting refused, encoder sizes."""
+    run = _build_and_run([RESP_DRIVER, SRC / "lib" / "resp.c"], [], tmp_path)
+    assert run.returncode == 0 and "resp: ok" in run.stdout, (
+        f"resp driver exited {run.returncode}\n{run.stdout}\n{run.stderr}")

@@ -3,8 +3,9 @@
  * Types live in port.c (Port,
  * Packet, PortClosedError), framer.c (Framer, FramingError), file.c (File),
  * connection.c (Connection), server.c (Server), bridge.c (_Bridge, the
- * asyncio layer's hand-off) and http.c (HTTPParser, HTTPParseError);
- * dispatch.c holds the hooks the core's workers call. */
+ * asyncio layer's hand-off), http.c (HTTPParser, HTTPParseError) and
+ * resp.c (RESPParser, test hooks); dispatch.c holds the hooks the core's
+ * workers call. */
 #include "py/module.h"
 #include "core/core.h"
 #include "lib/port.h"
@@ -175,6 +176,7 @@ iocp_exec(PyObject *module)
         iocp_file_add_types(module, st) < 0 ||
         iocp_bridge_add_types(module, st) < 0 ||
         iocp_http_add_types(module, st) < 0 ||
+        iocp_resp_add_types(module, st) < 0 ||
         iocp_server_add_types(module, st) < 0)
         return -1;
     return 0;
@@ -196,6 +198,9 @@ iocp_traverse(PyObject *module, visitproc visit, void *arg)
     Py_VISIT(st->FileType);
     Py_VISIT(st->HTTPParserType);
     Py_VISIT(st->HTTPParseError);
+    Py_VISIT(st->RESPParserType);
+    Py_VISIT(st->RESPProtocolError);
+    Py_VISIT(st->RESPError);
     Py_VISIT(st->logger);
     Py_VISIT(st->SSLContextType);
     Py_VISIT(st->SSLError);
@@ -219,6 +224,9 @@ iocp_clear(PyObject *module)
     Py_CLEAR(st->FileType);
     Py_CLEAR(st->HTTPParserType);
     Py_CLEAR(st->HTTPParseError);
+    Py_CLEAR(st->RESPParserType);
+    Py_CLEAR(st->RESPProtocolError);
+    Py_CLEAR(st->RESPError);
     Py_CLEAR(st->logger);
     Py_CLEAR(st->SSLContextType);
     Py_CLEAR(st->SSLError);

@@ -27,6 +27,8 @@ typedef struct {
     PyTypeObject *HTTPParserType;    /* private: the parser's test hook */
     PyTypeObject *HTTPParseError;    /* exception: subclass of Error and
                                         ValueError, with .status */
+    /* resp.c: the RESP test hook, its protocol error, error replies */
+    PyTypeObject *RESPParserType, *RESPProtocolError, *RESPError;
     PyObject *logger;                /* logging.getLogger("iocport") */
     /* TLS, from its first use (py/tls.c): OpenSSL as the ssl module
      * loaded it, _ssl._SSLContext, ssl.SSLError and
@@ -59,6 +61,7 @@ int iocp_framer_add_types(PyObject *module, iocp_state *st);
 int iocp_file_add_types(PyObject *module, iocp_state *st);
 int iocp_bridge_add_types(PyObject *module, iocp_state *st);
 int iocp_http_add_types(PyObject *module, iocp_state *st);
+int iocp_resp_add_types(PyObject *module, iocp_state *st);
 
 /* tls.c: the OpenSSL the module loaded, freed at module free;
  * tls_check(ctx, server_side), the module function. */
