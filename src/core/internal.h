@@ -228,6 +228,7 @@ struct worker {
     unsigned loop_errors;        /* how many wait() calls failed */
     int64_t next_sweep;
     int64_t last_trim;           /* when the sweep last called malloc_trim */
+    size_t trim_owed;            /* bytes sweeps gave back since then */
     void *dctx;                  /* dispatch layer's per-thread context */
     struct io_event events[EVENT_BATCH];
 };
@@ -502,6 +503,10 @@ int tls_notify(struct conn *c);
 int tls_send_out(struct conn *c);
 /* n bytes of ciphertext went to the kernel. */
 void tls_sent(struct conn *c, size_t n);
+/* The connection is idle: its ciphertext buffers and OpenSSL's record
+ * buffers are given back if empty (allocated again at the next record).
+ * Returns about the bytes given back. */
+size_t tls_trim(struct conn *c);
 
 /* ---- worker.c ----------------------------------------------------------- */
 

@@ -25,10 +25,17 @@ typedef struct X509_VERIFY_PARAM_st X509_VERIFY_PARAM;
 #define OSSL_ERROR_ZERO_RETURN 6
 
 #define OSSL_CTRL_MODE                   33
+#define OSSL_CTRL_CLEAR_MODE             78
+#define OSSL_BIO_CTRL_FLUSH              11
+#define OSSL_BIO_FLAGS_READ              0x01
+#define OSSL_BIO_FLAGS_RWS               0x07
+#define OSSL_BIO_FLAGS_SHOULD_RETRY      0x08
+#define OSSL_BIO_TYPE_SOURCE_SINK        0x0400
 #define OSSL_CTRL_SET_TLSEXT_HOSTNAME    55
 #define OSSL_TLSEXT_NAMETYPE_host_name   0
 #define OSSL_MODE_ENABLE_PARTIAL_WRITE   0x1u
 #define OSSL_MODE_ACCEPT_MOVING_WRITE_BUFFER 0x2u
+#define OSSL_MODE_RELEASE_BUFFERS        0x10u
 #define OSSL_OP_NO_RENEGOTIATION         (1ull << 30)
 
 #define OSSL_MIN_VERSION 0x10101000ul   /* 1.1.1 */
@@ -62,13 +69,21 @@ typedef struct X509_VERIFY_PARAM_st X509_VERIFY_PARAM;
     X(int, X509_VERIFY_PARAM_set1_ip_asc, (X509_VERIFY_PARAM *, const char *)) \
     X(int, i2d_X509, (X509 *, unsigned char **))                             \
     X(void, X509_free, (X509 *))                                             \
-    X(int, BIO_new_bio_pair, (BIO **, size_t, BIO **, size_t))               \
+    X(int, SSL_free_buffers, (SSL *))                                        \
+    X(int, SSL_has_pending, (const SSL *))                                   \
+    X(int, BIO_get_new_index, (void))                                        \
+    X(BIO_METHOD *, BIO_meth_new, (int, const char *))                       \
+    X(void, BIO_meth_free, (BIO_METHOD *))                                   \
+    X(int, BIO_meth_set_write, (BIO_METHOD *, int (*)(BIO *, const char *, int))) \
+    X(int, BIO_meth_set_read, (BIO_METHOD *, int (*)(BIO *, char *, int)))   \
+    X(int, BIO_meth_set_ctrl, (BIO_METHOD *, long (*)(BIO *, int, long, void *))) \
+    X(BIO *, BIO_new, (const BIO_METHOD *))                                  \
     X(int, BIO_free, (BIO *))                                                \
-    X(int, BIO_nread0, (BIO *, char **))                                     \
-    X(int, BIO_nread, (BIO *, char **, int))                                 \
-    X(int, BIO_nwrite0, (BIO *, char **))                                    \
-    X(int, BIO_nwrite, (BIO *, char **, int))                                \
-    X(size_t, BIO_ctrl_pending, (BIO *))                                     \
+    X(void, BIO_set_data, (BIO *, void *))                                   \
+    X(void *, BIO_get_data, (BIO *))                                         \
+    X(void, BIO_set_init, (BIO *, int))                                      \
+    X(void, BIO_set_flags, (BIO *, int))                                     \
+    X(void, BIO_clear_flags, (BIO *, int))                                   \
     X(unsigned long, ERR_get_error, (void))                                  \
     X(void, ERR_error_string_n, (unsigned long, char *, size_t))             \
     X(void, ERR_clear_error, (void))                                         \
@@ -82,7 +97,21 @@ struct ossl {
     /* SSL_get1_peer_certificate (3.x), or SSL_get_peer_certificate under
      * its 1.1.1 name: the same function. */
     X509 *(*get_peer_cert)(const SSL *);
+    BIO_METHOD *bio_method;      /* ossl_bio_new's */
     void *handle;                /* dlopen's, for ossl_unload */
+};
+
+/* An SSL's ciphertext, through a BIO of ours (ossl_bio_new) instead of a
+ * BIO pair's rings: OpenSSL reads the peer's bytes from `in` where they lie
+ * (the engine's receive buffer: no copy into a ring first), and appends
+ * its records to `out` (grown as needed, never refused: the caller bounds
+ * what it seals).  `out` is the caller's to send from, empty and free. */
+struct ossl_io {
+    const char *in;              /* the peer's bytes not yet read */
+    size_t in_len;
+    char *out;                   /* records to send: out[0..out_len) */
+    size_t out_len, out_cap;
+    int nomem;                   /* `out` could not grow: the SSL failed */
 };
 
 /* Fill `o` from the loaded shared object at `path` (Python's _ssl
@@ -91,5 +120,17 @@ struct ossl {
  * err[0..errlen). */
 int ossl_load(struct ossl *o, const char *path, char *err, size_t errlen);
 void ossl_unload(struct ossl *o);
+/* A BIO over io (which must outlive it), or NULL.  (Inline: the core
+ * reaches OpenSSL through the table alone and links without this file.) */
+static inline BIO *
+ossl_bio_new(const struct ossl *o, struct ossl_io *io)
+{
+    BIO *b = o->BIO_new(o->bio_method);
+    if (b != NULL) {
+        o->BIO_set_data(b, io);
+        o->BIO_set_init(b, 1);
+    }
+    return b;
+}
 
 #endif
