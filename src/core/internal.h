@@ -161,6 +161,7 @@ struct stats {
     _Atomic uint64_t accepted, closed, msgs_in, msgs_out, bytes_in, bytes_out;
     _Atomic uint64_t accept_errors, refused;
     _Atomic uint64_t errors[CLOSE_REASON_COUNT];
+    _Atomic uint64_t ktls_tx, ktls_no_ulp, ktls_unsupported;
 };
 
 /* io_handle.tag: what embeds the handle (file requests are told by their
@@ -256,6 +257,8 @@ struct server {
     pthread_cond_t start_cond;
     unsigned nready;             /* workers that finished starting */
     struct slab_pool *conn_pool; /* every struct conn (slab.h) */
+    atomic_int no_ulp;           /* the kernel said it has no tls ULP: kTLS
+                                    is not tried again */
 };
 
 /* ---- helpers ------------------------------------------------------------ */

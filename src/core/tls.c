@@ -19,16 +19,28 @@
  * busy (the context's SSL_MODE_RELEASE_BUFFERS, which Python sets, would
  * free and allocate them per record) and, like the ciphertext buffers,
  * given back when it is idle (tls_trim).
+ * Kernel TLS (lib/ktls.h): where the kernel offers it, the handshake is
+ * watched for the session's keys, and once OpenSSL's own records (the
+ * handshake's, session tickets) are sent, sending goes to the kernel
+ * (KERNEL_ON): the plaintext queue is sent as a plaintext connection's is,
+ * and the kernel makes the records; receiving stays with OpenSSL.  What
+ * OpenSSL would still write then (our close_notify, a reply to the peer's
+ * KeyUpdate) cannot go through it: close_notify is sent as a record of
+ * type 21 through the kernel; a KeyUpdate the peer asks us to answer fails
+ * the connection (see ARCHITECTURE.md).  Where the kernel has no tls ULP
+ * the first attempt says so (ENOENT), and later connections do not try.
  * Closing: our graceful close sends close_notify before the FIN; the
  * peer's close_notify ends the input as a FIN does; a FIN without it is
  * CLOSE_TLS_EOF; a TLS failure is CLOSE_TLS, and the alert OpenSSL queued
  * for the peer goes out before our FIN. */
 #include "core/internal.h"
 
+#include "lib/ktls.h"
 #include "lib/ossl.h"
 
 #include <arpa/inet.h>
 #include <stdio.h>
+#include <sys/socket.h>
 
 /* Ciphertext waiting to be sent past which sealing waits. */
 #define TLS_OUT_MAX (64 * 1024)
@@ -36,6 +48,28 @@
 #define TLS_SEAL_MAX (64 * 1024)
 /* Room made in rbuf for one SSL_read: a record's plaintext at most. */
 #define TLS_READ (16 * 1024)
+
+enum tls_kernel {
+    KERNEL_NO,                   /* OpenSSL makes every record */
+    KERNEL_PENDING,              /* handshake over: to the kernel once
+                                    OpenSSL's records are sent */
+    KERNEL_ON                    /* the kernel makes the records we send */
+};
+
+/* KERNEL_ON: our close_notify, a 2-byte alert record (the kernel makes a
+ * record of the type a cmsg names), kept while the engine sends it. */
+struct kernel_alert {
+    struct msghdr mh;
+    struct iovec iov;
+    union {
+        struct cmsghdr h;
+        char buf[CMSG_SPACE(1)];
+    } cm;
+    unsigned char body[2];
+    size_t sent;
+    uint8_t owed;                /* to be sent, or being sent */
+    uint8_t busy;                /* with the engine */
+};
 
 struct tls {
     const struct ossl *o;
@@ -53,6 +87,10 @@ struct tls {
     uint8_t notified;            /* our close_notify is queued */
     uint8_t peer_notified;       /* the peer's close_notify came */
     uint8_t busy;                /* records came or went since tls_trim */
+    uint8_t kernel;              /* enum tls_kernel */
+    uint8_t want_kernel;         /* kTLS is to be tried for this one */
+    struct ktls_keys *kt;        /* the handshake watched for kTLS, or NULL */
+    struct kernel_alert *alert;  /* KERNEL_ON's close_notify */
     atomic_int ready;            /* info is set: any thread may read it */
     struct tls_info info;
     long verify;                 /* X509_V_ERR code of a failed
@@ -66,7 +104,100 @@ update_queued(struct conn *c)
 {
     struct tls *t = c->tls;
     size_t q = t->snd.len - t->snd.off + t->io.out_len;
+    if (t->alert != NULL && t->alert->owed)
+        q += sizeof(t->alert->body) - t->alert->sent;
     atomic_store_explicit(&c->tls_queued, q, memory_order_relaxed);
+}
+
+/* No kTLS for this connection after all: the watch ends. */
+static void
+kernel_forget(struct conn *c)
+{
+    struct tls *t = c->tls;
+    if (t->kt != NULL) {
+        ktls_unwatch(t->o, t->ssl);
+        ktls_wipe(t->kt, sizeof(*t->kt));
+        free(t->kt);
+        t->kt = NULL;
+    }
+    if (t->kernel == KERNEL_PENDING)
+        t->kernel = KERNEL_NO;
+}
+
+/* OpenSSL's records are all sent: sending goes to the kernel, or, if it
+ * cannot, stays with OpenSSL (counted: no tls ULP, or a session the
+ * kernel path does not take). */
+static void
+to_kernel(struct conn *c)
+{
+    struct tls *t = c->tls;
+    struct server *s = c->w->srv;
+    struct ktls_crypto ci;
+    int rc = -ENOENT;
+    if (!atomic_load_explicit(&s->no_ulp, memory_order_relaxed)) {
+        rc = ktls_tx_info(t->o, t->ssl, t->kt, &ci);
+        if (rc == 0 && (t->alert = calloc(1, sizeof(*t->alert))) == NULL)
+            rc = -ENOMEM;
+        if (rc == 0)
+            rc = ktls_tx_enable(c->h.fd, &ci);
+        ktls_wipe(&ci, sizeof(ci));
+    }
+    kernel_forget(c);
+    if (rc == 0) {
+        t->kernel = KERNEL_ON;
+        stat_add(&s->stats.ktls_tx, 1);
+        return;
+    }
+    free(t->alert);
+    t->alert = NULL;
+    if (rc == -ENOENT)   /* the kernel has no tls ULP: no more tries */
+        atomic_store_explicit(&s->no_ulp, 1, memory_order_relaxed);
+    stat_add(rc == -ENOENT ? &s->stats.ktls_no_ulp : &s->stats.ktls_unsupported, 1);
+}
+
+/* KERNEL_ON: our close_notify through the kernel, a record of type 21
+ * (alert) holding "warning, close_notify".  0, or -1 if it failed. */
+static int
+kernel_alert_send(struct conn *c)
+{
+    struct kernel_alert *a = c->tls->alert;
+    memset(&a->mh, 0, sizeof(a->mh));
+    a->iov.iov_base = a->body + a->sent;
+    a->iov.iov_len = sizeof(a->body) - a->sent;
+    a->mh.msg_iov = &a->iov;
+    a->mh.msg_iovlen = 1;
+    a->mh.msg_control = a->cm.buf;
+    a->mh.msg_controllen = sizeof(a->cm.buf);
+    struct cmsghdr *cm = CMSG_FIRSTHDR(&a->mh);
+    cm->cmsg_level = SOL_TLS;
+    cm->cmsg_type = TLS_SET_RECORD_TYPE;
+    cm->cmsg_len = CMSG_LEN(1);
+    *CMSG_DATA(cm) = 21;
+    a->busy = 1;
+    return send_took(c, c->w->ops->sendv(c->w->be, &c->h, &a->mh));
+}
+
+/* KERNEL_ON: the plaintext queue goes out as a plaintext connection's
+ * does, then close_notify if owed.  1: something was handed over (go on),
+ * 0: nothing to send, -1: the connection failed. */
+static int
+kernel_send(struct conn *c)
+{
+    struct tls *t = c->tls;
+    struct worker *w = c->w;
+    if (sent_off(c) == c->slen && !send_swap(c)) {
+        if (!t->alert->owed || t->failed)
+            return 0;
+        return kernel_alert_send(c) < 0 ? -1 : 1;
+    }
+    size_t soff = sent_off(c);
+    if (t->failed || t->notified) {
+        send_advance(c, c->slen - soff);   /* nothing follows close_notify
+                                              or a failure: dropped */
+        return 1;
+    }
+    return send_took(c, w->ops->send(w->be, &c->h, c->sbuf + soff,
+                                     c->slen - soff)) < 0 ? -1 : 1;
 }
 
 int
@@ -109,6 +240,13 @@ tls_attach(struct conn *c, const struct tls_config *cfg)
                 goto fail;
         }
     }
+    t->want_kernel = cfg->ktls != 0;
+    if (t->want_kernel && !atomic_load_explicit(&c->w->srv->no_ulp, memory_order_relaxed) &&
+        (t->kt = malloc(sizeof(*t->kt))) != NULL &&
+        ktls_watch(o, t->ssl, t->kt, !c->outgoing) < 0) {
+        free(t->kt);   /* (no index from OpenSSL: no kTLS) */
+        t->kt = NULL;
+    }
     c->tls = t;
     return 0;
 fail:
@@ -126,6 +264,11 @@ tls_free(struct conn *c)
     if (t == NULL)
         return;
     t->o->SSL_free(t->ssl);   /* (and its BIO) */
+    if (t->kt != NULL) {
+        ktls_wipe(t->kt, sizeof(*t->kt));
+        free(t->kt);
+    }
+    free(t->alert);
     free(t->io.out);
     free(t->snd.buf);
     free(t->info.peer_der);
@@ -166,6 +309,11 @@ static void
 fail(struct conn *c, int sslerr, int err)
 {
     note_failure(c, sslerr, err);
+    if (c->tls->kernel == KERNEL_ON)
+        c->tls->io.out_len = 0;   /* (OpenSSL's alert, under a key the
+                                     kernel took over: not sent) */
+    else
+        kernel_forget(c);
     update_queued(c);
     if (c->state == CONN_OPEN)
         conn_start_drain(c);
@@ -205,6 +353,12 @@ established(struct conn *c)
     }
     atomic_store_explicit(&t->ready, 1, memory_order_release);
     struct server *s = c->w->srv;
+    if (t->kt != NULL)
+        t->kernel = KERNEL_PENDING;   /* (still watched: OpenSSL's records
+                                         until then count) */
+    else if (t->want_kernel)
+        stat_add(atomic_load_explicit(&s->no_ulp, memory_order_relaxed)
+                     ? &s->stats.ktls_no_ulp : &s->stats.ktls_unsupported, 1);
     if (s->dops != NULL && !s->cfg.native_echo && (c->outgoing || s->cfg.want_open))
         push_entry(c->w, c, ENTRY_OPEN, NULL, 0, 0);
 }
@@ -262,6 +416,19 @@ read_records(struct conn *c)
             continue;
         }
         int e = o->SSL_get_error(t->ssl, n);
+        if (t->kernel == KERNEL_ON && t->io.out_len != 0 && e != OSSL_ERROR_SSL) {
+            /* OpenSSL answered something (the peer's KeyUpdate asking for
+             * ours) with its own write key, which the kernel has: a record
+             * from it now would break the stream. */
+            snprintf(t->why, sizeof(t->why), "the peer asked for a TLS key "
+                     "update, which kernel TLS sending does not make here");
+            t->failed = 1;
+            t->io.out_len = 0;
+            conn_note_reason(c, CLOSE_TLS, EPROTO);
+            if (c->state == CONN_OPEN)
+                conn_start_drain(c);
+            return -1;
+        }
         /* Post-handshake messages (session tickets, key updates) may have
          * queued records to send. */
         update_queued(c);
@@ -355,10 +522,17 @@ tls_notify(struct conn *c)
     if (t->notified || t->failed || !t->done)
         return 0;
     t->notified = 1;
-    t->o->ERR_clear_error();
-    t->o->SSL_shutdown(t->ssl);   /* queues close_notify (we do not wait
-                                     for the peer's here) */
-    t->o->ERR_clear_error();
+    if (t->kernel == KERNEL_ON) {
+        t->alert->body[0] = 1;   /* warning */
+        t->alert->body[1] = 0;   /* close_notify */
+        t->alert->owed = 1;
+    } else {
+        kernel_forget(c);   /* (OpenSSL writes it: the kernel never) */
+        t->o->ERR_clear_error();
+        t->o->SSL_shutdown(t->ssl);   /* queues close_notify (we do not
+                                         wait for the peer's here) */
+        t->o->ERR_clear_error();
+    }
     update_queued(c);
     if (c->tls_queued == 0)
         return 0;
@@ -403,11 +577,26 @@ tls_send_out(struct conn *c)
     struct tls *t = c->tls;
     struct worker *w = c->w;
     while (c->state <= CONN_DRAINING && !c->send_busy) {
-        if ((t->done || t->failed) && seal(c) < 0 && c->state > CONN_DRAINING)
+        if (t->kernel == KERNEL_ON) {
+            int r = kernel_send(c);
+            if (r <= 0) {
+                if (r < 0)
+                    return -1;
+                break;
+            }
+            continue;
+        }
+        if ((t->done || t->failed) && t->kernel != KERNEL_PENDING &&
+            seal(c) < 0 && c->state > CONN_DRAINING)
             return -1;
         if (t->snd.off == t->snd.len) {
-            if (t->io.out_len == 0)
+            if (t->io.out_len == 0) {
+                if (t->kernel == KERNEL_PENDING) {
+                    to_kernel(c);   /* OpenSSL's records are all out */
+                    continue;
+                }
                 break;
+            }
             /* The records written meanwhile go out from where they lie;
              * OpenSSL appends to the other buffer. */
             char *b = t->snd.buf;
@@ -432,9 +621,18 @@ void
 tls_sent(struct conn *c, size_t n)
 {
     struct tls *t = c->tls;
-    t->snd.off += n;
-    if (t->snd.off == t->snd.len)
-        t->snd.off = t->snd.len = 0;
+    if (t->kernel != KERNEL_ON) {
+        t->snd.off += n;
+        if (t->snd.off == t->snd.len)
+            t->snd.off = t->snd.len = 0;
+    } else if (t->alert->busy) {
+        t->alert->busy = 0;
+        t->alert->sent += n;
+        if (t->alert->sent == sizeof(t->alert->body))
+            t->alert->owed = 0;
+    } else {
+        send_advance(c, n);   /* plaintext: the kernel sealed it */
+    }
     send_counted(c, n);
     update_queued(c);
 }

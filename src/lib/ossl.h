@@ -15,7 +15,11 @@ typedef struct ssl_cipher_st SSL_CIPHER;
 typedef struct bio_st BIO;
 typedef struct bio_method_st BIO_METHOD;
 typedef struct x509_st X509;
+typedef struct ssl_session_st SSL_SESSION;
 typedef struct X509_VERIFY_PARAM_st X509_VERIFY_PARAM;
+typedef struct evp_md_st EVP_MD;
+typedef void (*ossl_keylog_cb)(const SSL *, const char *);
+typedef void (*ossl_msg_cb)(int, int, int, const void *, size_t, SSL *, void *);
 
 #define OSSL_ERROR_NONE        0
 #define OSSL_ERROR_SSL         1
@@ -26,6 +30,8 @@ typedef struct X509_VERIFY_PARAM_st X509_VERIFY_PARAM;
 
 #define OSSL_CTRL_MODE                   33
 #define OSSL_CTRL_CLEAR_MODE             78
+#define OSSL_CTRL_SET_MSG_CALLBACK_ARG   16
+#define OSSL_CRYPTO_EX_INDEX_SSL         0
 #define OSSL_BIO_CTRL_FLUSH              11
 #define OSSL_BIO_FLAGS_READ              0x01
 #define OSSL_BIO_FLAGS_RWS               0x07
@@ -88,7 +94,25 @@ typedef struct X509_VERIFY_PARAM_st X509_VERIFY_PARAM;
     X(void, ERR_error_string_n, (unsigned long, char *, size_t))             \
     X(void, ERR_clear_error, (void))                                         \
     X(uint64_t, SSL_CTX_get_options, (const SSL_CTX *))                      \
-    X(int, SSL_CTX_get_verify_mode, (const SSL_CTX *))
+    X(int, SSL_CTX_get_verify_mode, (const SSL_CTX *))                       \
+    /* kTLS (lib/ktls.c) */                                                  \
+    X(int, SSL_version, (const SSL *))                                       \
+    X(SSL_SESSION *, SSL_get_session, (const SSL *))                         \
+    X(size_t, SSL_SESSION_get_master_key,                                    \
+      (const SSL_SESSION *, unsigned char *, size_t))                        \
+    X(size_t, SSL_get_client_random, (const SSL *, unsigned char *, size_t)) \
+    X(size_t, SSL_get_server_random, (const SSL *, unsigned char *, size_t)) \
+    X(int, SSL_CIPHER_get_cipher_nid, (const SSL_CIPHER *))                  \
+    X(const EVP_MD *, SSL_CIPHER_get_handshake_digest, (const SSL_CIPHER *)) \
+    X(unsigned char *, HMAC, (const EVP_MD *, const void *, int,             \
+                              const unsigned char *, size_t, unsigned char *, \
+                              unsigned int *))                               \
+    X(void, SSL_set_msg_callback, (SSL *, ossl_msg_cb))                      \
+    X(void, SSL_CTX_set_keylog_callback, (SSL_CTX *, ossl_keylog_cb))        \
+    X(ossl_keylog_cb, SSL_CTX_get_keylog_callback, (const SSL_CTX *))        \
+    X(int, CRYPTO_get_ex_new_index, (int, long, void *, void *, void *, void *)) \
+    X(int, SSL_set_ex_data, (SSL *, int, void *))                            \
+    X(void *, SSL_get_ex_data, (const SSL *, int))
 
 struct ossl {
 #define OSSL_MEMBER(ret, name, params) ret (*name) params;

@@ -507,14 +507,16 @@ server_stats_m(ServerObject *self, PyObject *Py_UNUSED(ignored))
     }
 #define U(x) ((unsigned long long)(x))
     return Py_BuildValue(
-        "{sIsKsKsKsKsKsKsKsKsKsNsN}",
+        "{sIsKsKsKsKsKsKsKsKsKsNsNs{sKsKsK}}",
         "connections", st.connections,
         "accepted", U(st.accepted), "closed", U(st.closed),
         "messages_in", U(st.msgs_in), "messages_out", U(st.msgs_out),
         "bytes_in", U(st.bytes_in), "bytes_out", U(st.bytes_out),
         "eof", U(st.errors[CLOSE_EOF]),
         "accept_errors", U(st.accept_errors), "refused", U(st.refused),
-        "errors", errors, "workers", per);
+        "errors", errors, "workers", per,
+        "ktls", "tx", U(st.ktls_tx), "no_ulp", U(st.ktls_no_ulp),
+        "unsupported", U(st.ktls_unsupported));
 #undef U
 }
 
