@@ -104,6 +104,8 @@ on_message(int write_p, int version, int type, const void *buf, size_t len,
 int
 ktls_prepare_ctx(const struct ossl *o, SSL_CTX *ctx)
 {
+    if (!o->has_ktls)
+        return -1;
     if (atomic_load_explicit(&ex_index, memory_order_relaxed) < 0) {
         int idx = o->CRYPTO_get_ex_new_index(OSSL_CRYPTO_EX_INDEX_SSL, 0, NULL,
                                              NULL, NULL, NULL);

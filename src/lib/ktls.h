@@ -41,8 +41,9 @@ struct ktls_crypto {
 };
 
 /* Our keylog callback on ctx, unless it has one (then TLS 1.3 sessions
- * are not handed over: ktls_tx_info says -ENOKEY).  0, or -1 if OpenSSL
- * could not give an ex_data index. */
+ * are not handed over: ktls_tx_info says -ENOKEY).  0, or -1 if this
+ * OpenSSL lacks a function kTLS needs or could not give an ex_data index
+ * (no kTLS then). */
 int ktls_prepare_ctx(const struct ossl *o, SSL_CTX *ctx);
 /* Watch ssl's handshake into *k (which must outlive the watch).  0 or -1. */
 int ktls_watch(const struct ossl *o, SSL *ssl, struct ktls_keys *k, int server);

@@ -94,6 +94,12 @@ ossl_load(struct ossl *o, const char *path, char *err, size_t errlen)
         missing = #name;
     OSSL_FUNCS(OSSL_FIND)
 #undef OSSL_FIND
+    o->has_ktls = 1;
+#define OSSL_FIND_KTLS(ret, name, params)                                     \
+    if ((*(void **)&o->name = dlsym(h, #name)) == NULL)                       \
+        o->has_ktls = 0;
+    OSSL_KTLS_FUNCS(OSSL_FIND_KTLS)
+#undef OSSL_FIND_KTLS
     if (missing == NULL &&
         (*(void **)&o->get_peer_cert = dlsym(h, "SSL_get1_peer_certificate")) == NULL &&
         (*(void **)&o->get_peer_cert = dlsym(h, "SSL_get_peer_certificate")) == NULL)

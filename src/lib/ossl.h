@@ -94,8 +94,11 @@ typedef void (*ossl_msg_cb)(int, int, int, const void *, size_t, SSL *, void *);
     X(void, ERR_error_string_n, (unsigned long, char *, size_t))             \
     X(void, ERR_clear_error, (void))                                         \
     X(uint64_t, SSL_CTX_get_options, (const SSL_CTX *))                      \
-    X(int, SSL_CTX_get_verify_mode, (const SSL_CTX *))                       \
-    /* kTLS (lib/ktls.c) */                                                  \
+    X(int, SSL_CTX_get_verify_mode, (const SSL_CTX *))
+
+/* What kernel TLS needs besides (lib/ktls.c): optional, so that an OpenSSL
+ * without one of them still does TLS, without the kernel (has_ktls 0). */
+#define OSSL_KTLS_FUNCS(X)                                                   \
     X(int, SSL_version, (const SSL *))                                       \
     X(SSL_SESSION *, SSL_get_session, (const SSL *))                         \
     X(size_t, SSL_SESSION_get_master_key,                                    \
@@ -117,7 +120,9 @@ typedef void (*ossl_msg_cb)(int, int, int, const void *, size_t, SSL *, void *);
 struct ossl {
 #define OSSL_MEMBER(ret, name, params) ret (*name) params;
     OSSL_FUNCS(OSSL_MEMBER)
+    OSSL_KTLS_FUNCS(OSSL_MEMBER)
 #undef OSSL_MEMBER
+    int has_ktls;                /* every OSSL_KTLS_FUNCS was found */
     /* SSL_get1_peer_certificate (3.x), or SSL_get_peer_certificate under
      * its 1.1.1 name: the same function. */
     X509 *(*get_peer_cert)(const SSL *);
