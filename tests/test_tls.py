@@ -43,7 +43,7 @@ import threading
 import pytest
 
 import iocport
-from conftest import (CHILD_CWD, DEADLINE, Codec, Events, child_env,
+from conftest import (CHILD_CWD, DEADLINE, TREE, Codec, Events, child_env,
                       is_closed_by_peer, recv_messages, recv_until_eof, wait_for)
 
 trustme = pytest.importorskip("trustme")
@@ -462,6 +462,13 @@ def py_tls_server():
 
 def echo(conn, msg):
     conn.send(msg)
+
+
+def echo_until_bye(conn, msg):
+    """Echo; after echoing b"bye", close (gracefully)."""
+    conn.send(msg)
+    if msg == b"bye":
+        conn.close()
 
 
 def frames(codec, payloads):
@@ -1451,13 +1458,7 @@ def test_sequential_handshakes_leak_nothing(make_server, pki):
     afterwards the process has the fds it had after a warm-up (within 3)
     and its RSS grew by less than 20 MiB."""
     closed = []
-
-    def on_message(conn, msg):
-        conn.send(msg)
-        if msg == b"bye":
-            conn.close()
-
-    srv = make_server(on_message, framing=LINE, ssl=pki.server_context(),
+    srv = make_server(echo_until_bye, framing=LINE, ssl=pki.server_context(),
                       on_close=lambda conn: closed.append(conn.close_reason))
     ctx = pki.client_context()
     codec = Codec(LINE)
@@ -1486,3 +1487,126 @@ def test_sequential_handshakes_leak_nothing(make_server, pki):
     assert growth < 20 * MiB, f"RSS grew by {growth / MiB:.1f} MiB"
     assert len(closed) == 200 + LEAK_ROUNDS
     assert tls_errors(srv) == 0
+
+
+# ---- kernel TLS ----------------------------------------------------------------------
+
+KTLS_TEST = TREE / "tests" / "c" / "ktls_test.c"
+
+
+def openssl_headers(gcc):
+    """Whether gcc finds OpenSSL's headers and libraries (libssl-dev)."""
+    probe = subprocess.run([gcc, "-x", "c", "-", "-o", os.devnull, "-lssl", "-lcrypto"],
+                           input="#include <openssl/ssl.h>\nint main(void)"
+                                 "{ return SSL_library_init() < 0; }\n",
+                           capture_output=True, text=True)
+    return probe.returncode == 0
+
+
+@pytest.mark.timeout(120)
+def test_kernel_tls_key_material(pki, tmp_path):
+    """tests/c/ktls_test.c: a handshake between two SSLs in memory, watched
+    as the core watches its own, then the next application record each side
+    writes decrypts (AES-GCM) with the key, salt, IV and sequence number of
+    the crypto_info the core would give the kernel: TLS 1.2 and 1.3,
+    AES-128 and AES-256, server and client, 0 and 2 session tickets
+    before.  Built with ASan and UBSan, linked with OpenSSL (skipped without
+    its headers)."""
+    gcc = shutil.which("gcc")
+    if gcc is None or not KTLS_TEST.exists():
+        pytest.skip("needs gcc and the C sources")
+    if not openssl_headers(gcc):
+        pytest.skip("needs OpenSSL's headers (libssl-dev)")
+    src = TREE / "src"
+    exe = tmp_path / "ktls_test"
+    cmd = [gcc, "-std=c11", "-D_GNU_SOURCE", "-Wall", "-Wextra", "-Werror", "-O1", "-g",
+           "-fno-omit-frame-pointer", "-fsanitize=address,undefined",
+           "-fno-sanitize-recover=undefined", "-I", str(src), str(KTLS_TEST),
+           str(src / "lib" / "ktls.c"), str(src / "lib" / "ossl.c"), "-o", str(exe),
+           "-lssl", "-lcrypto", "-ldl"]
+    build = subprocess.run(cmd, capture_output=True, text=True)
+    if build.returncode != 0 and "sanitize" in build.stderr:
+        pytest.skip("gcc here cannot link with AddressSanitizer and UBSan")
+    assert build.returncode == 0, build.stderr
+    pem = tmp_path / "key-and-chain.pem"
+    pki.server.private_key_and_cert_chain_pem.write_to_path(str(pem))
+    env = dict(os.environ, ASAN_OPTIONS="detect_leaks=1",
+               UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1")
+    env.pop("LD_PRELOAD", None)   # (its own sanitizer runtime, not CI's)
+    run = subprocess.run([str(exe), str(pem)], capture_output=True, text=True,
+                         timeout=100, env=env)
+    if "LeakSanitizer has encountered a fatal error" in run.stderr:
+        env["ASAN_OPTIONS"] = "detect_leaks=0"   # (no ptrace in this sandbox)
+        run = subprocess.run([str(exe), str(pem)], capture_output=True, text=True,
+                             timeout=100, env=env)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert run.stdout.endswith("ok\n")
+
+
+def test_kernel_tls_falls_back_where_the_kernel_has_none(make_server, pki, ssl_socket):
+    """After each handshake the core offers the session to the kernel
+    (TCP_ULP "tls", then TLS_TX).  Where the kernel has no tls ULP (these
+    machines) the first attempt fails with ENOENT, counted in
+    stats()["ktls"]["no_ulp"], the connection goes on through OpenSSL, and
+    later connections do not try again (counted the same).  Where the
+    kernel has it, the sessions are counted in "tx" instead, and the same
+    echo and close_notify work through the records the kernel makes."""
+    closed = []
+    srv = make_server(echo_until_bye, framing=LINE, ssl=pki.server_context(),
+                      on_close=lambda conn: closed.append(conn.close_reason))
+    codec = Codec(LINE)
+    n = 0
+    for version in ("TLSv1.3", "TLSv1.2"):
+        for _ in range(2):
+            s = ssl_socket(srv.address, pki.client_context(version=version))
+            s.sendall(b"ping\n" * 3 + b"x" * 40000 + b"\n")
+            assert recv_messages(s, codec, 4) == [b"ping"] * 3 + [b"x" * 40000]
+            s.sendall(b"bye\n")
+            # (a FIN without close_notify would raise: ragged EOFs do)
+            assert recv_until_eof(s) == b"bye\n"
+            n += 1
+    wait_for(lambda: len(closed) == n, what="every on_close")
+    assert closed == ["closed"] * n
+    k = srv.stats()["ktls"]
+    assert k["tx"] + k["no_ulp"] + k["unsupported"] == n, k
+    if k["tx"] == 0:   # no tls ULP here: every connection went on without
+        assert k == {"tx": 0, "no_ulp": n, "unsupported": 0}
+    assert tls_errors(srv) == 0
+
+
+def test_the_context_stays_pythons(make_server, pki, ssl_socket, tmp_path):
+    """Our keylog callback on the user's context (for the kernel's TLS 1.3
+    keys) leaves Python's own sockets from that context alone, and Python's
+    keylog_filename, set afterwards, still works (it replaces ours: our
+    later TLS 1.3 sessions just go on without the kernel)."""
+    ctx = pki.server_context()
+    srv = make_server(echo, framing=LINE, ssl=ctx)
+    s = ssl_socket(srv.address)
+    s.sendall(b"one\n")
+    assert recv_messages(s, Codec(LINE), 1) == [b"one"]
+    # Python's own server socket from the same context
+    lsock = socket.create_server(("127.0.0.1", 0))
+    log = tmp_path / "keys.log"
+    ctx.keylog_filename = str(log)
+    got = []
+
+    def serve():
+        raw, _ = lsock.accept()
+        with ctx.wrap_socket(raw, server_side=True) as t:
+            got.append(t.recv(100))
+            t.sendall(b"pong")
+
+    th = threading.Thread(target=serve)
+    th.start()
+    c = ssl_socket(lsock.getsockname())
+    c.sendall(b"ping")
+    assert c.recv(100) == b"pong"
+    th.join(DEADLINE)
+    lsock.close()
+    assert got == [b"ping"]
+    assert b"SERVER_TRAFFIC_SECRET_0" in log.read_bytes()
+    ctx.keylog_filename = None
+    # and iocport's connections from it still work
+    s = ssl_socket(srv.address)
+    s.sendall(b"two\n")
+    assert recv_messages(s, Codec(LINE), 1) == [b"two"]

@@ -188,6 +188,8 @@ struct tls_config {
     const char *host;            /* outgoing: SNI, and the name checked
                                     if check_host (copied) */
     int check_host;
+    int ktls;                    /* try kernel TLS after the handshake
+                                    (ctx prepared: ktls_prepare_ctx) */
 };
 
 /* Counters, read together (each is exact; the set is a moment's). */
@@ -198,6 +200,11 @@ struct server_stats {
     uint64_t pauses;             /* times a connection stopped receiving
                                     for backpressure */
     uint64_t errors[CLOSE_REASON_COUNT];
+    /* TLS connections whose records go out through the kernel (kTLS);
+     * that could not because the kernel offers no tls ULP; or because
+     * their session is one the kernel path does not take (version, cipher,
+     * keys not seen) or it refused it. */
+    uint64_t ktls_tx, ktls_no_ulp, ktls_unsupported;
 };
 
 /* A server (not started), or NULL with errno set. */

@@ -172,6 +172,7 @@ struct stats {
     _Atomic uint64_t accept_errors, refused;
     _Atomic uint64_t pauses;     /* receiving stopped for backpressure */
     _Atomic uint64_t errors[CLOSE_REASON_COUNT];
+    _Atomic uint64_t ktls_tx, ktls_no_ulp, ktls_unsupported;
 };
 
 /* io_handle.tag: what embeds the handle (file requests are told by their
@@ -239,6 +240,7 @@ struct worker {
     unsigned loop_errors;        /* how many wait() calls failed */
     int64_t next_sweep;
     int64_t last_trim;           /* when the sweep last called malloc_trim */
+    size_t trim_owed;            /* bytes sweeps gave back since then */
     void *dctx;                  /* dispatch layer's per-thread context */
     struct io_event events[EVENT_BATCH];
 };
@@ -266,6 +268,8 @@ struct server {
     pthread_cond_t start_cond;
     unsigned nready;             /* workers that finished starting */
     struct slab_pool *conn_pool; /* every struct conn (slab.h) */
+    atomic_int no_ulp;           /* the kernel said it has no tls ULP: kTLS
+                                    is not tried again */
 };
 
 /* ---- helpers ------------------------------------------------------------ */
@@ -527,6 +531,10 @@ int tls_notify(struct conn *c);
 int tls_send_out(struct conn *c);
 /* n bytes of ciphertext went to the kernel. */
 void tls_sent(struct conn *c, size_t n);
+/* The connection is idle: its ciphertext buffers and OpenSSL's record
+ * buffers are given back if empty (allocated again at the next record).
+ * Returns about the bytes given back. */
+size_t tls_trim(struct conn *c);
 
 /* ---- worker.c ----------------------------------------------------------- */
 

@@ -648,6 +648,9 @@ server_get_stats(struct server *s, struct server_stats *out)
     out->pauses = LD(st->pauses);
     for (int i = 0; i < CLOSE_REASON_COUNT; i++)
         out->errors[i] = LD(st->errors[i]);
+    out->ktls_tx = LD(st->ktls_tx);
+    out->ktls_no_ulp = LD(st->ktls_no_ulp);
+    out->ktls_unsupported = LD(st->ktls_unsupported);
 #undef LD
 }
 

@@ -2,50 +2,95 @@
  * bytes and the framer, on the worker that owns the connection (the only
  * thread that ever touches its SSL).
  *
- * The SSL talks to a BIO pair: two rings, ciphertext in and ciphertext
- * out, which this file reaches in place (BIO_nwrite0, BIO_nread0): a
- * receive's bytes are copied into the in-ring once, and the out-ring's
- * bytes are sent from where they lie (a memory BIO would copy both ways,
- * and clear what it appends before copying it).
- * In: each receive's ciphertext goes into the in-ring, as much as it takes
- * at a time; the handshake advances, or the plaintext goes to rbuf, where
- * recv.c frames it as it frames any connection's bytes.
+ * The SSL reads and writes its ciphertext through a BIO of ours
+ * (lib/ossl.h, struct ossl_io): it reads a receive's bytes from the
+ * engine's buffer where they lie, and appends its records to `io.out`,
+ * from which, swapped with `snd` as the send queue swaps obuf and sbuf,
+ * they are sent where they lie.
+ * In: each receive's ciphertext is offered to the SSL whole; the handshake
+ * advances, or the plaintext goes to rbuf, where recv.c frames it as it
+ * frames any connection's bytes.  OpenSSL takes all of it: reading never
+ * waits for writing (the out side is never full).
  * Out: users queue plaintext as on any connection (send.c); the worker
- * seals it (SSL_write, into the out-ring while it has room) and sends the
- * ring's bytes.  The ciphertext not yet with the kernel counts as unsent
+ * seals it (SSL_write) while less than TLS_OUT_MAX of ciphertext waits,
+ * and sends that.  The ciphertext not yet with the kernel counts as unsent
  * (c->tls_queued), so backpressure and "every reply is out" see it.
+ * Memory: the SSL's own record buffers are kept while the connection is
+ * busy (the context's SSL_MODE_RELEASE_BUFFERS, which Python sets, would
+ * free and allocate them per record) and, like the ciphertext buffers,
+ * given back when it is idle (tls_trim).
+ * Kernel TLS (lib/ktls.h): where the kernel offers it, the handshake is
+ * watched for the session's keys, and once OpenSSL's own records (the
+ * handshake's, session tickets) are sent, sending goes to the kernel
+ * (KERNEL_ON): the plaintext queue is sent as a plaintext connection's is,
+ * and the kernel makes the records; receiving stays with OpenSSL.  What
+ * OpenSSL would still write then (our close_notify, a reply to the peer's
+ * KeyUpdate) cannot go through it: close_notify is sent as a record of
+ * type 21 through the kernel; a KeyUpdate the peer asks us to answer fails
+ * the connection (see ARCHITECTURE.md).  Where the kernel has no tls ULP
+ * the first attempt says so (ENOENT), and later connections do not try.
  * Closing: our graceful close sends close_notify before the FIN; the
  * peer's close_notify ends the input as a FIN does; a FIN without it is
  * CLOSE_TLS_EOF; a TLS failure is CLOSE_TLS, and the alert OpenSSL queued
  * for the peer goes out before our FIN. */
 #include "core/internal.h"
 
+#include "lib/ktls.h"
 #include "lib/ossl.h"
 
 #include <arpa/inet.h>
 #include <stdio.h>
+#include <sys/socket.h>
 
-/* The rings: ciphertext in, and out (sealing waits while it is full). */
-#define TLS_IN_RING (16 * 1024)
-#define TLS_OUT_RING (64 * 1024)
+/* Ciphertext waiting to be sent past which sealing waits. */
+#define TLS_OUT_MAX (64 * 1024)
 /* Plaintext sealed per SSL_write. */
 #define TLS_SEAL_MAX (64 * 1024)
 /* Room made in rbuf for one SSL_read: a record's plaintext at most. */
 #define TLS_READ (16 * 1024)
 
+enum tls_kernel {
+    KERNEL_NO,                   /* OpenSSL makes every record */
+    KERNEL_PENDING,              /* handshake over: to the kernel once
+                                    OpenSSL's records are sent */
+    KERNEL_ON                    /* the kernel makes the records we send */
+};
+
+/* KERNEL_ON: our close_notify, a 2-byte alert record (the kernel makes a
+ * record of the type a cmsg names), kept while the engine sends it. */
+struct kernel_alert {
+    struct msghdr mh;
+    struct iovec iov;
+    union {
+        struct cmsghdr h;
+        char buf[CMSG_SPACE(1)];
+    } cm;
+    unsigned char body[2];
+    size_t sent;
+    uint8_t owed;                /* to be sent, or being sent */
+    uint8_t busy;                /* with the engine */
+};
+
 struct tls {
     const struct ossl *o;
     SSL *ssl;
-    BIO *net;                    /* the pair's network side (the SSL owns
-                                    the other) */
+    struct ossl_io io;           /* the SSL's BIO: in, and records out */
+    struct {                     /* records being sent (the engine's while
+                                    send_busy): buf[off..len) */
+        char *buf;
+        size_t off, len, cap;
+    } snd;
     int64_t deadline;            /* the handshake fails at this time (ms) */
     uint8_t got_bytes;           /* the peer sent something */
     uint8_t done;                /* the handshake is over */
     uint8_t failed;              /* a TLS failure: nothing more is sealed */
     uint8_t notified;            /* our close_notify is queued */
     uint8_t peer_notified;       /* the peer's close_notify came */
-    uint8_t stalled;             /* reading waits for room in the out-ring
-                                    (a reply OpenSSL owes, a key update) */
+    uint8_t busy;                /* records came or went since tls_trim */
+    uint8_t kernel;              /* enum tls_kernel */
+    uint8_t want_kernel;         /* kTLS is to be tried for this one */
+    struct ktls_keys *kt;        /* the handshake watched for kTLS, or NULL */
+    struct kernel_alert *alert;  /* KERNEL_ON's close_notify */
     atomic_int ready;            /* info is set: any thread may read it */
     struct tls_info info;
     long verify;                 /* X509_V_ERR code of a failed
@@ -53,13 +98,106 @@ struct tls {
     char why[200];               /* a failure, for the log and Python */
 };
 
-/* The out-ring's bytes: with the engine or waiting for it. */
+/* The records not yet with the kernel: being sent, or waiting. */
 static void
 update_queued(struct conn *c)
 {
     struct tls *t = c->tls;
-    size_t q = t->o->BIO_ctrl_pending(t->net);
+    size_t q = t->snd.len - t->snd.off + t->io.out_len;
+    if (t->alert != NULL && t->alert->owed)
+        q += sizeof(t->alert->body) - t->alert->sent;
     atomic_store_explicit(&c->tls_queued, q, memory_order_relaxed);
+}
+
+/* No kTLS for this connection after all: the watch ends. */
+static void
+kernel_forget(struct conn *c)
+{
+    struct tls *t = c->tls;
+    if (t->kt != NULL) {
+        ktls_unwatch(t->o, t->ssl);
+        ktls_wipe(t->kt, sizeof(*t->kt));
+        free(t->kt);
+        t->kt = NULL;
+    }
+    if (t->kernel == KERNEL_PENDING)
+        t->kernel = KERNEL_NO;
+}
+
+/* OpenSSL's records are all sent: sending goes to the kernel, or, if it
+ * cannot, stays with OpenSSL (counted: no tls ULP, or a session the
+ * kernel path does not take). */
+static void
+to_kernel(struct conn *c)
+{
+    struct tls *t = c->tls;
+    struct server *s = c->w->srv;
+    struct ktls_crypto ci;
+    int rc = -ENOENT;
+    if (!atomic_load_explicit(&s->no_ulp, memory_order_relaxed)) {
+        rc = ktls_tx_info(t->o, t->ssl, t->kt, &ci);
+        if (rc == 0 && (t->alert = calloc(1, sizeof(*t->alert))) == NULL)
+            rc = -ENOMEM;
+        if (rc == 0)
+            rc = ktls_tx_enable(c->h.fd, &ci);
+        ktls_wipe(&ci, sizeof(ci));
+    }
+    kernel_forget(c);
+    if (rc == 0) {
+        t->kernel = KERNEL_ON;
+        stat_add(&s->stats.ktls_tx, 1);
+        return;
+    }
+    free(t->alert);
+    t->alert = NULL;
+    if (rc == -ENOENT)   /* the kernel has no tls ULP: no more tries */
+        atomic_store_explicit(&s->no_ulp, 1, memory_order_relaxed);
+    stat_add(rc == -ENOENT ? &s->stats.ktls_no_ulp : &s->stats.ktls_unsupported, 1);
+}
+
+/* KERNEL_ON: our close_notify through the kernel, a record of type 21
+ * (alert) holding "warning, close_notify".  0, or -1 if it failed. */
+static int
+kernel_alert_send(struct conn *c)
+{
+    struct kernel_alert *a = c->tls->alert;
+    memset(&a->mh, 0, sizeof(a->mh));
+    a->iov.iov_base = a->body + a->sent;
+    a->iov.iov_len = sizeof(a->body) - a->sent;
+    a->mh.msg_iov = &a->iov;
+    a->mh.msg_iovlen = 1;
+    a->mh.msg_control = a->cm.buf;
+    a->mh.msg_controllen = sizeof(a->cm.buf);
+    struct cmsghdr *cm = CMSG_FIRSTHDR(&a->mh);
+    cm->cmsg_level = SOL_TLS;
+    cm->cmsg_type = TLS_SET_RECORD_TYPE;
+    cm->cmsg_len = CMSG_LEN(1);
+    *CMSG_DATA(cm) = 21;
+    a->busy = 1;
+    return send_took(c, c->w->ops->sendv(c->w->be, &c->h, &a->mh));
+}
+
+/* KERNEL_ON: the plaintext queue goes out as a plaintext connection's
+ * does, then close_notify if owed.  1: something was handed over (go on),
+ * 0: nothing to send, -1: the connection failed. */
+static int
+kernel_send(struct conn *c)
+{
+    struct tls *t = c->tls;
+    struct worker *w = c->w;
+    if (sent_off(c) == c->slen && !send_swap(c)) {
+        if (!t->alert->owed || t->failed)
+            return 0;
+        return kernel_alert_send(c) < 0 ? -1 : 1;
+    }
+    size_t soff = sent_off(c);
+    if (t->failed || t->notified) {
+        send_advance(c, c->slen - soff);   /* nothing follows close_notify
+                                              or a failure: dropped */
+        return 1;
+    }
+    return send_took(c, w->ops->send(w->be, &c->h, c->sbuf + soff,
+                                     c->slen - soff)) < 0 ? -1 : 1;
 }
 
 int
@@ -72,15 +210,15 @@ tls_attach(struct conn *c, const struct tls_config *cfg)
         return -ENOMEM;
     t->o = o;
     o->ERR_clear_error();
-    BIO *inner;
+    BIO *bio = NULL;
     t->ssl = o->SSL_new(cfg->ctx);
-    if (t->ssl == NULL ||
-        o->BIO_new_bio_pair(&inner, TLS_OUT_RING, &t->net, TLS_IN_RING) != 1)
+    if (t->ssl == NULL || (bio = ossl_bio_new(o, &t->io)) == NULL)
         goto fail;
-    /* (The rings are allocated at their first bytes.) */
-    o->SSL_set_bio(t->ssl, inner, inner);
+    o->SSL_set_bio(t->ssl, bio, bio);   /* (the SSL's from now on) */
     o->SSL_ctrl(t->ssl, OSSL_CTRL_MODE, OSSL_MODE_ENABLE_PARTIAL_WRITE |
                 OSSL_MODE_ACCEPT_MOVING_WRITE_BUFFER, NULL);
+    /* Its record buffers stay while it is busy: tls_trim frees them. */
+    o->SSL_ctrl(t->ssl, OSSL_CTRL_CLEAR_MODE, OSSL_MODE_RELEASE_BUFFERS, NULL);
     o->SSL_set_options(t->ssl, OSSL_OP_NO_RENEGOTIATION);
     if (!c->outgoing) {
         o->SSL_set_accept_state(t->ssl);
@@ -102,13 +240,18 @@ tls_attach(struct conn *c, const struct tls_config *cfg)
                 goto fail;
         }
     }
+    t->want_kernel = cfg->ktls != 0;
+    if (t->want_kernel && !atomic_load_explicit(&c->w->srv->no_ulp, memory_order_relaxed) &&
+        (t->kt = malloc(sizeof(*t->kt))) != NULL &&
+        ktls_watch(o, t->ssl, t->kt, !c->outgoing) < 0) {
+        free(t->kt);   /* (no index from OpenSSL: no kTLS) */
+        t->kt = NULL;
+    }
     c->tls = t;
     return 0;
 fail:
     if (t->ssl != NULL)
-        o->SSL_free(t->ssl);   /* (and the pair's inner side) */
-    if (t->net != NULL)
-        o->BIO_free(t->net);
+        o->SSL_free(t->ssl);   /* (and the BIO, if made) */
     o->ERR_clear_error();
     free(t);
     return -ENOMEM;
@@ -120,8 +263,14 @@ tls_free(struct conn *c)
     struct tls *t = c->tls;
     if (t == NULL)
         return;
-    t->o->SSL_free(t->ssl);
-    t->o->BIO_free(t->net);
+    t->o->SSL_free(t->ssl);   /* (and its BIO) */
+    if (t->kt != NULL) {
+        ktls_wipe(t->kt, sizeof(*t->kt));
+        free(t->kt);
+    }
+    free(t->alert);
+    free(t->io.out);
+    free(t->snd.buf);
     free(t->info.peer_der);
     free(t);
     c->tls = NULL;
@@ -137,6 +286,8 @@ note_failure(struct conn *c, int sslerr, int err)
     unsigned long e = o->ERR_get_error();
     long v = o->SSL_get_verify_result(t->ssl);
     t->failed = 1;
+    if (t->io.nomem)
+        err = ENOMEM;   /* the BIO could not take a record */
     if (v != 0 && !t->done) {
         t->verify = v;
         snprintf(t->why, sizeof(t->why), "certificate verify failed: %s",
@@ -158,6 +309,11 @@ static void
 fail(struct conn *c, int sslerr, int err)
 {
     note_failure(c, sslerr, err);
+    if (c->tls->kernel == KERNEL_ON)
+        c->tls->io.out_len = 0;   /* (OpenSSL's alert, under a key the
+                                     kernel took over: not sent) */
+    else
+        kernel_forget(c);
     update_queued(c);
     if (c->state == CONN_OPEN)
         conn_start_drain(c);
@@ -197,6 +353,12 @@ established(struct conn *c)
     }
     atomic_store_explicit(&t->ready, 1, memory_order_release);
     struct server *s = c->w->srv;
+    if (t->kt != NULL)
+        t->kernel = KERNEL_PENDING;   /* (still watched: OpenSSL's records
+                                         until then count) */
+    else if (t->want_kernel)
+        stat_add(atomic_load_explicit(&s->no_ulp, memory_order_relaxed)
+                     ? &s->stats.ktls_no_ulp : &s->stats.ktls_unsupported, 1);
     if (s->dops != NULL && !s->cfg.native_echo && (c->outgoing || s->cfg.want_open))
         push_entry(c->w, c, ENTRY_OPEN, NULL, 0, 0);
 }
@@ -242,29 +404,38 @@ read_records(struct conn *c)
 {
     struct tls *t = c->tls;
     const struct ossl *o = t->o;
+    o->ERR_clear_error();   /* (a record read adds nothing to the queue) */
     for (;;) {
         if (recv_room(c, TLS_READ) < 0) {
             fail(c, OSSL_ERROR_SYSCALL, ENOMEM);
             return -1;
         }
-        o->ERR_clear_error();
         int n = o->SSL_read(t->ssl, c->rbuf + c->rlen, TLS_READ);
         if (n > 0) {
             c->rlen += (size_t)n;
             continue;
         }
         int e = o->SSL_get_error(t->ssl, n);
+        if (t->kernel == KERNEL_ON && t->io.out_len != 0 && e != OSSL_ERROR_SSL) {
+            /* OpenSSL answered something (the peer's KeyUpdate asking for
+             * ours) with its own write key, which the kernel has: a record
+             * from it now would break the stream. */
+            snprintf(t->why, sizeof(t->why), "the peer asked for a TLS key "
+                     "update, which kernel TLS sending does not make here");
+            t->failed = 1;
+            t->io.out_len = 0;
+            conn_note_reason(c, CLOSE_TLS, EPROTO);
+            if (c->state == CONN_OPEN)
+                conn_start_drain(c);
+            return -1;
+        }
         /* Post-handshake messages (session tickets, key updates) may have
          * queued records to send. */
         update_queued(c);
         if (c->tls_queued > 0)
             mark_dirty(c->w, c);
         if (e == OSSL_ERROR_WANT_READ)
-            return 0;
-        if (e == OSSL_ERROR_WANT_WRITE) {
-            t->stalled = 1;   /* on once the ring drains (tls_sent) */
-            return 0;
-        }
+            return 0;   /* (all of the input is read: the BIO said so) */
         if (e == OSSL_ERROR_ZERO_RETURN) {
             /* close_notify: the input ends as with a FIN; replies owed
              * still go out, then ours. */
@@ -282,32 +453,25 @@ int
 tls_on_input(struct conn *c, const uint8_t *p, size_t len)
 {
     struct tls *t = c->tls;
-    const struct ossl *o = t->o;
     if (t->failed || t->peer_notified)
         return -1;   /* discarded */
     t->got_bytes = 1;
-    while (len > 0) {
-        /* As much as the in-ring takes; OpenSSL then takes all of it. */
-        char *room;
-        int n = o->BIO_nwrite0(t->net, &room);
-        if (n <= 0) {
-            fail(c, OSSL_ERROR_SYSCALL, ENOBUFS);
-            return -1;
-        }
-        size_t k = (size_t)n < len ? (size_t)n : len;
-        memcpy(room, p, k);
-        o->BIO_nwrite(t->net, &room, (int)k);
-        p += k;
-        len -= k;
-        if (!t->done && handshake(c) <= 0) {
-            if (t->failed)
-                return -1;
-            continue;   /* more of the peer's flight */
-        }
-        if (read_records(c) < 0)
-            return -1;
+    t->busy = 1;
+    /* OpenSSL reads it all from where it lies (what follows close_notify
+     * or a failure is left: discarded). */
+    t->io.in = (const char *)p;
+    t->io.in_len = len;
+    int r = 0;
+    if (!t->done) {
+        int h = handshake(c);
+        r = h < 0 ? -1 : h == 0 ? 1 : 0;   /* failed, goes on (all read),
+                                              or over: records follow */
     }
-    return t->done ? 0 : 1;
+    if (r == 0 && read_records(c) < 0)
+        r = -1;
+    t->io.in = NULL;
+    t->io.in_len = 0;
+    return r;
 }
 
 void
@@ -358,10 +522,17 @@ tls_notify(struct conn *c)
     if (t->notified || t->failed || !t->done)
         return 0;
     t->notified = 1;
-    t->o->ERR_clear_error();
-    t->o->SSL_shutdown(t->ssl);   /* queues close_notify (we do not wait
-                                     for the peer's here) */
-    t->o->ERR_clear_error();
+    if (t->kernel == KERNEL_ON) {
+        t->alert->body[0] = 1;   /* warning */
+        t->alert->body[1] = 0;   /* close_notify */
+        t->alert->owed = 1;
+    } else {
+        kernel_forget(c);   /* (OpenSSL writes it: the kernel never) */
+        t->o->ERR_clear_error();
+        t->o->SSL_shutdown(t->ssl);   /* queues close_notify (we do not
+                                         wait for the peer's here) */
+        t->o->ERR_clear_error();
+    }
     update_queued(c);
     if (c->tls_queued == 0)
         return 0;
@@ -369,13 +540,14 @@ tls_notify(struct conn *c)
     return 1;
 }
 
-/* Seal queued plaintext while the out-ring has room.  0, or -1 if the
- * connection failed. */
+/* Seal queued plaintext while less than TLS_OUT_MAX of ciphertext waits.
+ * 0, or -1 if the connection failed. */
 static int
 seal(struct conn *c)
 {
     struct tls *t = c->tls;
     const struct ossl *o = t->o;
+    o->ERR_clear_error();   /* (a record written adds nothing) */
     for (;;) {
         if (sent_off(c) == c->slen && !send_swap(c))
             return 0;
@@ -385,17 +557,16 @@ seal(struct conn *c)
                                      fatal alert: dropped */
             continue;
         }
-        o->ERR_clear_error();
+        if (t->snd.len - t->snd.off + t->io.out_len >= TLS_OUT_MAX)
+            return 0;   /* on once they are sent */
+        t->busy = 1;
         int r = o->SSL_write(t->ssl, c->sbuf + soff,
                              n > TLS_SEAL_MAX ? TLS_SEAL_MAX : (int)n);
         if (r > 0) {
             send_advance(c, (size_t)r);
             continue;
         }
-        int e = o->SSL_get_error(t->ssl, r);
-        if (e == OSSL_ERROR_WANT_WRITE)
-            return 0;   /* the ring is full: on when it has drained */
-        fail(c, e, 0);
+        fail(c, o->SSL_get_error(t->ssl, r), 0);
         return -1;
     }
 }
@@ -405,17 +576,41 @@ tls_send_out(struct conn *c)
 {
     struct tls *t = c->tls;
     struct worker *w = c->w;
-    const struct ossl *o = t->o;
     while (c->state <= CONN_DRAINING && !c->send_busy) {
-        if ((t->done || t->failed) && seal(c) < 0 && c->state > CONN_DRAINING)
+        if (t->kernel == KERNEL_ON) {
+            int r = kernel_send(c);
+            if (r <= 0) {
+                if (r < 0)
+                    return -1;
+                break;
+            }
+            continue;
+        }
+        if ((t->done || t->failed) && t->kernel != KERNEL_PENDING &&
+            seal(c) < 0 && c->state > CONN_DRAINING)
             return -1;
-        /* The ring's bytes from where they lie; they stay put until
-         * consumed (tls_sent), whatever OpenSSL appends meanwhile. */
-        char *p;
-        int n = o->BIO_nread0(t->net, &p);
-        if (n <= 0)
-            break;
-        if (send_took(c, w->ops->send(w->be, &c->h, p, (size_t)n)) < 0)
+        if (t->snd.off == t->snd.len) {
+            if (t->io.out_len == 0) {
+                if (t->kernel == KERNEL_PENDING) {
+                    to_kernel(c);   /* OpenSSL's records are all out */
+                    continue;
+                }
+                break;
+            }
+            /* The records written meanwhile go out from where they lie;
+             * OpenSSL appends to the other buffer. */
+            char *b = t->snd.buf;
+            size_t cap = t->snd.cap;
+            t->snd.buf = t->io.out;
+            t->snd.cap = t->io.out_cap;
+            t->snd.off = 0;
+            t->snd.len = t->io.out_len;
+            t->io.out = b;
+            t->io.out_cap = cap;
+            t->io.out_len = 0;
+        }
+        if (send_took(c, w->ops->send(w->be, &c->h, t->snd.buf + t->snd.off,
+                                      t->snd.len - t->snd.off)) < 0)
             return -1;   /* (its bytes: tls_sent, through sent()) */
     }
     update_queued(c);
@@ -426,17 +621,43 @@ void
 tls_sent(struct conn *c, size_t n)
 {
     struct tls *t = c->tls;
-    char *p;
-    t->o->BIO_nread(t->net, &p, (int)n);
+    if (t->kernel != KERNEL_ON) {
+        t->snd.off += n;
+        if (t->snd.off == t->snd.len)
+            t->snd.off = t->snd.len = 0;
+    } else if (t->alert->busy) {
+        t->alert->busy = 0;
+        t->alert->sent += n;
+        if (t->alert->sent == sizeof(t->alert->body))
+            t->alert->owed = 0;
+    } else {
+        send_advance(c, n);   /* plaintext: the kernel sealed it */
+    }
     send_counted(c, n);
     update_queued(c);
-    if (!t->done && !t->failed) {
-        handshake(c);   /* a flight the full ring held back */
-    } else if (t->stalled) {
-        t->stalled = 0;
-        if (read_records(c) == 0)
-            recv_resume(c);   /* frame what it read */
+}
+
+size_t
+tls_trim(struct conn *c)
+{
+    struct tls *t = c->tls;
+    if (!t->busy || !t->done || c->send_busy || t->snd.len != 0 ||
+        t->io.out_len != 0)
+        return 0;
+    size_t freed = t->snd.cap + t->io.out_cap;
+    free(t->snd.buf);
+    free(t->io.out);
+    t->snd.buf = t->io.out = NULL;
+    t->snd.cap = t->io.out_cap = 0;
+    /* OpenSSL's record buffers, allocated again at the next record; only
+     * when it holds no bytes (before 3.0.14 it would free a buffer still
+     * holding a record's unread plaintext: CVE-2024-4741). */
+    if (!t->o->SSL_has_pending(t->ssl) && t->o->SSL_free_buffers(t->ssl) == 1) {
+        freed += 2 * TLS_READ;   /* (about: each is a record and more) */
+        t->busy = 0;
     }
+    t->o->ERR_clear_error();
+    return freed;
 }
 
 const struct tls_info *

@@ -35,6 +35,10 @@
 #define TRIM_RETURN_BYTES (256 * 1024)
 #define TRIM_HEAP_MAX (128 * 1024)
 #define TRIM_EVERY_MS 10000
+/* ... unless this much was given back since the last trim: many
+ * connections going quiet at once (a TLS connection gives back some 40 KB
+ * of record buffers) would otherwise hold their pages for TRIM_EVERY_MS. */
+#define TRIM_OWED_MAX (8 * 1024 * 1024)
 /* Sent references wait for the next dispatch, which gives one back before
  * each message it delivers (the heap then reuses each block for the next
  * message instead of trimming and faulting in again after a batch of
@@ -305,6 +309,8 @@ trim(struct conn *c)
         c->rbuf = NULL;
         c->rcap = c->rstart = c->rlen = 0;
     }
+    if (c->tls != NULL)
+        freed += tls_trim(c);
     /* Under the lock: senders on other threads read slen (the unsent
      * count). */
     pthread_mutex_lock(&c->lock);
@@ -358,8 +364,11 @@ sweep(struct worker *w)
         c = next;
     }
 #ifdef __GLIBC__
-    if (freed >= TRIM_RETURN_BYTES && w->now - w->last_trim >= TRIM_EVERY_MS) {
+    w->trim_owed += freed;
+    if ((w->trim_owed >= TRIM_RETURN_BYTES && w->now - w->last_trim >= TRIM_EVERY_MS) ||
+        w->trim_owed >= TRIM_OWED_MAX) {
         w->last_trim = w->now;
+        w->trim_owed = 0;
         malloc_trim(0);
     }
 #else

@@ -15,7 +15,11 @@ typedef struct ssl_cipher_st SSL_CIPHER;
 typedef struct bio_st BIO;
 typedef struct bio_method_st BIO_METHOD;
 typedef struct x509_st X509;
+typedef struct ssl_session_st SSL_SESSION;
 typedef struct X509_VERIFY_PARAM_st X509_VERIFY_PARAM;
+typedef struct evp_md_st EVP_MD;
+typedef void (*ossl_keylog_cb)(const SSL *, const char *);
+typedef void (*ossl_msg_cb)(int, int, int, const void *, size_t, SSL *, void *);
 
 #define OSSL_ERROR_NONE        0
 #define OSSL_ERROR_SSL         1
@@ -25,10 +29,19 @@ typedef struct X509_VERIFY_PARAM_st X509_VERIFY_PARAM;
 #define OSSL_ERROR_ZERO_RETURN 6
 
 #define OSSL_CTRL_MODE                   33
+#define OSSL_CTRL_CLEAR_MODE             78
+#define OSSL_CTRL_SET_MSG_CALLBACK_ARG   16
+#define OSSL_CRYPTO_EX_INDEX_SSL         0
+#define OSSL_BIO_CTRL_FLUSH              11
+#define OSSL_BIO_FLAGS_READ              0x01
+#define OSSL_BIO_FLAGS_RWS               0x07
+#define OSSL_BIO_FLAGS_SHOULD_RETRY      0x08
+#define OSSL_BIO_TYPE_SOURCE_SINK        0x0400
 #define OSSL_CTRL_SET_TLSEXT_HOSTNAME    55
 #define OSSL_TLSEXT_NAMETYPE_host_name   0
 #define OSSL_MODE_ENABLE_PARTIAL_WRITE   0x1u
 #define OSSL_MODE_ACCEPT_MOVING_WRITE_BUFFER 0x2u
+#define OSSL_MODE_RELEASE_BUFFERS        0x10u
 #define OSSL_OP_NO_RENEGOTIATION         (1ull << 30)
 
 #define OSSL_MIN_VERSION 0x10101000ul   /* 1.1.1 */
@@ -62,27 +75,72 @@ typedef struct X509_VERIFY_PARAM_st X509_VERIFY_PARAM;
     X(int, X509_VERIFY_PARAM_set1_ip_asc, (X509_VERIFY_PARAM *, const char *)) \
     X(int, i2d_X509, (X509 *, unsigned char **))                             \
     X(void, X509_free, (X509 *))                                             \
-    X(int, BIO_new_bio_pair, (BIO **, size_t, BIO **, size_t))               \
+    X(int, SSL_free_buffers, (SSL *))                                        \
+    X(int, SSL_has_pending, (const SSL *))                                   \
+    X(int, BIO_get_new_index, (void))                                        \
+    X(BIO_METHOD *, BIO_meth_new, (int, const char *))                       \
+    X(void, BIO_meth_free, (BIO_METHOD *))                                   \
+    X(int, BIO_meth_set_write, (BIO_METHOD *, int (*)(BIO *, const char *, int))) \
+    X(int, BIO_meth_set_read, (BIO_METHOD *, int (*)(BIO *, char *, int)))   \
+    X(int, BIO_meth_set_ctrl, (BIO_METHOD *, long (*)(BIO *, int, long, void *))) \
+    X(BIO *, BIO_new, (const BIO_METHOD *))                                  \
     X(int, BIO_free, (BIO *))                                                \
-    X(int, BIO_nread0, (BIO *, char **))                                     \
-    X(int, BIO_nread, (BIO *, char **, int))                                 \
-    X(int, BIO_nwrite0, (BIO *, char **))                                    \
-    X(int, BIO_nwrite, (BIO *, char **, int))                                \
-    X(size_t, BIO_ctrl_pending, (BIO *))                                     \
+    X(void, BIO_set_data, (BIO *, void *))                                   \
+    X(void *, BIO_get_data, (BIO *))                                         \
+    X(void, BIO_set_init, (BIO *, int))                                      \
+    X(void, BIO_set_flags, (BIO *, int))                                     \
+    X(void, BIO_clear_flags, (BIO *, int))                                   \
     X(unsigned long, ERR_get_error, (void))                                  \
     X(void, ERR_error_string_n, (unsigned long, char *, size_t))             \
     X(void, ERR_clear_error, (void))                                         \
     X(uint64_t, SSL_CTX_get_options, (const SSL_CTX *))                      \
     X(int, SSL_CTX_get_verify_mode, (const SSL_CTX *))
 
+/* What kernel TLS needs besides (lib/ktls.c): optional, so that an OpenSSL
+ * without one of them still does TLS, without the kernel (has_ktls 0). */
+#define OSSL_KTLS_FUNCS(X)                                                   \
+    X(int, SSL_version, (const SSL *))                                       \
+    X(SSL_SESSION *, SSL_get_session, (const SSL *))                         \
+    X(size_t, SSL_SESSION_get_master_key,                                    \
+      (const SSL_SESSION *, unsigned char *, size_t))                        \
+    X(size_t, SSL_get_client_random, (const SSL *, unsigned char *, size_t)) \
+    X(size_t, SSL_get_server_random, (const SSL *, unsigned char *, size_t)) \
+    X(int, SSL_CIPHER_get_cipher_nid, (const SSL_CIPHER *))                  \
+    X(const EVP_MD *, SSL_CIPHER_get_handshake_digest, (const SSL_CIPHER *)) \
+    X(unsigned char *, HMAC, (const EVP_MD *, const void *, int,             \
+                              const unsigned char *, size_t, unsigned char *, \
+                              unsigned int *))                               \
+    X(void, SSL_set_msg_callback, (SSL *, ossl_msg_cb))                      \
+    X(void, SSL_CTX_set_keylog_callback, (SSL_CTX *, ossl_keylog_cb))        \
+    X(ossl_keylog_cb, SSL_CTX_get_keylog_callback, (const SSL_CTX *))        \
+    X(int, CRYPTO_get_ex_new_index, (int, long, void *, void *, void *, void *)) \
+    X(int, SSL_set_ex_data, (SSL *, int, void *))                            \
+    X(void *, SSL_get_ex_data, (const SSL *, int))
+
 struct ossl {
 #define OSSL_MEMBER(ret, name, params) ret (*name) params;
     OSSL_FUNCS(OSSL_MEMBER)
+    OSSL_KTLS_FUNCS(OSSL_MEMBER)
 #undef OSSL_MEMBER
+    int has_ktls;                /* every OSSL_KTLS_FUNCS was found */
     /* SSL_get1_peer_certificate (3.x), or SSL_get_peer_certificate under
      * its 1.1.1 name: the same function. */
     X509 *(*get_peer_cert)(const SSL *);
+    BIO_METHOD *bio_method;      /* ossl_bio_new's */
     void *handle;                /* dlopen's, for ossl_unload */
+};
+
+/* An SSL's ciphertext, through a BIO of ours (ossl_bio_new) instead of a
+ * BIO pair's rings: OpenSSL reads the peer's bytes from `in` where they lie
+ * (the engine's receive buffer: no copy into a ring first), and appends
+ * its records to `out` (grown as needed, never refused: the caller bounds
+ * what it seals).  `out` is the caller's to send from, empty and free. */
+struct ossl_io {
+    const char *in;              /* the peer's bytes not yet read */
+    size_t in_len;
+    char *out;                   /* records to send: out[0..out_len) */
+    size_t out_len, out_cap;
+    int nomem;                   /* `out` could not grow: the SSL failed */
 };
 
 /* Fill `o` from the loaded shared object at `path` (Python's _ssl
@@ -91,5 +149,17 @@ struct ossl {
  * err[0..errlen). */
 int ossl_load(struct ossl *o, const char *path, char *err, size_t errlen);
 void ossl_unload(struct ossl *o);
+/* A BIO over io (which must outlive it), or NULL.  (Inline: the core
+ * reaches OpenSSL through the table alone and links without this file.) */
+static inline BIO *
+ossl_bio_new(const struct ossl *o, struct ossl_io *io)
+{
+    BIO *b = o->BIO_new(o->bio_method);
+    if (b != NULL) {
+        o->BIO_set_data(b, io);
+        o->BIO_set_init(b, 1);
+    }
+    return b;
+}
 
 #endif

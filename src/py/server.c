@@ -545,7 +545,7 @@ server_stats_m(ServerObject *self, PyObject *Py_UNUSED(ignored))
     }
 #define U(x) ((unsigned long long)(x))
     return Py_BuildValue(
-        "{sIsKsKsKsKsKsKsKsKsKsKsNsN}",
+        "{sIsKsKsKsKsKsKsKsKsKsKsNsNs{sKsKsK}}",
         "connections", st.connections,
         "accepted", U(st.accepted), "closed", U(st.closed),
         "messages_in", U(st.msgs_in), "messages_out", U(st.msgs_out),
@@ -553,7 +553,9 @@ server_stats_m(ServerObject *self, PyObject *Py_UNUSED(ignored))
         "eof", U(st.errors[CLOSE_EOF]),
         "accept_errors", U(st.accept_errors), "refused", U(st.refused),
         "pauses", U(st.pauses),
-        "errors", errors, "workers", per);
+        "errors", errors, "workers", per,
+        "ktls", "tx", U(st.ktls_tx), "no_ulp", U(st.ktls_no_ulp),
+        "unsupported", U(st.ktls_unsupported));
 #undef U
 }
 

@@ -4,6 +4,7 @@
  * failed handshakes. */
 #include "py/objects.h"
 
+#include "lib/ktls.h"
 #include "lib/ossl.h"
 
 #include <stdlib.h>
@@ -167,6 +168,10 @@ iocp_tls_config(iocp_state *st, PyObject *ctx, int server_side,
     out->o = st->ossl;
     if ((out->ctx = context_ctx(st, ctx)) == NULL)
         return -1;
+    /* kTLS is tried after each handshake (the first "no tls ULP" from the
+     * kernel ends that); its TLS 1.3 keys need our keylog callback on the
+     * context, which leaves every SSL but ours alone. */
+    out->ktls = ktls_prepare_ctx(st->ossl, out->ctx) == 0;
     if (!server_side) {
         PyObject *v = PyObject_GetAttrString(ctx, "check_hostname");
         if (v == NULL || (out->check_host = PyObject_IsTrue(v)) < 0) {
