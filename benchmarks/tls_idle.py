@@ -13,6 +13,8 @@ figure is (after - before) / N. Kernel socket memory is not in VmRSS.
 Kept apart from ``python -m iocport bench --idle`` (the plaintext scenario)
 so that the bench's own code is unchanged; it uses the bench's harness.
 """
+from __future__ import annotations
+
 import argparse
 import os
 import socket
@@ -29,7 +31,7 @@ from iocport.bench.harness import ServerProc, raise_nofile, vm_rss  # noqa: E402
 SMALL, BIG = 16, 16000
 
 
-def certificates(directory):
+def certificates(directory: str) -> tuple[str, str]:
     """(chain+key PEM, CA PEM) for 127.0.0.1, made by trustme."""
     import trustme
     ca = trustme.CA()
@@ -40,7 +42,7 @@ def certificates(directory):
     return pem, ca_pem
 
 
-def echo(sock, payload):
+def echo(sock: ssl.SSLSocket, payload: bytes) -> None:
     sock.sendall(len(payload).to_bytes(4, "big") + payload)
     want, got = 4 + len(payload), b""
     while len(got) < want:
@@ -52,10 +54,11 @@ def echo(sock, payload):
         raise RuntimeError("a wrong reply")
 
 
-def open_idle(address, n, traffic, ca_pem):
+def open_idle(address: tuple[str, int], n: int, traffic: int,
+              ca_pem: str) -> list[ssl.SSLSocket]:
     ctx = ssl.create_default_context(cafile=ca_pem)
     ctx.check_hostname = False
-    socks = []
+    socks: list[ssl.SSLSocket] = []
     for i in range(n):
         raw = socket.create_connection(address, timeout=10)
         raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -68,8 +71,8 @@ def open_idle(address, n, traffic, ca_pem):
     return socks
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     p.add_argument("--conns", type=int, default=2000)
     p.add_argument("--traffic", type=int, default=8,
                    help="16,000-byte echoes per connection before it idles")
@@ -88,7 +91,7 @@ def main(argv=None):
         env = dict(os.environ, PYTHONPATH=str(HERE.parent))
         for name in args.servers.split(","):
             srv = ServerProc(name, argvs[name], env=env, cpu=0)
-            socks = []
+            socks: list[ssl.SSLSocket] = []
             try:
                 time.sleep(0.5)
                 before = vm_rss(srv.pid)
