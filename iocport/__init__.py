@@ -47,14 +47,14 @@ def _not_built():
 try:
     from ._iocport import (
         CLOSE_REASONS, Connection, Error, File, Framer, FramingError, Packet,
-        Port, PortClosedError,
+        Port, PortClosedError, Request,
     )
 except ModuleNotFoundError as _exc:
     _error = _not_built() if _exc.name == __name__ + "._iocport" else None
     if _error is None:
         raise
     raise _error from None
-from .framing import Delimited, FixedSize, LengthPrefixed, parse_framing
+from .framing import HTTP, Delimited, FixedSize, LengthPrefixed, parse_framing
 from .server import Server, backends, default_backend
 
 del _not_built
@@ -62,6 +62,7 @@ del _not_built
 __all__ = [
     "Server", "Connection", "File", "Port", "Packet", "Framer",
     "Error", "PortClosedError", "FramingError",
-    "LengthPrefixed", "Delimited", "FixedSize", "parse_framing",
+    "LengthPrefixed", "Delimited", "FixedSize", "HTTP", "parse_framing",
+    "Request",
     "backends", "default_backend", "CLOSE_REASONS",
 ]

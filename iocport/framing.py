@@ -7,6 +7,8 @@ A spec is a small immutable value passed to the server (or to
   bytes, big endian by default).
 - ``Delimited(b"\\n")``: each message ends with a delimiter of 1 to 8 bytes.
 - ``FixedSize(n)``: every message is exactly n bytes.
+- ``HTTP()``: whole HTTP/1.1 requests, parsed natively; the handler gets
+  an ``iocport.Request`` and answers with ``respond()``.
 
 ``parse_framing("len4")`` builds one from a command-line string.
 """
@@ -18,6 +20,7 @@ __all__ = [
     "Delimited",
     "FixedSize",
     "Framing",
+    "HTTP",
     "LengthPrefixed",
     "parse_framing",
 ]
@@ -197,6 +200,63 @@ class FixedSize(Framing):
         if self.max_size != self.size:
             return f"FixedSize({self.size}, max_size={self.max_size})"
         return f"FixedSize({self.size})"
+
+
+class HTTP(Framing):
+    """Whole HTTP/1.1 requests (RFC 9112), parsed and framed natively: the
+    handler is called as ``handler(conn, request)`` once per request, body
+    included, and answers with ``request.respond()`` or ``conn.respond()``.
+    Answers leave in the order of the requests.  A request past a limit or
+    malformed is answered natively (400, 413, 414, 431, 501, 505) and the
+    connection closed.
+
+    The limits (bytes, or a count): `max_body` (the body, de-chunked: 413),
+    `max_request_line` (414), `max_header_line`, `max_headers` and
+    `max_header_bytes` (431), `max_chunk_line` (400).
+    """
+
+    __slots__ = {
+        "max_body": "The largest body accepted, de-chunked (413 past it).",
+        "max_request_line": "The longest request line (414 past it).",
+        "max_header_line": "The longest header or trailer field line (431).",
+        "max_headers": "The most header plus trailer fields (431).",
+        "max_header_bytes": "The largest header section; trailer section (431).",
+        "max_chunk_line": "The longest chunk-size line (400).",
+    }
+
+    _DEFAULTS = {"max_body": 1 << 20, "max_request_line": 8192,
+                 "max_header_line": 8192, "max_headers": 100,
+                 "max_header_bytes": 65536, "max_chunk_line": 4096}
+
+    def __init__(self, *, max_body=1 << 20, max_request_line=8192,
+                 max_header_line=8192, max_headers=100,
+                 max_header_bytes=65536, max_chunk_line=4096):
+        values = {"max_body": max_body, "max_request_line": max_request_line,
+                  "max_header_line": max_header_line,
+                  "max_headers": max_headers,
+                  "max_header_bytes": max_header_bytes,
+                  "max_chunk_line": max_chunk_line}
+        for name, value in values.items():
+            _positive_int(value, name)
+            object.__setattr__(self, name, value)
+
+    @property
+    def max_size(self):
+        """The largest body accepted (as max_body)."""
+        return self.max_body
+
+    def _key(self):
+        return tuple(getattr(self, name) for name in self.__slots__)
+
+    def _spec(self):
+        spec = {name: getattr(self, name) for name in self.__slots__}
+        spec["kind"] = "http"
+        return spec
+
+    def __repr__(self):
+        args = [f"{name}={getattr(self, name)}" for name in self.__slots__
+                if getattr(self, name) != self._DEFAULTS[name]]
+        return f"HTTP({', '.join(args)})"
 
 
 _FORMS = "'len1', 'len2', 'len4', 'len8' (suffix 'le' for little endian), " \

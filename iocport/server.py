@@ -15,7 +15,7 @@ import stat
 import threading
 
 from . import _awaitable, _iocport
-from .framing import Framing, LengthPrefixed
+from .framing import HTTP, Framing, LengthPrefixed
 
 __all__ = ["Server", "backends", "default_backend"]
 
@@ -174,6 +174,9 @@ class Server:
         if not isinstance(framing, Framing):
             raise TypeError("framing must be an iocport framing spec such as "
                             f"LengthPrefixed(4), got {type(framing).__name__}")
+        if max_message is not None and isinstance(framing, HTTP):
+            raise ValueError("max_message does not apply to HTTP() framing: "
+                             "use HTTP(max_body=...)")
         if max_message is not None:
             framing = _WithMax(framing, _check_int("max_message", max_message))
         # The rest is checked once, by the native engine.
@@ -414,6 +417,11 @@ class Server:
                           server_hostname)
 
     def _dial(self, addresses, callback, timeout, ssl, server_hostname):
+        if isinstance(self._framing, HTTP):
+            raise ValueError("HTTP() framing frames requests, for serving: "
+                             "outgoing connections need a server with a "
+                             "stream framing (HTTP client framing is not "
+                             "built yet)")
         if not self.running:
             raise RuntimeError("the server is not running; call start() first")
         if callback is not None and not callable(callback):

@@ -83,6 +83,7 @@ conn_free(struct conn *c)
         free(c->dial);
     }
     tls_free(c);
+    http_conn_free(c);
     free(c->hbuf);
     free(c->rbuf);
     free(c->obuf);

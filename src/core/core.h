@@ -45,7 +45,8 @@ struct ossl;
     X(CONNECT,   "connect",   "debug",   "an outgoing connect failed")        \
     X(OVERFLOW,  "overflow",  "warning", "a send past unsent_limit")        \
     X(TLS,       "tls",       "info",    "TLS failed: handshake, certificate, record, or no handshake in time") \
-    X(TLS_EOF,   "tls_eof",   "debug",   "the peer closed without a TLS close_notify")
+    X(TLS_EOF,   "tls_eof",   "debug",   "the peer closed without a TLS close_notify") \
+    X(HTTP,      "http",      NULL,      "an HTTP request refused with an error status (logged once per kind)")
 
 enum close_reason {
 #define CLOSE_ENUM(name, str, level, doc) CLOSE_##name,
@@ -125,7 +126,25 @@ struct entry {
     const uint8_t *ptr;
     size_t off, len;             /* (off: the core's, until dispatch) */
     uint8_t kind;
+    uint32_t aux;                /* HTTP framing: the request's http_msg */
 };
+
+/* A message under HTTP framing: one request, ptr[0 .. len) its bytes (the
+ * spans of r are offsets into them; a chunked body is de-chunked there),
+ * or a request the parser refused (status != 0, len 0): the dispatch
+ * layer answers it with that status in its turn, after the replies owed
+ * before it, and the connection's input has ended. */
+struct http_msg {
+    struct http_request r;
+    uint32_t field0;             /* its fields: worker_http_fields() */
+    uint16_t status;             /* refused: 400, 413, ...; else 0 */
+    int16_t error;               /* refused: http_parse()'s return */
+};
+/* Dispatch: the request of an ENTRY_MSG under HTTP framing, and its header
+ * then trailer fields (r.nheaders + r.ntrailers of them). */
+const struct http_msg *worker_http_msg(struct worker *w, const struct entry *e);
+const struct http_field *worker_http_fields(struct worker *w,
+                                            const struct http_msg *m);
 
 /* The dispatch layer's hooks; each runs on the worker thread. */
 struct dispatch_ops {

@@ -32,7 +32,7 @@ file_final(struct worker *w, struct file_req *r, long res)
         w->file_retry = r;
         return;
     }
-    w->batch[w->nbatch++] = (struct entry){NULL, r, NULL, 0, 0, ENTRY_FILE};
+    w->batch[w->nbatch++] = (struct entry){NULL, r, NULL, 0, 0, ENTRY_FILE, 0};
 }
 
 static void
@@ -267,7 +267,7 @@ xfer_finish(struct conn *c, int err)
     x->c = NULL;
     if (grow_array(&w->batch, &w->batch_cap, w->nbatch + 1,
                    sizeof(struct entry)) == 0)
-        w->batch[w->nbatch++] = (struct entry){NULL, &x->r, NULL, 0, 0, ENTRY_XFER};
+        w->batch[w->nbatch++] = (struct entry){NULL, &x->r, NULL, 0, 0, ENTRY_XFER, 0};
     /* else: out of memory for the notice; the dispatch layer's data leaks
      * rather than touch freed memory. */
     if (c->state <= CONN_DRAINING)

@@ -10,6 +10,8 @@
  *   echo.c    native echo (whole frames back without Python)
  *   file.c    file requests and send_file
  *   tls.c     TLS records between the engine's bytes and the framer
+ *   http.c    HTTP framing: requests parsed for the batch, refusals,
+ *             native replies
  *   worker.c  the worker loop: one turn, the mailbox, dispatch, timers
  *   server.c  start, stop, listeners, accepting and connecting */
 #ifndef IOCPORT_CORE_INTERNAL_H
@@ -26,6 +28,7 @@
 #include <time.h>
 
 struct slab_pool;
+struct http_state;
 
 /* ---- the core's structs ---------------------------------------------------- */
 
@@ -146,6 +149,8 @@ struct conn {
     struct dial *dial;           /* outgoing, until connected: the addresses */
     struct tls *tls;             /* TLS (tls.c), or NULL: set before the
                                     connection is seen by other threads */
+    struct http_state *http;     /* HTTP framing: the request being parsed
+                                    (http.c; worker only) */
     /* Ciphertext sealed and not yet with the kernel: written by the
      * worker, read by senders for the unsent count (relaxed). */
     _Atomic size_t tls_queued;
@@ -230,6 +235,14 @@ struct worker {
     unsigned nheld, held_cap;
     struct conn **compact;       /* connections whose rbuf to compact */
     unsigned ncompact, compact_cap;
+    /* HTTP framing: the batch's requests (entry.aux) and their fields,
+     * reset with the batch. */
+    struct http_msg *hmsgs;
+    unsigned nhmsgs, hmsgs_cap;
+    struct http_field *hfields;
+    unsigned nhfields, hfields_cap;
+    int64_t date_sec;            /* native replies: the Date header's */
+    char date[40];               /* "date: ...\r\n" for date_sec */
     void **release;              /* sent references to give back */
     unsigned nrelease, release_cap;
     size_t release_bytes;        /* their bytes (at most) */
@@ -361,7 +374,7 @@ push_entry(struct worker *w, struct conn *c, uint8_t kind,
     conn_ref(c);
     if (kind == ENTRY_MSG)
         c->queued++;
-    w->batch[w->nbatch++] = (struct entry){c, NULL, ptr, off, len, kind};
+    w->batch[w->nbatch++] = (struct entry){c, NULL, ptr, off, len, kind, 0};
     return 0;
 }
 
@@ -535,6 +548,29 @@ void tls_sent(struct conn *c, size_t n);
  * buffers are given back if empty (allocated again at the next record).
  * Returns about the bytes given back. */
 size_t tls_trim(struct conn *c);
+
+/* ---- http.c ------------------------------------------------------------- */
+
+/* HTTP framing: the connection's parser (at its start).  0 or -ENOMEM. */
+int http_conn_init(struct conn *c);
+void http_conn_free(struct conn *c);
+/* Frame the request at p[0 .. len), from its first byte, as framing_next()
+ * does for the stream kinds (the parser keeps its own place).  On FRAME_OK
+ * it waits for http_emit() or http_native_reply(); FRAME_REFUSED, for
+ * http_refuse(). */
+int http_frame(struct conn *c, uint8_t *p, size_t len, struct frame *fr);
+/* The request framed last into the batch (ptr, or rbuf + off).  0 or
+ * -ENOMEM. */
+int http_emit(struct conn *c, const uint8_t *ptr, size_t off, size_t len);
+/* The request framed last was refused: its answer goes into the batch (in
+ * its turn) and the input ends (CLOSE_HTTP). */
+void http_refuse(struct conn *c);
+/* Native replies (cfg.native_echo): the fixed answer to the request framed
+ * last, whose bytes start at req.  0 or -errno. */
+int http_native_reply(struct conn *c, const uint8_t *req);
+/* After the request framed last: whether the connection reads on (keep-
+ * alive), else the input ends once it is in the batch. */
+int http_keep_alive(const struct conn *c);
 
 /* ---- worker.c ----------------------------------------------------------- */
 

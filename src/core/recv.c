@@ -158,6 +158,39 @@ emit(struct conn *c, const uint8_t *ptr, size_t off, size_t len)
     return push_entry(c->w, c, ENTRY_MSG, ptr, off, len);
 }
 
+/* The first whole message at p[0 .. len): the server's framing, or its
+ * HTTP parser (which may de-chunk a body in place: the bytes are ours). */
+static inline int
+frame_next(const struct framing *f, struct conn *c, const uint8_t *p,
+           size_t len, size_t scan_from, struct frame *fr)
+{
+    if (c->http != NULL)
+        return http_frame(c, (uint8_t *)p, len, fr);
+    return framing_next(f, p, len, scan_from, fr);
+}
+
+/* An HTTP request framed at ptr (or rbuf + off): into the batch, or
+ * answered here (native).  1 if it went into the batch, 0 if not, or
+ * -ENOMEM. */
+static int
+take_request(struct conn *c, const uint8_t *ptr, size_t off, size_t len)
+{
+    if (c->w->srv->cfg.native_echo)
+        return http_native_reply(c, ptr != NULL ? ptr : c->rbuf + off) < 0 ? -ENOMEM : 0;
+    return http_emit(c, ptr, off, len) < 0 ? -ENOMEM : 1;
+}
+
+/* After an HTTP request: the input ends with it unless it keeps the
+ * connection alive.  1 if it ended. */
+static int
+request_ends_input(struct conn *c)
+{
+    if (c->http == NULL || http_keep_alive(c))
+        return 0;
+    recv_end_input(c, CLOSE_NONE);
+    return 1;
+}
+
 /* Make room for n more bytes at rlen (and up to `need` from rstart). */
 static int
 rbuf_room(struct conn *c, size_t n, size_t need)
@@ -195,13 +228,17 @@ rbuf_append(struct conn *c, const uint8_t *p, size_t n, size_t need)
 static void
 frame_error(struct conn *c, int st)
 {
-    recv_end_input(c, st == FRAME_TOO_BIG ? CLOSE_TOO_BIG : CLOSE_BAD_FRAME);
+    if (st == FRAME_REFUSED)
+        http_refuse(c);   /* answered in its turn, then the same */
+    else
+        recv_end_input(c, st == FRAME_TOO_BIG ? CLOSE_TOO_BIG : CLOSE_BAD_FRAME);
 }
 
 void
 recv_end_input(struct conn *c, enum close_reason why)
 {
-    conn_note_reason(c, why, 0);
+    if (why != CLOSE_NONE)   /* (NONE: an HTTP request without keep-alive) */
+        conn_note_reason(c, why, 0);
     if (why == CLOSE_HANDLER)
         c->handler_failed = 1;
     c->bad_input = 1;
@@ -229,7 +266,7 @@ recv_frame(struct worker *w, struct conn *c)
             break;
         }
         size_t avail = c->rlen - c->rstart;
-        st = framing_next(f, c->rbuf + c->rstart, avail, c->rscan, &fr);
+        st = frame_next(f, c, c->rbuf + c->rstart, avail, c->rscan, &fr);
         if (st < 0)
             break;
         if (st == FRAME_NEED) {
@@ -237,22 +274,28 @@ recv_frame(struct worker *w, struct conn *c)
             c->rneed = fr.need;
             break;
         }
-        if (w->srv->cfg.native_echo) {
-            echoed++;
-        } else {
-            if (emit(c, NULL, c->rstart + fr.off, fr.len) < 0)
+        int pin = 1;
+        if (c->http != NULL) {
+            if ((pin = take_request(c, NULL, c->rstart, fr.len)) < 0)
                 goto nomem;
-            if (!c->rbuf_pinned) {
-                if (grow_array(&w->compact, &w->compact_cap, w->ncompact + 1,
-                               sizeof(*w->compact)) < 0)
-                    goto nomem;
-                c->rbuf_pinned = 1;
-                conn_ref(c);
-                w->compact[w->ncompact++] = c;
-            }
+        } else if (w->srv->cfg.native_echo) {
+            echoed++;
+            pin = 0;
+        } else if (emit(c, NULL, c->rstart + fr.off, fr.len) < 0) {
+            goto nomem;
+        }
+        if (pin && !c->rbuf_pinned) {
+            if (grow_array(&w->compact, &w->compact_cap, w->ncompact + 1,
+                           sizeof(*w->compact)) < 0)
+                goto nomem;
+            c->rbuf_pinned = 1;
+            conn_ref(c);
+            w->compact[w->ncompact++] = c;
         }
         c->rstart += fr.consumed;
         c->rscan = 0;
+        if (request_ends_input(c))
+            return 0;
     }
     /* (Whole messages before a bad frame are still answered.) */
     if (echoed != 0 && echo_rbuf(c, from, echoed) < 0)
@@ -351,9 +394,13 @@ on_recv(struct worker *w, struct conn *c, const struct io_event *ev)
             defer(w, c);
             break;
         }
-        if ((st = framing_next(f, p, len, 0, &fr)) != FRAME_OK)
+        if ((st = frame_next(f, c, p, len, 0, &fr)) != FRAME_OK)
             break;
-        if (w->srv->cfg.native_echo) {
+        if (c->http != NULL) {
+            int r = take_request(c, p, 0, fr.len);
+            if (r < 0 || (r == 1 && hold_buffer(w, ev->buf_id, &held) < 0))
+                goto nomem;
+        } else if (w->srv->cfg.native_echo) {
             echoed++;
         } else if (hold_buffer(w, ev->buf_id, &held) < 0 ||
                    emit(c, p + fr.off, 0, fr.len) < 0) {
@@ -361,6 +408,8 @@ on_recv(struct worker *w, struct conn *c, const struct io_event *ev)
         }
         p += fr.consumed;
         len -= fr.consumed;
+        if (request_ends_input(c))
+            return;   /* what follows is discarded */
     }
     if (echoed != 0 && echo_queue(c, echo, (size_t)(p - echo), echoed) < 0)
         goto nomem;

@@ -156,7 +156,9 @@ accept_on_event(struct worker *w, struct listener_slot *ls, const struct io_even
         struct worker *t = s->nworkers > 1 ? least_loaded(s) : w;
         struct conn *c = conn_alloc(s, t, fd);
         const struct tls_config *tls = &s->ltls[ls - w->ls];
-        if (c != NULL && tls->o != NULL && tls_attach(c, tls) < 0) {
+        if (c != NULL && ((tls->o != NULL && tls_attach(c, tls) < 0) ||
+                          (s->cfg.framing.kind == FRAMING_HTTP &&
+                           http_conn_init(c) < 0))) {
             conn_unref(c);
             c = NULL;
         }
@@ -416,6 +418,8 @@ worker_release(struct worker *w)
     w->be = NULL;
     pthread_mutex_destroy(&w->mbox_lock);
     free(w->batch);
+    free(w->hmsgs);
+    free(w->hfields);
     free(w->held_bufs);
     free(w->compact);
     free(w->release);

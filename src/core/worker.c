@@ -216,6 +216,7 @@ dispatch_batch(struct worker *w)
             conn_unref(c);
         }
         w->nbatch = 0;
+        w->nhmsgs = w->nhfields = 0;
     }
     for (unsigned i = 0; i < w->nheld; i++)
         w->ops->release_buf(w->be, w->held_bufs[i]);
@@ -536,6 +537,18 @@ struct entry *
 worker_entry(struct worker *w, unsigned i)
 {
     return &w->batch[i];
+}
+
+const struct http_msg *
+worker_http_msg(struct worker *w, const struct entry *e)
+{
+    return &w->hmsgs[e->aux];
+}
+
+const struct http_field *
+worker_http_fields(struct worker *w, const struct http_msg *m)
+{
+    return &w->hfields[m->field0];
 }
 
 void *

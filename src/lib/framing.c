@@ -36,6 +36,8 @@ framing_check(const struct framing *f)
         if (f->size > f->max_size)
             return "fixed message size exceeds max_size";
         return NULL;
+    case FRAMING_HTTP:
+        return http_limits_check(&f->http);
     default:
         return "unknown framing kind";
     }
@@ -201,6 +203,8 @@ framing_wrap(const struct framing *f, size_t len, uint8_t hdr[8],
         return 0;
     case FRAMING_FIXED:
         return (uint64_t)len == f->size ? 0 : FRAME_TOO_BIG;
+    case FRAMING_HTTP:
+        return 0;   /* responses are written whole by their writer */
     default:
         return FRAME_BAD_HEADER;
     }
@@ -218,6 +222,8 @@ framing_strerror(int status)
         return "message exceeds the maximum size";
     case FRAME_BAD_HEADER:
         return "bad length header: length is smaller than the header";
+    case FRAME_REFUSED:
+        return "request refused";
     default:
         return "unknown framing status";
     }

@@ -7,14 +7,20 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "lib/http.h"
+
 /* The kinds of framing: X(NAME, "name" as Python's specs give it).
  *   LENGTH: a length prefix of 1, 2, 4 or 8 bytes
  *   DELIM:  terminated by a delimiter of 1..8 bytes
- *   FIXED:  every message is exactly `size` bytes */
+ *   FIXED:  every message is exactly `size` bytes
+ *   HTTP:   HTTP/1.1 requests (lib/http.h), whole with their bodies; the
+ *           connection layer runs the parser, framing_next() does not
+ *           frame them and framing_wrap() sends bytes as they are */
 #define FRAMING_KINDS(X)                                                      \
     X(LENGTH, "length")                                                       \
     X(DELIM,  "delimited")                                                    \
-    X(FIXED,  "fixed")
+    X(FIXED,  "fixed")                                                        \
+    X(HTTP,   "http")
 
 enum framing_kind {
     FRAMING_NONE = 0,
@@ -34,14 +40,17 @@ struct framing {
     uint8_t delim_len;    /* DELIM: 1..8 */
     uint8_t delim[8];     /* DELIM */
     uint64_t size;        /* FIXED: message size */
-    uint64_t max_size;    /* largest payload accepted (0 < max_size) */
+    uint64_t max_size;    /* largest payload accepted (0 < max_size);
+                             HTTP: http.max_body */
+    struct http_limits http;   /* HTTP */
 };
 
 enum frame_status {
     FRAME_OK = 0,         /* a whole message: see struct frame */
     FRAME_NEED = 1,       /* not yet: need more bytes */
     FRAME_TOO_BIG = -1,   /* payload over max_size */
-    FRAME_BAD_HEADER = -2 /* LENGTH with hdr_included and length < header */
+    FRAME_BAD_HEADER = -2, /* LENGTH with hdr_included and length < header */
+    FRAME_REFUSED = -3     /* HTTP: the parser refused the request */
 };
 
 struct frame {

@@ -39,6 +39,7 @@ conn_dealloc(ConnObject *self)
     PyTypeObject *tp = Py_TYPE(self);
     PyObject_GC_UnTrack(self);
     conn_clear(self);
+    iocp_http_free(self);
     tp->tp_free((PyObject *)self);
     Py_DECREF(tp);
 }
@@ -342,7 +343,19 @@ conn_repr(ConnObject *self)
                                 self->c ? "open" : "closed");
 }
 
+static PyObject *
+conn_respond_m(ConnObject *self, PyObject *args, PyObject *kwds)
+{
+    return iocp_conn_respond(self, args, kwds);
+}
+
 static PyMethodDef conn_methods[] = {
+    {"respond", (PyCFunction)(void (*)(void))conn_respond_m,
+     METH_VARARGS | METH_KEYWORDS,
+     "respond($self, /, status, headers=(), body=b'')\n--\n\n"
+     "HTTP framing: answer the oldest request of this connection not yet\n"
+     "answered (see Request.respond()).  True, or False if the connection\n"
+     "is closed."},
     {"send", (PyCFunction)conn_send_m, METH_O,
      "send($self, data, /)\n--\n\n"
      "Queue one message, framed with the server's framing, and return at once.\n"

@@ -160,8 +160,32 @@ deliver_close(ServerObject *so, struct conn *c)
                 "on_close raised (connection %llu)", (unsigned long long)o->id));
         Py_XDECREF(r);
     }
+    iocp_http_drop(o, c);
     Py_DECREF(o);
     conn_detach(c);
+}
+
+/* A request the core refused: answered in its turn; logged once per kind
+ * for the server's life (each is counted: stats()["errors"]["http"]). */
+static void
+http_refused(ServerObject *so, ConnObject *o, struct conn *c,
+             const struct http_msg *m)
+{
+    uint64_t bit = (uint64_t)1 << (-m->error & 63);
+    if (!(so->http_logged & bit)) {
+        so->http_logged |= bit;
+        PyObject *msg = PyUnicode_FromFormat(
+            "HTTP request refused on connection %llu: %d %s (logged once "
+            "per kind; counted in stats()['errors']['http'])",
+            (unsigned long long)conn_id(c), m->status, http_error_reason(m->error));
+        if (msg != NULL) {
+            iocp_log(so->logger, "warning", msg, NULL);
+            Py_DECREF(msg);
+        } else {
+            PyErr_Clear();
+        }
+    }
+    iocp_http_refused(so->st, o, c, m);
 }
 
 /* Call cb(conn) for a notice; False on an exception (logged, and the
@@ -260,16 +284,30 @@ d_dispatch(struct worker *w, unsigned from, unsigned to)
              * block instead of growing, then trimming, around a batch of
              * frees. */
             Py_XDECREF((PyObject *)worker_pop_release(w));
-            PyObject *msg = PyBytes_FromStringAndSize((const char *)e->ptr,
-                                                      (Py_ssize_t)e->len);
+            PyObject *msg;
+            if (so->http) {
+                const struct http_msg *m = worker_http_msg(w, e);
+                if (m->status != 0) {
+                    http_refused(so, o, c, m);
+                    worker_set_current(w, NULL);
+                    continue;
+                }
+                msg = iocp_http_request(so->st, o, c, e, m, worker_http_fields(w, m));
+            } else {
+                msg = PyBytes_FromStringAndSize((const char *)e->ptr,
+                                                (Py_ssize_t)e->len);
+            }
             if (msg == NULL) {
                 callback_failed(so, c, "creating the message");
             } else {
                 PyObject *args[2] = {(PyObject *)o, msg};
                 PyObject *r = PyObject_Vectorcall(so->handler, args, 2, NULL);
-                Py_DECREF(msg);
-                if (r == NULL)
+                if (r == NULL) {
                     callback_failed(so, c, "handler");
+                    if (so->http)
+                        iocp_http_failed(so->st, msg);
+                }
+                Py_DECREF(msg);
                 Py_XDECREF(r);
             }
         }

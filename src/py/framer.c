@@ -179,6 +179,21 @@ iocp_framing_from_py(PyObject *spec, struct framing *out)
     out->hdr_size = sat8(hdr_size);
     out->size = size;
     out->max_size = max_size;
+    if (out->kind == FRAMING_HTTP) {
+        /* The limits, by their names in HTTP_LIMITS (lib/http.h); absent
+         * ones keep their defaults. */
+        out->http = http_limits_default;
+#define HTTP_LIMIT_FROM_SPEC(name, dflt, doc)                                 \
+        {                                                                     \
+            PyObject *v = spec_item(d, #name);                                \
+            if ((v == NULL && PyErr_Occurred()) ||                            \
+                (v != NULL && spec_u64(v, #name, &out->http.name) < 0))       \
+                goto done;                                                    \
+        }
+        HTTP_LIMITS(HTTP_LIMIT_FROM_SPEC)
+#undef HTTP_LIMIT_FROM_SPEC
+        out->max_size = out->http.max_body;
+    }
     const char *err = framing_check(out);
     if (err != NULL) {
         PyErr_SetString(PyExc_ValueError, err);
@@ -217,6 +232,11 @@ framer_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     struct framing f;
     if (iocp_framing_from_py(spec, &f) < 0)
         return NULL;
+    if (f.kind == FRAMING_HTTP) {
+        PyErr_SetString(PyExc_ValueError, "Framer frames byte streams; HTTP "
+                        "requests are framed by a server with HTTP() framing");
+        return NULL;
+    }
     FramerObject *self = (FramerObject *)type->tp_alloc(type, 0);
     if (self == NULL)
         return NULL;

@@ -176,6 +176,7 @@ iocp_exec(PyObject *module)
         iocp_file_add_types(module, st) < 0 ||
         iocp_bridge_add_types(module, st) < 0 ||
         iocp_http_add_types(module, st) < 0 ||
+        iocp_request_add_type(module, st) < 0 ||
         iocp_resp_add_types(module, st) < 0 ||
         iocp_server_add_types(module, st) < 0)
         return -1;
@@ -198,6 +199,7 @@ iocp_traverse(PyObject *module, visitproc visit, void *arg)
     Py_VISIT(st->FileType);
     Py_VISIT(st->HTTPParserType);
     Py_VISIT(st->HTTPParseError);
+    Py_VISIT(st->RequestType);
     Py_VISIT(st->RESPParserType);
     Py_VISIT(st->RESPProtocolError);
     Py_VISIT(st->RESPError);
@@ -224,6 +226,7 @@ iocp_clear(PyObject *module)
     Py_CLEAR(st->FileType);
     Py_CLEAR(st->HTTPParserType);
     Py_CLEAR(st->HTTPParseError);
+    Py_CLEAR(st->RequestType);
     Py_CLEAR(st->RESPParserType);
     Py_CLEAR(st->RESPProtocolError);
     Py_CLEAR(st->RESPError);

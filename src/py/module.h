@@ -27,6 +27,9 @@ typedef struct {
     PyTypeObject *HTTPParserType;    /* private: the parser's test hook */
     PyTypeObject *HTTPParseError;    /* exception: subclass of Error and
                                         ValueError, with .status */
+    PyTypeObject *RequestType;       /* request.c: what HTTP handlers get */
+    int64_t http_date_sec;           /* request.c: the Date line, once a */
+    char http_date[40];              /* second (under the GIL) */
     /* resp.c: the RESP test hook, its protocol error, error replies */
     PyTypeObject *RESPParserType, *RESPProtocolError, *RESPError;
     PyObject *logger;                /* logging.getLogger("iocport") */
@@ -62,6 +65,7 @@ int iocp_file_add_types(PyObject *module, iocp_state *st);
 int iocp_bridge_add_types(PyObject *module, iocp_state *st);
 int iocp_http_add_types(PyObject *module, iocp_state *st);
 int iocp_resp_add_types(PyObject *module, iocp_state *st);
+int iocp_request_add_type(PyObject *module, iocp_state *st);
 
 /* tls.c: the OpenSSL the module loaded, freed at module free;
  * tls_check(ctx, server_side), the module function. */

@@ -23,6 +23,9 @@ typedef struct {
     int stopping;                /* a stop() has released the GIL */
     PyObject *tls_contexts;      /* list: the ssl.SSLContexts whose SSL_CTX
                                     the core uses, kept alive */
+    iocp_state *st;              /* the module's */
+    int http;                    /* HTTP framing: handlers get Requests */
+    uint64_t http_logged;        /* the refusals logged, by http_error */
 } ServerObject;
 
 typedef struct {
@@ -39,6 +42,8 @@ typedef struct {
     PyObject *aio;               /* iocport._awaitable's state for it (the
                                     connect's outcome, drain() awaits), or
                                     NULL; told of drains and the close */
+    struct http_queue *hq;       /* HTTP: the requests owed an answer
+                                    (request.c), or NULL */
 } ConnObject;
 
 /* dispatch.c: the hooks the core's workers call. */
@@ -85,5 +90,24 @@ int iocp_tls_config(iocp_state *st, PyObject *ctx, int server_side,
 PyObject *iocp_tls_error(iocp_state *st, const char *why, long verify);
 /* (version, (cipher, protocol, bits) or None, alpn or None, DER or None) */
 PyObject *iocp_tls_info(const struct tls_info *i);
+
+/* request.c: HTTP requests and their answers, in order. */
+struct http_queue;
+/* The Request for an HTTP ENTRY_MSG of o (c), now owed an answer (c is
+ * held until it is sent).  New reference, or NULL with an exception. */
+PyObject *iocp_http_request(iocp_state *st, ConnObject *o, struct conn *c,
+                            const struct entry *e, const struct http_msg *m,
+                            const struct http_field *fields);
+/* The handler of req raised: 500 unless it was answered. */
+void iocp_http_failed(iocp_state *st, PyObject *req);
+/* A request the core refused: its answer, in its turn. */
+void iocp_http_refused(iocp_state *st, ConnObject *o, struct conn *c,
+                       const struct http_msg *m);
+/* conn.respond(status, headers=(), body=b''): the oldest request owed. */
+PyObject *iocp_conn_respond(ConnObject *o, PyObject *args, PyObject *kwds);
+/* The connection closed (c, still held): the answers owed are dropped. */
+void iocp_http_drop(ConnObject *o, struct conn *c);
+/* The Connection object goes: its queue too. */
+void iocp_http_free(ConnObject *o);
 
 #endif

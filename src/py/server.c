@@ -156,6 +156,8 @@ server_object(PyTypeObject *type, struct server_config *cfg, PyObject **cbs)
     self->conn_type = (PyTypeObject *)Py_NewRef(st->ConnectionType);
     self->file_type = (PyTypeObject *)Py_NewRef(st->FileType);
     self->interp = PyInterpreterState_Get();
+    self->st = st;
+    self->http = cfg->framing.kind == FRAMING_HTTP;
     if ((self->tls_contexts = PyList_New(0)) == NULL) {
         Py_DECREF(self);
         return NULL;

@@ -1,0 +1,769 @@
+/* request.c - HTTP for handlers: the Request type (one whole request, as
+ * the core framed and parsed it), respond() (conn.respond and
+ * req.respond), and the order of the answers: each connection's requests
+ * are answered in the order they came, whichever is answered first and
+ * from whichever thread; an answer that comes early waits, whole, for
+ * those before it.  A request dropped without an answer, or whose handler
+ * raised, is answered 500; a request the core refused is answered with
+ * its status in its turn.  Everything here runs under the GIL. */
+#include "py/objects.h"
+#include "lib/http_out.h"
+
+#include <errno.h>
+#include <stddef.h>
+#include <string.h>
+#include <time.h>
+
+/* ---- the order of answers ------------------------------------------------ */
+
+enum {
+    SLOT_DONE = 1 << 0,          /* answered; `resp` waits its turn */
+    SLOT_HEAD = 1 << 1,          /* a HEAD request: no body goes out */
+    SLOT_CLOSE = 1 << 2,         /* not keep-alive: close after the answer */
+    SLOT_HTTP10 = 1 << 3,        /* HTTP/1.0 with keep-alive: say so */
+    SLOT_THEN_CLOSE = 1 << 4,    /* SLOT_DONE: close once it is sent */
+};
+
+struct slot {
+    PyObject *resp;              /* SLOT_DONE: the whole answer (bytes) */
+    uint8_t flags;
+};
+
+/* The requests of a connection delivered and not yet sent an answer:
+ * sequence numbers [first, first + n), in a ring. */
+struct http_queue {
+    struct slot *s;
+    uint32_t cap, head, n;
+    uint64_t first;
+};
+
+static struct slot *
+slot_at(struct http_queue *q, uint32_t i)
+{
+    return &q->s[(q->head + i) & (q->cap - 1)];
+}
+
+/* A new request's slot: its sequence number, or -1 (no memory). */
+static int64_t
+queue_push(ConnObject *o, uint8_t flags)
+{
+    struct http_queue *q = o->hq;
+    if (q == NULL) {
+        q = o->hq = PyMem_Calloc(1, sizeof *q);
+        if (q == NULL)
+            return -1;
+    }
+    if (q->n == q->cap) {   /* double, unwrapping the ring */
+        uint32_t ncap = q->cap ? q->cap * 2 : 4;
+        struct slot *ns = PyMem_Malloc(ncap * sizeof *ns);
+        if (ns == NULL)
+            return -1;
+        for (uint32_t i = 0; i < q->n; i++)
+            ns[i] = *slot_at(q, i);
+        PyMem_Free(q->s);
+        q->s = ns;
+        q->cap = ncap;
+        q->head = 0;
+    }
+    *slot_at(q, q->n) = (struct slot){NULL, flags};
+    q->n++;
+    return (int64_t)(q->first + q->n - 1);
+}
+
+/* The connection closed: what waited is dropped, the holds given back. */
+void
+iocp_http_drop(ConnObject *o, struct conn *c)
+{
+    struct http_queue *q = o->hq;
+    if (q == NULL)
+        return;
+    for (uint32_t i = 0; i < q->n; i++) {
+        Py_CLEAR(slot_at(q, i)->resp);
+        if (c != NULL)
+            conn_unhold(c);
+    }
+    q->first += q->n;
+    q->n = 0;
+}
+
+void
+iocp_http_free(ConnObject *o)
+{
+    if (o->hq == NULL)
+        return;
+    iocp_http_drop(o, NULL);
+    PyMem_Free(o->hq->s);
+    PyMem_Free(o->hq);
+    o->hq = NULL;
+}
+
+/* Whether request `seq` of o has been answered (or dropped). */
+static int
+answered(ConnObject *o, uint64_t seq)
+{
+    struct http_queue *q = o->hq;
+    if (q == NULL || seq < q->first)
+        return 1;
+    return seq - q->first >= q->n || (slot_at(q, (uint32_t)(seq - q->first))->flags & SLOT_DONE);
+}
+
+/* ---- writing an answer --------------------------------------------------- */
+
+/* The Date line, formatted once a second (under the GIL: module state). */
+static const char *
+date_line(iocp_state *st)
+{
+    int64_t t = (int64_t)time(NULL);
+    if (t != st->http_date_sec) {
+        http_date_line(t, st->http_date);
+        st->http_date_sec = t;
+    }
+    return st->http_date;
+}
+
+/* Header bytes are refused if they could end the line or the field: no
+ * CR, LF or NUL in a value, a token for a name. */
+static int
+valid_name(const char *p, Py_ssize_t n)
+{
+    static const char tchar[] = "!#$%&'*+-.^_`|~";
+    if (n == 0)
+        return 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)p[i];
+        if (!((ch >= '0' && ch <= '9') || ((ch | 0x20) >= 'a' && (ch | 0x20) <= 'z') ||
+              (ch != 0 && strchr(tchar, ch) != NULL)))
+            return 0;
+    }
+    return 1;
+}
+
+static int
+valid_value(const char *p, Py_ssize_t n)
+{
+    for (Py_ssize_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)p[i];
+        if (ch == '\r' || ch == '\n' || ch == 0)
+            return 0;
+    }
+    return 1;
+}
+
+static int
+name_is(const char *p, Py_ssize_t n, const char *lower)
+{
+    size_t k = strlen(lower);
+    if ((size_t)n != k)
+        return 0;
+    for (size_t i = 0; i < k; i++)
+        if ((p[i] | 0x20) != lower[i])
+            return 0;
+    return 1;
+}
+
+/* bytes or str (ASCII) as a pointer and length; a new reference to what
+ * holds them in *keep. */
+static int
+header_part(PyObject *v, const char *what, const char **p, Py_ssize_t *n,
+            PyObject **keep)
+{
+    if (PyBytes_Check(v)) {
+        *keep = Py_NewRef(v);
+    } else if (PyUnicode_Check(v)) {
+        *keep = PyUnicode_AsEncodedString(v, "latin-1", "strict");
+        if (*keep == NULL) {
+            PyErr_Format(PyExc_ValueError, "header %s %R is not latin-1", what, v);
+            return -1;
+        }
+    } else {
+        PyErr_Format(PyExc_TypeError, "header %s must be bytes or str, got %.100s",
+                     what, Py_TYPE(v)->tp_name);
+        return -1;
+    }
+    *p = PyBytes_AS_STRING(*keep);
+    *n = PyBytes_GET_SIZE(*keep);
+    return 0;
+}
+
+/* A growing byte buffer for the head of an answer. */
+struct out {
+    char *p;
+    size_t len, cap;
+};
+
+static int
+out_put(struct out *o, const void *p, size_t n)
+{
+    if (o->len + n > o->cap) {
+        size_t ncap = o->cap * 2 > o->len + n ? o->cap * 2 : o->len + n + 256;
+        char *np = PyMem_Realloc(o->p, ncap);
+        if (np == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        o->p = np;
+        o->cap = ncap;
+    }
+    memcpy(o->p + o->len, p, n);
+    o->len += n;
+    return 0;
+}
+
+/* The head of an answer into *out: status line, the user's fields, date,
+ * content-length and connection.  *close: the connection closes after it
+ * (the request did not keep it alive, or the handler said so). */
+static int
+build_head(iocp_state *st, int status, PyObject *headers, size_t body_len,
+           uint8_t flags, struct out *out, int *close)
+{
+    char line[HTTP_STATUS_LINE_MAX];
+    int has_date = 0, said_close = 0;
+    if (out_put(out, line, http_status_line(status, line)) < 0)
+        return -1;
+    if (headers != NULL && headers != Py_None) {
+        PyObject *seq = PySequence_Fast(headers, "headers must be a sequence "
+                                        "of (name, value) pairs");
+        if (seq == NULL)
+            return -1;
+        Py_ssize_t nh = PySequence_Fast_GET_SIZE(seq);
+        for (Py_ssize_t i = 0; i < nh; i++) {
+            PyObject *pair = PySequence_Fast_GET_ITEM(seq, i);
+            PyObject *kn = NULL, *kv = NULL;
+            const char *np, *vp;
+            Py_ssize_t nn, vn;
+            int bad = 0;
+            if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2) {
+                PyErr_Format(PyExc_TypeError, "headers must be (name, value) "
+                             "pairs, got %.100s", Py_TYPE(pair)->tp_name);
+                bad = 1;
+            } else if (header_part(PyTuple_GET_ITEM(pair, 0), "name", &np, &nn, &kn) < 0 ||
+                       header_part(PyTuple_GET_ITEM(pair, 1), "value", &vp, &vn, &kv) < 0) {
+                bad = 1;
+            } else if (!valid_name(np, nn)) {
+                PyErr_Format(PyExc_ValueError, "invalid header name %R",
+                             PyTuple_GET_ITEM(pair, 0));
+                bad = 1;
+            } else if (!valid_value(vp, vn)) {
+                PyErr_Format(PyExc_ValueError, "header value of %R contains "
+                             "CR, LF or NUL", PyTuple_GET_ITEM(pair, 0));
+                bad = 1;
+            } else if (name_is(np, nn, "content-length") ||
+                       name_is(np, nn, "transfer-encoding")) {
+                PyErr_Format(PyExc_ValueError, "%R is set by respond() from "
+                             "the body", PyTuple_GET_ITEM(pair, 0));
+                bad = 1;
+            } else {
+                int conn_field = name_is(np, nn, "connection");
+                if (name_is(np, nn, "date"))
+                    has_date = 1;
+                if (conn_field && vn == 5 && name_is(vp, vn, "close"))
+                    said_close = 1;
+                /* (a request that closes gets our "connection: close") */
+                if (!(conn_field && (flags & SLOT_CLOSE)) &&
+                    (out_put(out, np, (size_t)nn) < 0 || out_put(out, ": ", 2) < 0 ||
+                     out_put(out, vp, (size_t)vn) < 0 || out_put(out, "\r\n", 2) < 0))
+                    bad = 1;
+            }
+            Py_XDECREF(kn);
+            Py_XDECREF(kv);
+            if (bad) {
+                Py_DECREF(seq);
+                return -1;
+            }
+        }
+        Py_DECREF(seq);
+    }
+    if (!has_date && out_put(out, date_line(st), HTTP_DATE_LINE) < 0)
+        return -1;
+    if (status != 204 && status != 304) {
+        char cl[48];
+        int n = snprintf(cl, sizeof cl, "content-length: %zu\r\n", body_len);
+        if (out_put(out, cl, (size_t)n) < 0)
+            return -1;
+    }
+    *close = (flags & SLOT_CLOSE) || said_close;
+    if ((flags & SLOT_CLOSE) && out_put(out, "connection: close\r\n", 19) < 0)
+        return -1;
+    if ((flags & SLOT_HTTP10) && !*close &&
+        out_put(out, "connection: keep-alive\r\n", 24) < 0)
+        return -1;
+    return out_put(out, "\r\n", 2);
+}
+
+/* A body up to this size goes out in one piece with its head; a larger
+ * one after it, from the body object itself when it is bytes. */
+#define INLINE_BODY (16 * 1024)
+
+/* Send an answer's head and body now (it is its connection's next). */
+static int
+send_answer(ConnObject *o, const char *head, size_t hlen, const char *body,
+            size_t blen, PyObject *owner, int close)
+{
+    struct conn *c = o->c;
+    int rc = conn_send(c, head, hlen, 0, NULL);
+    if (rc >= 0 && blen != 0) {
+        rc = conn_send(c, body, blen, 0, owner);
+        if (rc == 1)
+            Py_INCREF(owner);   /* given back by d_release once sent */
+    }
+    if (close)
+        conn_close(c, 1);
+    if (rc == -ENOMEM) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    return 0;   /* (-EPIPE, -ENOBUFS: closing, the answer is lost with it) */
+}
+
+/* The slot at the queue's head is done or sent: pop it, and send the
+ * answers that waited for it. */
+static int
+advance(ConnObject *o)
+{
+    struct http_queue *q = o->hq;
+    int rc = 0;
+    for (;;) {
+        q->head = (q->head + 1) & (q->cap - 1);
+        q->n--;
+        q->first++;
+        if (o->c != NULL)
+            conn_unhold(o->c);
+        if (q->n == 0 || !(slot_at(q, 0)->flags & SLOT_DONE))
+            return rc;
+        struct slot *s = slot_at(q, 0);
+        PyObject *resp = s->resp;
+        s->resp = NULL;
+        if (o->c != NULL && resp != NULL &&
+            send_answer(o, PyBytes_AS_STRING(resp), (size_t)PyBytes_GET_SIZE(resp),
+                        NULL, 0, NULL, (s->flags & SLOT_THEN_CLOSE) != 0) < 0)
+            rc = -1;
+        Py_XDECREF(resp);
+    }
+}
+
+/* An early answer, whole, into its slot. */
+static int
+wait_turn(struct slot *s, const char *head, size_t hlen, const void *body,
+          size_t blen, int close)
+{
+    s->resp = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(hlen + blen));
+    if (s->resp == NULL)
+        return -1;
+    memcpy(PyBytes_AS_STRING(s->resp), head, hlen);
+    if (blen != 0)
+        memcpy(PyBytes_AS_STRING(s->resp) + hlen, body, blen);
+    s->flags |= SLOT_DONE | (close ? SLOT_THEN_CLOSE : 0);
+    return 0;
+}
+
+/* Answer request `seq` of o.  True if it went out or waits its turn,
+ * False if the connection is closed. */
+static PyObject *
+answer(iocp_state *st, ConnObject *o, uint64_t seq, int status,
+       PyObject *headers, PyObject *body)
+{
+    if (status < 200 || status > 599)
+        return PyErr_Format(PyExc_ValueError, "status must be 200 to 599, got "
+                            "%d", status);
+    Py_buffer view = {0};
+    if (body != NULL && body != Py_None &&
+        PyObject_GetBuffer(body, &view, PyBUF_SIMPLE) < 0) {
+        PyErr_Format(PyExc_TypeError, "body must be bytes, bytearray or "
+                     "memoryview, got %.100s", Py_TYPE(body)->tp_name);
+        return NULL;
+    }
+    PyObject *result = NULL;
+    struct out out = {0};
+    int close = 0;
+    if (view.len != 0 && (status == 204 || status == 304)) {
+        PyErr_Format(PyExc_ValueError, "a %d answer has no body", status);
+        goto done;
+    }
+    struct http_queue *q = o->hq;
+    uint32_t i = (uint32_t)(seq - q->first);
+    struct slot *s = slot_at(q, i);
+    if (build_head(st, status, headers, (size_t)view.len, s->flags, &out,
+                   &close) < 0)
+        goto done;
+    if (o->c == NULL) {
+        result = Py_NewRef(Py_False);
+        goto done;
+    }
+    size_t blen = (s->flags & SLOT_HEAD) ? 0 : (size_t)view.len;
+    if (i == 0 && blen <= INLINE_BODY) {
+        /* one piece: one copy into the send queue, one message counted */
+        if ((blen != 0 && out_put(&out, view.buf, blen) < 0) ||
+            send_answer(o, out.p, out.len, NULL, 0, NULL, close) < 0 ||
+            advance(o) < 0)
+            goto done;
+    } else if (i == 0) {
+        PyObject *owner = body != NULL && PyBytes_CheckExact(body) ? body : NULL;
+        if (send_answer(o, out.p, out.len, view.buf, blen, owner, close) < 0 ||
+            advance(o) < 0)
+            goto done;
+    } else {
+        /* Early: the whole answer waits for its turn. */
+        if (wait_turn(s, out.p, out.len, view.buf, blen, close) < 0)
+            goto done;
+    }
+    result = Py_NewRef(Py_True);
+done:
+    PyMem_Free(out.p);
+    if (view.obj != NULL)
+        PyBuffer_Release(&view);
+    return result;
+}
+
+/* ---- Request ------------------------------------------------------------- */
+
+typedef struct {
+    PyObject_VAR_HEAD                  /* ob_size: fields[] */
+    PyObject *raw;                     /* the request's bytes */
+    ConnObject *conn;
+    PyObject *headers;                 /* cached tuple of pairs, or NULL */
+    uint64_t seq;
+    struct http_request r;
+    struct http_field fields[1];
+} RequestObject;
+
+static PyObject *
+span(RequestObject *self, struct http_span s)
+{
+    return PyBytes_FromStringAndSize(PyBytes_AS_STRING(self->raw) + s.off,
+                                     (Py_ssize_t)s.len);
+}
+
+static PyObject *req_method(RequestObject *s, void *c) { (void)c; return span(s, s->r.method); }
+static PyObject *req_target(RequestObject *s, void *c) { (void)c; return span(s, s->r.target); }
+static PyObject *req_path(RequestObject *s, void *c) { (void)c; return span(s, s->r.path); }
+static PyObject *req_query(RequestObject *s, void *c) { (void)c; return span(s, s->r.query); }
+static PyObject *req_version(RequestObject *s, void *c) { (void)c; return span(s, s->r.version); }
+static PyObject *req_body(RequestObject *s, void *c) { (void)c; return span(s, s->r.body); }
+
+static PyObject *
+req_keep_alive(RequestObject *self, void *closure)
+{
+    (void)closure;
+    return PyBool_FromLong((self->r.flags & HTTP_KEEP_ALIVE) != 0);
+}
+
+static PyObject *
+req_conn(RequestObject *self, void *closure)
+{
+    (void)closure;
+    return Py_NewRef((PyObject *)self->conn);
+}
+
+static PyObject *
+pairs(RequestObject *self, size_t from, size_t n)
+{
+    PyObject *t = PyTuple_New((Py_ssize_t)n);
+    if (t == NULL)
+        return NULL;
+    for (size_t i = 0; i < n; i++) {
+        const struct http_field *f = &self->fields[from + i];
+        PyObject *k = span(self, f->name), *v = k ? span(self, f->value) : NULL;
+        PyObject *pair = v ? PyTuple_Pack(2, k, v) : NULL;
+        Py_XDECREF(k);
+        Py_XDECREF(v);
+        if (pair == NULL) {
+            Py_DECREF(t);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(t, (Py_ssize_t)i, pair);
+    }
+    return t;
+}
+
+static PyObject *
+req_headers(RequestObject *self, void *closure)
+{
+    (void)closure;
+    if (self->headers == NULL)
+        self->headers = pairs(self, 0, self->r.nheaders);
+    return Py_XNewRef(self->headers);
+}
+
+static PyObject *
+req_trailers(RequestObject *self, void *closure)
+{
+    (void)closure;
+    return pairs(self, self->r.nheaders, self->r.ntrailers);
+}
+
+static PyObject *
+req_header(RequestObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs < 1 || nargs > 2)
+        return PyErr_Format(PyExc_TypeError, "header() takes a name and an "
+                            "optional default (%zd given)", nargs);
+    const char *np;
+    Py_ssize_t nn;
+    PyObject *keep;
+    if (header_part(args[0], "name", &np, &nn, &keep) < 0)
+        return NULL;
+    const char *raw = PyBytes_AS_STRING(self->raw);
+    PyObject *r = NULL;
+    for (size_t i = 0; i < self->r.nheaders && r == NULL; i++) {
+        const struct http_field *f = &self->fields[i];
+        if (f->name.len != (size_t)nn)
+            continue;
+        size_t k = 0;
+        while (k < f->name.len && ((raw[f->name.off + k] | 0x20) == (np[k] | 0x20)))
+            k++;
+        if (k == f->name.len)
+            r = span(self, f->value);
+    }
+    Py_DECREF(keep);
+    if (r == NULL && !PyErr_Occurred())
+        r = Py_NewRef(nargs == 2 ? args[1] : Py_None);
+    return r;
+}
+
+static int
+respond_args(PyObject *args, PyObject *kwds, const char *fname, int *status,
+             PyObject **headers, PyObject **body)
+{
+    static char *kwlist[] = {"status", "headers", "body", NULL};
+    char fmt[32];
+    snprintf(fmt, sizeof fmt, "i|OO:%s", fname);
+    *headers = NULL;
+    *body = NULL;
+    return PyArg_ParseTupleAndKeywords(args, kwds, fmt, kwlist, status,
+                                       headers, body) ? 0 : -1;
+}
+
+static PyObject *
+req_respond(RequestObject *self, PyObject *args, PyObject *kwds)
+{
+    int status;
+    PyObject *headers, *body;
+    if (respond_args(args, kwds, "respond", &status, &headers, &body) < 0)
+        return NULL;
+    if (answered(self->conn, self->seq)) {
+        PyErr_SetString(PyExc_RuntimeError, "this request has been answered");
+        return NULL;
+    }
+    iocp_state *st = PyType_GetModuleState(Py_TYPE(self));
+    return answer(st, self->conn, self->seq, status, headers, body);
+}
+
+/* A request with no answer when its handler raised or it was dropped:
+ * 500, so that the ones after it are not held back for ever. */
+static void
+answer_500(iocp_state *st, ConnObject *o, uint64_t seq)
+{
+    static const char why[] = "internal server error\n";
+    PyObject *body = PyBytes_FromStringAndSize(why, sizeof why - 1);
+    PyObject *r = body ? answer(st, o, seq, 500, NULL, body) : NULL;
+    Py_XDECREF(body);
+    if (r == NULL)
+        PyErr_Clear();   /* (no memory: the connection's close drops it) */
+    Py_XDECREF(r);
+}
+
+static int
+req_traverse(RequestObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(self));
+    Py_VISIT(self->conn);
+    Py_VISIT(self->headers);
+    return 0;
+}
+
+static void
+req_dealloc(RequestObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    if (self->conn != NULL && !answered(self->conn, self->seq)) {
+        PyObject *et, *ev, *tb;
+        PyErr_Fetch(&et, &ev, &tb);
+        iocp_state *st = PyType_GetModuleState(tp);
+        PyObject *msg = PyUnicode_FromFormat(
+            "a request on connection %llu was dropped unanswered; answered 500",
+            (unsigned long long)self->conn->id);
+        if (msg != NULL) {
+            iocp_log(st->logger, "warning", msg, NULL);
+            Py_DECREF(msg);
+        }
+        PyErr_Clear();
+        answer_500(st, self->conn, self->seq);
+        PyErr_Restore(et, ev, tb);
+    }
+    Py_CLEAR(self->conn);
+    Py_CLEAR(self->headers);
+    Py_CLEAR(self->raw);
+    tp->tp_free((PyObject *)self);
+    Py_DECREF(tp);
+}
+
+static PyObject *
+req_repr(RequestObject *self)
+{
+    PyObject *m = span(self, self->r.method), *t = m ? span(self, self->r.target) : NULL;
+    PyObject *r = t ? PyUnicode_FromFormat("<iocport.Request %S %S>", m, t) : NULL;
+    Py_XDECREF(m);
+    Py_XDECREF(t);
+    return r;
+}
+
+static PyGetSetDef req_getset[] = {
+    {"method", (getter)req_method, NULL, "The method, as sent: b'GET'.", NULL},
+    {"target", (getter)req_target, NULL, "The request target, as sent: b'/a?b=1'.", NULL},
+    {"path", (getter)req_path, NULL, "The target's path (b'' for the authority form).", NULL},
+    {"query", (getter)req_query, NULL, "The target's query, without '?' (b'' if none).", NULL},
+    {"version", (getter)req_version, NULL, "b'HTTP/1.1' or b'HTTP/1.0'.", NULL},
+    {"headers", (getter)req_headers, NULL,
+     "The header fields: a tuple of (name, value) bytes pairs in arrival order.", NULL},
+    {"trailers", (getter)req_trailers, NULL,
+     "The trailer fields of a chunked body: (name, value) pairs.", NULL},
+    {"body", (getter)req_body, NULL, "The whole body (de-chunked), bytes.", NULL},
+    {"keep_alive", (getter)req_keep_alive, NULL,
+     "Whether the connection stays open after the answer.", NULL},
+    {"conn", (getter)req_conn, NULL, "The connection it came on.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyMethodDef req_methods[] = {
+    {"header", (PyCFunction)(void (*)(void))req_header, METH_FASTCALL,
+     "header($self, name, default=None, /)\n--\n\n"
+     "The value of the first header field called `name` (bytes or str, any\n"
+     "case), or `default`."},
+    {"respond", (PyCFunction)(void (*)(void))req_respond, METH_VARARGS | METH_KEYWORDS,
+     "respond($self, /, status, headers=(), body=b'')\n--\n\n"
+     "Answer this request: the status line, `headers` ((name, value) pairs of\n"
+     "bytes or str), date, content-length and connection, then `body`.\n"
+     "Answers leave in the order of the requests: an early one waits for\n"
+     "those before it.  Any thread.  True, or False if the connection is\n"
+     "closed."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyType_Slot req_slots[] = {
+    {Py_tp_doc, "A whole HTTP request, given to the handler of a server with\n"
+                "HTTP() framing.  Answer it with respond() (or conn.respond())."},
+    {Py_tp_dealloc, req_dealloc},
+    {Py_tp_traverse, req_traverse},
+    {Py_tp_repr, req_repr},
+    {Py_tp_getset, req_getset},
+    {Py_tp_methods, req_methods},
+    {0, NULL},
+};
+
+static PyType_Spec req_spec = {
+    .name = "iocport._iocport.Request",
+    .basicsize = offsetof(RequestObject, fields),
+    .itemsize = sizeof(struct http_field),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_IMMUTABLETYPE |
+             Py_TPFLAGS_DISALLOW_INSTANTIATION,
+    .slots = req_slots,
+};
+
+/* ---- what dispatch.c and connection.c call --------------------------------- */
+
+PyObject *
+iocp_http_request(iocp_state *st, ConnObject *o, struct conn *c,
+                  const struct entry *e, const struct http_msg *m,
+                  const struct http_field *fields)
+{
+    size_t nf = m->r.nheaders + m->r.ntrailers;
+    uint8_t flags = 0;
+    if (!(m->r.flags & HTTP_KEEP_ALIVE))
+        flags |= SLOT_CLOSE;
+    else if (m->r.minor == 0)
+        flags |= SLOT_HTTP10;
+    if (m->r.method.len == 4 && memcmp(e->ptr + m->r.method.off, "HEAD", 4) == 0)
+        flags |= SLOT_HEAD;
+    RequestObject *self = (RequestObject *)st->RequestType->tp_alloc(
+        st->RequestType, (Py_ssize_t)nf);
+    if (self == NULL)
+        return NULL;
+    self->raw = PyBytes_FromStringAndSize((const char *)e->ptr, (Py_ssize_t)e->len);
+    if (self->raw == NULL) {
+        Py_DECREF(self);
+        return NULL;
+    }
+    self->r = m->r;
+    memcpy(self->fields, fields, nf * sizeof *fields);
+    int64_t seq = queue_push(o, flags);
+    if (seq < 0) {
+        Py_DECREF(self);
+        return PyErr_NoMemory();
+    }
+    conn_hold(c);   /* the connection stays for its answer */
+    self->seq = (uint64_t)seq;
+    self->conn = (ConnObject *)Py_NewRef((PyObject *)o);
+    return (PyObject *)self;
+}
+
+void
+iocp_http_failed(iocp_state *st, PyObject *req)
+{
+    RequestObject *self = (RequestObject *)req;
+    if (answered(self->conn, self->seq))
+        return;
+    /* (its input has ended: the answer says the connection closes) */
+    struct http_queue *q = self->conn->hq;
+    slot_at(q, (uint32_t)(self->seq - q->first))->flags |= SLOT_CLOSE;
+    answer_500(st, self->conn, self->seq);
+}
+
+void
+iocp_http_refused(iocp_state *st, ConnObject *o, struct conn *c,
+                  const struct http_msg *m)
+{
+    char out[HTTP_REFUSAL_MAX];
+    size_t n = http_refusal(m->error, date_line(st), out);
+    int64_t seq = queue_push(o, SLOT_CLOSE);
+    if (seq < 0) {
+        PyErr_Clear();
+        conn_close(c, 0);   /* no memory to keep the order: reset */
+        return;
+    }
+    conn_hold(c);
+    struct http_queue *q = o->hq;
+    struct slot *s = slot_at(q, (uint32_t)(seq - q->first));
+    if (q->n == 1) {
+        if (send_answer(o, out, n, NULL, 0, NULL, 1) < 0 || advance(o) < 0)
+            PyErr_Clear();
+        return;
+    }
+    if (wait_turn(s, out, n, NULL, 0, 1) < 0) {
+        PyErr_Clear();
+        conn_close(c, 0);
+    }
+}
+
+PyObject *
+iocp_conn_respond(ConnObject *o, PyObject *args, PyObject *kwds)
+{
+    int status;
+    PyObject *headers, *body;
+    if (respond_args(args, kwds, "respond", &status, &headers, &body) < 0)
+        return NULL;
+    struct http_queue *q = o->hq;
+    uint32_t i = 0;
+    while (q != NULL && i < q->n && (slot_at(q, i)->flags & SLOT_DONE))
+        i++;
+    if (q == NULL || i == q->n) {
+        if (o->c == NULL)
+            Py_RETURN_FALSE;
+        PyErr_SetString(PyExc_RuntimeError, "no request on this connection "
+                        "waits for an answer");
+        return NULL;
+    }
+    PyObject *module = PyType_GetModule(Py_TYPE(o));
+    if (module == NULL)
+        return NULL;
+    return answer(iocp_get_state(module), o, q->first + i, status, headers, body);
+}
+
+int
+iocp_request_add_type(PyObject *module, iocp_state *st)
+{
+    st->RequestType = (PyTypeObject *)PyType_FromModuleAndSpec(module, &req_spec, NULL);
+    if (st->RequestType == NULL)
+        return -1;
+    return PyModule_AddType(module, st->RequestType);
+}
