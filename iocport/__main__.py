@@ -1,5 +1,6 @@
 """Command line: ``python -m iocport echo`` (the demo server),
-``python -m iocport demo`` (that server under a short load, with figures)
+``python -m iocport http`` (an HTTP/1.1 server: hello, world, or static
+files), ``python -m iocport demo`` (that server under a short load, with figures)
 and ``python -m iocport bench`` (iocport against its rivals).
 
 User errors are one line on stderr: exit status 2 for a usage error, 1 for
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 from collections import deque
+import os
 import sys
 from typing import TYPE_CHECKING
 
@@ -208,6 +210,41 @@ def _echo_async(args: argparse.Namespace, backend: str,
     return 0
 
 
+def http(args: argparse.Namespace) -> int:
+    """The http command: answer ``hello, world`` (or serve --root's files)
+    until Ctrl-C or SIGTERM."""
+    from . import HTTP
+    from ._static import StaticFiles, hello
+    if args.native and args.root:
+        raise UsageError("--native and --root do not go together")
+    if args.root is not None and not os.path.isdir(args.root):
+        raise Failure(f"--root {args.root}: not a directory")
+    backend = resolve_backend(args.backend)
+    tls = _tls_context(args)
+    files = StaticFiles(args.root) if args.root is not None else None
+    handler = files or (None if args.native else hello)
+    server = Server(handler, framing=HTTP(), workers=args.workers,
+                    backend=backend, native_echo=args.native, ssl=tls)
+    if files is not None:
+        files.server = server
+    what = (f"files under {args.root}" if files else
+            "native hello" if args.native else "python hello")
+    try:
+        host, port = server.listen(args.host, args.port)
+    except OSError as exc:   # in use, no such address, unknown host
+        where = f"[{args.host}]" if ":" in args.host else args.host
+        raise Failure(f"cannot listen on {where}:{args.port}: {why(exc)}") from None
+    try:
+        server.start()
+    except OSError as exc:
+        raise Failure(f"cannot start the server ({backend} backend): {why(exc)}") from None
+    scheme = "https" if tls else "http"
+    server.serve_forever(ready=lambda: print(
+        f"listening on {host}:{port} (backend {server.backend}, {what}, "
+        f"{scheme})", flush=True))
+    return 0
+
+
 def demo(args: argparse.Namespace) -> int:
     """The demo command: the echo server under a short load."""
     from ._demo import run_demo
@@ -242,6 +279,24 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("echo", help="run the echo server")
     _echo_args(p)
     p.set_defaults(func=echo, parser=p)
+    p = sub.add_parser("http", help="run an HTTP/1.1 server (hello, world, "
+                                    "or static files with --root)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int_in(0, 65535), default=8080,
+                   help="0 picks a free port (default 8080)")
+    p.add_argument("--root", metavar="DIR", default=None,
+                   help="serve the files under DIR (GET, HEAD, byte ranges); "
+                        "/hello still answers hello, world")
+    _backend_arg(p)
+    p.add_argument("--workers", type=int_in(1, MAX_WORKERS), default=1)
+    p.add_argument("--native", action="store_true",
+                   help="answer hello, world in C without calling Python "
+                        "(the ceiling)")
+    p.add_argument("--tls-cert", metavar="PEM", default=None,
+                   help="serve HTTPS with this certificate chain (PEM)")
+    p.add_argument("--tls-key", metavar="PEM", default=None,
+                   help="the private key of --tls-cert (PEM)")
+    p.set_defaults(func=http, parser=p)
     p = sub.add_parser("demo", help="run the echo server under load and report")
     p.add_argument("--seconds", type=positive_float, default=3.0)
     p.add_argument("--connections", type=int_in(1), default=50)

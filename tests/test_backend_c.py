@@ -126,7 +126,8 @@ def test_core_linger_has_its_own_timer(engine, tmp_path):
 def _core_driver(engine, tmp_path, defines=()):
     sources = [CORE_DRIVER, *sorted((SRC / "core").glob("*.c")),
                *sorted((SRC / "io").glob("*.c")), SRC / "lib" / "framing.c",
-               SRC / "lib" / "slab.c", SRC / "lib" / "ktls.c"]
+               SRC / "lib" / "slab.c", SRC / "lib" / "ktls.c", SRC / "lib" / "http.c",
+               SRC / "lib" / "http_out.c"]
     run = _build_and_run(sources, [engine], tmp_path, defines)
     if run.returncode == 77:
         pytest.skip(f"{engine}: {run.stdout.strip() or 'unavailable'}")

@@ -86,9 +86,10 @@ bridge_call(PyObject *self, PyObject *const *args, size_t nargsf,
 {
     BridgeObject *b = (BridgeObject *)self;
     if (PyVectorcall_NARGS(nargsf) != 2 || kwnames != NULL ||
-        !Py_IS_TYPE(args[0], b->conn_type) || !PyBytes_Check(args[1]))
-        return PyErr_Format(PyExc_TypeError,
-                            "_Bridge takes (conn, msg): a Connection and bytes");
+        !Py_IS_TYPE(args[0], b->conn_type) ||
+        (!PyBytes_Check(args[1]) && iocp_request_size(args[1]) < 0))
+        return PyErr_Format(PyExc_TypeError, "_Bridge takes (conn, msg): a "
+                            "Connection and bytes (or a Request)");
     if (push(b, EV_MSG, args[0], args[1]) < 0)
         return NULL;
     Py_RETURN_NONE;
@@ -115,13 +116,15 @@ bridge_push_m(BridgeObject *self, PyObject *const *args, Py_ssize_t nargs)
 }
 
 /* A message's coroutine ended: it no longer counts toward backpressure.
- * (A Connection and bytes: bridge_call let nothing else in.) */
+ * (A Connection and bytes or a Request: bridge_call let nothing else in.) */
 static void
 handled(PyObject *conn, PyObject *msg)
 {
     struct conn *c = ((ConnObject *)conn)->c;
+    Py_ssize_t n = PyBytes_Check(msg) ? PyBytes_GET_SIZE(msg)
+                                      : iocp_request_size(msg);
     if (c != NULL)
-        conn_held_done(c, (size_t)PyBytes_GET_SIZE(msg));
+        conn_held_done(c, (size_t)n);
 }
 
 /* Call one of _aio.py's paths; an exception there is a bug of ours:

@@ -482,8 +482,7 @@ typedef struct {
 } XferReq;
 
 int
-iocp_send_file(PyObject *file, struct conn *c, unsigned long long offset,
-               long long count, PyObject *callback)
+iocp_file_range(PyObject *file, unsigned long long offset, long long *count)
 {
     FileObject *fo = (FileObject *)file;
     struct stat st;
@@ -501,13 +500,23 @@ iocp_send_file(PyObject *file, struct conn *c, unsigned long long offset,
                      "file (%llu bytes)", offset, size);
         return -1;
     }
-    if (count < 0)
-        count = (long long)(size - offset);
-    if ((unsigned long long)count > size - offset) {
+    if (*count < 0)
+        *count = (long long)(size - offset);
+    if ((unsigned long long)*count > size - offset) {
         PyErr_Format(PyExc_ValueError, "range %llu+%lld is past the end of "
-                     "the file (%llu bytes)", offset, count, size);
+                     "the file (%llu bytes)", offset, *count, size);
         return -1;
     }
+    return 0;
+}
+
+int
+iocp_send_file(PyObject *file, struct conn *c, unsigned long long offset,
+               long long count, PyObject *callback)
+{
+    FileObject *fo = (FileObject *)file;
+    if (iocp_file_range(file, offset, &count) < 0)
+        return -1;
     XferReq *q = PyMem_RawCalloc(1, sizeof(*q));
     if (q == NULL) {
         PyErr_NoMemory();

@@ -55,6 +55,9 @@ extern const struct dispatch_ops iocp_dispatch_ops;
 PyObject *iocp_file_new(PyTypeObject *type, PyObject *server, struct server *srv,
                         PyObject *logger, int fd, unsigned long long append_off);
 void iocp_file_done(struct file_req *r);
+/* The range [offset, offset + *count) of a File (an open one), *count
+ * < 0 meaning to its end (set): 0, or -1 with ValueError or OSError. */
+int iocp_file_range(PyObject *file, unsigned long long offset, long long *count);
 /* Connection.send_file: 0, or -1 with an exception set. */
 int iocp_send_file(PyObject *file, struct conn *c, unsigned long long offset,
                    long long count, PyObject *callback);
@@ -103,6 +106,9 @@ void iocp_http_failed(iocp_state *st, PyObject *req);
 /* A request the core refused: its answer, in its turn. */
 void iocp_http_refused(iocp_state *st, ConnObject *o, struct conn *c,
                        const struct http_msg *m);
+/* The bytes a Request was framed from (what the core counted for it), or
+ * -1 if o is not a Request. */
+Py_ssize_t iocp_request_size(PyObject *o);
 /* conn.respond(status, headers=(), body=b''): the oldest request owed. */
 PyObject *iocp_conn_respond(ConnObject *o, PyObject *args, PyObject *kwds);
 /* The connection closed (c, still held): the answers owed are dropped. */

@@ -25,7 +25,10 @@ enum {
 };
 
 struct slot {
-    PyObject *resp;              /* SLOT_DONE: the whole answer (bytes) */
+    PyObject *resp;              /* SLOT_DONE: the answer's bytes (bytes) */
+    PyObject *file, *cb;         /* SLOT_DONE: a File whose range follows
+                                    them, and respond_file's callback */
+    uint64_t foff, fcount;
     uint8_t flags;
 };
 
@@ -35,6 +38,10 @@ struct http_queue {
     struct slot *s;
     uint32_t cap, head, n;
     uint64_t first;
+    uint8_t xfer;                /* a file body is on its way: the answers
+                                    after it wait for its end */
+    uint8_t xfer_close;          /* ... then the connection closes */
+    PyObject *xfer_cb;           /* ... then respond_file's callback */
 };
 
 static struct slot *
@@ -65,7 +72,7 @@ queue_push(ConnObject *o, uint8_t flags)
         q->cap = ncap;
         q->head = 0;
     }
-    *slot_at(q, q->n) = (struct slot){NULL, flags};
+    *slot_at(q, q->n) = (struct slot){.flags = flags};
     q->n++;
     return (int64_t)(q->first + q->n - 1);
 }
@@ -78,7 +85,10 @@ iocp_http_drop(ConnObject *o, struct conn *c)
     if (q == NULL)
         return;
     for (uint32_t i = 0; i < q->n; i++) {
-        Py_CLEAR(slot_at(q, i)->resp);
+        struct slot *s = slot_at(q, i);
+        Py_CLEAR(s->resp);
+        Py_CLEAR(s->file);
+        Py_CLEAR(s->cb);
         if (c != NULL)
             conn_unhold(c);
     }
@@ -92,6 +102,7 @@ iocp_http_free(ConnObject *o)
     if (o->hq == NULL)
         return;
     iocp_http_drop(o, NULL);
+    Py_CLEAR(o->hq->xfer_cb);
     PyMem_Free(o->hq->s);
     PyMem_Free(o->hq);
     o->hq = NULL;
@@ -294,20 +305,21 @@ build_head(iocp_state *st, int status, PyObject *headers, size_t body_len,
  * one after it, from the body object itself when it is bytes. */
 #define INLINE_BODY (16 * 1024)
 
-/* Send an answer's head and body now (it is its connection's next). */
-static int
-send_answer(ConnObject *o, const char *head, size_t hlen, const char *body,
-            size_t blen, PyObject *owner, int close)
+/* Pop the slot at the queue's head: its request is answered. */
+static void
+pop(ConnObject *o)
 {
-    struct conn *c = o->c;
-    int rc = conn_send(c, head, hlen, 0, NULL);
-    if (rc >= 0 && blen != 0) {
-        rc = conn_send(c, body, blen, 0, owner);
-        if (rc == 1)
-            Py_INCREF(owner);   /* given back by d_release once sent */
-    }
-    if (close)
-        conn_close(c, 1);
+    struct http_queue *q = o->hq;
+    q->head = (q->head + 1) & (q->cap - 1);
+    q->n--;
+    q->first++;
+    if (o->c != NULL)
+        conn_unhold(o->c);
+}
+
+static int
+sent(int rc)
+{
     if (rc == -ENOMEM) {
         PyErr_NoMemory();
         return -1;
@@ -315,56 +327,169 @@ send_answer(ConnObject *o, const char *head, size_t hlen, const char *body,
     return 0;   /* (-EPIPE, -ENOBUFS: closing, the answer is lost with it) */
 }
 
-/* The slot at the queue's head is done or sent: pop it, and send the
- * answers that waited for it. */
+static PyObject *xfer_done(PyObject *self, PyObject *args);
+static PyMethodDef xfer_done_def = {
+    "_http_file_sent", xfer_done, METH_VARARGS,
+    "A file body of an HTTP answer is sent: the answers after it go on."};
+
+/* A file body: the answers after it wait until it is all sent. */
 static int
-advance(ConnObject *o)
+start_xfer(ConnObject *o, struct slot *s)
 {
     struct http_queue *q = o->hq;
-    int rc = 0;
-    for (;;) {
-        q->head = (q->head + 1) & (q->cap - 1);
-        q->n--;
-        q->first++;
-        if (o->c != NULL)
-            conn_unhold(o->c);
-        if (q->n == 0 || !(slot_at(q, 0)->flags & SLOT_DONE))
-            return rc;
-        struct slot *s = slot_at(q, 0);
-        PyObject *resp = s->resp;
-        s->resp = NULL;
-        if (o->c != NULL && resp != NULL &&
-            send_answer(o, PyBytes_AS_STRING(resp), (size_t)PyBytes_GET_SIZE(resp),
-                        NULL, 0, NULL, (s->flags & SLOT_THEN_CLOSE) != 0) < 0)
-            rc = -1;
-        Py_XDECREF(resp);
-    }
-}
-
-/* An early answer, whole, into its slot. */
-static int
-wait_turn(struct slot *s, const char *head, size_t hlen, const void *body,
-          size_t blen, int close)
-{
-    s->resp = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(hlen + blen));
-    if (s->resp == NULL)
+    PyObject *done = PyCFunction_NewEx(&xfer_done_def, (PyObject *)o, NULL);
+    if (done == NULL || iocp_send_file(s->file, o->c, s->foff, (long long)s->fcount,
+                                       done) < 0) {
+        Py_XDECREF(done);
+        conn_close(o->c, 0);   /* its length was promised: cut it off */
         return -1;
-    memcpy(PyBytes_AS_STRING(s->resp), head, hlen);
-    if (blen != 0)
-        memcpy(PyBytes_AS_STRING(s->resp) + hlen, body, blen);
-    s->flags |= SLOT_DONE | (close ? SLOT_THEN_CLOSE : 0);
+    }
+    Py_DECREF(done);
+    q->xfer = 1;
+    q->xfer_close = (s->flags & SLOT_THEN_CLOSE) != 0;
+    q->xfer_cb = s->cb;
+    s->cb = NULL;
     return 0;
 }
 
-/* Answer request `seq` of o.  True if it went out or waits its turn,
+/* Send the answers whose turn has come: the head's, while it is done. */
+static int
+flush(ConnObject *o)
+{
+    struct http_queue *q = o->hq;
+    int rc = 0;
+    while (q->n != 0 && (slot_at(q, 0)->flags & SLOT_DONE) && !q->xfer) {
+        struct slot s = *slot_at(q, 0);
+        *slot_at(q, 0) = (struct slot){0};
+        pop(o);
+        if (o->c != NULL) {
+            if (sent(conn_send(o->c, PyBytes_AS_STRING(s.resp),
+                               (size_t)PyBytes_GET_SIZE(s.resp), 0, NULL)) < 0)
+                rc = -1;
+            else if (s.file != NULL && start_xfer(o, &s) < 0)
+                rc = -1;
+            else if (s.file == NULL && (s.flags & SLOT_THEN_CLOSE))
+                conn_close(o->c, 1);
+        }
+        Py_XDECREF(s.resp);
+        Py_XDECREF(s.file);
+        Py_XDECREF(s.cb);
+    }
+    return rc;
+}
+
+static PyObject *
+xfer_done(PyObject *self, PyObject *args)
+{
+    ConnObject *o = (ConnObject *)self;
+    PyObject *n, *err;
+    if (!PyArg_ParseTuple(args, "OO", &n, &err))
+        return NULL;
+    struct http_queue *q = o->hq;
+    if (q == NULL)
+        Py_RETURN_NONE;
+    PyObject *cb = q->xfer_cb;
+    q->xfer_cb = NULL;
+    q->xfer = 0;
+    if (o->c != NULL && err != Py_None)
+        conn_close(o->c, 0);   /* short: the peer must not wait for the rest */
+    else if (o->c != NULL && q->xfer_close)
+        conn_close(o->c, 1);
+    int rc = flush(o);
+    if (cb != NULL) {
+        PyObject *r = PyObject_CallFunctionObjArgs(cb, n, err, NULL);
+        Py_DECREF(cb);
+        if (r == NULL)
+            return NULL;   /* (logged by the send_file completion) */
+        Py_DECREF(r);
+    }
+    if (rc < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+/* Answer request `seq` of o: the head, then a body (`view`, `body` its
+ * object) or a file's range.  True if it went out or waits its turn,
  * False if the connection is closed. */
+static PyObject *
+answer_with(iocp_state *st, ConnObject *o, uint64_t seq, int status,
+            PyObject *headers, PyObject *body, Py_buffer *view,
+            PyObject *file, uint64_t foff, uint64_t fcount, PyObject *cb)
+{
+    PyObject *result = NULL;
+    struct out out = {0};
+    int close = 0;
+    size_t blen = file != NULL ? (size_t)fcount : (size_t)view->len;
+    if (status < 200 || status > 599) {
+        PyErr_Format(PyExc_ValueError, "status must be 200 to 599, got %d", status);
+        return NULL;
+    }
+    if (blen != 0 && (status == 204 || status == 304)) {
+        PyErr_Format(PyExc_ValueError, "a %d answer has no body", status);
+        return NULL;
+    }
+    struct http_queue *q = o->hq;
+    uint32_t i = (uint32_t)(seq - q->first);
+    struct slot *s = slot_at(q, i);
+    if (build_head(st, status, headers, blen, s->flags, &out, &close) < 0)
+        goto done;
+    if (o->c == NULL) {
+        result = Py_NewRef(Py_False);
+        goto done;
+    }
+    if (s->flags & SLOT_HEAD) {
+        blen = 0;
+        file = NULL;
+    }
+    if (i == 0 && !q->xfer && file == NULL) {
+        /* Its turn: out now.  Small: one piece, one copy into the send
+         * queue; large: the body after the head, by reference if bytes. */
+        int rc;
+        if (blen <= INLINE_BODY) {
+            if (blen != 0 && out_put(&out, view->buf, blen) < 0)
+                goto done;
+            rc = sent(conn_send(o->c, out.p, out.len, 0, NULL));
+        } else {
+            PyObject *owner = PyBytes_CheckExact(body) ? body : NULL;
+            rc = sent(conn_send(o->c, out.p, out.len, 0, NULL));
+            int r2 = rc < 0 ? 0 : conn_send(o->c, view->buf, blen, 0, owner);
+            if (r2 == 1)
+                Py_INCREF(owner);   /* given back by d_release once sent */
+            if (rc == 0)
+                rc = sent(r2);
+        }
+        if (close)
+            conn_close(o->c, 1);
+        pop(o);
+        if (rc < 0 || flush(o) < 0)
+            goto done;
+    } else {
+        /* Early, or a file: it waits in its slot, whole. */
+        size_t inl = file != NULL ? 0 : blen;
+        s->resp = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(out.len + inl));
+        if (s->resp == NULL)
+            goto done;
+        memcpy(PyBytes_AS_STRING(s->resp), out.p, out.len);
+        if (inl != 0)
+            memcpy(PyBytes_AS_STRING(s->resp) + out.len, view->buf, inl);
+        s->file = Py_XNewRef(file);
+        s->cb = cb != NULL && cb != Py_None ? Py_NewRef(cb) : NULL;
+        s->foff = foff;
+        s->fcount = fcount;
+        s->flags |= SLOT_DONE | (close ? SLOT_THEN_CLOSE : 0);
+        if (i == 0 && flush(o) < 0)
+            goto done;
+    }
+    result = Py_NewRef(Py_True);
+done:
+    PyMem_Free(out.p);
+    return result;
+}
+
 static PyObject *
 answer(iocp_state *st, ConnObject *o, uint64_t seq, int status,
        PyObject *headers, PyObject *body)
 {
-    if (status < 200 || status > 599)
-        return PyErr_Format(PyExc_ValueError, "status must be 200 to 599, got "
-                            "%d", status);
     Py_buffer view = {0};
     if (body != NULL && body != Py_None &&
         PyObject_GetBuffer(body, &view, PyBUF_SIMPLE) < 0) {
@@ -372,46 +497,11 @@ answer(iocp_state *st, ConnObject *o, uint64_t seq, int status,
                      "memoryview, got %.100s", Py_TYPE(body)->tp_name);
         return NULL;
     }
-    PyObject *result = NULL;
-    struct out out = {0};
-    int close = 0;
-    if (view.len != 0 && (status == 204 || status == 304)) {
-        PyErr_Format(PyExc_ValueError, "a %d answer has no body", status);
-        goto done;
-    }
-    struct http_queue *q = o->hq;
-    uint32_t i = (uint32_t)(seq - q->first);
-    struct slot *s = slot_at(q, i);
-    if (build_head(st, status, headers, (size_t)view.len, s->flags, &out,
-                   &close) < 0)
-        goto done;
-    if (o->c == NULL) {
-        result = Py_NewRef(Py_False);
-        goto done;
-    }
-    size_t blen = (s->flags & SLOT_HEAD) ? 0 : (size_t)view.len;
-    if (i == 0 && blen <= INLINE_BODY) {
-        /* one piece: one copy into the send queue, one message counted */
-        if ((blen != 0 && out_put(&out, view.buf, blen) < 0) ||
-            send_answer(o, out.p, out.len, NULL, 0, NULL, close) < 0 ||
-            advance(o) < 0)
-            goto done;
-    } else if (i == 0) {
-        PyObject *owner = body != NULL && PyBytes_CheckExact(body) ? body : NULL;
-        if (send_answer(o, out.p, out.len, view.buf, blen, owner, close) < 0 ||
-            advance(o) < 0)
-            goto done;
-    } else {
-        /* Early: the whole answer waits for its turn. */
-        if (wait_turn(s, out.p, out.len, view.buf, blen, close) < 0)
-            goto done;
-    }
-    result = Py_NewRef(Py_True);
-done:
-    PyMem_Free(out.p);
+    PyObject *r = answer_with(st, o, seq, status, headers, body, &view, NULL,
+                              0, 0, NULL);
     if (view.obj != NULL)
         PyBuffer_Release(&view);
-    return result;
+    return r;
 }
 
 /* ---- Request ------------------------------------------------------------- */
@@ -548,6 +638,70 @@ req_respond(RequestObject *self, PyObject *args, PyObject *kwds)
     return answer(st, self->conn, self->seq, status, headers, body);
 }
 
+static PyObject *
+req_respond_file(RequestObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"file", "status", "headers", "offset", "count",
+                             "callback", NULL};
+    PyObject *file, *headers = NULL, *offset_o = NULL, *count_o = Py_None;
+    PyObject *cb = Py_None;
+    int status = 200;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|iO$OOO:respond_file", kwlist,
+                                     &file, &status, &headers, &offset_o,
+                                     &count_o, &cb))
+        return NULL;
+    iocp_state *st = PyType_GetModuleState(Py_TYPE(self));
+    if (!PyObject_TypeCheck(file, st->FileType))
+        return PyErr_Format(PyExc_TypeError, "respond_file() expects an "
+                            "iocport File, got %.100s", Py_TYPE(file)->tp_name);
+    if (cb != Py_None && !PyCallable_Check(cb))
+        return PyErr_Format(PyExc_TypeError, "callback must be callable or "
+                            "None, got %.100s", Py_TYPE(cb)->tp_name);
+    unsigned long long offset = 0;
+    long long count = -1;
+    if (offset_o != NULL) {
+        if (!PyLong_Check(offset_o) || PyBool_Check(offset_o))
+            return PyErr_Format(PyExc_TypeError, "offset must be an int");
+        offset = PyLong_AsUnsignedLongLong(offset_o);
+        if (PyErr_Occurred()) {
+            PyErr_Clear();
+            return PyErr_Format(PyExc_ValueError, "offset must be >= 0");
+        }
+    }
+    if (count_o != Py_None) {
+        if (!PyLong_Check(count_o) || PyBool_Check(count_o))
+            return PyErr_Format(PyExc_TypeError, "count must be an int or None");
+        count = PyLong_AsLongLong(count_o);
+        if (count == -1 && PyErr_Occurred())
+            return NULL;
+        if (count < 0)
+            return PyErr_Format(PyExc_ValueError, "count must be >= 0 or None");
+    }
+    if (answered(self->conn, self->seq)) {
+        PyErr_SetString(PyExc_RuntimeError, "this request has been answered");
+        return NULL;
+    }
+    if (iocp_file_range(file, offset, &count) < 0)
+        return NULL;
+    struct http_queue *q = self->conn->hq;
+    int sends = count > 0 &&
+                !(slot_at(q, (uint32_t)(self->seq - q->first))->flags & SLOT_HEAD);
+    Py_buffer none = {0};
+    PyObject *r = answer_with(st, self->conn, self->seq, status, headers, NULL,
+                              &none, count > 0 ? file : NULL, offset,
+                              (uint64_t)count, cb);
+    if (r == NULL || sends || cb == Py_None)
+        return r;
+    /* Nothing of the file goes out (HEAD, or an empty range): done now. */
+    PyObject *cr = PyObject_CallFunction(cb, "iO", 0, Py_None);
+    if (cr == NULL) {
+        Py_DECREF(r);
+        return NULL;
+    }
+    Py_DECREF(cr);
+    return r;
+}
+
 /* A request with no answer when its handler raised or it was dropped:
  * 500, so that the ones after it are not held back for ever. */
 static void
@@ -637,6 +791,15 @@ static PyMethodDef req_methods[] = {
      "Answers leave in the order of the requests: an early one waits for\n"
      "those before it.  Any thread.  True, or False if the connection is\n"
      "closed."},
+    {"respond_file", (PyCFunction)(void (*)(void))req_respond_file,
+     METH_VARARGS | METH_KEYWORDS,
+     "respond_file($self, /, file, status=200, headers=(), *, offset=0,\n"
+     "             count=None, callback=None)\n--\n\n"
+     "Answer this request with a range of an iocport File (from `offset`,\n"
+     "`count` bytes or to its end) as the body, streamed by the workers with\n"
+     "bounded memory (see Connection.send_file).  The answers after it wait\n"
+     "until it is all sent; `callback(nbytes, error)` runs then.  True, or\n"
+     "False if the connection is closed."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -724,15 +887,24 @@ iocp_http_refused(iocp_state *st, ConnObject *o, struct conn *c,
     conn_hold(c);
     struct http_queue *q = o->hq;
     struct slot *s = slot_at(q, (uint32_t)(seq - q->first));
-    if (q->n == 1) {
-        if (send_answer(o, out, n, NULL, 0, NULL, 1) < 0 || advance(o) < 0)
-            PyErr_Clear();
-        return;
-    }
-    if (wait_turn(s, out, n, NULL, 0, 1) < 0) {
+    s->resp = PyBytes_FromStringAndSize(out, (Py_ssize_t)n);
+    if (s->resp == NULL) {
         PyErr_Clear();
         conn_close(c, 0);
+        return;
     }
+    s->flags |= SLOT_DONE | SLOT_THEN_CLOSE;
+    if (flush(o) < 0)
+        PyErr_Clear();
+}
+
+Py_ssize_t
+iocp_request_size(PyObject *o)
+{
+    /* (each module instance has its own Request type; all share dealloc) */
+    if (Py_TYPE(o)->tp_dealloc != (destructor)req_dealloc)
+        return -1;
+    return PyBytes_GET_SIZE(((RequestObject *)o)->raw);
 }
 
 PyObject *
