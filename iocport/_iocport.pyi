@@ -205,6 +205,11 @@ class Request:
     def respond(self, status: int,
                 headers: Sequence[tuple[bytes | str, bytes | str]] | None = (),
                 body: _Bytes | None = b"") -> bool: ...
+    def respond_start(self, status: int,
+                      headers: Sequence[tuple[bytes | str, bytes | str]] | None = (),
+                      *, length: int | None = None) -> bool: ...
+    def write(self, data: _Bytes, /) -> bool: ...
+    def end(self) -> bool: ...
     def respond_file(self, file: File, status: int = 200,
                      headers: Sequence[tuple[bytes | str, bytes | str]] | None = (),
                      *, offset: int = 0, count: int | None = None,
@@ -255,7 +260,8 @@ class Server:
     """The native engine behind iocport.Server, which is the one to use."""
     def __new__(
         cls,
-        handler: Callable[[Connection, bytes], object] | None,
+        handler: Callable[[Connection, bytes], object]
+        | Callable[[Connection, Request], object] | None,
         framing: Framing,
         *,
         workers: int = 1,

@@ -4,7 +4,7 @@ from typing import Any, Awaitable, Callable
 import os
 import ssl as _ssl
 
-from ._iocport import Connection, File
+from ._iocport import Connection, File, Request
 from .framing import Framing
 
 __all__ = ["Server", "backends", "default_backend"]
@@ -16,7 +16,9 @@ class Server:
     def __init__(
         self,
         handler: Callable[[Connection, bytes], object]
-        | Callable[[Connection, bytes], Awaitable[object]] | None = None,
+        | Callable[[Connection, bytes], Awaitable[object]]
+        | Callable[[Connection, Request], object]
+        | Callable[[Connection, Request], Awaitable[object]] | None = None,
         *,
         framing: Framing | None = None,
         workers: int = 1,

@@ -588,3 +588,104 @@ def test_cli_static_files(http_cli, tmp_path):
                          capture_output=True, timeout=55, check=True).stdout
     assert got == b"1073741824"
     assert peak_kib() - before < 64 * 1024, "serving 1 GiB grew the server by 64 MiB+"
+
+
+# ---- streamed answers -------------------------------------------------------
+
+def test_streamed_answers_keep_their_order(http_server, client, threads):
+    """A chunked answer written from another thread over time, and the
+    answers after it (one of them streamed early, with a length): all
+    leave whole, in request order."""
+    held = {}
+    ready = threading.Event()
+
+    def handler(conn, req):
+        held[req.path] = req
+        if len(held) == 3:
+            ready.set()
+
+    def work():
+        assert ready.wait(DEADLINE)
+        second, third, first = held[b"/2"], held[b"/3"], held[b"/1"]
+        assert second.respond_start(200, [(b"x-s", b"2")], length=6) is True
+        second.write(b"abc")
+        third.respond(200, (), b"third")
+        first.respond_start(200)
+        for part in (b"one ", b"", b"two ", b"three"):
+            first.write(part)
+        second.write(b"def")
+        second.end()
+        first.end()
+
+    srv = http_server(handler)
+    s = client(srv.addresses[0])
+    threads(work)
+    s.sendall(get(b"/1") + get(b"/2") + get(b"/3"))
+    got = read_responses(s, 3)
+    assert [b for _, _, b in got] == [b"one two three", b"abcdef", b"third"]
+    assert got[0][1][b"transfer-encoding"] == b"chunked"
+    assert got[1][1][b"content-length"] == b"6"
+
+
+def test_stream_misuse(http_server, client):
+    errors = {}
+
+    def handler(conn, req):
+        def attempt(name, fn):
+            try:
+                fn()
+            except Exception as exc:
+                errors[name] = type(exc)
+        attempt("write_first", lambda: req.write(b"x"))
+        req.respond_start(200, length=3)
+        attempt("respond_twice", lambda: req.respond(200))
+        attempt("past_length", lambda: req.write(b"abcd"))
+        req.write(b"ab")
+        attempt("short", lambda: req.end())
+        req.write(b"c")
+        req.end()
+        attempt("after_end", lambda: req.write(b"x"))
+
+    srv = http_server(handler)
+    s = client(srv.addresses[0])
+    s.sendall(get(b"/"))
+    [(status, _, body)] = read_responses(s, 1)
+    assert (status, body) == (200, b"abc")
+    assert errors == {"write_first": RuntimeError, "respond_twice": RuntimeError,
+                      "past_length": ValueError, "short": ValueError,
+                      "after_end": RuntimeError}
+
+
+def test_stream_http10_and_head(http_server, client):
+    def handler(conn, req):
+        req.respond_start(200)
+        req.write(b"streamed")
+        req.end()
+
+    srv = http_server(handler)
+    s = client(srv.addresses[0])
+    s.sendall(b"HEAD / HTTP/1.1\r\nHost: t\r\n\r\n")
+    [(status, headers, body)] = read_responses(s, 1, method=b"HEAD")
+    assert body == b"" and headers[b"transfer-encoding"] == b"chunked"
+    s2 = client(srv.addresses[0])
+    s2.sendall(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+    data = recv_until_eof(s2)   # no chunked in HTTP/1.0: the close ends it
+    assert b"transfer-encoding" not in data and b"content-length" not in data
+    assert b"connection: close\r\n" in data and data.endswith(b"\r\n\r\nstreamed")
+
+
+def test_stream_dropped_unended_aborts(http_server, client):
+    def handler(conn, req):
+        req.respond_start(200)
+        req.write(b"partial")
+        # the request goes away with its body unended
+
+    srv = http_server(handler)
+    s = client(srv.addresses[0])
+    s.sendall(get(b"/"))
+    data = b""
+    try:
+        data = recv_until_eof(s)
+    except ConnectionResetError:
+        pass
+    assert not data.endswith(b"0\r\n\r\n")   # never looks complete

@@ -22,6 +22,10 @@ enum {
     SLOT_CLOSE = 1 << 2,         /* not keep-alive: close after the answer */
     SLOT_HTTP10 = 1 << 3,        /* HTTP/1.0 with keep-alive: say so */
     SLOT_THEN_CLOSE = 1 << 4,    /* SLOT_DONE: close once it is sent */
+    SLOT_STREAM = 1 << 5,        /* respond_start() came, end() not yet:
+                                    `resp` (a bytearray) gathers what waits */
+    SLOT_CHUNKED = 1 << 6,       /* SLOT_STREAM: chunked */
+    SLOT_V10 = 1 << 7,           /* an HTTP/1.0 request (no chunked) */
 };
 
 struct slot {
@@ -29,6 +33,7 @@ struct slot {
     PyObject *file, *cb;         /* SLOT_DONE: a File whose range follows
                                     them, and respond_file's callback */
     uint64_t foff, fcount;
+    uint64_t left;               /* SLOT_STREAM with a length: bytes owed */
     uint8_t flags;
 };
 
@@ -108,14 +113,23 @@ iocp_http_free(ConnObject *o)
     o->hq = NULL;
 }
 
-/* Whether request `seq` of o has been answered (or dropped). */
+/* Request `seq`'s slot while it is owed, else NULL (answered, dropped). */
+static struct slot *
+owed(ConnObject *o, uint64_t seq)
+{
+    struct http_queue *q = o->hq;
+    if (q == NULL || seq < q->first || seq - q->first >= q->n)
+        return NULL;
+    return slot_at(q, (uint32_t)(seq - q->first));
+}
+
+/* Whether request `seq` of o has been answered, or its answer begun
+ * (respond_start), or dropped. */
 static int
 answered(ConnObject *o, uint64_t seq)
 {
-    struct http_queue *q = o->hq;
-    if (q == NULL || seq < q->first)
-        return 1;
-    return seq - q->first >= q->n || (slot_at(q, (uint32_t)(seq - q->first))->flags & SLOT_DONE);
+    struct slot *s = owed(o, seq);
+    return s == NULL || (s->flags & (SLOT_DONE | SLOT_STREAM));
 }
 
 /* ---- writing an answer --------------------------------------------------- */
@@ -220,8 +234,12 @@ out_put(struct out *o, const void *p, size_t n)
     return 0;
 }
 
+/* build_head's body_len for a body of unknown length: chunked (HTTP/1.1)
+ * or up to the close (HTTP/1.0). */
+#define LEN_UNKNOWN ((size_t)-1)
+
 /* The head of an answer into *out: status line, the user's fields, date,
- * content-length and connection.  *close: the connection closes after it
+ * content-length (or chunked) and connection.  *close: the connection closes after it
  * (the request did not keep it alive, or the handler said so). */
 static int
 build_head(iocp_state *st, int status, PyObject *headers, size_t body_len,
@@ -286,7 +304,12 @@ build_head(iocp_state *st, int status, PyObject *headers, size_t body_len,
     }
     if (!has_date && out_put(out, date_line(st), HTTP_DATE_LINE) < 0)
         return -1;
-    if (status != 204 && status != 304) {
+    if (body_len == LEN_UNKNOWN && (flags & SLOT_V10)) {
+        flags |= SLOT_CLOSE;   /* no chunked in HTTP/1.0: the close ends it */
+    } else if (body_len == LEN_UNKNOWN && status != 204 && status != 304) {
+        if (out_put(out, "transfer-encoding: chunked\r\n", 28) < 0)
+            return -1;
+    } else if (status != 204 && status != 304) {
         char cl[48];
         int n = snprintf(cl, sizeof cl, "content-length: %zu\r\n", body_len);
         if (out_put(out, cl, (size_t)n) < 0)
@@ -352,19 +375,46 @@ start_xfer(ConnObject *o, struct slot *s)
     return 0;
 }
 
-/* Send the answers whose turn has come: the head's, while it is done. */
+/* The bytes of a slot's `resp`: bytes, or a stream's bytearray. */
+static const char *
+resp_bytes(PyObject *resp, size_t *len)
+{
+    if (PyByteArray_Check(resp)) {
+        *len = (size_t)PyByteArray_GET_SIZE(resp);
+        return PyByteArray_AS_STRING(resp);
+    }
+    *len = (size_t)PyBytes_GET_SIZE(resp);
+    return PyBytes_AS_STRING(resp);
+}
+
+/* Send the answers whose turn has come: the head's, while it is done; a
+ * stream at the head sends what it gathered and goes on live. */
 static int
 flush(ConnObject *o)
 {
     struct http_queue *q = o->hq;
     int rc = 0;
-    while (q->n != 0 && (slot_at(q, 0)->flags & SLOT_DONE) && !q->xfer) {
-        struct slot s = *slot_at(q, 0);
-        *slot_at(q, 0) = (struct slot){0};
+    while (q->n != 0 && (slot_at(q, 0)->flags & (SLOT_DONE | SLOT_STREAM)) &&
+           !q->xfer) {
+        struct slot *head = slot_at(q, 0);
+        if (!(head->flags & SLOT_DONE)) {   /* a stream, live from now */
+            PyObject *resp = head->resp;
+            head->resp = NULL;
+            size_t n = 0;
+            const char *p = resp != NULL ? resp_bytes(resp, &n) : NULL;
+            if (o->c != NULL && n != 0 &&
+                sent(conn_send(o->c, p, n, 0, NULL)) < 0)
+                rc = -1;
+            Py_XDECREF(resp);
+            return rc;
+        }
+        struct slot s = *head;
+        *head = (struct slot){0};
         pop(o);
         if (o->c != NULL) {
-            if (sent(conn_send(o->c, PyBytes_AS_STRING(s.resp),
-                               (size_t)PyBytes_GET_SIZE(s.resp), 0, NULL)) < 0)
+            size_t n = 0;
+            const char *p = s.resp != NULL ? resp_bytes(s.resp, &n) : NULL;
+            if (n != 0 && sent(conn_send(o->c, p, n, 0, NULL)) < 0)
                 rc = -1;
             else if (s.file != NULL && start_xfer(o, &s) < 0)
                 rc = -1;
@@ -429,14 +479,20 @@ answer_with(iocp_state *st, ConnObject *o, uint64_t seq, int status,
         return NULL;
     }
     struct http_queue *q = o->hq;
-    uint32_t i = (uint32_t)(seq - q->first);
-    struct slot *s = slot_at(q, i);
-    if (build_head(st, status, headers, blen, s->flags, &out, &close) < 0)
+    if (build_head(st, status, headers, blen, owed(o, seq)->flags, &out,
+                   &close) < 0)
         goto done;
     if (o->c == NULL) {
         result = Py_NewRef(Py_False);
         goto done;
     }
+    /* (afresh: the headers' iteration may have run other threads) */
+    struct slot *s = owed(o, seq);
+    if (s == NULL || (s->flags & (SLOT_DONE | SLOT_STREAM))) {
+        PyErr_SetString(PyExc_RuntimeError, "this request has been answered");
+        goto done;
+    }
+    uint32_t i = (uint32_t)(seq - q->first);
     if (s->flags & SLOT_HEAD) {
         blen = 0;
         file = NULL;
@@ -502,6 +558,157 @@ answer(iocp_state *st, ConnObject *o, uint64_t seq, int status,
     if (view.obj != NULL)
         PyBuffer_Release(&view);
     return r;
+}
+
+/* ---- streaming ----------------------------------------------------------- */
+
+/* A stream's bytes: out now if its answer is live at the head, else
+ * gathered in its slot until its turn. */
+static int
+stream_put(ConnObject *o, struct slot *s, const void *p, size_t n)
+{
+    struct http_queue *q = o->hq;
+    if (n == 0)
+        return 0;
+    if (s == slot_at(q, 0) && !q->xfer && s->resp == NULL)
+        return o->c != NULL ? sent(conn_send(o->c, p, n, 0, NULL)) : 0;
+    if (s->resp == NULL && (s->resp = PyByteArray_FromStringAndSize(NULL, 0)) == NULL)
+        return -1;
+    Py_ssize_t at = PyByteArray_GET_SIZE(s->resp);
+    if (PyByteArray_Resize(s->resp, at + (Py_ssize_t)n) < 0)
+        return -1;
+    memcpy(PyByteArray_AS_STRING(s->resp) + at, p, n);
+    return 0;
+}
+
+/* The stream of request `seq`, begun and not ended; else NULL with
+ * RuntimeError (or *closed set, no exception, if the connection is). */
+static struct slot *
+live_stream(ConnObject *o, uint64_t seq, int *closed)
+{
+    struct slot *s = owed(o, seq);
+    *closed = o->c == NULL;
+    if (*closed)
+        return NULL;
+    if (s == NULL || (s->flags & SLOT_DONE))
+        PyErr_SetString(PyExc_RuntimeError, "this answer is complete");
+    else if (!(s->flags & SLOT_STREAM))
+        PyErr_SetString(PyExc_RuntimeError, "call respond_start() first");
+    else
+        return s;
+    return NULL;
+}
+
+static PyObject *
+stream_start(iocp_state *st, ConnObject *o, uint64_t seq, int status,
+             PyObject *headers, PyObject *length)
+{
+    size_t blen = LEN_UNKNOWN;
+    if (status < 200 || status > 599)
+        return PyErr_Format(PyExc_ValueError, "status must be 200 to 599, got %d",
+                            status);
+    if (length != NULL && length != Py_None) {
+        if (!PyLong_Check(length) || PyBool_Check(length))
+            return PyErr_Format(PyExc_TypeError, "length must be an int or None");
+        unsigned long long v = PyLong_AsUnsignedLongLong(length);
+        if (PyErr_Occurred()) {
+            PyErr_Clear();
+            return PyErr_Format(PyExc_ValueError, "length must be >= 0 or None");
+        }
+        if (v >= (unsigned long long)LEN_UNKNOWN)
+            return PyErr_Format(PyExc_ValueError, "length is too large");
+        blen = (size_t)v;
+    }
+    if (status == 204 || status == 304)
+        blen = 0;
+    struct out out = {0};
+    int close = 0;
+    PyObject *result = NULL;
+    if (build_head(st, status, headers, blen, owed(o, seq)->flags, &out, &close) < 0)
+        goto done;
+    if (o->c == NULL) {
+        result = Py_NewRef(Py_False);
+        goto done;
+    }
+    struct slot *s = owed(o, seq);
+    if (s == NULL || (s->flags & (SLOT_DONE | SLOT_STREAM))) {
+        PyErr_SetString(PyExc_RuntimeError, "this request has been answered");
+        goto done;
+    }
+    s->flags |= SLOT_STREAM | (close ? SLOT_THEN_CLOSE : 0);
+    if (blen == LEN_UNKNOWN && !(s->flags & SLOT_V10))
+        s->flags |= SLOT_CHUNKED;
+    s->left = blen == LEN_UNKNOWN ? UINT64_MAX : blen;
+    if (stream_put(o, s, out.p, out.len) < 0)
+        goto done;
+    result = Py_NewRef(Py_True);
+done:
+    PyMem_Free(out.p);
+    return result;
+}
+
+static PyObject *
+stream_write(ConnObject *o, uint64_t seq, PyObject *data)
+{
+    int closed;
+    struct slot *s = live_stream(o, seq, &closed);
+    if (s == NULL)
+        return closed ? Py_NewRef(Py_False) : NULL;
+    Py_buffer view;
+    if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0) {
+        PyErr_Format(PyExc_TypeError, "write() expects bytes, bytearray or "
+                     "memoryview, got %.100s", Py_TYPE(data)->tp_name);
+        return NULL;
+    }
+    size_t n = (size_t)view.len;
+    int rc = 0;
+    if (!(s->flags & SLOT_CHUNKED) && s->left != UINT64_MAX) {
+        if (n > s->left) {
+            PyErr_Format(PyExc_ValueError, "write() of %zu bytes passes the "
+                         "length given to respond_start() (%llu bytes left)",
+                         n, (unsigned long long)s->left);
+            rc = -1;
+        } else {
+            s->left -= n;
+        }
+    }
+    if (rc == 0 && n != 0 && !(s->flags & SLOT_HEAD)) {
+        if (s->flags & SLOT_CHUNKED) {
+            char size[24];
+            int k = snprintf(size, sizeof size, "%zx\r\n", n);
+            rc = stream_put(o, s, size, (size_t)k);
+            if (rc == 0)
+                rc = stream_put(o, s, view.buf, n);
+            if (rc == 0)
+                rc = stream_put(o, s, "\r\n", 2);
+        } else {
+            rc = stream_put(o, s, view.buf, n);
+        }
+    }
+    PyBuffer_Release(&view);
+    if (rc < 0)
+        return NULL;
+    return Py_NewRef(o->c != NULL ? Py_True : Py_False);
+}
+
+static PyObject *
+stream_end(ConnObject *o, uint64_t seq)
+{
+    int closed;
+    struct slot *s = live_stream(o, seq, &closed);
+    if (s == NULL)
+        return closed ? Py_NewRef(Py_False) : NULL;
+    if (!(s->flags & SLOT_CHUNKED) && s->left != UINT64_MAX && s->left != 0)
+        return PyErr_Format(PyExc_ValueError, "end() with %llu bytes of the "
+                            "length given to respond_start() not written",
+                            (unsigned long long)s->left);
+    if ((s->flags & SLOT_CHUNKED) && !(s->flags & SLOT_HEAD) &&
+        stream_put(o, s, "0\r\n\r\n", 5) < 0)
+        return NULL;
+    s->flags |= SLOT_DONE;
+    if (s == slot_at(o->hq, 0) && flush(o) < 0)
+        return NULL;
+    return Py_NewRef(o->c != NULL ? Py_True : Py_False);
 }
 
 /* ---- Request ------------------------------------------------------------- */
@@ -702,6 +909,37 @@ req_respond_file(RequestObject *self, PyObject *args, PyObject *kwds)
     return r;
 }
 
+static PyObject *
+req_respond_start(RequestObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"status", "headers", "length", NULL};
+    int status;
+    PyObject *headers = NULL, *length = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "i|O$O:respond_start", kwlist,
+                                     &status, &headers, &length))
+        return NULL;
+    if (answered(self->conn, self->seq)) {
+        if (self->conn->c == NULL)
+            Py_RETURN_FALSE;
+        PyErr_SetString(PyExc_RuntimeError, "this request has been answered");
+        return NULL;
+    }
+    iocp_state *st = PyType_GetModuleState(Py_TYPE(self));
+    return stream_start(st, self->conn, self->seq, status, headers, length);
+}
+
+static PyObject *
+req_write(RequestObject *self, PyObject *data)
+{
+    return stream_write(self->conn, self->seq, data);
+}
+
+static PyObject *
+req_end(RequestObject *self, PyObject *Py_UNUSED(ignored))
+{
+    return stream_end(self->conn, self->seq);
+}
+
 /* A request with no answer when its handler raised or it was dropped:
  * 500, so that the ones after it are not held back for ever. */
 static void
@@ -730,7 +968,12 @@ req_dealloc(RequestObject *self)
 {
     PyTypeObject *tp = Py_TYPE(self);
     PyObject_GC_UnTrack(self);
-    if (self->conn != NULL && !answered(self->conn, self->seq)) {
+    struct slot *owed_slot = self->conn != NULL ? owed(self->conn, self->seq) : NULL;
+    if (owed_slot != NULL && (owed_slot->flags & SLOT_STREAM) &&
+        !(owed_slot->flags & SLOT_DONE) && self->conn->c != NULL) {
+        /* a body begun and never ended: its peer must not wait for it */
+        conn_close(self->conn->c, 0);
+    } else if (self->conn != NULL && !answered(self->conn, self->seq)) {
         PyObject *et, *ev, *tb;
         PyErr_Fetch(&et, &ev, &tb);
         iocp_state *st = PyType_GetModuleState(tp);
@@ -800,6 +1043,21 @@ static PyMethodDef req_methods[] = {
      "bounded memory (see Connection.send_file).  The answers after it wait\n"
      "until it is all sent; `callback(nbytes, error)` runs then.  True, or\n"
      "False if the connection is closed."},
+    {"respond_start", (PyCFunction)(void (*)(void))req_respond_start,
+     METH_VARARGS | METH_KEYWORDS,
+     "respond_start($self, /, status, headers=(), *, length=None)\n--\n\n"
+     "Begin an answer whose body follows in write() calls and ends with\n"
+     "end(): with `length`, exactly that many bytes (content-length);\n"
+     "without, chunked (HTTP/1.1) or up to the close (HTTP/1.0).  True, or\n"
+     "False if the connection is closed."},
+    {"write", (PyCFunction)req_write, METH_O,
+     "write($self, data, /)\n--\n\n"
+     "The next part of a body begun with respond_start().  Any thread.\n"
+     "True, or False if the connection is closed."},
+    {"end", (PyCFunction)req_end, METH_NOARGS,
+     "end($self, /)\n--\n\n"
+     "End a body begun with respond_start(); the answers after it go on.\n"
+     "True, or False if the connection is closed."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -836,6 +1094,8 @@ iocp_http_request(iocp_state *st, ConnObject *o, struct conn *c,
         flags |= SLOT_CLOSE;
     else if (m->r.minor == 0)
         flags |= SLOT_HTTP10;
+    if (m->r.minor == 0)
+        flags |= SLOT_V10;
     if (m->r.method.len == 4 && memcmp(e->ptr + m->r.method.off, "HEAD", 4) == 0)
         flags |= SLOT_HEAD;
     RequestObject *self = (RequestObject *)st->RequestType->tp_alloc(
@@ -864,6 +1124,10 @@ void
 iocp_http_failed(iocp_state *st, PyObject *req)
 {
     RequestObject *self = (RequestObject *)req;
+    struct slot *s = owed(self->conn, self->seq);
+    if (s != NULL && (s->flags & SLOT_STREAM) && !(s->flags & SLOT_DONE) &&
+        self->conn->c != NULL)
+        conn_close(self->conn->c, 0);   /* its body cannot be ended */
     if (answered(self->conn, self->seq))
         return;
     /* (its input has ended: the answer says the connection closes) */
@@ -916,7 +1180,7 @@ iocp_conn_respond(ConnObject *o, PyObject *args, PyObject *kwds)
         return NULL;
     struct http_queue *q = o->hq;
     uint32_t i = 0;
-    while (q != NULL && i < q->n && (slot_at(q, i)->flags & SLOT_DONE))
+    while (q != NULL && i < q->n && (slot_at(q, i)->flags & (SLOT_DONE | SLOT_STREAM)))
         i++;
     if (q == NULL || i == q->n) {
         if (o->c == NULL)
