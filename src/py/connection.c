@@ -2,7 +2,7 @@
  * connect() returns.  Its methods call the core (conn_send, conn_close...)
  * from any thread, under the GIL; its `c` is cleared under the GIL when the
  * connection closes (dispatch.c), after which sends return False. */
-#include "py/objects.h"
+#include "py/order.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -39,7 +39,7 @@ conn_dealloc(ConnObject *self)
     PyTypeObject *tp = Py_TYPE(self);
     PyObject_GC_UnTrack(self);
     conn_clear(self);
-    iocp_http_free(self);
+    order_free(self);
     tp->tp_free((PyObject *)self);
     Py_DECREF(tp);
 }

@@ -7,7 +7,7 @@
  * is kept.  Nothing here runs once the interpreter is finalizing:
  * iocport/server.py's atexit hook stops every running server before
  * finalization begins, and every hook checks Py_IsFinalizing() as well. */
-#include "py/objects.h"
+#include "py/order.h"
 
 #include <errno.h>
 #include <string.h>
@@ -160,7 +160,7 @@ deliver_close(ServerObject *so, struct conn *c)
                 "on_close raised (connection %llu)", (unsigned long long)o->id));
         Py_XDECREF(r);
     }
-    iocp_http_drop(o, c);
+    order_drop(o, c);
     Py_DECREF(o);
     conn_detach(c);
 }

@@ -42,8 +42,8 @@ typedef struct {
     PyObject *aio;               /* iocport._awaitable's state for it (the
                                     connect's outcome, drain() awaits), or
                                     NULL; told of drains and the close */
-    struct http_queue *hq;       /* HTTP: the requests owed an answer
-                                    (request.c), or NULL */
+    struct answer_queue *aq;     /* HTTP, RESP: the messages owed an
+                                    answer (order.h), or NULL */
 } ConnObject;
 
 /* dispatch.c: the hooks the core's workers call. */
@@ -94,8 +94,8 @@ PyObject *iocp_tls_error(iocp_state *st, const char *why, long verify);
 /* (version, (cipher, protocol, bits) or None, alpn or None, DER or None) */
 PyObject *iocp_tls_info(const struct tls_info *i);
 
-/* request.c: HTTP requests and their answers, in order. */
-struct http_queue;
+/* request.c: HTTP requests and their answers (in order: order.h). */
+struct answer_queue;
 /* The Request for an HTTP ENTRY_MSG of o (c), now owed an answer (c is
  * held until it is sent).  New reference, or NULL with an exception. */
 PyObject *iocp_http_request(iocp_state *st, ConnObject *o, struct conn *c,
@@ -111,9 +111,5 @@ void iocp_http_refused(iocp_state *st, ConnObject *o, struct conn *c,
 Py_ssize_t iocp_request_size(PyObject *o);
 /* conn.respond(status, headers=(), body=b''): the oldest request owed. */
 PyObject *iocp_conn_respond(ConnObject *o, PyObject *args, PyObject *kwds);
-/* The connection closed (c, still held): the answers owed are dropped. */
-void iocp_http_drop(ConnObject *o, struct conn *c);
-/* The Connection object goes: its queue too. */
-void iocp_http_free(ConnObject *o);
 
 #endif

@@ -6,7 +6,7 @@
  * those before it.  A request dropped without an answer, or whose handler
  * raised, is answered 500; a request the core refused is answered with
  * its status in its turn.  Everything here runs under the GIL. */
-#include "py/objects.h"
+#include "py/order.h"
 #include "lib/http_out.h"
 
 #include <errno.h>
@@ -14,123 +14,18 @@
 #include <string.h>
 #include <time.h>
 
-/* ---- the order of answers ------------------------------------------------ */
-
+/* HTTP's slot flags, beside order.h's. */
 enum {
-    SLOT_DONE = 1 << 0,          /* answered; `resp` waits its turn */
-    SLOT_HEAD = 1 << 1,          /* a HEAD request: no body goes out */
-    SLOT_CLOSE = 1 << 2,         /* not keep-alive: close after the answer */
-    SLOT_HTTP10 = 1 << 3,        /* HTTP/1.0 with keep-alive: say so */
-    SLOT_THEN_CLOSE = 1 << 4,    /* SLOT_DONE: close once it is sent */
-    SLOT_STREAM = 1 << 5,        /* respond_start() came, end() not yet:
-                                    `resp` (a bytearray) gathers what waits */
-    SLOT_CHUNKED = 1 << 6,       /* SLOT_STREAM: chunked */
-    SLOT_V10 = 1 << 7,           /* an HTTP/1.0 request (no chunked) */
+    SLOT_HEAD = ORDER_PROTO << 0,    /* a HEAD request: no body goes out */
+    SLOT_CLOSE = ORDER_PROTO << 1,   /* not keep-alive: close after it */
+    SLOT_HTTP10 = ORDER_PROTO << 2,  /* HTTP/1.0 with keep-alive: say so */
+    SLOT_CHUNKED = ORDER_PROTO << 3, /* a stream, chunked */
+    SLOT_V10 = ORDER_PROTO << 4,     /* an HTTP/1.0 request (no chunked) */
 };
 
-struct slot {
-    PyObject *resp;              /* SLOT_DONE: the answer's bytes (bytes) */
-    PyObject *file, *cb;         /* SLOT_DONE: a File whose range follows
-                                    them, and respond_file's callback */
-    uint64_t foff, fcount;
-    uint64_t left;               /* SLOT_STREAM with a length: bytes owed */
-    uint8_t flags;
-};
-
-/* The requests of a connection delivered and not yet sent an answer:
- * sequence numbers [first, first + n), in a ring. */
-struct http_queue {
-    struct slot *s;
-    uint32_t cap, head, n;
-    uint64_t first;
-    uint8_t xfer;                /* a file body is on its way: the answers
-                                    after it wait for its end */
-    uint8_t xfer_close;          /* ... then the connection closes */
-    PyObject *xfer_cb;           /* ... then respond_file's callback */
-};
-
-static struct slot *
-slot_at(struct http_queue *q, uint32_t i)
-{
-    return &q->s[(q->head + i) & (q->cap - 1)];
-}
-
-/* A new request's slot: its sequence number, or -1 (no memory). */
-static int64_t
-queue_push(ConnObject *o, uint8_t flags)
-{
-    struct http_queue *q = o->hq;
-    if (q == NULL) {
-        q = o->hq = PyMem_Calloc(1, sizeof *q);
-        if (q == NULL)
-            return -1;
-    }
-    if (q->n == q->cap) {   /* double, unwrapping the ring */
-        uint32_t ncap = q->cap ? q->cap * 2 : 4;
-        struct slot *ns = PyMem_Malloc(ncap * sizeof *ns);
-        if (ns == NULL)
-            return -1;
-        for (uint32_t i = 0; i < q->n; i++)
-            ns[i] = *slot_at(q, i);
-        PyMem_Free(q->s);
-        q->s = ns;
-        q->cap = ncap;
-        q->head = 0;
-    }
-    *slot_at(q, q->n) = (struct slot){.flags = flags};
-    q->n++;
-    return (int64_t)(q->first + q->n - 1);
-}
-
-/* The connection closed: what waited is dropped, the holds given back. */
-void
-iocp_http_drop(ConnObject *o, struct conn *c)
-{
-    struct http_queue *q = o->hq;
-    if (q == NULL)
-        return;
-    for (uint32_t i = 0; i < q->n; i++) {
-        struct slot *s = slot_at(q, i);
-        Py_CLEAR(s->resp);
-        Py_CLEAR(s->file);
-        Py_CLEAR(s->cb);
-        if (c != NULL)
-            conn_unhold(c);
-    }
-    q->first += q->n;
-    q->n = 0;
-}
-
-void
-iocp_http_free(ConnObject *o)
-{
-    if (o->hq == NULL)
-        return;
-    iocp_http_drop(o, NULL);
-    Py_CLEAR(o->hq->xfer_cb);
-    PyMem_Free(o->hq->s);
-    PyMem_Free(o->hq);
-    o->hq = NULL;
-}
-
-/* Request `seq`'s slot while it is owed, else NULL (answered, dropped). */
-static struct slot *
-owed(ConnObject *o, uint64_t seq)
-{
-    struct http_queue *q = o->hq;
-    if (q == NULL || seq < q->first || seq - q->first >= q->n)
-        return NULL;
-    return slot_at(q, (uint32_t)(seq - q->first));
-}
-
-/* Whether request `seq` of o has been answered, or its answer begun
- * (respond_start), or dropped. */
-static int
-answered(ConnObject *o, uint64_t seq)
-{
-    struct slot *s = owed(o, seq);
-    return s == NULL || (s->flags & (SLOT_DONE | SLOT_STREAM));
-}
+/* A body up to this size goes out in one piece with its head; a larger
+ * one after it, from the body object itself when it is bytes. */
+#define INLINE_BODY (16 * 1024)
 
 /* ---- writing an answer --------------------------------------------------- */
 
@@ -328,136 +223,6 @@ build_head(iocp_state *st, int status, PyObject *headers, size_t body_len,
  * one after it, from the body object itself when it is bytes. */
 #define INLINE_BODY (16 * 1024)
 
-/* Pop the slot at the queue's head: its request is answered. */
-static void
-pop(ConnObject *o)
-{
-    struct http_queue *q = o->hq;
-    q->head = (q->head + 1) & (q->cap - 1);
-    q->n--;
-    q->first++;
-    if (o->c != NULL)
-        conn_unhold(o->c);
-}
-
-static int
-sent(int rc)
-{
-    if (rc == -ENOMEM) {
-        PyErr_NoMemory();
-        return -1;
-    }
-    return 0;   /* (-EPIPE, -ENOBUFS: closing, the answer is lost with it) */
-}
-
-static PyObject *xfer_done(PyObject *self, PyObject *args);
-static PyMethodDef xfer_done_def = {
-    "_http_file_sent", xfer_done, METH_VARARGS,
-    "A file body of an HTTP answer is sent: the answers after it go on."};
-
-/* A file body: the answers after it wait until it is all sent. */
-static int
-start_xfer(ConnObject *o, struct slot *s)
-{
-    struct http_queue *q = o->hq;
-    PyObject *done = PyCFunction_NewEx(&xfer_done_def, (PyObject *)o, NULL);
-    if (done == NULL || iocp_send_file(s->file, o->c, s->foff, (long long)s->fcount,
-                                       done) < 0) {
-        Py_XDECREF(done);
-        conn_close(o->c, 0);   /* its length was promised: cut it off */
-        return -1;
-    }
-    Py_DECREF(done);
-    q->xfer = 1;
-    q->xfer_close = (s->flags & SLOT_THEN_CLOSE) != 0;
-    q->xfer_cb = s->cb;
-    s->cb = NULL;
-    return 0;
-}
-
-/* The bytes of a slot's `resp`: bytes, or a stream's bytearray. */
-static const char *
-resp_bytes(PyObject *resp, size_t *len)
-{
-    if (PyByteArray_Check(resp)) {
-        *len = (size_t)PyByteArray_GET_SIZE(resp);
-        return PyByteArray_AS_STRING(resp);
-    }
-    *len = (size_t)PyBytes_GET_SIZE(resp);
-    return PyBytes_AS_STRING(resp);
-}
-
-/* Send the answers whose turn has come: the head's, while it is done; a
- * stream at the head sends what it gathered and goes on live. */
-static int
-flush(ConnObject *o)
-{
-    struct http_queue *q = o->hq;
-    int rc = 0;
-    while (q->n != 0 && (slot_at(q, 0)->flags & (SLOT_DONE | SLOT_STREAM)) &&
-           !q->xfer) {
-        struct slot *head = slot_at(q, 0);
-        if (!(head->flags & SLOT_DONE)) {   /* a stream, live from now */
-            PyObject *resp = head->resp;
-            head->resp = NULL;
-            size_t n = 0;
-            const char *p = resp != NULL ? resp_bytes(resp, &n) : NULL;
-            if (o->c != NULL && n != 0 &&
-                sent(conn_send(o->c, p, n, 0, NULL)) < 0)
-                rc = -1;
-            Py_XDECREF(resp);
-            return rc;
-        }
-        struct slot s = *head;
-        *head = (struct slot){0};
-        pop(o);
-        if (o->c != NULL) {
-            size_t n = 0;
-            const char *p = s.resp != NULL ? resp_bytes(s.resp, &n) : NULL;
-            if (n != 0 && sent(conn_send(o->c, p, n, 0, NULL)) < 0)
-                rc = -1;
-            else if (s.file != NULL && start_xfer(o, &s) < 0)
-                rc = -1;
-            else if (s.file == NULL && (s.flags & SLOT_THEN_CLOSE))
-                conn_close(o->c, 1);
-        }
-        Py_XDECREF(s.resp);
-        Py_XDECREF(s.file);
-        Py_XDECREF(s.cb);
-    }
-    return rc;
-}
-
-static PyObject *
-xfer_done(PyObject *self, PyObject *args)
-{
-    ConnObject *o = (ConnObject *)self;
-    PyObject *n, *err;
-    if (!PyArg_ParseTuple(args, "OO", &n, &err))
-        return NULL;
-    struct http_queue *q = o->hq;
-    if (q == NULL)
-        Py_RETURN_NONE;
-    PyObject *cb = q->xfer_cb;
-    q->xfer_cb = NULL;
-    q->xfer = 0;
-    if (o->c != NULL && err != Py_None)
-        conn_close(o->c, 0);   /* short: the peer must not wait for the rest */
-    else if (o->c != NULL && q->xfer_close)
-        conn_close(o->c, 1);
-    int rc = flush(o);
-    if (cb != NULL) {
-        PyObject *r = PyObject_CallFunctionObjArgs(cb, n, err, NULL);
-        Py_DECREF(cb);
-        if (r == NULL)
-            return NULL;   /* (logged by the send_file completion) */
-        Py_DECREF(r);
-    }
-    if (rc < 0)
-        return NULL;
-    Py_RETURN_NONE;
-}
-
 /* Answer request `seq` of o: the head, then a body (`view`, `body` its
  * object) or a file's range.  True if it went out or waits its turn,
  * False if the connection is closed. */
@@ -478,8 +243,8 @@ answer_with(iocp_state *st, ConnObject *o, uint64_t seq, int status,
         PyErr_Format(PyExc_ValueError, "a %d answer has no body", status);
         return NULL;
     }
-    struct http_queue *q = o->hq;
-    if (build_head(st, status, headers, blen, owed(o, seq)->flags, &out,
+    struct answer_queue *q = o->aq;
+    if (build_head(st, status, headers, blen, order_owed(o, seq)->flags, &out,
                    &close) < 0)
         goto done;
     if (o->c == NULL) {
@@ -487,8 +252,8 @@ answer_with(iocp_state *st, ConnObject *o, uint64_t seq, int status,
         goto done;
     }
     /* (afresh: the headers' iteration may have run other threads) */
-    struct slot *s = owed(o, seq);
-    if (s == NULL || (s->flags & (SLOT_DONE | SLOT_STREAM))) {
+    struct slot *s = order_owed(o, seq);
+    if (s == NULL || (s->flags & (ORDER_DONE | ORDER_STREAM))) {
         PyErr_SetString(PyExc_RuntimeError, "this request has been answered");
         goto done;
     }
@@ -504,20 +269,20 @@ answer_with(iocp_state *st, ConnObject *o, uint64_t seq, int status,
         if (blen <= INLINE_BODY) {
             if (blen != 0 && out_put(&out, view->buf, blen) < 0)
                 goto done;
-            rc = sent(conn_send(o->c, out.p, out.len, 0, NULL));
+            rc = order_sent(conn_send(o->c, out.p, out.len, 0, NULL));
         } else {
             PyObject *owner = PyBytes_CheckExact(body) ? body : NULL;
-            rc = sent(conn_send(o->c, out.p, out.len, 0, NULL));
+            rc = order_sent(conn_send(o->c, out.p, out.len, 0, NULL));
             int r2 = rc < 0 ? 0 : conn_send(o->c, view->buf, blen, 0, owner);
             if (r2 == 1)
                 Py_INCREF(owner);   /* given back by d_release once sent */
             if (rc == 0)
-                rc = sent(r2);
+                rc = order_sent(r2);
         }
         if (close)
             conn_close(o->c, 1);
-        pop(o);
-        if (rc < 0 || flush(o) < 0)
+        order_pop(o);
+        if (rc < 0 || order_flush(o) < 0)
             goto done;
     } else {
         /* Early, or a file: it waits in its slot, whole. */
@@ -532,8 +297,8 @@ answer_with(iocp_state *st, ConnObject *o, uint64_t seq, int status,
         s->cb = cb != NULL && cb != Py_None ? Py_NewRef(cb) : NULL;
         s->foff = foff;
         s->fcount = fcount;
-        s->flags |= SLOT_DONE | (close ? SLOT_THEN_CLOSE : 0);
-        if (i == 0 && flush(o) < 0)
+        s->flags |= ORDER_DONE | (close ? ORDER_THEN_CLOSE : 0);
+        if (i == 0 && order_flush(o) < 0)
             goto done;
     }
     result = Py_NewRef(Py_True);
@@ -562,37 +327,18 @@ answer(iocp_state *st, ConnObject *o, uint64_t seq, int status,
 
 /* ---- streaming ----------------------------------------------------------- */
 
-/* A stream's bytes: out now if its answer is live at the head, else
- * gathered in its slot until its turn. */
-static int
-stream_put(ConnObject *o, struct slot *s, const void *p, size_t n)
-{
-    struct http_queue *q = o->hq;
-    if (n == 0)
-        return 0;
-    if (s == slot_at(q, 0) && !q->xfer && s->resp == NULL)
-        return o->c != NULL ? sent(conn_send(o->c, p, n, 0, NULL)) : 0;
-    if (s->resp == NULL && (s->resp = PyByteArray_FromStringAndSize(NULL, 0)) == NULL)
-        return -1;
-    Py_ssize_t at = PyByteArray_GET_SIZE(s->resp);
-    if (PyByteArray_Resize(s->resp, at + (Py_ssize_t)n) < 0)
-        return -1;
-    memcpy(PyByteArray_AS_STRING(s->resp) + at, p, n);
-    return 0;
-}
-
 /* The stream of request `seq`, begun and not ended; else NULL with
  * RuntimeError (or *closed set, no exception, if the connection is). */
 static struct slot *
 live_stream(ConnObject *o, uint64_t seq, int *closed)
 {
-    struct slot *s = owed(o, seq);
+    struct slot *s = order_owed(o, seq);
     *closed = o->c == NULL;
     if (*closed)
         return NULL;
-    if (s == NULL || (s->flags & SLOT_DONE))
+    if (s == NULL || (s->flags & ORDER_DONE))
         PyErr_SetString(PyExc_RuntimeError, "this answer is complete");
-    else if (!(s->flags & SLOT_STREAM))
+    else if (!(s->flags & ORDER_STREAM))
         PyErr_SetString(PyExc_RuntimeError, "call respond_start() first");
     else
         return s;
@@ -624,22 +370,22 @@ stream_start(iocp_state *st, ConnObject *o, uint64_t seq, int status,
     struct out out = {0};
     int close = 0;
     PyObject *result = NULL;
-    if (build_head(st, status, headers, blen, owed(o, seq)->flags, &out, &close) < 0)
+    if (build_head(st, status, headers, blen, order_owed(o, seq)->flags, &out, &close) < 0)
         goto done;
     if (o->c == NULL) {
         result = Py_NewRef(Py_False);
         goto done;
     }
-    struct slot *s = owed(o, seq);
-    if (s == NULL || (s->flags & (SLOT_DONE | SLOT_STREAM))) {
+    struct slot *s = order_owed(o, seq);
+    if (s == NULL || (s->flags & (ORDER_DONE | ORDER_STREAM))) {
         PyErr_SetString(PyExc_RuntimeError, "this request has been answered");
         goto done;
     }
-    s->flags |= SLOT_STREAM | (close ? SLOT_THEN_CLOSE : 0);
+    s->flags |= ORDER_STREAM | (close ? ORDER_THEN_CLOSE : 0);
     if (blen == LEN_UNKNOWN && !(s->flags & SLOT_V10))
         s->flags |= SLOT_CHUNKED;
     s->left = blen == LEN_UNKNOWN ? UINT64_MAX : blen;
-    if (stream_put(o, s, out.p, out.len) < 0)
+    if (order_put(o, s, out.p, out.len) < 0)
         goto done;
     result = Py_NewRef(Py_True);
 done:
@@ -676,13 +422,13 @@ stream_write(ConnObject *o, uint64_t seq, PyObject *data)
         if (s->flags & SLOT_CHUNKED) {
             char size[24];
             int k = snprintf(size, sizeof size, "%zx\r\n", n);
-            rc = stream_put(o, s, size, (size_t)k);
+            rc = order_put(o, s, size, (size_t)k);
             if (rc == 0)
-                rc = stream_put(o, s, view.buf, n);
+                rc = order_put(o, s, view.buf, n);
             if (rc == 0)
-                rc = stream_put(o, s, "\r\n", 2);
+                rc = order_put(o, s, "\r\n", 2);
         } else {
-            rc = stream_put(o, s, view.buf, n);
+            rc = order_put(o, s, view.buf, n);
         }
     }
     PyBuffer_Release(&view);
@@ -703,10 +449,10 @@ stream_end(ConnObject *o, uint64_t seq)
                             "length given to respond_start() not written",
                             (unsigned long long)s->left);
     if ((s->flags & SLOT_CHUNKED) && !(s->flags & SLOT_HEAD) &&
-        stream_put(o, s, "0\r\n\r\n", 5) < 0)
+        order_put(o, s, "0\r\n\r\n", 5) < 0)
         return NULL;
-    s->flags |= SLOT_DONE;
-    if (s == slot_at(o->hq, 0) && flush(o) < 0)
+    s->flags |= ORDER_DONE;
+    if (s == slot_at(o->aq, 0) && order_flush(o) < 0)
         return NULL;
     return Py_NewRef(o->c != NULL ? Py_True : Py_False);
 }
@@ -837,7 +583,7 @@ req_respond(RequestObject *self, PyObject *args, PyObject *kwds)
     PyObject *headers, *body;
     if (respond_args(args, kwds, "respond", &status, &headers, &body) < 0)
         return NULL;
-    if (answered(self->conn, self->seq)) {
+    if (order_answered(self->conn, self->seq)) {
         PyErr_SetString(PyExc_RuntimeError, "this request has been answered");
         return NULL;
     }
@@ -884,13 +630,13 @@ req_respond_file(RequestObject *self, PyObject *args, PyObject *kwds)
         if (count < 0)
             return PyErr_Format(PyExc_ValueError, "count must be >= 0 or None");
     }
-    if (answered(self->conn, self->seq)) {
+    if (order_answered(self->conn, self->seq)) {
         PyErr_SetString(PyExc_RuntimeError, "this request has been answered");
         return NULL;
     }
     if (iocp_file_range(file, offset, &count) < 0)
         return NULL;
-    struct http_queue *q = self->conn->hq;
+    struct answer_queue *q = self->conn->aq;
     int sends = count > 0 &&
                 !(slot_at(q, (uint32_t)(self->seq - q->first))->flags & SLOT_HEAD);
     Py_buffer none = {0};
@@ -918,7 +664,7 @@ req_respond_start(RequestObject *self, PyObject *args, PyObject *kwds)
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "i|O$O:respond_start", kwlist,
                                      &status, &headers, &length))
         return NULL;
-    if (answered(self->conn, self->seq)) {
+    if (order_answered(self->conn, self->seq)) {
         if (self->conn->c == NULL)
             Py_RETURN_FALSE;
         PyErr_SetString(PyExc_RuntimeError, "this request has been answered");
@@ -968,12 +714,12 @@ req_dealloc(RequestObject *self)
 {
     PyTypeObject *tp = Py_TYPE(self);
     PyObject_GC_UnTrack(self);
-    struct slot *owed_slot = self->conn != NULL ? owed(self->conn, self->seq) : NULL;
-    if (owed_slot != NULL && (owed_slot->flags & SLOT_STREAM) &&
-        !(owed_slot->flags & SLOT_DONE) && self->conn->c != NULL) {
+    struct slot *owed_slot = self->conn != NULL ? order_owed(self->conn, self->seq) : NULL;
+    if (owed_slot != NULL && (owed_slot->flags & ORDER_STREAM) &&
+        !(owed_slot->flags & ORDER_DONE) && self->conn->c != NULL) {
         /* a body begun and never ended: its peer must not wait for it */
         conn_close(self->conn->c, 0);
-    } else if (self->conn != NULL && !answered(self->conn, self->seq)) {
+    } else if (self->conn != NULL && !order_answered(self->conn, self->seq)) {
         PyObject *et, *ev, *tb;
         PyErr_Fetch(&et, &ev, &tb);
         iocp_state *st = PyType_GetModuleState(tp);
@@ -1109,12 +855,11 @@ iocp_http_request(iocp_state *st, ConnObject *o, struct conn *c,
     }
     self->r = m->r;
     memcpy(self->fields, fields, nf * sizeof *fields);
-    int64_t seq = queue_push(o, flags);
+    int64_t seq = order_push(o, c, flags);
     if (seq < 0) {
         Py_DECREF(self);
         return PyErr_NoMemory();
     }
-    conn_hold(c);   /* the connection stays for its answer */
     self->seq = (uint64_t)seq;
     self->conn = (ConnObject *)Py_NewRef((PyObject *)o);
     return (PyObject *)self;
@@ -1124,14 +869,14 @@ void
 iocp_http_failed(iocp_state *st, PyObject *req)
 {
     RequestObject *self = (RequestObject *)req;
-    struct slot *s = owed(self->conn, self->seq);
-    if (s != NULL && (s->flags & SLOT_STREAM) && !(s->flags & SLOT_DONE) &&
+    struct slot *s = order_owed(self->conn, self->seq);
+    if (s != NULL && (s->flags & ORDER_STREAM) && !(s->flags & ORDER_DONE) &&
         self->conn->c != NULL)
         conn_close(self->conn->c, 0);   /* its body cannot be ended */
-    if (answered(self->conn, self->seq))
+    if (order_answered(self->conn, self->seq))
         return;
     /* (its input has ended: the answer says the connection closes) */
-    struct http_queue *q = self->conn->hq;
+    struct answer_queue *q = self->conn->aq;
     slot_at(q, (uint32_t)(self->seq - q->first))->flags |= SLOT_CLOSE;
     answer_500(st, self->conn, self->seq);
 }
@@ -1142,14 +887,13 @@ iocp_http_refused(iocp_state *st, ConnObject *o, struct conn *c,
 {
     char out[HTTP_REFUSAL_MAX];
     size_t n = http_refusal(m->error, date_line(st), out);
-    int64_t seq = queue_push(o, SLOT_CLOSE);
+    int64_t seq = order_push(o, c, SLOT_CLOSE);
     if (seq < 0) {
         PyErr_Clear();
         conn_close(c, 0);   /* no memory to keep the order: reset */
         return;
     }
-    conn_hold(c);
-    struct http_queue *q = o->hq;
+    struct answer_queue *q = o->aq;
     struct slot *s = slot_at(q, (uint32_t)(seq - q->first));
     s->resp = PyBytes_FromStringAndSize(out, (Py_ssize_t)n);
     if (s->resp == NULL) {
@@ -1157,8 +901,8 @@ iocp_http_refused(iocp_state *st, ConnObject *o, struct conn *c,
         conn_close(c, 0);
         return;
     }
-    s->flags |= SLOT_DONE | SLOT_THEN_CLOSE;
-    if (flush(o) < 0)
+    s->flags |= ORDER_DONE | ORDER_THEN_CLOSE;
+    if (order_flush(o) < 0)
         PyErr_Clear();
 }
 
@@ -1178,9 +922,9 @@ iocp_conn_respond(ConnObject *o, PyObject *args, PyObject *kwds)
     PyObject *headers, *body;
     if (respond_args(args, kwds, "respond", &status, &headers, &body) < 0)
         return NULL;
-    struct http_queue *q = o->hq;
+    struct answer_queue *q = o->aq;
     uint32_t i = 0;
-    while (q != NULL && i < q->n && (slot_at(q, i)->flags & (SLOT_DONE | SLOT_STREAM)))
+    while (q != NULL && i < q->n && (slot_at(q, i)->flags & (ORDER_DONE | ORDER_STREAM)))
         i++;
     if (q == NULL || i == q->n) {
         if (o->c == NULL)
