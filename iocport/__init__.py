@@ -47,14 +47,14 @@ def _not_built():
 try:
     from ._iocport import (
         CLOSE_REASONS, Connection, Error, File, Framer, FramingError, Packet,
-        Port, PortClosedError, Request,
+        Port, PortClosedError, Reply, Request,
     )
 except ModuleNotFoundError as _exc:
     _error = _not_built() if _exc.name == __name__ + "._iocport" else None
     if _error is None:
         raise
     raise _error from None
-from .framing import HTTP, Delimited, FixedSize, LengthPrefixed, parse_framing
+from .framing import HTTP, RESP, Delimited, FixedSize, LengthPrefixed, parse_framing
 from .server import Server, backends, default_backend
 
 del _not_built
@@ -62,7 +62,7 @@ del _not_built
 __all__ = [
     "Server", "Connection", "File", "Port", "Packet", "Framer",
     "Error", "PortClosedError", "FramingError",
-    "LengthPrefixed", "Delimited", "FixedSize", "HTTP", "parse_framing",
-    "Request",
+    "LengthPrefixed", "Delimited", "FixedSize", "HTTP", "RESP", "parse_framing",
+    "Request", "Reply",
     "backends", "default_backend", "CLOSE_REASONS",
 ]

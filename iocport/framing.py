@@ -9,6 +9,8 @@ A spec is a small immutable value passed to the server (or to
 - ``FixedSize(n)``: every message is exactly n bytes.
 - ``HTTP()``: whole HTTP/1.1 requests, parsed natively; the handler gets
   an ``iocport.Request`` and answers with ``respond()``.
+- ``RESP()``: whole Redis commands; the handler gets a list of bytes and
+  answers with ``conn.reply(value)``.
 
 ``parse_framing("len4")`` builds one from a command-line string.
 """
@@ -22,6 +24,7 @@ __all__ = [
     "Framing",
     "HTTP",
     "LengthPrefixed",
+    "RESP",
     "parse_framing",
 ]
 
@@ -257,6 +260,55 @@ class HTTP(Framing):
         args = [f"{name}={getattr(self, name)}" for name in self.__slots__
                 if getattr(self, name) != self._DEFAULTS[name]]
         return f"HTTP({', '.join(args)})"
+
+
+class RESP(Framing):
+    """Whole Redis commands (RESP2/RESP3 arrays of bulk strings, and inline
+    commands as redis-cli and telnet send them), framed natively: the
+    handler is called as ``handler(conn, args)`` with the arguments as a
+    list of bytes (``[b"SET", b"k", b"v"]``) and answers with
+    ``conn.reply(value)`` (or ``conn.defer()`` to answer later).  Replies
+    leave in command order.  A protocol error gets Redis's error reply,
+    then the connection closes.
+
+    The limits, as Redis's: `max_bulk` (512 MiB, proto-max-bulk-len),
+    `max_args` (1024*1024 arguments), `max_inline` (64 KiB: an inline
+    command, or a count line).
+    """
+
+    __slots__ = {
+        "max_bulk": "The longest bulk string (argument) accepted, in bytes.",
+        "max_args": "The most arguments in one command.",
+        "max_inline": "The longest inline command (or count line), in bytes.",
+    }
+
+    _DEFAULTS = {"max_bulk": 512 * 1024 * 1024, "max_args": 1024 * 1024,
+                 "max_inline": 64 * 1024}
+
+    def __init__(self, *, max_bulk=512 * 1024 * 1024, max_args=1024 * 1024,
+                 max_inline=64 * 1024):
+        for name, value in (("max_bulk", max_bulk), ("max_args", max_args),
+                            ("max_inline", max_inline)):
+            _positive_int(value, name)
+            object.__setattr__(self, name, value)
+
+    @property
+    def max_size(self):
+        """The longest bulk string accepted (as max_bulk)."""
+        return self.max_bulk
+
+    def _key(self):
+        return tuple(getattr(self, name) for name in self.__slots__)
+
+    def _spec(self):
+        spec = {name: getattr(self, name) for name in self.__slots__}
+        spec["kind"] = "resp"
+        return spec
+
+    def __repr__(self):
+        args = [f"{name}={getattr(self, name)}" for name in self.__slots__
+                if getattr(self, name) != self._DEFAULTS[name]]
+        return f"RESP({', '.join(args)})"
 
 
 _FORMS = "'len1', 'len2', 'len4', 'len8' (suffix 'le' for little endian), " \

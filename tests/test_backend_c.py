@@ -127,7 +127,7 @@ def _core_driver(engine, tmp_path, defines=()):
     sources = [CORE_DRIVER, *sorted((SRC / "core").glob("*.c")),
                *sorted((SRC / "io").glob("*.c")), SRC / "lib" / "framing.c",
                SRC / "lib" / "slab.c", SRC / "lib" / "ktls.c", SRC / "lib" / "http.c",
-               SRC / "lib" / "http_out.c"]
+               SRC / "lib" / "http_out.c", SRC / "lib" / "resp.c"]
     run = _build_and_run(sources, [engine], tmp_path, defines)
     if run.returncode == 77:
         pytest.skip(f"{engine}: {run.stdout.strip() or 'unavailable'}")

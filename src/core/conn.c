@@ -84,6 +84,7 @@ conn_free(struct conn *c)
     }
     tls_free(c);
     http_conn_free(c);
+    resp_conn_free(c);
     free(c->hbuf);
     free(c->rbuf);
     free(c->obuf);

@@ -46,7 +46,8 @@ struct ossl;
     X(OVERFLOW,  "overflow",  "warning", "a send past unsent_limit")        \
     X(TLS,       "tls",       "info",    "TLS failed: handshake, certificate, record, or no handshake in time") \
     X(TLS_EOF,   "tls_eof",   "debug",   "the peer closed without a TLS close_notify") \
-    X(HTTP,      "http",      NULL,      "an HTTP request refused with an error status (logged once per kind)")
+    X(HTTP,      "http",      NULL,      "an HTTP request refused with an error status (logged once per kind)") \
+    X(RESP,      "resp",      NULL,      "a RESP protocol error: Redis's error reply sent (logged once per kind)")
 
 enum close_reason {
 #define CLOSE_ENUM(name, str, level, doc) CLOSE_##name,
@@ -126,7 +127,8 @@ struct entry {
     const uint8_t *ptr;
     size_t off, len;             /* (off: the core's, until dispatch) */
     uint8_t kind;
-    uint32_t aux;                /* HTTP framing: the request's http_msg */
+    uint32_t aux;                /* HTTP, RESP framing: the message's
+                                    http_msg or resp_msg */
 };
 
 /* A message under HTTP framing: one request, ptr[0 .. len) its bytes (the
@@ -145,6 +147,18 @@ struct http_msg {
 const struct http_msg *worker_http_msg(struct worker *w, const struct entry *e);
 const struct http_field *worker_http_fields(struct worker *w,
                                             const struct http_msg *m);
+
+/* A message under RESP framing: one command, ptr[0 .. len) its bytes (the
+ * arguments' spans are offsets into them), or a protocol error (error <
+ * 0, len 0): the dispatch layer answers Redis's error text in its turn,
+ * and the connection's input has ended. */
+struct resp_msg {
+    uint32_t arg0, nargs;        /* its arguments: worker_resp_args() */
+    int16_t error;               /* a framer status < 0, or 0 */
+    uint8_t bad;                 /* the error's offending byte */
+};
+const struct resp_msg *worker_resp_msg(struct worker *w, const struct entry *e);
+const struct resp_arg *worker_resp_args(struct worker *w, const struct resp_msg *m);
 
 /* The dispatch layer's hooks; each runs on the worker thread. */
 struct dispatch_ops {

@@ -12,6 +12,7 @@
  *   tls.c     TLS records between the engine's bytes and the framer
  *   http.c    HTTP framing: requests parsed for the batch, refusals,
  *             native replies
+ *   resp.c    RESP framing: commands for the batch, protocol errors
  *   worker.c  the worker loop: one turn, the mailbox, dispatch, timers
  *   server.c  start, stop, listeners, accepting and connecting */
 #ifndef IOCPORT_CORE_INTERNAL_H
@@ -29,6 +30,7 @@
 
 struct slab_pool;
 struct http_state;
+struct resp_state;
 
 /* ---- the core's structs ---------------------------------------------------- */
 
@@ -151,6 +153,8 @@ struct conn {
                                     connection is seen by other threads */
     struct http_state *http;     /* HTTP framing: the request being parsed
                                     (http.c; worker only) */
+    struct resp_state *resp;     /* RESP framing: the command being framed
+                                    (resp.c; worker only) */
     /* Ciphertext sealed and not yet with the kernel: written by the
      * worker, read by senders for the unsent count (relaxed). */
     _Atomic size_t tls_queued;
@@ -241,6 +245,11 @@ struct worker {
     unsigned nhmsgs, hmsgs_cap;
     struct http_field *hfields;
     unsigned nhfields, hfields_cap;
+    /* RESP framing: the batch's commands and their arguments. */
+    struct resp_msg *rmsgs;
+    unsigned nrmsgs, rmsgs_cap;
+    struct resp_arg *rargs;
+    unsigned nrargs, rargs_cap;
     int64_t date_sec;            /* native replies: the Date header's */
     char date[40];               /* "date: ...\r\n" for date_sec */
     void **release;              /* sent references to give back */
@@ -571,6 +580,22 @@ int http_native_reply(struct conn *c, const uint8_t *req);
 /* After the request framed last: whether the connection reads on (keep-
  * alive), else the input ends once it is in the batch. */
 int http_keep_alive(const struct conn *c);
+
+/* ---- resp.c ------------------------------------------------------------- */
+
+/* RESP framing: the connection's framer state (at its start).  0 or
+ * -ENOMEM. */
+int resp_conn_init(struct conn *c);
+void resp_conn_free(struct conn *c);
+/* As http_frame(), for a command; FRAME_REFUSED for a protocol error (for
+ * resp_refuse()).  -ENOMEM when the arguments cannot be held. */
+int resp_frame(struct conn *c, const uint8_t *p, size_t len, struct frame *fr);
+/* The command framed last into the batch (ptr, or rbuf + off): 1, or 0
+ * for an empty command (skipped, as Redis does), or -ENOMEM. */
+int resp_emit(struct conn *c, const uint8_t *ptr, size_t off, size_t len);
+/* The input framed last was a protocol error: Redis's reply goes into the
+ * batch (in its turn) and the input ends (CLOSE_RESP). */
+void resp_refuse(struct conn *c);
 
 /* ---- worker.c ----------------------------------------------------------- */
 

@@ -166,15 +166,19 @@ frame_next(const struct framing *f, struct conn *c, const uint8_t *p,
 {
     if (c->http != NULL)
         return http_frame(c, (uint8_t *)p, len, fr);
+    if (c->resp != NULL)
+        return resp_frame(c, p, len, fr);
     return framing_next(f, p, len, scan_from, fr);
 }
 
-/* An HTTP request framed at ptr (or rbuf + off): into the batch, or
- * answered here (native).  1 if it went into the batch, 0 if not, or
- * -ENOMEM. */
+/* An HTTP request or RESP command framed at ptr (or rbuf + off): into
+ * the batch, or answered here (native HTTP), or skipped (an empty RESP
+ * command).  1 if it went into the batch, 0 if not, or -ENOMEM. */
 static int
 take_request(struct conn *c, const uint8_t *ptr, size_t off, size_t len)
 {
+    if (c->resp != NULL)
+        return resp_emit(c, ptr, off, len);
     if (c->w->srv->cfg.native_echo)
         return http_native_reply(c, ptr != NULL ? ptr : c->rbuf + off) < 0 ? -ENOMEM : 0;
     return http_emit(c, ptr, off, len) < 0 ? -ENOMEM : 1;
@@ -228,8 +232,12 @@ rbuf_append(struct conn *c, const uint8_t *p, size_t n, size_t need)
 static void
 frame_error(struct conn *c, int st)
 {
-    if (st == FRAME_REFUSED)
-        http_refuse(c);   /* answered in its turn, then the same */
+    if (st == -ENOMEM)
+        conn_fail(c, CLOSE_RESET, ENOMEM);
+    else if (st == FRAME_REFUSED && c->resp != NULL)
+        resp_refuse(c);   /* answered in its turn, then the same */
+    else if (st == FRAME_REFUSED)
+        http_refuse(c);
     else
         recv_end_input(c, st == FRAME_TOO_BIG ? CLOSE_TOO_BIG : CLOSE_BAD_FRAME);
 }
@@ -275,7 +283,7 @@ recv_frame(struct worker *w, struct conn *c)
             break;
         }
         int pin = 1;
-        if (c->http != NULL) {
+        if (c->http != NULL || c->resp != NULL) {
             if ((pin = take_request(c, NULL, c->rstart, fr.len)) < 0)
                 goto nomem;
         } else if (w->srv->cfg.native_echo) {
@@ -396,7 +404,7 @@ on_recv(struct worker *w, struct conn *c, const struct io_event *ev)
         }
         if ((st = frame_next(f, c, p, len, 0, &fr)) != FRAME_OK)
             break;
-        if (c->http != NULL) {
+        if (c->http != NULL || c->resp != NULL) {
             int r = take_request(c, p, 0, fr.len);
             if (r < 0 || (r == 1 && hold_buffer(w, ev->buf_id, &held) < 0))
                 goto nomem;

@@ -158,7 +158,9 @@ accept_on_event(struct worker *w, struct listener_slot *ls, const struct io_even
         const struct tls_config *tls = &s->ltls[ls - w->ls];
         if (c != NULL && ((tls->o != NULL && tls_attach(c, tls) < 0) ||
                           (s->cfg.framing.kind == FRAMING_HTTP &&
-                           http_conn_init(c) < 0))) {
+                           http_conn_init(c) < 0) ||
+                          (s->cfg.framing.kind == FRAMING_RESP &&
+                           resp_conn_init(c) < 0))) {
             conn_unref(c);
             c = NULL;
         }
@@ -420,6 +422,8 @@ worker_release(struct worker *w)
     free(w->batch);
     free(w->hmsgs);
     free(w->hfields);
+    free(w->rmsgs);
+    free(w->rargs);
     free(w->held_bufs);
     free(w->compact);
     free(w->release);

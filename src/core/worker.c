@@ -217,6 +217,7 @@ dispatch_batch(struct worker *w)
         }
         w->nbatch = 0;
         w->nhmsgs = w->nhfields = 0;
+        w->nrmsgs = w->nrargs = 0;
     }
     for (unsigned i = 0; i < w->nheld; i++)
         w->ops->release_buf(w->be, w->held_bufs[i]);
@@ -549,6 +550,18 @@ const struct http_field *
 worker_http_fields(struct worker *w, const struct http_msg *m)
 {
     return &w->hfields[m->field0];
+}
+
+const struct resp_msg *
+worker_resp_msg(struct worker *w, const struct entry *e)
+{
+    return &w->rmsgs[e->aux];
+}
+
+const struct resp_arg *
+worker_resp_args(struct worker *w, const struct resp_msg *m)
+{
+    return &w->rargs[m->arg0];
 }
 
 void *

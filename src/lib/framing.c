@@ -38,6 +38,8 @@ framing_check(const struct framing *f)
         return NULL;
     case FRAMING_HTTP:
         return http_limits_check(&f->http);
+    case FRAMING_RESP:
+        return resp_limits_check(&f->resp);
     default:
         return "unknown framing kind";
     }
@@ -204,7 +206,8 @@ framing_wrap(const struct framing *f, size_t len, uint8_t hdr[8],
     case FRAMING_FIXED:
         return (uint64_t)len == f->size ? 0 : FRAME_TOO_BIG;
     case FRAMING_HTTP:
-        return 0;   /* responses are written whole by their writer */
+    case FRAMING_RESP:
+        return 0;   /* answers are written whole by their writers */
     default:
         return FRAME_BAD_HEADER;
     }

@@ -8,19 +8,22 @@
 #include <stdint.h>
 
 #include "lib/http.h"
+#include "lib/resp.h"
 
 /* The kinds of framing: X(NAME, "name" as Python's specs give it).
  *   LENGTH: a length prefix of 1, 2, 4 or 8 bytes
  *   DELIM:  terminated by a delimiter of 1..8 bytes
  *   FIXED:  every message is exactly `size` bytes
- *   HTTP:   HTTP/1.1 requests (lib/http.h), whole with their bodies; the
- *           connection layer runs the parser, framing_next() does not
- *           frame them and framing_wrap() sends bytes as they are */
+ *   HTTP:   HTTP/1.1 requests (lib/http.h), whole with their bodies
+ *   RESP:   Redis commands (lib/resp.h), arrays of bulk strings or inline
+ * The connection layer runs the HTTP and RESP parsers: framing_next()
+ * does not frame them, and framing_wrap() sends bytes as they are. */
 #define FRAMING_KINDS(X)                                                      \
     X(LENGTH, "length")                                                       \
     X(DELIM,  "delimited")                                                    \
     X(FIXED,  "fixed")                                                        \
-    X(HTTP,   "http")
+    X(HTTP,   "http")                                                         \
+    X(RESP,   "resp")
 
 enum framing_kind {
     FRAMING_NONE = 0,
@@ -41,8 +44,9 @@ struct framing {
     uint8_t delim[8];     /* DELIM */
     uint64_t size;        /* FIXED: message size */
     uint64_t max_size;    /* largest payload accepted (0 < max_size);
-                             HTTP: http.max_body */
+                             HTTP: http.max_body; RESP: resp.max_bulk */
     struct http_limits http;   /* HTTP */
+    struct resp_limits resp;   /* RESP */
 };
 
 enum frame_status {
@@ -50,7 +54,7 @@ enum frame_status {
     FRAME_NEED = 1,       /* not yet: need more bytes */
     FRAME_TOO_BIG = -1,   /* payload over max_size */
     FRAME_BAD_HEADER = -2, /* LENGTH with hdr_included and length < header */
-    FRAME_REFUSED = -3     /* HTTP: the parser refused the request */
+    FRAME_REFUSED = -3     /* HTTP, RESP: the parser refused the input */
 };
 
 struct frame {

@@ -349,7 +349,32 @@ conn_respond_m(ConnObject *self, PyObject *args, PyObject *kwds)
     return iocp_conn_respond(self, args, kwds);
 }
 
+static PyObject *
+conn_reply_m(ConnObject *self, PyObject *value)
+{
+    return iocp_conn_reply(self, value);
+}
+
+static PyObject *
+conn_defer_m(ConnObject *self, PyObject *Py_UNUSED(ignored))
+{
+    return iocp_conn_defer(self);
+}
+
 static PyMethodDef conn_methods[] = {
+    {"reply", (PyCFunction)conn_reply_m, METH_O,
+     "reply($self, value, /)\n--\n\n"
+     "RESP framing: answer the oldest command of this connection not yet\n"
+     "answered nor deferred with `value`, encoded natively: bytes and str\n"
+     "as bulk strings, int, None (null), float, bool, list/tuple (array),\n"
+     "dict (map; a flat array on RESP2), set, iocport.resp.SimpleString\n"
+     "(+OK) and iocport.resp.Error (-ERR ...).  Replies leave in command\n"
+     "order.  True, or False if the connection is closed."},
+    {"defer", (PyCFunction)conn_defer_m, METH_NOARGS,
+     "defer($self, /)\n--\n\n"
+     "RESP framing: take the reply of the oldest command not yet answered\n"
+     "nor deferred for later: returns a Reply whose reply(value) gives it,\n"
+     "from any thread; the replies after it wait for it."},
     {"respond", (PyCFunction)(void (*)(void))conn_respond_m,
      METH_VARARGS | METH_KEYWORDS,
      "respond($self, /, status, headers=(), body=b'')\n--\n\n"
@@ -404,7 +429,31 @@ static PyMethodDef conn_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
+static PyObject *
+conn_get_resp_protocol(ConnObject *self, void *Py_UNUSED(closure))
+{
+    return PyLong_FromLong(self->resp_proto == 3 ? 3 : 2);
+}
+
+static int
+conn_set_resp_protocol(ConnObject *self, PyObject *v, void *Py_UNUSED(closure))
+{
+    long p = v != NULL && PyLong_Check(v) && !PyBool_Check(v) ? PyLong_AsLong(v) : -1;
+    if (p != 2 && p != 3) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(v != NULL && PyLong_Check(v) ? PyExc_ValueError
+                                                         : PyExc_TypeError,
+                            "resp_protocol must be 2 or 3");
+        return -1;
+    }
+    self->resp_proto = (uint8_t)p;
+    return 0;
+}
+
 static PyGetSetDef conn_getset[] = {
+    {"resp_protocol", (getter)conn_get_resp_protocol, (setter)conn_set_resp_protocol,
+     "RESP framing: the protocol replies are encoded in, 2 (the default) or\n"
+     "3 (after a client's HELLO 3).", NULL},
     {"id", (getter)conn_get_id, NULL, "Unique id of this connection.", NULL},
     {"peer", (getter)conn_get_peer, NULL,
      "The peer's address: (host, port) for TCP, a path for a Unix socket\n"

@@ -165,6 +165,32 @@ deliver_close(ServerObject *so, struct conn *c)
     conn_detach(c);
 }
 
+/* A RESP protocol error: Redis's reply in its turn, then the close;
+ * logged once per kind for the server's life (each is counted:
+ * stats()["errors"]["resp"]). */
+static void
+resp_refused(ServerObject *so, ConnObject *o, struct conn *c,
+             const struct resp_msg *m)
+{
+    uint64_t bit = (uint64_t)1 << (-m->error & 63);
+    if (!(so->resp_logged & bit)) {
+        so->resp_logged |= bit;
+        char text[RESP_ERROR_MAX];
+        resp_error_text(m->error, m->bad, text, sizeof text);
+        PyObject *msg = PyUnicode_FromFormat(
+            "RESP protocol error on connection %llu: %s (logged once per "
+            "kind; counted in stats()['errors']['resp'])",
+            (unsigned long long)conn_id(c), text);
+        if (msg != NULL) {
+            iocp_log(so->logger, "warning", msg, NULL);
+            Py_DECREF(msg);
+        } else {
+            PyErr_Clear();
+        }
+    }
+    iocp_resp_refused(o, c, m);
+}
+
 /* A request the core refused: answered in its turn; logged once per kind
  * for the server's life (each is counted: stats()["errors"]["http"]). */
 static void
@@ -285,7 +311,16 @@ d_dispatch(struct worker *w, unsigned from, unsigned to)
              * frees. */
             Py_XDECREF((PyObject *)worker_pop_release(w));
             PyObject *msg;
-            if (so->http) {
+            uint64_t seq = 0;
+            if (so->resp) {
+                const struct resp_msg *m = worker_resp_msg(w, e);
+                if (m->error != 0) {
+                    resp_refused(so, o, c, m);
+                    worker_set_current(w, NULL);
+                    continue;
+                }
+                msg = iocp_resp_message(o, c, e, m, worker_resp_args(w, m), &seq);
+            } else if (so->http) {
                 const struct http_msg *m = worker_http_msg(w, e);
                 if (m->status != 0) {
                     http_refused(so, o, c, m);
@@ -307,6 +342,10 @@ d_dispatch(struct worker *w, unsigned from, unsigned to)
                     if (so->http)
                         iocp_http_failed(so->st, msg);
                 }
+                if (so->resp && !so->hold &&
+                    iocp_resp_after(o, seq, r == NULL, so->resp_noreply_logged
+                                                       ? NULL : so->logger))
+                    so->resp_noreply_logged = 1;
                 Py_DECREF(msg);
                 Py_XDECREF(r);
             }

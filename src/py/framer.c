@@ -193,6 +193,29 @@ iocp_framing_from_py(PyObject *spec, struct framing *out)
         HTTP_LIMITS(HTTP_LIMIT_FROM_SPEC)
 #undef HTTP_LIMIT_FROM_SPEC
         out->max_size = out->http.max_body;
+    } else if (out->kind == FRAMING_RESP) {
+        /* The limits, as lib/resp.h names them; absent ones: Redis's. */
+        resp_limits_default(&out->resp);
+        uint64_t v;
+        const char *names[] = {"max_bulk", "max_args", "max_inline", "max_depth"};
+        for (int i = 0; i < 4; i++) {
+            PyObject *item = spec_item(d, names[i]);
+            if (item == NULL && PyErr_Occurred())
+                goto done;
+            if (item == NULL)
+                continue;
+            if (spec_u64(item, names[i], &v) < 0)
+                goto done;
+            if (i == 0)
+                out->resp.max_bulk = v;
+            else if (i == 1)
+                out->resp.max_args = v;
+            else if (i == 2)
+                out->resp.max_inline = v > SIZE_MAX ? SIZE_MAX : (size_t)v;
+            else
+                out->resp.max_depth = v > 1000 ? 1000 : (unsigned)v;
+        }
+        out->max_size = out->resp.max_bulk;
     }
     const char *err = framing_check(out);
     if (err != NULL) {
@@ -232,9 +255,10 @@ framer_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     struct framing f;
     if (iocp_framing_from_py(spec, &f) < 0)
         return NULL;
-    if (f.kind == FRAMING_HTTP) {
-        PyErr_SetString(PyExc_ValueError, "Framer frames byte streams; HTTP "
-                        "requests are framed by a server with HTTP() framing");
+    if (f.kind == FRAMING_HTTP || f.kind == FRAMING_RESP) {
+        PyErr_Format(PyExc_ValueError, "Framer frames byte streams; %s are "
+                     "framed by a server with that framing",
+                     f.kind == FRAMING_HTTP ? "HTTP requests" : "RESP commands");
         return NULL;
     }
     FramerObject *self = (FramerObject *)type->tp_alloc(type, 0);

@@ -177,6 +177,7 @@ iocp_exec(PyObject *module)
         iocp_bridge_add_types(module, st) < 0 ||
         iocp_http_add_types(module, st) < 0 ||
         iocp_request_add_type(module, st) < 0 ||
+        iocp_reply_add_type(module, st) < 0 ||
         iocp_resp_add_types(module, st) < 0 ||
         iocp_server_add_types(module, st) < 0)
         return -1;
@@ -203,6 +204,8 @@ iocp_traverse(PyObject *module, visitproc visit, void *arg)
     Py_VISIT(st->RESPParserType);
     Py_VISIT(st->RESPProtocolError);
     Py_VISIT(st->RESPError);
+    Py_VISIT(st->SimpleStringType);
+    Py_VISIT(st->ReplyType);
     Py_VISIT(st->logger);
     Py_VISIT(st->SSLContextType);
     Py_VISIT(st->SSLError);
@@ -230,6 +233,8 @@ iocp_clear(PyObject *module)
     Py_CLEAR(st->RESPParserType);
     Py_CLEAR(st->RESPProtocolError);
     Py_CLEAR(st->RESPError);
+    Py_CLEAR(st->SimpleStringType);
+    Py_CLEAR(st->ReplyType);
     Py_CLEAR(st->logger);
     Py_CLEAR(st->SSLContextType);
     Py_CLEAR(st->SSLError);

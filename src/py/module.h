@@ -32,6 +32,8 @@ typedef struct {
     char http_date[40];              /* second (under the GIL) */
     /* resp.c: the RESP test hook, its protocol error, error replies */
     PyTypeObject *RESPParserType, *RESPProtocolError, *RESPError;
+    PyTypeObject *SimpleStringType;  /* resp.c: bytes sent as +... */
+    PyTypeObject *ReplyType;         /* reply.c: a RESP answer owed later */
     PyObject *logger;                /* logging.getLogger("iocport") */
     /* TLS, from its first use (py/tls.c): OpenSSL as the ssl module
      * loaded it, _ssl._SSLContext, ssl.SSLError and
@@ -66,6 +68,7 @@ int iocp_bridge_add_types(PyObject *module, iocp_state *st);
 int iocp_http_add_types(PyObject *module, iocp_state *st);
 int iocp_resp_add_types(PyObject *module, iocp_state *st);
 int iocp_request_add_type(PyObject *module, iocp_state *st);
+int iocp_reply_add_type(PyObject *module, iocp_state *st);
 
 /* tls.c: the OpenSSL the module loaded, freed at module free;
  * tls_check(ctx, server_side), the module function. */

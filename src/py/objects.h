@@ -25,6 +25,10 @@ typedef struct {
                                     the core uses, kept alive */
     iocp_state *st;              /* the module's */
     int http;                    /* HTTP framing: handlers get Requests */
+    int resp;                    /* RESP framing: handlers get commands */
+    int hold;                    /* handlers finish later (coroutines) */
+    int resp_noreply_logged;     /* a command left unanswered was logged */
+    uint64_t resp_logged;        /* the protocol errors logged, by kind */
     uint64_t http_logged;        /* the refusals logged, by http_error */
 } ServerObject;
 
@@ -44,6 +48,7 @@ typedef struct {
                                     NULL; told of drains and the close */
     struct answer_queue *aq;     /* HTTP, RESP: the messages owed an
                                     answer (order.h), or NULL */
+    uint8_t resp_proto;          /* RESP: 2 or 3 (conn.resp_protocol) */
 } ConnObject;
 
 /* dispatch.c: the hooks the core's workers call. */
@@ -93,6 +98,31 @@ int iocp_tls_config(iocp_state *st, PyObject *ctx, int server_side,
 PyObject *iocp_tls_error(iocp_state *st, const char *why, long verify);
 /* (version, (cipher, protocol, bits) or None, alpn or None, DER or None) */
 PyObject *iocp_tls_info(const struct tls_info *i);
+
+/* resp.c: a command's arguments at buf (lib/resp.h's spans) as a list of
+ * bytes; a value written as RESP (proto 2 or 3) at *out, advancing it, or
+ * with *out == NULL only counted: its size, or -1 with an exception; the
+ * same as a new bytes object. */
+PyObject *iocp_resp_command(const uint8_t *buf, const struct resp_arg *args,
+                            size_t nargs);
+Py_ssize_t iocp_resp_encode_into(iocp_state *st, PyObject *v, int proto,
+                                 uint8_t **out);
+PyObject *iocp_resp_encode(iocp_state *st, PyObject *value, int proto);
+
+/* reply.c: RESP commands and their answers (in order: order.h).  The
+ * arguments of command e (now owed an answer, *seq), or NULL with an
+ * exception; after its handler ran (failed: it raised), a command left
+ * with no answer nor a defer() gets an error reply. */
+PyObject *iocp_resp_message(ConnObject *o, struct conn *c, const struct entry *e,
+                            const struct resp_msg *m, const struct resp_arg *args,
+                            uint64_t *seq);
+/* (logged with `logger` unless it is NULL; 1 if it was a missing reply) */
+int iocp_resp_after(ConnObject *o, uint64_t seq, int failed, PyObject *logger);
+/* A protocol error: Redis's reply in its turn, then the close. */
+void iocp_resp_refused(ConnObject *o, struct conn *c, const struct resp_msg *m);
+/* conn.reply(value) and conn.defer(). */
+PyObject *iocp_conn_reply(ConnObject *o, PyObject *value);
+PyObject *iocp_conn_defer(ConnObject *o);
 
 /* request.c: HTTP requests and their answers (in order: order.h). */
 struct answer_queue;

@@ -133,25 +133,23 @@ rp_reserve(RESPParserObject *self, size_t extra)
 
 /* ---- decoding ------------------------------------------------------------------ */
 
-/* The command at buf as a list of bytes. */
-static PyObject *
-command_list(RESPParserObject *self, const uint8_t *buf, size_t nargs)
+PyObject *
+iocp_resp_command(const uint8_t *buf, const struct resp_arg *args, size_t nargs)
 {
     PyObject *list = PyList_New((Py_ssize_t)nargs);
     if (list == NULL)
         return NULL;
     for (size_t i = 0; i < nargs; i++) {
-        const struct resp_arg *a = &self->args[i];
+        const struct resp_arg *a = &args[i];
         PyObject *b;
         if (a->quoted) {
-            uint8_t *tmp = PyMem_Malloc(a->len ? a->len : 1);
-            if (tmp == NULL) {
-                Py_DECREF(list);
-                return PyErr_NoMemory();
+            /* (the value is never longer than its quoted token) */
+            b = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)a->len);
+            if (b != NULL) {
+                size_t n = resp_unquote(buf, a, (uint8_t *)PyBytes_AS_STRING(b));
+                if (_PyBytes_Resize(&b, (Py_ssize_t)n) < 0)
+                    b = NULL;
             }
-            size_t n = resp_unquote(buf, a, tmp);
-            b = PyBytes_FromStringAndSize((const char *)tmp, (Py_ssize_t)n);
-            PyMem_Free(tmp);
         } else {
             b = PyBytes_FromStringAndSize((const char *)buf + a->off,
                                           (Py_ssize_t)a->len);
@@ -303,7 +301,7 @@ rp_next(RESPParserObject *self, iocp_state *st, size_t *pos, PyObject **out)
             len -= consumed;
             continue;
         }
-        *out = command_list(self, buf, nargs);
+        *out = iocp_resp_command(buf, self->args, nargs);
         return *out ? 1 : -1;
     }
 }
@@ -370,10 +368,8 @@ rp_feed(RESPParserObject *self, PyObject *data)
 
 /* ---- encoding ------------------------------------------------------------------ */
 
-/* Write v as RESP at *out and advance it, or with *out == NULL only count:
- * the size, or -1 with an exception set. */
-static Py_ssize_t
-encode(iocp_state *st, PyObject *v, int proto, uint8_t **out)
+Py_ssize_t
+iocp_resp_encode_into(iocp_state *st, PyObject *v, int proto, uint8_t **out)
 {
     Py_ssize_t total = -1;
     size_t n = 0;
@@ -404,6 +400,16 @@ encode(iocp_state *st, PyObject *v, int proto, uint8_t **out)
         }
     } else if (PyFloat_Check(v)) {
         PUT(resp_put_double(*out, PyFloat_AS_DOUBLE(v), proto));
+    } else if (PyObject_TypeCheck(v, st->SimpleStringType)) {
+        const char *p = PyBytes_AS_STRING(v);
+        size_t sl = (size_t)PyBytes_GET_SIZE(v);
+        if (!resp_line_ok(p, sl)) {
+            PyErr_SetString(PyExc_ValueError,
+                            "a RESP simple string must not contain CR or LF");
+            total = -1;
+        } else {
+            PUT(resp_put_simple(*out, p, sl));
+        }
     } else if (PyUnicode_Check(v)) {
         Py_ssize_t sl;
         const char *p = PyUnicode_AsUTF8AndSize(v, &sl);
@@ -423,7 +429,7 @@ encode(iocp_state *st, PyObject *v, int proto, uint8_t **out)
         Py_ssize_t len = PySequence_Fast_GET_SIZE(v);
         PUT(resp_put_array(*out, (size_t)len));
         for (Py_ssize_t i = 0; i < len && total >= 0; i++) {
-            Py_ssize_t k = encode(st, PySequence_Fast_GET_ITEM(v, i), proto, out);
+            Py_ssize_t k = iocp_resp_encode_into(st, PySequence_Fast_GET_ITEM(v, i), proto, out);
             total = k < 0 ? -1 : total + k;
         }
     } else if (PyDict_Check(v)) {
@@ -431,8 +437,8 @@ encode(iocp_state *st, PyObject *v, int proto, uint8_t **out)
         Py_ssize_t i = 0;
         PyObject *key, *val;
         while (total >= 0 && PyDict_Next(v, &i, &key, &val)) {
-            Py_ssize_t a = encode(st, key, proto, out);
-            Py_ssize_t b = a < 0 ? -1 : encode(st, val, proto, out);
+            Py_ssize_t a = iocp_resp_encode_into(st, key, proto, out);
+            Py_ssize_t b = a < 0 ? -1 : iocp_resp_encode_into(st, val, proto, out);
             total = b < 0 ? -1 : total + a + b;
         }
     } else if (PyAnySet_Check(v)) {
@@ -441,7 +447,7 @@ encode(iocp_state *st, PyObject *v, int proto, uint8_t **out)
         if (it == NULL)
             total = -1;
         while (total >= 0 && (key = PyIter_Next(it)) != NULL) {
-            Py_ssize_t k = encode(st, key, proto, out);
+            Py_ssize_t k = iocp_resp_encode_into(st, key, proto, out);
             total = k < 0 ? -1 : total + k;
             Py_DECREF(key);
         }
@@ -474,13 +480,34 @@ encode(iocp_state *st, PyObject *v, int proto, uint8_t **out)
     } else {
         PyErr_Format(PyExc_TypeError,
                      "cannot encode %.200s as RESP: expected bytes, str, int, "
-                     "float, bool, None, list, tuple, dict, set or RESPError",
+                     "float, bool, None, list, tuple, dict, set, SimpleString "
+                     "or RESPError",
                      Py_TYPE(v)->tp_name);
         total = -1;
     }
 #undef PUT
     Py_LeaveRecursiveCall();
     return total;
+}
+
+PyObject *
+iocp_resp_encode(iocp_state *st, PyObject *value, int proto)
+{
+    uint8_t *none = NULL;
+    Py_ssize_t size = iocp_resp_encode_into(st, value, proto, &none);
+    PyObject *res = NULL;
+    if (size >= 0)
+        res = PyBytes_FromStringAndSize(NULL, size);
+    if (res != NULL) {
+        uint8_t *start = (uint8_t *)PyBytes_AS_STRING(res), *p = start;
+        if (iocp_resp_encode_into(st, value, proto, &p) != size || p != start + size) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_RuntimeError,
+                                "value changed while being encoded");
+            Py_CLEAR(res);
+        }
+    }
+    return res;
 }
 
 static PyObject *
@@ -500,21 +527,7 @@ rp_encode(PyObject *cls, PyObject *args, PyObject *kwds)
     iocp_state *st = PyType_GetModuleState((PyTypeObject *)cls);
     if (st == NULL)
         return NULL;
-    uint8_t *none = NULL;
-    Py_ssize_t size = encode(st, value, proto, &none);
-    PyObject *res = NULL;
-    if (size >= 0)
-        res = PyBytes_FromStringAndSize(NULL, size);
-    if (res != NULL) {
-        uint8_t *start = (uint8_t *)PyBytes_AS_STRING(res), *p = start;
-        if (encode(st, value, proto, &p) != size || p != start + size) {
-            if (!PyErr_Occurred())
-                PyErr_SetString(PyExc_RuntimeError,
-                                "value changed while being encoded");
-            Py_CLEAR(res);
-        }
-    }
-    return res;
+    return iocp_resp_encode(st, value, proto);
 }
 
 static PyObject *
@@ -566,9 +579,29 @@ static PyType_Spec rp_spec = {
     .slots = rp_slots,
 };
 
+static PyType_Slot simple_slots[] = {
+    {Py_tp_doc, "SimpleString(b'OK'): bytes sent as a RESP simple string\n"
+                "(+OK) instead of a bulk string; no CR or LF."},
+    {0, NULL},
+};
+
+static PyType_Spec simple_spec = {
+    .name = "iocport._iocport.SimpleString",
+    .basicsize = 0,
+    .itemsize = 0,
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_IMMUTABLETYPE,
+    .slots = simple_slots,
+};
+
 int
 iocp_resp_add_types(PyObject *module, iocp_state *st)
 {
+    st->SimpleStringType = (PyTypeObject *)PyType_FromModuleAndSpec(
+        module, &simple_spec, (PyObject *)&PyBytes_Type);
+    if (st->SimpleStringType == NULL ||
+        PyModule_AddObjectRef(module, "SimpleString",
+                              (PyObject *)st->SimpleStringType) < 0)
+        return -1;
     st->RESPParserType = (PyTypeObject *)PyType_FromModuleAndSpec(
         module, &rp_spec, NULL);
     if (st->RESPParserType == NULL ||

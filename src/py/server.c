@@ -158,6 +158,8 @@ server_object(PyTypeObject *type, struct server_config *cfg, PyObject **cbs)
     self->interp = PyInterpreterState_Get();
     self->st = st;
     self->http = cfg->framing.kind == FRAMING_HTTP;
+    self->resp = cfg->framing.kind == FRAMING_RESP;
+    self->hold = cfg->hold_msgs;
     if ((self->tls_contexts = PyList_New(0)) == NULL) {
         Py_DECREF(self);
         return NULL;
@@ -226,6 +228,9 @@ server_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         seconds_arg(half_close_o, "half_close_timeout", &half_close) < 0 ||
         seconds_arg(handshake_o, "ssl_handshake_timeout", &handshake) < 0)
         return NULL;
+    if (native_echo && cfg.framing.kind == FRAMING_RESP)
+        return PyErr_Format(PyExc_ValueError, "native_echo is not for RESP "
+                            "framing: commands need a handler");
     if (strcmp(backend, "uring") == 0)
         cfg.ops = &iocp_uring_ops;
     else if (strcmp(backend, "epoll") == 0)
