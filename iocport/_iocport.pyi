@@ -178,6 +178,15 @@ class File:
     @property
     def append_offset(self) -> int: ...
 
+class SimpleString(bytes):
+    """bytes sent as a RESP simple string (+OK) instead of a bulk string."""
+    def __new__(cls, value: bytes | bytearray | memoryview, /) -> SimpleString: ...
+
+@final
+class Reply:
+    """A RESP command's reply, owed later: what Connection.defer() returns."""
+    def reply(self, value: object, /) -> bool: ...
+
 @final
 class Request:
     """A whole HTTP request (HTTP() framing); cannot be created directly."""
@@ -219,6 +228,12 @@ class Request:
 @final
 class Connection:
     """A connection: passed to handlers; cannot be created directly."""
+    def reply(self, value: object, /) -> bool: ...
+    def defer(self) -> Reply: ...
+    @property
+    def resp_protocol(self) -> int: ...
+    @resp_protocol.setter
+    def resp_protocol(self, value: int, /) -> None: ...
     def respond(self, status: int,
                 headers: Sequence[tuple[bytes | str, bytes | str]] | None = (),
                 body: _Bytes | None = b"") -> bool: ...
@@ -261,7 +276,8 @@ class Server:
     def __new__(
         cls,
         handler: Callable[[Connection, bytes], object]
-        | Callable[[Connection, Request], object] | None,
+        | Callable[[Connection, Request], object]
+        | Callable[[Connection, list[bytes]], object] | None,
         framing: Framing,
         *,
         workers: int = 1,

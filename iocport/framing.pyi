@@ -9,6 +9,7 @@ __all__ = [
     "Framing",
     "HTTP",
     "LengthPrefixed",
+    "RESP",
     "parse_framing",
 ]
 
@@ -71,5 +72,17 @@ class HTTP(Framing):
                  max_header_line: int = 8192, max_headers: int = 100,
                  max_header_bytes: int = 65536,
                  max_chunk_line: int = 4096) -> None: ...
+
+class RESP(Framing):
+    @property
+    def max_bulk(self) -> int: ...
+    @property
+    def max_args(self) -> int: ...
+    @property
+    def max_inline(self) -> int: ...
+    @property
+    def max_size(self) -> int: ...
+    def __init__(self, *, max_bulk: int = 536870912, max_args: int = 1048576,
+                 max_inline: int = 65536) -> None: ...
 
 def parse_framing(text: str) -> LengthPrefixed | Delimited | FixedSize: ...

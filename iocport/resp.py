@@ -15,6 +15,6 @@ from ._iocport import SimpleString
 
 __all__ = ["Error", "OK", "PONG", "QUEUED", "SimpleString"]
 
-OK = SimpleString(b"OK")
-PONG = SimpleString(b"PONG")
-QUEUED = SimpleString(b"QUEUED")
+OK: SimpleString = SimpleString(b"OK")
+PONG: SimpleString = SimpleString(b"PONG")
+QUEUED: SimpleString = SimpleString(b"QUEUED")

@@ -551,7 +551,17 @@ class Server:
         on_main = threading.current_thread() is threading.main_thread()
         previous = None
         if on_main:
-            previous = signal.signal(signal.SIGTERM, _raise_terminate)
+            # SIGTERM ends serving once: a second one (a supervisor that
+            # signals the whole process group, say) arriving during the
+            # shutdown is ignored rather than raised inside it.
+            terminated = []
+
+            def on_term(signum, frame):
+                if not terminated:
+                    terminated.append(signum)
+                    raise _Terminate()
+
+            previous = signal.signal(signal.SIGTERM, on_term)
         try:
             if not self.running:
                 self.start()
@@ -703,10 +713,6 @@ def _on_loop(loop, fn, *args):
 
 class _Terminate(BaseException):
     pass
-
-
-def _raise_terminate(signum, frame):
-    raise _Terminate()
 
 
 @atexit.register

@@ -18,7 +18,9 @@ class Server:
         handler: Callable[[Connection, bytes], object]
         | Callable[[Connection, bytes], Awaitable[object]]
         | Callable[[Connection, Request], object]
-        | Callable[[Connection, Request], Awaitable[object]] | None = None,
+        | Callable[[Connection, Request], Awaitable[object]]
+        | Callable[[Connection, list[bytes]], object]
+        | Callable[[Connection, list[bytes]], Awaitable[object]] | None = None,
         *,
         framing: Framing | None = None,
         workers: int = 1,

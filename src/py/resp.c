@@ -580,8 +580,9 @@ static PyType_Spec rp_spec = {
 };
 
 static PyType_Slot simple_slots[] = {
-    {Py_tp_doc, "SimpleString(b'OK'): bytes sent as a RESP simple string\n"
-                "(+OK) instead of a bulk string; no CR or LF."},
+    {Py_tp_doc, "SimpleString(value, /)\n--\n\n"
+                "bytes sent as a RESP simple string (+OK) instead of a bulk\n"
+                "string: SimpleString(b'OK').  No CR or LF."},
     {0, NULL},
 };
 
