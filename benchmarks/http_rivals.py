@@ -160,18 +160,27 @@ def free_port(host: str) -> int:
 
 
 def wait_listening(child: subprocess.Popen[bytes], host: str, port: int,
-                   timeout: float = 20.0) -> str | None:
-    """None once (host, port) accepts a connection; else why not (the child
-    exited, or the time ran out)."""
+                   timeout: float = 20.0, ready_file: Path | None = None) -> str | None:
+    """None once (host, port) accepts a connection (and `ready_file`
+    exists: nginx writes its pid file once it has bound its sockets); else
+    why not (the child exited, or the time ran out)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if child.poll() is not None:
             return f"exited with status {child.returncode} before listening"
+        if ready_file is not None and not ready_file.exists():
+            time.sleep(0.02)
+            continue
         try:
             socket.create_connection((host, port), timeout=1).close()
-            return None
         except OSError:
             time.sleep(0.02)
+            continue
+        # still running a moment later: the listener is the child's (a
+        # child that could not bind exits at once)
+        time.sleep(0.2)
+        if child.poll() is None:
+            return None
     return f"not listening after {timeout:g} s"
 
 
@@ -242,7 +251,8 @@ def launch(args: argparse.Namespace) -> int:
         # banner's, which nobody reads after that
         child = subprocess.Popen(argv, stdout=sys.stderr, env=env)
         try:
-            why = wait_listening(child, args.host, port)
+            why = wait_listening(child, args.host, port, ready_file=(
+                Path(tmp, "nginx.pid") if args.kind == "nginx" else None))
             if why is not None:
                 sys.stderr.write(f"http_rivals: {args.kind} {why}\n")
                 return 1

@@ -411,7 +411,8 @@ def run_group(servers: list[ServerSpec], scenarios: list[Scenario],
                 srv = ServerProc(name, server_argv(kind, extra, args.framing, bench_dir,
                                                    c_echo), env=env, cpu=server_cpu)
             except RuntimeError as exc:
-                notes[name] = f"failed to start: {str(exc)[:80]}"
+                # one line: the last the server (or its launcher) wrote
+                notes[name] = f"failed to start: {str(exc).strip().splitlines()[-1][:120]}"
                 progress.step(f"{name}: failed to start")
                 continue
             started[name] = srv
