@@ -300,7 +300,7 @@ def test_plan_covers_every_scenario(tmp_path):
 
 @pytest.mark.parametrize("argv", [["--sizes", "64,x"], ["--rates", "0"], ["--seconds", "0"],
                                   ["--rounds", "0"], ["--conns", "-1"],
-                                  ["--only", "iocport-python,nginx"],
+                                  ["--only", "iocport-python,apache"],
                                   ["--json", "/nonexistent-dir/figures.json"]])
 def test_bad_options_are_usage_errors(argv, capsys):
     """Found when the options are parsed (exit status 2, one line naming
@@ -352,7 +352,8 @@ def test_bench_extra_holds_what_the_docs_install():
     extra = tomllib.loads(pyproject.read_text())["project"]["optional-dependencies"]["bench"]
     told = re.search(r"pip install ((?:[a-z]+ ?)+)", readme.read_text().split("## Benchmarks")[1])
     assert set(told.group(1).split()) == set(extra)
-    assert set(harness.RIVAL_PACKAGES.values()) | {"matplotlib"} == set(extra)
+    assert set(harness.RIVAL_PACKAGES.values()) | set(harness.HTTP_RIVAL_PACKAGES.values()) \
+        | {"matplotlib"} == set(extra)
 
 
 def test_ratio_table_pairs_rounds_and_sets_targets_for_64_bytes():
@@ -611,12 +612,13 @@ def test_tls_tables_pair_rounds_and_set_the_targets():
         report.tls_negotiated(results)
 
 
-def _bench_smoke(tmp_path, *options):
+def _bench_smoke(tmp_path, *options, needs_uvloop=True):
     """`python -m iocport bench OPTIONS` with tiny runs (0.2 s, one round):
     its stdout and its --json figures, once it has exited 0 with no error
-    counted in any run.  Skips without uvloop (a rival in every group)."""
+    counted in any run.  Skips without uvloop (a rival in every group but
+    --http's, where a rival missing is skipped by the run itself)."""
     import importlib.util
-    if importlib.util.find_spec("uvloop") is None:
+    if needs_uvloop and importlib.util.find_spec("uvloop") is None:
         pytest.skip("uvloop is not installed")
     out = tmp_path / "figures.json"
     r = subprocess.run([sys.executable, "-m", "iocport", "bench", *options,
@@ -774,3 +776,214 @@ def test_bench_async_smoke(in_child_cwd, tmp_path):
     assert "async on asyncio" in text and "async on uvloop" in text
     assert "streams: readexactly, write, drain" in text
     assert [g["title"] for g in figures["groups"]] == ["async"]
+
+
+# ---- bench --http -----------------------------------------------------------
+
+def test_plan_http(tmp_path):
+    """--http alone plans the HTTP group: iocport's Python handler and
+    --native, the Python rivals and nginx, under h2load at 1 and 16 in
+    flight, wrk at 1, and h2load at a fixed rate for the Python servers."""
+    groups = scenarios.plan(_tls_args(["--http"]), tmp_path)
+    assert [g[0] for g in groups] == ["http"]
+    _, servers, scs = groups[0]
+    assert [s[0] for s in servers] == ["iocport-python", "iocport-native", "granian-rsgi",
+                                       "granian-asgi", "uvicorn", "socketify", "nginx"]
+    assert all(scenarios.is_http(kind) for _, kind, _ in servers)
+    keys = [scenarios.scenario_name(sc) for sc in scs]
+    assert keys == ["http, h2load, depth 1", "http, h2load, depth 16", "http, wrk, depth 1",
+                    f"http, h2load at {scenarios.HTTP_LATENCY_RATE:,} req/s"]
+    assert all(sc["conns"] == 50 and sc["mode"] == "http" for sc in scs)
+    assert scs[-1]["servers"] == ("iocport-python", *scenarios.HTTP_PYTHON)
+    both = scenarios.plan(_tls_args(["--http", "--full"]), tmp_path)
+    names = [scenarios.scenario_name(sc) for _, _, s in both for sc in s]
+    assert [g[0] for g in both][-1] == "http" and len(names) == len(set(names))
+    only = scenarios.plan(_tls_args(["--http", "--only", "iocport-native,nginx"]), tmp_path)
+    assert [s[0] for s in only[0][1]] == ["iocport-native", "nginx"]
+    argv = harness.server_argv("http-rival", ["granian", "--interface", "asgi"], "len4",
+                               harness.benchmarks_dir(), harness.benchmarks_dir())
+    assert argv[1].endswith("http_rivals.py") and argv[2:] == [
+        "granian", "--interface", "asgi", "--port", "0"]
+
+
+H2LOAD_OUT = """
+finished in 1.01s, 327712.00 req/s, 35.63MB/s
+requests: 327712 total, 328512 started, 327712 done, 327700 succeeded, 12 failed, 2 errored, 1 timeout
+status codes: 327690 2xx, 0 3xx, 10 4xx, 0 5xx
+"""
+WRK_OUT = """Running 1s test @ http://127.0.0.1:18080/
+  Latency Distribution
+     50%  566.00us
+     75%    1.03ms
+     90%    4.44ms
+     99%   51.37ms
+  44275 requests in 1.01s, 4.81MB read
+  Socket errors: connect 0, read 3, write 0, timeout 0
+  Non-2xx or 3xx responses: 5
+Requests/sec:  43743.78
+"""
+
+
+def test_http_clients_output_is_parsed_and_errors_counted():
+    """h2load's and wrk's summaries: the requests answered 2xx, the
+    duration, the latency percentiles (wrk), and every error or non-2xx
+    answer counted; no summary at all is a failure."""
+    h = harness.parse_h2load(H2LOAD_OUT)
+    assert h["msgs"] == 327690 and h["seconds"] == pytest.approx(1.01)
+    assert h["errors"] == 2 + 10 and "10 4xx" in h["why"]
+    clean = harness.parse_h2load(H2LOAD_OUT.replace("12 failed, 2 errored, 1 timeout",
+                                                    "0 failed, 0 errored, 0 timeout")
+                                 .replace("327690 2xx, 0 3xx, 10 4xx", "327700 2xx, 0 3xx, 0 4xx"))
+    assert clean["errors"] == 0 and "why" not in clean
+    w = harness.parse_wrk(WRK_OUT)
+    assert w["msgs"] == 44270 and w["errors"] == 3 + 5
+    assert w["p50_us"] == pytest.approx(566.0) and w["p99_us"] == pytest.approx(51370.0)
+    assert "failed" in harness.parse_h2load("") and "failed" in harness.parse_wrk("oops")
+
+
+def test_latency_log_percentiles(tmp_path):
+    """h2load's --log-file: the first `skip` seconds left out, percentiles
+    of the rest, non-2xx lines counted."""
+    log = tmp_path / "log.tsv"
+    t0 = 1_700_000_000_000_000
+    rows = [(t0 + i * 1000, 200, 5000) for i in range(100)]          # first 0.1 s: slow
+    rows += [(t0 + 1_000_000 + i, 200, 100 + i) for i in range(1000)]
+    rows.append((t0 + 2_000_000, 503, 10))
+    log.write_text("".join(f"{a}\t{b}\t{c}\n" for a, b, c in rows))
+    lat = harness.latency_log(log, 0.5)
+    assert lat["logged"] == 1001 and lat["non_2xx"] == 1
+    assert lat["p50_us"] == 599 and lat["p99_us"] == 1089
+
+
+def test_tree_cpu_counts_every_process_of_the_server():
+    """A server's CPU time is its process's and every descendant's: a child
+    that burns 0.3 CPU-seconds shows in its parent's tree."""
+    code = ("import subprocess, sys; c = subprocess.Popen([sys.executable, '-c', "
+            "'import time\\nwhile time.process_time() < 0.3: pass\\nprint(1, flush=True)\\n"
+            "time.sleep(60)'], stdout=subprocess.PIPE, text=True); c.stdout.readline(); "
+            "print('ready', flush=True); sys.stdin.readline(); c.kill()")
+    parent = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert parent.stdout.readline().strip() == "ready"
+        cpu, kernel, procs = harness.tree_cpu(parent.pid)
+        assert procs == 2 and cpu >= 0.25 and 0 <= kernel <= cpu
+        assert harness.tree_cpu(2 ** 22 + 1) == (0.0, 0.0, 0)       # no such process
+    finally:
+        parent.stdin.close()
+        parent.wait(10)
+        parent.stdout.close()
+
+
+def test_http_ratios_pair_rounds_and_set_the_targets():
+    """The HTTP targets (issue 17), per server CPU-second round by round:
+    the python handler over the best Python server >= 2.0 without
+    pipelining (h2load and wrk) and 3.0 with 16 in flight; --native over
+    nginx >= 1.0 and 3.0; p99 at the fixed load against the Python server
+    with the lowest p99 that round, at most 1.0."""
+    scs = [dict(size=0, depth=d, conns=50, framing="HTTP/1.1", mode="http", client=c,
+                rounds=2) for c, d in scenarios.HTTP_RUNS]
+    lat = dict(size=0, depth=1, conns=50, framing="HTTP/1.1", mode="http", client="h2load",
+               rate=1000, rounds=2)
+    results = {}
+    for sc in scs:
+        results[scenarios.scenario_name(sc)] = {
+            "iocport-python": _fake_runs(400, 300), "iocport-native": _fake_runs(800, 600),
+            "granian-rsgi": _fake_runs(100, 200), "uvicorn": _fake_runs(200, 50),
+            "nginx": _fake_runs(400, 400)}
+    results[scenarios.scenario_name(lat)] = {
+        "iocport-python": [{"p99_us": 200.0}, {"p99_us": 300.0}],
+        "granian-rsgi": [{"p99_us": 400.0}, {"p99_us": 100.0}],
+        "uvicorn": [{"p99_us": 800.0}, {"p99_us": 200.0}]}
+    text, rows = report.ratio_table([*scs, lat], results, {})
+    targets = {(r["ratio"], r["scenario"]): r["target"] for r in rows
+               if r["target"] is not None and not r["bound"]}
+    py, native = "http: python handler / best Python server", "http: native / nginx"
+    assert targets == {
+        (py, "http, h2load, depth 1"): 2.0, (py, "http, h2load, depth 16"): 3.0,
+        (py, "http, wrk, depth 1"): 2.0,
+        (native, "http, h2load, depth 1"): 1.0, (native, "http, h2load, depth 16"): 3.0,
+        (native, "http, wrk, depth 1"): 1.0,
+        ("http p99 latency, python handler / best Python server", lat_key(lat)): 1.0}
+    by = {(r["ratio"], r["scenario"]): r for r in rows}
+    assert by[(py, "http, h2load, depth 16")]["rounds"] == [2.0, 1.5]     # 400/200, 300/200
+    assert by[(native, "http, wrk, depth 1")]["per_cpu"] == 1.75
+    p99 = by[("http p99 latency, python handler / best Python server", lat_key(lat))]
+    assert p99["rounds"] == [0.5, 3.0] and p99["target_is_max"]      # 200/400, 300/100
+    line = next(ln for ln in text.splitlines() if ln.startswith(f"| {py} |")
+                and "depth 16" in ln)
+    assert line.endswith("| 1.50-2.00 | >= 3.0 | NO |")
+
+
+def lat_key(sc):
+    return scenarios.scenario_name(sc)
+
+
+def test_missing_http_rivals_say_how_to_get_them(monkeypatch):
+    import importlib.util
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in (
+        "granian", "httptools", "socketify") else real(name, *a))
+    assert harness.rival_missing("granian-rsgi", "http-rival") == "granian"
+    assert harness.rival_missing("iocport-python", "iocport-http") is None
+    if real("uvicorn") is not None and real("uvloop") is not None:
+        assert harness.rival_missing("uvicorn", "http-rival") == "httptools"
+    assert harness.server_missing_note("socketify", "http-rival") == \
+        "not installed: pip install socketify"
+    monkeypatch.setattr(harness, "find_tool", lambda name: None)
+    monkeypatch.setattr(bench, "find_tool", lambda name: None)
+    assert harness.server_missing_note("nginx", "http-rival") == \
+        "not installed: apt-get install nginx"
+    assert harness.server_missing_note("iocport-native", "iocport-http") is None
+    groups = [("http", [], [dict(mode="http", client="wrk"), dict(mode="http", client="h2load")])]
+    lines = bench.http_clients_present(groups)
+    assert groups == [] and len(lines) == 2 and "apt-get install nghttp2-client" in lines[0]
+
+
+@pytest.mark.parametrize("rival", [["granian", "--interface", "rsgi"],
+                                   ["granian", "--interface", "asgi"], ["uvicorn"],
+                                   ["socketify"], ["nginx"]], ids=" ".join)
+def test_http_rivals_answer_hello(rival, in_child_cwd):
+    """Each HTTP rival starts (or is skipped, said why), answers GET / with
+    200 text/plain "hello, world" on a keep-alive connection, and exits 0
+    on SIGTERM."""
+    name = "nginx" if rival == ["nginx"] else "-".join(rival[::2])
+    note = harness.server_missing_note(name, "http-rival")
+    if note:
+        pytest.skip(note)
+    argv = harness.server_argv("http-rival", rival, "len4", harness.benchmarks_dir(),
+                               harness.benchmarks_dir())
+    srv = harness.ServerProc(name, argv, env=child_env())
+    try:
+        assert harness.http_check(srv.host, srv.port) is None
+        assert harness.http_check(srv.host, srv.port) is None
+        _, _, procs = harness.tree_cpu(srv.pid)
+        assert procs >= 2                  # the launcher and the server it runs
+    finally:
+        status = srv.stop()
+    assert status == 0
+
+
+def test_bench_http_smoke(in_child_cwd, tmp_path):
+    """`bench --http` end to end with tiny runs: each server measured in
+    every scenario it is in, or skipped with its reason (a rival not
+    installed); every ratio row with its target; no errors.  No figure is
+    judged."""
+    if not (harness.find_tool("h2load") and harness.find_tool("wrk")):
+        pytest.skip("h2load and wrk are needed: apt-get install nghttp2-client wrk")
+    text, figures = _bench_smoke(tmp_path, "--http", needs_uvloop=False)
+    assert [g["title"] for g in figures["groups"]] == ["http"]
+    for key in ("http, h2load, depth 1", "http, h2load, depth 16", "http, wrk, depth 1"):
+        table = text.split(f"## {key}, 50 connections")[1].split("\n## ")[0]
+        for name, kind, _ in scenarios.HTTP_SERVERS:
+            why = harness.server_missing_note(name, kind)
+            pattern = re.escape(why) if why else "[0-9,]+"
+            assert re.search(rf"\n\| {name} \| {pattern} \|", table), (name, table)
+        for label, _, _, depth, target, _ in scenarios.HTTP_RATIOS:
+            if depth in (None, int(key.split()[-1])):
+                line = next(ln for ln in text.splitlines()
+                            if ln.startswith(f"| {label} | {key} |"))
+                assert f"| {f'>= {target}' if target else ''} |" in line, line
+    assert "req/s, 50 connections, h2load --rps" in text
+    assert "| http p99 latency, python handler / best Python server |" in text
+    assert "HTTP latency: h2load --rps" in text

@@ -67,7 +67,7 @@ def one_line(proc, status, *words):
     (["demo", "--size", "-1"], "--size"),
     (["bench", "--seconds", "0"], "--seconds"),
     (["bench", "--sizes", "64,x"], "--sizes"),
-    (["bench", "--only", "nginx"], "nginx"),
+    (["bench", "--only", "apache"], "apache"),
     (["bench", "--json", "/nonexistent-dir/figures.json"], "--json"),
     (["frobnicate"], "frobnicate"),
 ], ids=lambda v: " ".join(v) if isinstance(v, list) else None)

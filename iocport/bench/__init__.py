@@ -5,7 +5,10 @@ that checks every reply byte for byte), built with gcc into a cache
 directory together with ``benchmarks/c_echo_epoll.c`` (the plain C
 baseline); ``--tls`` builds a second load generator with OpenSSL and
 ``benchmarks/c_echo_tls.c`` (the C baseline over TLS), so that the plain
-benchmark needs no OpenSSL.  Each server runs pinned to one CPU, the client
+benchmark needs no OpenSSL; ``--http`` drives HTTP servers with h2load and
+wrk (Debian's packages) instead, against benchmarks/http_rivals.py's
+servers, and counts the CPU time of each server's whole process tree
+(granian and nginx work in child processes).  Each server runs pinned to one CPU, the client
 to another; each server is warmed on separate connections before it is
 measured; servers are measured in turn (A B A B ...) for several rounds and
 every ratio is computed round by round, the median reported.  The headline figure is
@@ -46,13 +49,14 @@ import tempfile
 import time
 
 from .._cli import int_in, output_path, positive_float, resolve_backend
-from .harness import (RIVAL_PACKAGES, TLS_DEV_HINT, bench_env, benchmarks_dir, build,
-                      build_tls, machine_info, make_certs, missing_line, pinning,
-                      rival_missing, tls_dev_installed)
-from .report import (Progress, chart_line, idle_table, machine_line, print_tables, ratio_table,
-                     tls_cost_table, tls_negotiated)
-from .scenarios import (IDLE_SERVERS, LATENCY_RATES, ServerSpec, Tools, only_names, plan,
-                        positive_ints, run_group, run_idle)
+from .harness import (HTTP_RIVAL_PACKAGES, HTTP_TOOLS, RIVAL_PACKAGES, TLS_DEV_HINT,
+                      bench_env, benchmarks_dir, build, build_tls, find_tool, machine_info,
+                      make_certs, missing_line, pinning, rival_missing, tls_dev_installed,
+                      tool_hint, tool_version)
+from .report import (Progress, chart_line, http_lines, idle_table, machine_line, print_tables,
+                     ratio_table, tls_cost_table, tls_negotiated)
+from .scenarios import (IDLE_SERVERS, LATENCY_RATES, Group, ServerSpec, Tools, only_names,
+                        plan, positive_ints, run_group, run_idle)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -76,7 +80,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="chart path when matplotlib is installed (default iocport-bench.png)")
     p.add_argument("--no-chart", action="store_true")
     p.add_argument("--install-rivals", action="store_true",
-                   help="pip install uvloop and rloop first")
+                   help="pip install uvloop and rloop first (with --http, granian, uvicorn, "
+                        "httptools and socketify too)")
     p.add_argument("--idle", action="store_true",
                    help="run only the idle-connections memory scenario "
                         "(also part of --full)")
@@ -98,6 +103,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="run only the coroutine-handler scenario: echo --async against "
                         "uvloop's Protocol and streams servers, depths 1 and 16, with the "
                         "plain handler beside them (needs uvloop; not part of --full)")
+    p.add_argument("--http", action="store_true",
+                   help="run only the HTTP/1.1 scenarios: python -m iocport http (Python "
+                        "handler, --native) against granian (RSGI, ASGI), uvicorn, socketify "
+                        "and nginx, requests per server CPU-second under h2load --h1 (1 and "
+                        "16 in flight) and wrk, and p99 at a fixed load (needs h2load, wrk, "
+                        "nginx: apt-get install nghttp2-client wrk nginx; not part of --full)")
 
 
 def install_tls_dev() -> None:
@@ -109,6 +120,33 @@ def install_tls_dev() -> None:
         subprocess.run(["apt-get", "install", "-y", "-qq", "libssl-dev"], check=False)
     else:
         sys.stderr.write(f"iocport bench: {TLS_DEV_HINT}\n")
+
+
+def install_http_tools() -> None:
+    """--install-rivals with --http: h2load, wrk and nginx through apt-get
+    when one is missing and this runs as root; otherwise say how."""
+    missing = [HTTP_TOOLS[t] for t in HTTP_TOOLS if find_tool(t) is None]
+    if not missing:
+        return
+    if shutil.which("apt-get") and os.geteuid() == 0:
+        subprocess.run(["apt-get", "install", "-y", "-qq", *missing], check=False)
+    else:
+        sys.stderr.write(f"iocport bench: apt-get install {' '.join(missing)}\n")
+
+
+def http_clients_present(groups: list[Group]) -> list[str]:
+    """Drop the HTTP scenarios whose load generator is not installed (and an
+    HTTP group left with none); one line each on what was left out."""
+    lines: list[str] = []
+    for i, (title, servers, scs) in enumerate(groups):
+        gone = {sc["client"] for sc in scs if sc.get("mode") == "http"
+                and find_tool(sc["client"]) is None}
+        if gone:
+            groups[i] = (title, servers, [sc for sc in scs if sc.get("client") not in gone])
+            lines += [f"{c} not found, so its scenarios were not run: {tool_hint(c)}"
+                      for c in sorted(gone)]
+    groups[:] = [g for g in groups if g[2]]
+    return lines
 
 
 def missing_rivals(servers: list[ServerSpec]) -> set[str]:
@@ -142,10 +180,13 @@ def run(args: argparse.Namespace) -> int:
     # is said now, not as a server that failed to start.
     resolve_backend(None)
     if args.install_rivals:
-        subprocess.run([sys.executable, "-m", "pip", "install", *RIVAL_PACKAGES.values()],
-                       check=False)
+        packages = [*RIVAL_PACKAGES.values(),
+                    *(HTTP_RIVAL_PACKAGES.values() if args.http else ())]
+        subprocess.run([sys.executable, "-m", "pip", "install", *packages], check=False)
         if args.tls:
             install_tls_dev()
+        if args.http:
+            install_http_tools()
     info = machine_info()
     if info["loadavg"][0] > 0.5:
         sys.stderr.write(f"iocport bench: load average {info['loadavg'][0]:.2f}: another "
@@ -161,6 +202,13 @@ def run(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="iocport-bench-store-") as store_dir:
         certs = make_certs(store_dir) if args.tls else ("", "", None)
         groups = plan(args, store_dir, certs[:2])
+        left_out = http_clients_present(groups) if args.http else []
+        for line in left_out:
+            sys.stderr.write(f"iocport bench: {line}\n")
+        if args.http and not any(title == "http" for title, *_ in groups):
+            sys.stderr.write("iocport bench: --http: no load generator to run "
+                             "(h2load or wrk)\n")
+            return 1
         if not groups:
             return run_idle_only(args)
         steps = sum(len(servers) + sum(sc["rounds"] * len(
@@ -178,6 +226,10 @@ def run(args: argparse.Namespace) -> int:
           if server_cpu is not None else "not pinned (taskset or a second CPU missing)")
     print(f"{args.conns} connections, {args.seconds} s measured per run, "
           f"{args.rounds} rounds, {elapsed:.0f} s in all")
+    if args.http:
+        print(http_lines({t: tool_version(t) for t in HTTP_TOOLS}))
+        for line in left_out:
+            print(line)
     if args.tls:
         print(f"TLS 1.3, the load generator offering TLS_AES_128_GCM_SHA256 alone, "
               f"no verification; certificate ECDSA P-256 from {certs[2]}")

@@ -1,13 +1,17 @@
 """The machinery of the benchmark, which knows no plan: building the C tools
 of benchmarks/, starting and stopping servers, pinning them and the clients
-to CPUs, one load-generator run, one idle-memory reading, and what the
-machine is."""
+to CPUs, one load-generator run (loadgen, or h2load and wrk for HTTP with
+the CPU time of the server's process tree), one idle-memory reading, and
+what the machine is."""
 from __future__ import annotations
 
 import hashlib
+import http.client
 import importlib.util
 import json
+import math
 import os
+import re
 import selectors
 import shutil
 import signal
@@ -42,6 +46,17 @@ TLS_DEV_HINT = ("OpenSSL's headers and libraries are needed to build the TLS ben
 # failing it, and whose versions go into the machine line.  The `bench`
 # extra in pyproject.toml holds them too, with matplotlib (the chart).
 RIVAL_PACKAGES = {"uvloop": "uvloop", "rloop": "rloop"}
+# `bench --http`'s Python rivals' packages (what --install-rivals installs
+# with --http; in the `bench` extra too), and what each rival needs, by
+# the first word of its name (benchmarks/http_rivals.py runs them).
+HTTP_RIVAL_PACKAGES = {"granian": "granian", "uvicorn": "uvicorn", "httptools": "httptools",
+                       "socketify": "socketify"}
+HTTP_RIVAL_NEEDS: dict[str, tuple[str, ...]] = {
+    "granian": ("granian",), "uvicorn": ("uvicorn", "httptools", "uvloop"),
+    "socketify": ("socketify",)}
+# `bench --http`'s programs that are no Python package: the load generators
+# and nginx, by the Debian package that holds each
+HTTP_TOOLS = {"h2load": "nghttp2-client", "wrk": "wrk", "nginx": "nginx"}
 BENCH_EXTRA = "pip install 'iocport[bench]'"
 
 # The iocport package directory (this file is in iocport/bench/): the
@@ -208,8 +223,9 @@ class ServerProc:
 
 def server_argv(kind: str, extra: list[str], framing: str, bench_dir: Path,
                 c_echo: Path) -> list[str]:
-    """The command line of a server of `kind` (iocport, c, c-tls, asyncio or
-    threads), with `extra` options."""
+    """The command line of a server of `kind` (iocport, c, c-tls, asyncio,
+    threads; iocport-http, http-rival: `bench --http`'s), with `extra`
+    options (for an http-rival, its arguments to http_rivals.py)."""
     if kind == "c-tls":     # built by then (bench --tls builds it first): cached
         return [str(build_tls("c_echo")), "--port", "0", "--framing", framing, *extra]
     if kind == "iocport":
@@ -217,8 +233,41 @@ def server_argv(kind: str, extra: list[str], framing: str, bench_dir: Path,
                 "--framing", framing, *extra]
     if kind == "c":
         return [str(c_echo), "--port", "0", "--framing", framing]
+    if kind == "iocport-http":
+        return [sys.executable, "-m", "iocport", "http", "--port", "0", *extra]
+    if kind == "http-rival":
+        return [sys.executable, str(bench_dir / "http_rivals.py"), *extra, "--port", "0"]
     rivals = str(bench_dir / "rivals.py")
     return [sys.executable, rivals, kind, "--port", "0", "--framing", framing, *extra]
+
+
+def find_tool(name: str) -> str | None:
+    """A program of HTTP_TOOLS: on PATH, or in the sbin directories (Debian's
+    nginx is /usr/sbin/nginx, not on every user's PATH)."""
+    found = shutil.which(name)
+    if found:
+        return found
+    return next((p for d in ("/usr/sbin", "/usr/local/sbin")
+                 if os.access(p := os.path.join(d, name), os.X_OK)), None)
+
+
+def tool_hint(name: str) -> str:
+    """How to get a program of HTTP_TOOLS."""
+    return f"apt-get install {HTTP_TOOLS[name]}"
+
+
+def tool_version(name: str) -> str | None:
+    """The first line a program of HTTP_TOOLS says about its version."""
+    exe = find_tool(name)
+    if exe is None:
+        return None
+    flag = {"h2load": "--version", "wrk": "-v", "nginx": "-v"}[name]
+    try:
+        r = subprocess.run([exe, flag], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    lines = (r.stdout + r.stderr).strip().splitlines()
+    return lines[0].replace("nginx version: ", "") if lines else None
 
 
 def run_loadgen(loadgen: Path, server: ServerProc, *, conns: int, depth: int, size: int,
@@ -256,6 +305,218 @@ def run_loadgen(loadgen: Path, server: ServerProc, *, conns: int, depth: int, si
     return res
 
 
+# ---- HTTP (bench --http): the server's CPU, h2load and wrk -----------------
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+HELLO = b"hello, world"
+
+
+def tree_cpu(pid: int) -> tuple[float, float, int]:
+    """(CPU seconds, of them in the kernel, processes) of process `pid` and
+    every descendant: utime+stime (every thread of each) plus cutime+cstime
+    (the children each has reaped) from /proc/PID/stat.  Counting the reaped
+    children's time keeps a delta whole when a process of the tree exits
+    between two readings; a descendant started between them counts from
+    nought."""
+    stats: dict[int, tuple[int, list[str]]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                text = f.read()
+        except OSError:
+            continue        # exited meanwhile
+        fields = text[text.rindex(")") + 2:].split()
+        stats[int(entry)] = (int(fields[1]), fields)
+    children: dict[int, list[int]] = {}
+    for p, (ppid, _) in stats.items():
+        children.setdefault(ppid, []).append(p)
+    total = kernel = 0
+    count = 0
+    todo = [pid] if pid in stats else []
+    while todo:
+        p = todo.pop()
+        fields = stats[p][1]
+        # after the command: state ppid ... utime(12th) stime cutime cstime
+        utime, stime, cutime, cstime = (int(x) for x in fields[11:15])
+        total += utime + stime + cutime + cstime
+        kernel += stime + cstime
+        count += 1
+        todo += children.get(p, [])
+    return total / CLK_TCK, kernel / CLK_TCK, count
+
+
+def http_check(host: str, port: int) -> str | None:
+    """None when GET / is answered 200, text/plain, ``hello, world``; else
+    what was wrong (the check before a server's warm-up: every server must
+    answer the same)."""
+    conn = http.client.HTTPConnection(host, port, timeout=10)
+    try:
+        conn.request("GET", "/")
+        resp = conn.getresponse()
+        body = resp.read()
+        ctype = resp.getheader("content-type") or ""
+    except (OSError, http.client.HTTPException) as exc:
+        return f"GET / failed: {exc}"
+    finally:
+        conn.close()
+    if resp.status != 200 or body != HELLO or not ctype.startswith("text/plain"):
+        return f"GET / answered {resp.status} {ctype!r} {body[:40]!r}"
+    return None
+
+
+_UNITS = {"us": 1.0, "ms": 1e3, "s": 1e6, "m": 6e7}
+
+
+def _us(value: str, unit: str) -> float:
+    return float(value) * _UNITS[unit]
+
+
+def parse_h2load(text: str) -> Run:
+    """h2load's summary: requests answered 2xx (msgs), its duration, and the
+    errors: requests errored (no answer: a connection failed, a timeout)
+    plus answers other than 2xx.  {"failed": ...} when it has no summary."""
+    fin = re.search(r"finished in ([\d.]+)(us|ms|s|m), ([\d.]+) req/s", text)
+    req = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, "
+                    r"(\d+) failed, (\d+) errored, (\d+) timeout", text)
+    codes = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", text)
+    if not (fin and req and codes):
+        return {"failed": f"h2load: no summary: {text.strip()[-200:]!r}", "errors": 1}
+    done, failed, errored, timeout = (int(req.group(i)) for i in (3, 5, 6, 7))
+    ok, n3, n4, n5 = (int(x) for x in codes.groups())
+    seconds = _us(fin.group(1), fin.group(2)) / 1e6
+    res: Run = {"msgs": ok, "seconds": seconds, "msgs_per_sec": ok / seconds if seconds else 0,
+                "done": done, "errors": errored + n3 + n4 + n5,
+                "p50_us": None, "p99_us": None, "p999_us": None}
+    if res["errors"]:
+        res["why"] = (f"{failed} failed: {errored} errored ({timeout} timed out), "
+                      f"{n3} 3xx, {n4} 4xx, {n5} 5xx")
+    return res
+
+
+def parse_wrk(text: str) -> Run:
+    """wrk's summary (with --latency): requests, duration, p50 and p99, and
+    the errors: socket errors (connect, read, write, timeout) plus "Non-2xx
+    or 3xx responses" (wrk counts a 3xx as a success: the check before
+    the rounds makes sure that every server answers 200).  {"failed": ...}
+    when it has no summary."""
+    m = re.search(r"(\d+) requests in ([\d.]+)(us|ms|s|m),", text)
+    if not m:
+        return {"failed": f"wrk: no summary: {text.strip()[-200:]!r}", "errors": 1}
+    n, seconds = int(m.group(1)), _us(m.group(2), m.group(3)) / 1e6
+    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)",
+                     text)
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    sock_errors = sum(int(x) for x in sock.groups()) if sock else 0
+    bad = int(non2xx.group(1)) if non2xx else 0
+    pct = {q: _us(v, u) for q, v, u in
+           re.findall(r"^\s+(\d+)%\s+([\d.]+)(us|ms|s|m)\s*$", text, re.M)}
+    res: Run = {"msgs": n - bad, "seconds": seconds,
+                "msgs_per_sec": (n - bad) / seconds if seconds else 0,
+                "errors": sock_errors + bad, "p50_us": pct.get("50"), "p99_us": pct.get("99"),
+                "p999_us": None}
+    if res["errors"]:
+        res["why"] = (f"socket errors {sock.group(0) if sock else 0}, "
+                      f"non-2xx or 3xx {bad}")
+    return res
+
+
+def latency_log(path: str | os.PathLike[str], skip_s: float) -> dict[str, Any]:
+    """p50, p99, p99.9 (us) of h2load's --log-file (a line a request: start
+    in microseconds since the epoch, status, microseconds to the end of
+    the answer), the requests that started in the first `skip_s` seconds
+    left out; with the count of non-2xx lines."""
+    rows: list[tuple[int, int, int]] = []
+    with open(path) as f:
+        for line in f:
+            parts = line.split("\t")
+            if len(parts) >= 3:
+                rows.append((int(parts[0]), int(parts[1]), int(parts[2])))
+    if not rows:
+        return {"p50_us": None, "p99_us": None, "p999_us": None, "logged": 0, "non_2xx": 0}
+    start = min(r[0] for r in rows) + skip_s * 1e6
+    lat = sorted(r[2] for r in rows if r[0] >= start)
+    non_2xx = sum(1 for r in rows if not 200 <= r[1] < 300)
+
+    def pct(q: float) -> float | None:
+        return float(lat[min(len(lat) - 1, int(q * len(lat)))]) if lat else None
+
+    return {"p50_us": pct(0.5), "p99_us": pct(0.99), "p999_us": pct(0.999),
+            "logged": len(lat), "non_2xx": non_2xx}
+
+
+def run_http_client(client: str, server: ServerProc, *, conns: int, depth: int,
+                    seconds: float, cpu: int | None = None, rate: int | None = None,
+                    skip: float = 0.5) -> Run:
+    """One run of `client` (h2load --h1, or wrk) against `server`: `conns`
+    keep-alive connections, `depth` requests in flight on each (h2load -m;
+    wrk: 1), for `seconds` (wrk: whole seconds, at least one); with `rate`
+    (h2load only), `rate` requests per second in all (--rps, per
+    connection) and p99 from its per-request log, the first `skip` seconds
+    left out.  The server's CPU time (every process of its tree) is read
+    just before the client starts and just after it exits: the window holds
+    the client's whole run, and the server is idle outside it.  A run with
+    any error or non-2xx answer is {"failed": ..., "errors": n}."""
+    exe = find_tool(client)
+    if exe is None:
+        return {"failed": f"{client} not found: {tool_hint(client)}", "errors": 1}
+    url = f"http://{server.host}:{server.port}/"
+    log = None
+    if client == "h2load":
+        argv = [exe, "--h1", "-t", "1", "-c", str(conns), "-m", str(depth),
+                "-D", f"{max(1, round(seconds * 1000))}ms", url]
+        if rate:
+            log = tempfile.NamedTemporaryFile(prefix="iocport-h2load-", suffix=".tsv",
+                                              delete=False)
+            log.close()
+            argv[1:1] = ["--rps", str(max(1, round(rate / conns))), "--log-file", log.name]
+    else:
+        argv = [exe, "-t", "1", "-c", str(conns), "-d", f"{max(1, math.ceil(seconds))}s",
+                "--timeout", "10s", "--latency", url]
+    before = tree_cpu(server.pid)
+    t0 = time.monotonic()
+    try:
+        r = subprocess.run(_pinned(cpu, argv), capture_output=True, text=True,
+                           timeout=seconds + 60)
+    except subprocess.TimeoutExpired:
+        return {"failed": f"{client} timed out", "errors": 1}
+    finally:
+        window = time.monotonic() - t0
+        after = tree_cpu(server.pid)
+    try:
+        res = parse_h2load(r.stdout) if client == "h2load" else parse_wrk(r.stdout)
+        if log is not None and "failed" not in res:
+            lat = latency_log(log.name, skip)
+            res.update({k: lat[k] for k in ("p50_us", "p99_us", "p999_us")})
+            res["latency_requests"] = lat["logged"]
+            if lat["non_2xx"] and not res["errors"]:
+                res["errors"] = lat["non_2xx"]
+                res["why"] = f"{lat['non_2xx']} non-2xx answers in the log"
+    finally:
+        if log is not None:
+            os.unlink(log.name)
+    if "failed" in res:
+        res["failed"] += f" (exit {r.returncode}: {r.stderr.strip()[-200:]!r})"
+        return res
+    if r.returncode:
+        res["errors"] = res.get("errors") or 1
+        res.setdefault("why", f"{client} exit {r.returncode}: {r.stderr.strip()[-200:]}")
+    if server.proc.poll() is not None:
+        res["errors"] = res.get("errors") or 1
+        res.setdefault("why", f"the server exited ({server.proc.returncode})")
+    if res["errors"]:
+        return {"failed": res["why"], "errors": res["errors"]}
+    res["client_seconds"] = res["seconds"]
+    res["seconds"] = window           # the CPU window: server CPU % is over it
+    res["server_cpu_s"] = after[0] - before[0]
+    res["server_sys_s"] = after[1] - before[1]
+    res["server_processes"] = after[2]
+    res["msgs_per_cpu_s"] = (res["msgs"] / res["server_cpu_s"]
+                             if res["server_cpu_s"] > 0 else None)
+    return res
+
+
 def bench_env() -> dict[str, str]:
     """The environment of the servers and clients started from here: this
     iocport first on PYTHONPATH, so that they run the package being
@@ -273,6 +534,10 @@ def rival_missing(name: str, kind: str) -> str | None:
     ('uvloop-tls'), or iocport's coroutine handler served from that loop
     ('iocport-async-uvloop')."""
     words = name.split("-")
+    if kind == "http-rival":
+        need = [p for p in HTTP_RIVAL_NEEDS.get(words[0], ())
+                if importlib.util.find_spec(p) is None]
+        return " ".join(need) or None
     loop = words[0] if kind == "asyncio" else words[-1] if kind == "iocport" else None
     if loop in RIVAL_PACKAGES and importlib.util.find_spec(RIVAL_PACKAGES[loop]) is None:
         return RIVAL_PACKAGES[loop]
@@ -282,6 +547,17 @@ def rival_missing(name: str, kind: str) -> str | None:
 def missing_note(package: str | None) -> str:
     """The tables' note for a server skipped for want of `package`."""
     return f"not installed: pip install {package}"
+
+
+def server_missing_note(name: str, kind: str) -> str | None:
+    """The tables' note for server `name` when what it needs is not here (a
+    Python package, or nginx), else None."""
+    pkg = rival_missing(name, kind)
+    if pkg:
+        return missing_note(pkg)
+    if kind == "http-rival" and name == "nginx" and find_tool("nginx") is None:
+        return f"not installed: {tool_hint('nginx')}"
+    return None
 
 
 def missing_line(packages: set[str]) -> str:
@@ -308,7 +584,7 @@ def machine_info() -> dict[str, Any]:
     except OSError:
         pass
     versions: dict[str, str | None] = {}
-    for pkg in ("iocport", *RIVAL_PACKAGES.values()):
+    for pkg in ("iocport", *RIVAL_PACKAGES.values(), *HTTP_RIVAL_PACKAGES.values()):
         try:
             versions[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:

@@ -10,9 +10,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from .harness import BENCH_EXTRA, Run
-from .scenarios import (ASYNC_RATIOS, BOUNDS, HANDSHAKE_RATIOS, IDLE_SERVERS, LATENCY_RATIOS,
-                        RATIOS, STORE_RATIOS, TLS_PAIRS, TLS_RATIOS, Results, Scenario,
-                        is_tls, scenario_name)
+from .scenarios import (ASYNC_RATIOS, BOUNDS, HANDSHAKE_RATIOS, HTTP_LATENCY_RATIOS,
+                        HTTP_RATIOS, IDLE_SERVERS, LATENCY_RATIOS, RATIOS, STORE_RATIOS,
+                        TLS_PAIRS, TLS_RATIOS, Results, Scenario, is_tls, scenario_name)
 
 
 class Progress:
@@ -70,10 +70,15 @@ def print_tables(scenarios: list[Scenario], names: list[str], results: Results,
         loop = "open loop, " if sc.get("rate") else ""
         if sc.get("mode") == "handshake":
             loop = "a new TLS connection per message (msgs = handshakes), "
+        unit = "msgs"
+        if sc.get("mode") == "http":
+            unit = "req"
+            loop = (f"{sc['depth']} in flight per connection, "
+                    if not sc.get("rate") else "h2load --rps, ")
         out.append(f"\n## {key}, {sc['conns']} connections, {loop}{sc['framing']} "
                    f"(medians of {sc['rounds']} rounds)\n")
-        out.append("| server | msgs/s | p50 us | p99 us | p99.9 us | errors "
-                   "| server CPU % | of it in the kernel | msgs per server CPU-s |")
+        out.append(f"| server | {unit}/s | p50 us | p99 us | p99.9 us | errors "
+                   f"| server CPU % | of it in the kernel | {unit} per server CPU-s |")
         out.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
         for name in names:
             if sc.get("servers") and name not in sc["servers"]:
@@ -113,9 +118,10 @@ def _figure(run: Run, field: str) -> float | None:
 
 
 def _pair_ratios(results: Results, key: str, a: str, b: str | tuple[str, ...], field: str,
-                 a_field: str | None = None) -> list[float]:
+                 a_field: str | None = None, lowest: bool = False) -> list[float]:
     """Round-by-round ratios of `field`, A over B (B: a name or the better of
-    a tuple of names, per round); A's figure is `a_field` when given."""
+    a tuple of names, per round: the highest figure, or with `lowest` the
+    lowest); A's figure is `a_field` when given."""
     ra = results[key].get(a, [])
     bs = b if isinstance(b, tuple) else (b,)
     rbs = [results[key].get(x, []) for x in bs]
@@ -124,7 +130,7 @@ def _pair_ratios(results: Results, key: str, a: str, b: str | tuple[str, ...], f
         va = _figure(run_a, a_field or field)
         vb: list[float] = [r[i][field] for r in rbs if i < len(r) and r[i].get(field)]
         if va and vb:
-            ratios.append(va / max(vb))
+            ratios.append(va / (min(vb) if lowest else max(vb)))
     return ratios
 
 
@@ -133,7 +139,8 @@ def ratio_table(scenarios: list[Scenario], results: Results, banners: dict[str, 
     """The ratios of every scenario run: throughput targets (RATIOS) on the
     closed-loop scenarios, p99 latency (LATENCY_RATIOS) on the open-loop
     ones, TLS_RATIOS and ASYNC_RATIOS on the TLS and coroutine-handler
-    ones, and the store scenario's figures (STORE_RATIOS, no target)."""
+    ones, HTTP_RATIOS and HTTP_LATENCY_RATIOS on the HTTP ones, and the
+    store scenario's figures (STORE_RATIOS, no target)."""
     out = ["\n## Ratios (median of the round-by-round ratios)\n",
            "| ratio | scenario | per server CPU-s | msgs/s | p99 | rounds' range | target | met |",
            "|---|---|---:|---:|---:|---:|---|---|"]
@@ -144,8 +151,10 @@ def ratio_table(scenarios: list[Scenario], results: Results, banners: dict[str, 
             bound: bool = False) -> None:
         key = scenario_name(sc)
         # a bound row has a figure per CPU-second only
+        # a latency target (most) is against the B with the lowest p99
         each = {f: _pair_ratios(results, key, a, b, f,
-                                "msgs_per_sys_s" if bound else None)
+                                "msgs_per_sys_s" if bound else None,
+                                lowest=most and f == "p99_us")
                 for f in (("msgs_per_cpu_s",) if bound
                           else ("msgs_per_cpu_s", "msgs_per_sec", "p99_us"))}
         fig = {f: _median(each.get(f, [])) for f in ("msgs_per_cpu_s", "msgs_per_sec", "p99_us")}
@@ -169,7 +178,18 @@ def ratio_table(scenarios: list[Scenario], results: Results, banners: dict[str, 
 
     for sc in scenarios:
         mode = "rate" if sc.get("rate") else sc.get("mode", "closed")
-        if mode == "closed":
+        if sc.get("mode") == "http":
+            if sc.get("rate"):
+                for label, a, b, target in HTTP_LATENCY_RATIOS:
+                    row(label, a, b, sc, target, field="p99_us", most=True)
+                continue
+            for label, a, b, depth, each_target, client in HTTP_RATIOS:
+                if depth is None or sc["depth"] == depth:
+                    goal = each_target if client in (None, sc["client"]) else None
+                    row(label, a, b, sc, goal)
+                    if label in BOUNDS and goal is not None:
+                        row(BOUNDS[label], a, b, sc, goal, bound=True)
+        elif mode == "closed":
             for label, a, b, depth, target, size in RATIOS:
                 if b == "iocport-python" and "backend uring" not in banners.get(b, ""):
                     continue   # auto fell back to epoll: no uring figures to compare
@@ -196,6 +216,26 @@ def ratio_table(scenarios: list[Scenario], results: Results, banners: dict[str, 
             for label, a, b in STORE_RATIOS:
                 row(label, a, b, sc)
     return "\n".join(out), rows
+
+
+# ---- HTTP -----------------------------------------------------------------
+
+def http_lines(tools: dict[str, str | None]) -> str:
+    """What `bench --http` measured and with what: the load generators'
+    and nginx's versions (`tools`: name -> version line, None when not
+    installed), how the server's CPU is counted, how latency is taken."""
+    have = "; ".join(f"{n}: {v or 'not installed'}" for n, v in tools.items())
+    return "\n".join([
+        f"HTTP: {have}",
+        "HTTP: GET / on keep-alive connections, every server answering 200 text/plain "
+        "'hello, world' (checked before its warm-up); h2load --h1 -t 1 -m 1 and -m 16, "
+        "wrk -t 1 (no pipelining); any error or non-2xx answer fails the run",
+        "HTTP: server CPU = utime+stime (+ reaped children's) of the server's process and "
+        "every descendant, /proc/PID/stat, read before and after each client run",
+        "HTTP latency: h2load --rps at a fixed offered load, 1 request in flight per "
+        "connection, p50/p99 from its per-request log (first 0.5 s left out); latency "
+        "counts from each request's send, not a schedule (no wrk2 here): read it below "
+        "saturation only. wrk's p50/p99 in its tables are closed-loop, at saturation"])
 
 
 # ---- TLS ------------------------------------------------------------------

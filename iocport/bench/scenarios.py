@@ -1,6 +1,6 @@
 """What the benchmark runs and how it is judged: the servers of each
 scenario (throughput, latency at a fixed load, store-to-disk, TLS, coroutine
-handlers, idle memory), the ratios and targets that apply to each, the plan
+handlers, HTTP, idle memory), the ratios and targets that apply to each, the plan
 the options make of them, and the A B A B rounds that run a plan."""
 from __future__ import annotations
 
@@ -9,16 +9,17 @@ import sys
 from pathlib import Path
 from typing import Any, Protocol
 
-from .harness import (Run, ServerProc, benchmarks_dir, bench_env, build, idle_fit,
-                      measure_idle, missing_note, pinning, rival_missing, run_loadgen,
-                      server_argv)
+from .harness import (Run, ServerProc, benchmarks_dir, bench_env, build, http_check,
+                      idle_fit, measure_idle, missing_note, pinning, rival_missing,
+                      run_http_client, run_loadgen, server_argv, server_missing_note)
 
 # A server to run: (name, kind, extra options); kind: iocport | c | c-tls |
-# asyncio | threads
+# asyncio | threads | iocport-http | http-rival
 ServerSpec = tuple[str, str, list[str]]
 # A scenario: size, depth, conns, framing, rounds, seconds, and its mode
-# ("closed", "store", "tls", "handshake", "async") or rate (open loop); "servers"
-# limits it to those.
+# ("closed", "store", "tls", "handshake", "async", "http") or rate (open
+# loop); "servers" limits it to those; an "http" one names its "client"
+# (h2load or wrk).
 Scenario = dict[str, Any]
 # A group of the plan: (title, its servers, its scenarios)
 Group = tuple[str, list[ServerSpec], list[Scenario]]
@@ -81,6 +82,8 @@ BOUNDS = {
         "bound, the async handler's kernel time alone / uvloop Protocol",
     "async handler / uvloop streams":
         "bound, the async handler's kernel time alone / uvloop streams",
+    "http: python handler / best Python server":
+        "bound, the python handler's kernel time alone / best Python server (HTTP)",
 }
 
 
@@ -196,6 +199,62 @@ ASYNC_RATIOS: list[tuple[str, str, str | tuple[str, ...], int | None, float | No
 ]
 
 
+# HTTP/1.1 (--http): GET / answered 200 text/plain "hello, world" on 50
+# keep-alive connections, judged by requests per server CPU-second (every
+# process of the server's tree counted), driven by h2load --h1 with 1 and
+# 16 requests in flight per connection and by wrk (1 in flight); iocport
+# (`python -m iocport http`, the Python handler, and --native) against
+# benchmarks/http_rivals.py's servers, all alternating round by round.
+# (name, kind, extra); an http-rival's extra is its http_rivals.py arguments.
+HTTP_SERVERS: list[ServerSpec] = [
+    ("iocport-python", "iocport-http", []),
+    ("iocport-native", "iocport-http", ["--native"]),
+    ("granian-rsgi", "http-rival", ["granian", "--interface", "rsgi"]),
+    ("granian-asgi", "http-rival", ["granian", "--interface", "asgi"]),
+    ("uvicorn", "http-rival", ["uvicorn"]),
+    ("socketify", "http-rival", ["socketify"]),
+    ("nginx", "http-rival", ["nginx"]),
+]
+# The Python servers: the python handler's targets are against the best of
+# them, round by round.
+HTTP_PYTHON = ("granian-rsgi", "granian-asgi", "uvicorn", "socketify")
+# (client, requests in flight per connection) of the throughput scenarios:
+# wrk cannot pipeline
+HTTP_RUNS = (("h2load", 1), ("h2load", 16), ("wrk", 1))
+# (label, A, B, depth or None for any, target or None, client the target is
+# set for or None for any); B a tuple: the best of those, round by round.
+HTTP_RATIOS: list[tuple[str, str, str | tuple[str, ...], int | None, float | None,
+                        str | None]] = [
+    ("http: python handler / best Python server", "iocport-python", HTTP_PYTHON, 1, 2.0, None),
+    ("http: python handler / best Python server", "iocport-python", HTTP_PYTHON, 16, 3.0,
+     None),
+    ("http: native / nginx", "iocport-native", "nginx", 1, 1.0, None),
+    ("http: native / nginx", "iocport-native", "nginx", 16, 3.0, None),
+    # no target: the C anchor against the Python servers, and the python
+    # handler against its own ceiling
+    ("http: nginx / best Python server", "nginx", HTTP_PYTHON, None, None, None),
+    ("http: python handler / native", "iocport-python", "iocport-native", None, None, None),
+]
+# Latency at a fixed offered load: h2load --rps (a rate per connection,
+# requests in all over the connections), one request in flight per
+# connection, p99 from its per-request log, the first 0.5 s left out.
+# Its latency counts from each request's send, not from a schedule: a
+# server that falls behind is not charged for the queueing (this is no
+# wrk2), so the rate is well below every server's saturation.
+HTTP_LATENCY_RATE = 10000
+HTTP_LATENCY_SERVERS = ("iocport-python", *HTTP_PYTHON)
+# (label, A, B, target: A's p99 over B's at most this); B a tuple: the one
+# with the lowest p99, round by round
+HTTP_LATENCY_RATIOS: list[tuple[str, str, str | tuple[str, ...], float]] = [
+    ("http p99 latency, python handler / best Python server", "iocport-python", HTTP_PYTHON,
+     1.0)]
+
+
+def is_http(kind: str) -> bool:
+    """Whether a server of `kind` speaks HTTP (bench --http's)."""
+    return kind in ("iocport-http", "http-rival")
+
+
 # Idle connections: the resident memory that each costs a server.
 # (name, kind, extra): the servers of the idle scenario
 IDLE_SERVERS: list[ServerSpec] = [
@@ -215,6 +274,10 @@ IDLE_WAIT = 2.0            # seconds of silence before the second reading
 def scenario_name(sc: Scenario) -> str:
     """A scenario's name, unique within a run: the key of its results and
     its title in the tables and the chart."""
+    if sc.get("mode") == "http":
+        if sc.get("rate"):
+            return f"http, {sc['client']} at {sc['rate']:,} req/s"
+        return f"http, {sc['client']}, depth {sc['depth']}"
     size = sc["size"]
     text = f"{size // 1024} KiB" if size >= 1024 and size % 1024 == 0 else f"{size} B"
     if sc.get("rate"):
@@ -242,7 +305,7 @@ def server_names() -> list[str]:
     """Every server the scenarios know (what --only may name)."""
     return sorted({s[0] for s in SERVERS} | {s[0] for s in STORE_SERVERS} |
                   {s[0] for s in IDLE_SERVERS} | {s[0] for s in TLS_SERVERS} |
-                  {s[0] for s in ASYNC_SERVERS})
+                  {s[0] for s in ASYNC_SERVERS} | {s[0] for s in HTTP_SERVERS})
 
 
 def only_names(text: str) -> str:
@@ -265,7 +328,7 @@ def plan(args: argparse.Namespace, store_dir: str,
     only = set(args.only.split(",")) if args.only else None
     groups: list[Group] = []
     just = (args.latency or args.store or args.idle or getattr(args, "tls", False)
-            or getattr(args, "use_async", False))
+            or getattr(args, "use_async", False) or getattr(args, "http", False))
     if args.full or not just:
         chosen = [s for s in SERVERS if args.full or not s[3]]
         if only:
@@ -303,6 +366,14 @@ def plan(args: argparse.Namespace, store_dir: str,
         groups.append(("async", servers, [dict(common, size=size, depth=d, mode="async")
                                           for size in (args.sizes or ASYNC_SIZES)
                                           for d in (1, 16)]))
+    if getattr(args, "http", False):
+        servers = [s for s in HTTP_SERVERS if only is None or s[0] in only]
+        http = dict(common, size=0, framing="HTTP/1.1 keep-alive, GET /", mode="http")
+        groups.append(("http", servers,
+                       [dict(http, client=client, depth=d) for client, d in HTTP_RUNS] +
+                       [dict(http, client="h2load", depth=1, rate=HTTP_LATENCY_RATE,
+                             seconds=max(2.0, args.seconds), warmup=0.5,
+                             servers=HTTP_LATENCY_SERVERS)]))
     return groups
 
 
@@ -325,8 +396,10 @@ def run_group(servers: list[ServerSpec], scenarios: list[Scenario],
         return loadgen_tls
 
     results: Results = {scenario_name(sc): {} for sc in scenarios}
-    notes = {name: missing_note(rival_missing(name, kind)) for name, kind, _ in servers
-             if rival_missing(name, kind)}
+    notes = {name: note for name, kind, _ in servers
+             if (note := server_missing_note(name, kind))}
+    # bench --http: warmed with the first client its scenarios use
+    http_warm = next((sc["client"] for sc in scenarios if sc.get("mode") == "http"), "h2load")
     started: dict[str, ServerProc] = {}
     banners: dict[str, str] = {}
     exits: dict[str, int | None] = {}
@@ -338,16 +411,23 @@ def run_group(servers: list[ServerSpec], scenarios: list[Scenario],
                 srv = ServerProc(name, server_argv(kind, extra, args.framing, bench_dir,
                                                    c_echo), env=env, cpu=server_cpu)
             except RuntimeError as exc:
-                notes[name] = f"failed to start: {str(exc)[:80]}"
+                # one line: the last the server (or its launcher) wrote
+                notes[name] = f"failed to start: {str(exc).strip().splitlines()[-1][:120]}"
                 progress.step(f"{name}: failed to start")
                 continue
             started[name] = srv
             banners[name] = srv.banner
             # warm-up, on connections of its own
             tls = is_tls(name)
-            warm = run_loadgen(client_for(name), srv, conns=args.conns,
-                               depth=16, size=64, framing=args.framing, seconds=0.5,
-                               warmup=0, cpu=client_cpu, tls=tls)
+            if is_http(kind):
+                wrong = http_check(srv.host, srv.port)
+                warm = ({"failed": wrong, "errors": 1} if wrong else
+                        run_http_client(http_warm, srv, conns=args.conns, depth=16,
+                                        seconds=0.5, cpu=client_cpu))
+            else:
+                warm = run_loadgen(client_for(name), srv, conns=args.conns,
+                                   depth=16, size=64, framing=args.framing, seconds=0.5,
+                                   warmup=0, cpu=client_cpu, tls=tls)
             if "failed" in warm or warm.get("errors"):
                 notes[name] = f"warm-up failed: {warm.get('failed', 'wrong replies')}"
             progress.step(f"warm-up {name}")
@@ -360,6 +440,17 @@ def run_group(servers: list[ServerSpec], scenarios: list[Scenario],
                             (sc.get("servers") and name not in sc["servers"]):
                         continue
                     tls = is_tls(name)
+                    if sc.get("mode") == "http":
+                        res = run_http_client(sc["client"], live, conns=sc["conns"],
+                                              depth=sc["depth"], seconds=sc["seconds"],
+                                              cpu=client_cpu, rate=sc.get("rate"),
+                                              skip=sc.get("warmup", 0.5))
+                        if "failed" in res:     # loudly, now, not only in the table
+                            sys.stderr.write(f"iocport bench: {key} round {rnd + 1} "
+                                             f"{name}: FAILED: {res['failed']}\n")
+                        results[key].setdefault(name, []).append(res)
+                        progress.step(f"{key} round {rnd + 1} {name}")
+                        continue
                     res = run_loadgen(client_for(name), live,
                                       conns=sc["conns"], depth=sc["depth"],
                                       size=sc["size"], framing=sc["framing"],
