@@ -178,6 +178,7 @@ class File:
     @property
     def append_offset(self) -> int: ...
 
+@final
 class SimpleString(bytes):
     """bytes sent as a RESP simple string (+OK) instead of a bulk string."""
     def __new__(cls, value: bytes | bytearray | memoryview, /) -> SimpleString: ...
