@@ -109,6 +109,14 @@ def _site_dirs():
     return {Path(d).resolve() for d in dirs if d}
 
 
+def tool_env():
+    """os.environ for a program nobody here wrote (curl, h2load, redis-cli,
+    redis-server...): without a sanitizer's preloaded runtime, which CI's
+    ASan and TSan steps put in every child to check iocport, not them
+    (curl under a preloaded ASan hangs on a second request)."""
+    return {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+
+
 def child_env(**overrides):
     """os.environ for a child python that imports the iocport under test;
     `overrides` set (a value None removes) variables."""

@@ -27,7 +27,7 @@ import subprocess
 import pytest
 
 import iocport
-from conftest import DEADLINE
+from conftest import DEADLINE, tool_env
 from test_async import arun, exchange, frame, loop_kind, read_msg, until  # noqa: F401
 
 pytestmark = [
@@ -57,13 +57,6 @@ def _ping(port):
         return False
 
 
-def _redis_env():
-    """The environment without a sanitizer's preloaded runtime (CI's ASan and
-    TSan steps preload it into every child): they check iocport, and
-    redis-server, not built for them, is no part of that."""
-    return {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
-
-
 def _start_redis(directory):
     """A redis-server on a free port of 127.0.0.1, in `directory`, that
     never writes its data: (process, port, log path).  A port taken between
@@ -76,7 +69,7 @@ def _start_redis(directory):
              "--save", "", "--appendonly", "no", "--dir", str(directory),
              "--daemonize", "no", "--logfile", str(log)],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=subprocess.STDOUT, cwd=directory, env=_redis_env())
+            stderr=subprocess.STDOUT, cwd=directory, env=tool_env())
         for _ in range(int(DEADLINE / 0.02)):
             if proc.poll() is not None or _ping(port):
                 break

@@ -15,7 +15,7 @@ import h11
 import pytest
 
 import iocport
-from conftest import CHILD_CWD, DEADLINE, child_env, recv_until_eof, wait_for
+from conftest import CHILD_CWD, DEADLINE, child_env, recv_until_eof, tool_env, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -476,7 +476,7 @@ def test_curl(http_server, tmp_path):
     srv = http_server()
     url = "http://%s:%d" % srv.addresses[0]
     out = subprocess.run(["curl", "-sS", "--max-time", "20", url + "/one", url + "/two"],
-                         capture_output=True, timeout=DEADLINE, check=True)
+                         capture_output=True, env=tool_env(), timeout=DEADLINE, check=True)
     assert out.stdout == b"/one/two"
     assert srv.stats()["accepted"] == 1   # one connection, kept alive
     body = os.urandom(200_000)
@@ -484,16 +484,16 @@ def test_curl(http_server, tmp_path):
     out = subprocess.run(["curl", "-sS", "--max-time", "20", "-H",
                           "Transfer-Encoding: chunked", "--data-binary",
                           "@" + str(tmp_path / "up"), url + "/up"],
-                         capture_output=True, timeout=DEADLINE, check=True)
+                         capture_output=True, env=tool_env(), timeout=DEADLINE, check=True)
     assert out.stdout == b"/up" + body
     # Expect: 100-continue: curl would wait 30 s without the interim answer
     out = subprocess.run(["curl", "-sS", "--max-time", "20", "--expect100-timeout",
                           "30", "-H", "Expect: 100-continue", "--data-binary",
                           "@" + str(tmp_path / "up"), url + "/x"],
-                         capture_output=True, timeout=15, check=True)
+                         capture_output=True, env=tool_env(), timeout=15, check=True)
     assert out.stdout == b"/x" + body
     out = subprocess.run(["curl", "-sS", "-I", "--max-time", "20", url + "/h"],
-                         capture_output=True, timeout=DEADLINE, check=True)
+                         capture_output=True, env=tool_env(), timeout=DEADLINE, check=True)
     assert out.stdout.startswith(b"HTTP/1.1 200 OK\r\n")
     assert b"content-length: 2\r\n" in out.stdout
 
@@ -506,12 +506,12 @@ def test_h2load_pipelined_and_wrk(http_server, native):
                       native_echo=native)
     url = "http://%s:%d/" % srv.addresses[0]
     out = subprocess.run(["h2load", "--h1", "-n", "20000", "-c", "20", "-m", "16",
-                          url], capture_output=True, timeout=DEADLINE, text=True)
+                          url], capture_output=True, env=tool_env(), timeout=DEADLINE, text=True)
     assert "20000 succeeded, 0 failed, 0 errored, 0 timeout" in out.stdout, out.stdout
     assert "20000 2xx" in out.stdout
     if shutil.which("wrk") is not None:
         out = subprocess.run(["wrk", "-t1", "-c20", "-d1s", url],
-                             capture_output=True, timeout=DEADLINE, text=True)
+                             capture_output=True, env=tool_env(), timeout=DEADLINE, text=True)
         assert "Non-2xx" not in out.stdout and "Socket errors" not in out.stdout, out.stdout
         assert " requests in " in out.stdout
 
@@ -543,7 +543,7 @@ def http_cli(backend):
 
 def curl(*args):
     return subprocess.run(["curl", "-sS", "--max-time", "30", *args],
-                          capture_output=True, timeout=DEADLINE, check=True).stdout
+                          capture_output=True, env=tool_env(), timeout=DEADLINE, check=True).stdout
 
 
 def test_cli_hello(http_cli):
@@ -585,7 +585,7 @@ def test_cli_static_files(http_cli, tmp_path):
     before = peak_kib()
     got = subprocess.run(["curl", "-sS", "--max-time", "50", "-o", "/dev/null", "-w",
                           "%{size_download}", url + "/sparse"],
-                         capture_output=True, timeout=55, check=True).stdout
+                         capture_output=True, env=tool_env(), timeout=55, check=True).stdout
     assert got == b"1073741824"
     assert peak_kib() - before < 64 * 1024, "serving 1 GiB grew the server by 64 MiB+"
 

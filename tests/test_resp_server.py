@@ -15,7 +15,8 @@ import threading
 import pytest
 
 import iocport
-from conftest import CHILD_CWD, DEADLINE, TREE, child_env, needs_tree, recv_until_eof, wait_for
+from conftest import (CHILD_CWD, DEADLINE, TREE, child_env, needs_tree, recv_until_eof,
+                      tool_env, wait_for)
 from iocport import resp
 
 pytestmark = pytest.mark.timeout(90)
@@ -235,7 +236,7 @@ def kv(backend, tmp_path):
 
 
 def rcli(port, *args):
-    return subprocess.run(["redis-cli", "-p", str(port), *args], capture_output=True,
+    return subprocess.run(["redis-cli", "-p", str(port), *args], capture_output=True, env=tool_env(),
                           timeout=DEADLINE, text=True, check=True).stdout
 
 
@@ -253,7 +254,7 @@ def test_kv_redis_cli_and_benchmark(kv):
     out = subprocess.run(
         ["redis-benchmark", "-p", str(port), "-q", "-n", "5000", "-P", "16", "-t",
          "ping,set,get,incr,lpush,rpush,lpop,rpop,sadd,hset,spop,lrange,mset"],
-        capture_output=True, timeout=60, text=True)
+        capture_output=True, env=tool_env(), timeout=60, text=True)
     assert out.returncode == 0, out.stderr
     assert "error" not in out.stdout.lower() and "error" not in out.stderr.lower()
     # every INCR counted: redis-benchmark sends -n, plus up to a pipeline
