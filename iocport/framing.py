@@ -274,23 +274,33 @@ class RESP(Framing):
     The limits, as Redis's: `max_bulk` (512 MiB, proto-max-bulk-len),
     `max_args` (1024*1024 arguments), `max_inline` (64 KiB: an inline
     command, or a count line).
+
+    `client=True` frames the other way, for a server used to connect() to
+    a Redis server: ``conn.command(b"SET", b"k", b"v", callback=cb)``
+    sends a command and ``cb(conn, reply)`` gets its reply, decoded, on a
+    worker (pipelined: replies match commands in order); a push (RESP3)
+    goes to the handler.
     """
 
     __slots__ = {
         "max_bulk": "The longest bulk string (argument) accepted, in bytes.",
         "max_args": "The most arguments in one command.",
         "max_inline": "The longest inline command (or count line), in bytes.",
+        "client": "True: replies are framed (a client), not commands.",
     }
 
     _DEFAULTS = {"max_bulk": 512 * 1024 * 1024, "max_args": 1024 * 1024,
-                 "max_inline": 64 * 1024}
+                 "max_inline": 64 * 1024, "client": False}
 
     def __init__(self, *, max_bulk=512 * 1024 * 1024, max_args=1024 * 1024,
-                 max_inline=64 * 1024):
+                 max_inline=64 * 1024, client=False):
         for name, value in (("max_bulk", max_bulk), ("max_args", max_args),
                             ("max_inline", max_inline)):
             _positive_int(value, name)
             object.__setattr__(self, name, value)
+        if not isinstance(client, bool):
+            raise TypeError(f"client must be a bool, got {type(client).__name__}")
+        object.__setattr__(self, "client", client)
 
     @property
     def max_size(self):

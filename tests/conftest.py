@@ -30,6 +30,7 @@ import shutil
 import site
 import socket
 import struct
+import subprocess
 import sysconfig
 import tempfile
 import textwrap
@@ -377,3 +378,69 @@ def threads():
     for t in started:
         t.join(DEADLINE)
         assert not t.is_alive(), f"helper thread {t.name} did not finish"
+
+
+# ---- a real Redis ------------------------------------------------------------
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def redis_pings(port):
+    """Whether a redis-server answers PING on `port`."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def start_redis(directory):
+    """A redis-server on a free port of 127.0.0.1, in `directory`, that
+    never writes its data: (process, port, log path).  A port taken between
+    the pick and the bind makes it exit: another port is tried."""
+    log = directory / "redis.log"
+    for _ in range(5):
+        port = free_port()
+        proc = subprocess.Popen(
+            ["redis-server", "--bind", "127.0.0.1", "--port", str(port),
+             "--save", "", "--appendonly", "no", "--dir", str(directory),
+             "--daemonize", "no", "--logfile", str(log)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT, cwd=directory, env=tool_env())
+        for _ in range(int(DEADLINE / 0.02)):
+            if proc.poll() is not None or redis_pings(port):
+                break
+            try:
+                proc.wait(0.02)
+            except subprocess.TimeoutExpired:
+                pass
+        if proc.poll() is None and redis_pings(port):
+            return proc, port, log
+        stop_process(proc)
+    pytest.fail(f"redis-server did not start: {log.read_text()[-2000:] if log.exists() else ''}")
+
+
+def stop_process(proc):
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="module")
+def redis_port(tmp_path_factory):
+    """The port of a redis-server (Debian's) for the module's tests."""
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+    proc, port, _ = start_redis(tmp_path_factory.mktemp("redis"))
+    try:
+        yield port
+    finally:
+        stop_process(proc)

@@ -22,12 +22,11 @@ import os
 import shutil
 import socket
 import struct
-import subprocess
 
 import pytest
 
 import iocport
-from conftest import DEADLINE, tool_env
+from conftest import DEADLINE
 from test_async import arun, exchange, frame, loop_kind, read_msg, until  # noqa: F401
 
 pytestmark = [
@@ -39,67 +38,6 @@ pytestmark = [
 redis = pytest.importorskip("redis", reason="redis-py is not installed "
                                             "(pip install redis, or the test extra)")
 aioredis = pytest.importorskip("redis.asyncio")
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _ping(port):
-    """Whether a redis-server answers PING on `port`."""
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
-            s.sendall(b"PING\r\n")
-            return s.recv(64).startswith(b"+PONG")
-    except OSError:
-        return False
-
-
-def _start_redis(directory):
-    """A redis-server on a free port of 127.0.0.1, in `directory`, that
-    never writes its data: (process, port, log path).  A port taken between
-    the pick and the bind makes it exit: another port is tried."""
-    log = directory / "redis.log"
-    for _ in range(5):
-        port = _free_port()
-        proc = subprocess.Popen(
-            ["redis-server", "--bind", "127.0.0.1", "--port", str(port),
-             "--save", "", "--appendonly", "no", "--dir", str(directory),
-             "--daemonize", "no", "--logfile", str(log)],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=subprocess.STDOUT, cwd=directory, env=tool_env())
-        for _ in range(int(DEADLINE / 0.02)):
-            if proc.poll() is not None or _ping(port):
-                break
-            try:
-                proc.wait(0.02)
-            except subprocess.TimeoutExpired:
-                pass
-        if proc.poll() is None and _ping(port):
-            return proc, port, log
-        _stop(proc)
-    pytest.fail(f"redis-server did not start: {log.read_text()[-2000:] if log.exists() else ''}")
-
-
-def _stop(proc):
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-@pytest.fixture(scope="module")
-def redis_port(tmp_path_factory):
-    proc, port, _ = _start_redis(tmp_path_factory.mktemp("redis"))
-    try:
-        yield port
-    finally:
-        _stop(proc)
 
 
 @pytest.fixture(params=["direct", "after sleep(0)"])

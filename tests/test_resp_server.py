@@ -317,3 +317,91 @@ def test_kv_aof_survives_sigkill(kv, tmp_path):
         s.sendall(cmd("GET", "n") + cmd("EXISTS", "q"))
         n, q = read_replies(s, 2)
     assert acked == 300 and int(n) >= acked and q == 0
+
+
+# ---- the client side: RESP(client=True) ----------------------------------------
+
+@pytest.fixture
+def resp_client(servers):
+    """A started client-side server (RESP(client=True)) on the test's
+    backend, its handler recording what no command waited for."""
+    def make():
+        unsolicited = []
+        srv = servers(lambda conn, value: unsolicited.append(value),
+                      framing=iocport.RESP(client=True))
+        srv.start()
+        srv.unsolicited = unsolicited
+        return srv
+    return make
+
+
+class Replies:
+    """callback(conn, reply) that records; wait(n) for n replies."""
+
+    def __init__(self):
+        self.got = []
+        self.cond = threading.Condition()
+
+    def __call__(self, conn, value):
+        with self.cond:
+            self.got.append(value)
+            self.cond.notify_all()
+
+    def wait(self, n):
+        with self.cond:
+            assert self.cond.wait_for(lambda: len(self.got) >= n, DEADLINE), self.got
+        return self.got
+
+
+def test_client_against_redis_server(resp_client, redis_port):
+    srv = resp_client()
+    conn = srv.connect("127.0.0.1", redis_port)
+    r = Replies()
+    assert conn.command("SET", "client:k", b"\x00v", callback=r) is True
+    conn.command(b"GET", "client:k", callback=r)
+    conn.command("DEL", "client:n", callback=r)
+    for _ in range(1000):                    # pipelined: no wait between
+        conn.command("INCR", "client:n", callback=r)
+    conn.command("LRANGE", "client:none", 0, -1, callback=r)
+    conn.command("NOSUCHCOMMAND", callback=r)
+    conn.command("HELLO", 3, callback=r)
+    conn.command("HGETALL", "client:none", callback=r)
+    got = r.wait(1007)
+    assert got[:2] == [b"OK", b"\x00v"] and got[2] in (0, 1)   # (the module shares one redis)
+    assert got[3:1003] == list(range(1, 1001))
+    assert got[1003] == []
+    assert isinstance(got[1004], resp.Error) and "unknown command" in got[1004].args[0]
+    assert got[1005][b"proto"] == 3 and got[1006] == {}
+    assert srv.unsolicited == []
+    with pytest.raises(TypeError):
+        conn.command("SET", "k", object())
+    with pytest.raises(TypeError):
+        conn.command()
+
+
+def test_client_pushes_go_to_the_handler(resp_client, resp_server):
+    def handler(conn, args):
+        conn.send_raw(b">2\r\n$7\r\nmessage\r\n$2\r\nhi\r\n")   # before the reply
+        conn.reply(args[0])
+    peer = resp_server(handler)
+    srv = resp_client()
+    conn = srv.connect(*peer.addresses[0])
+    r = Replies()
+    conn.command("A", callback=r)
+    conn.command("B", callback=r)
+    assert r.wait(2) == [b"A", b"B"]
+    wait_for(lambda: len(srv.unsolicited) == 2)
+    assert srv.unsolicited == [[b"message", b"hi"]] * 2
+
+
+def test_client_callbacks_hear_the_close(resp_client, resp_server):
+    peer = resp_server(lambda conn, args: conn.close())   # no reply, closes
+    srv = resp_client()
+    conn = srv.connect(*peer.addresses[0])
+    r = Replies()
+    conn.command("X", callback=r)
+    conn.command("Y", callback=r)
+    got = r.wait(2)
+    assert all(isinstance(g, ConnectionError) for g in got), got
+    wait_for(lambda: conn.close_reason is not None)
+    assert conn.command("Z", callback=r) is False

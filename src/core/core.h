@@ -151,11 +151,14 @@ const struct http_field *worker_http_fields(struct worker *w,
 /* A message under RESP framing: one command, ptr[0 .. len) its bytes (the
  * arguments' spans are offsets into them), or a protocol error (error <
  * 0, len 0): the dispatch layer answers Redis's error text in its turn,
- * and the connection's input has ended. */
+ * and the connection's input has ended.  With framing.resp_client, one
+ * whole reply (no arguments; `top` its type). */
 struct resp_msg {
     uint32_t arg0, nargs;        /* its arguments: worker_resp_args() */
     int16_t error;               /* a framer status < 0, or 0 */
     uint8_t bad;                 /* the error's offending byte */
+    uint8_t top;                 /* a reply (resp_client): its type byte
+                                    ('>' for a push) */
 };
 const struct resp_msg *worker_resp_msg(struct worker *w, const struct entry *e);
 const struct resp_arg *worker_resp_args(struct worker *w, const struct resp_msg *m);

@@ -1,13 +1,15 @@
 /* resp.c - RESP framing of a connection's input (cfg.framing.kind
  * FRAMING_RESP): the connection's command framer, whole commands into the
  * batch with their arguments (struct resp_msg, entry.aux), and protocol
- * errors answered in their turn.  The framer is lib/resp.c; the receive
+ * errors answered in their turn; or, for a client (framing.resp_client),
+ * whole replies.  The framer is lib/resp.c; the receive
  * path that calls this is recv.c. */
 #include "core/internal.h"
 
 /* A connection's RESP state. */
 struct resp_state {
     struct resp_cmd cmd;
+    struct resp_reply rep;       /* a client's: the reply being framed */
     struct resp_arg *args;       /* the command's arguments so far */
     size_t cap;
     int last;                    /* resp_cmd_next()'s return, framed last */
@@ -25,6 +27,7 @@ resp_conn_init(struct conn *c)
     }
     r->cap = RESP_ARGS_FIRST;
     resp_cmd_reset(&r->cmd);
+    resp_reply_reset(&r->rep);
     c->resp = r;
     return 0;
 }
@@ -44,6 +47,18 @@ resp_frame(struct conn *c, const uint8_t *p, size_t len, struct frame *fr)
     struct resp_state *r = c->resp;
     const struct resp_limits *lim = &c->w->srv->cfg.framing.resp;
     fr->off = fr->len = fr->consumed = fr->need = fr->scanned = 0;
+    if (c->w->srv->cfg.framing.resp_client) {
+        int rc = resp_reply_next(lim, &r->rep, p, len);
+        r->last = rc;
+        if (rc == RESP_NEED) {
+            fr->need = r->rep.need;
+            return FRAME_NEED;
+        }
+        if (rc < 0)
+            return FRAME_REFUSED;
+        fr->len = fr->consumed = r->rep.consumed;
+        return FRAME_OK;
+    }
     for (;;) {
         int rc = resp_cmd_next(lim, &r->cmd, p, len, r->args, r->cap);
         r->last = rc;
@@ -86,8 +101,9 @@ resp_emit(struct conn *c, const uint8_t *ptr, size_t off, size_t len)
 {
     struct worker *w = c->w;
     struct resp_state *r = c->resp;
-    size_t n = r->cmd.nargs;
-    if (n == 0)
+    int client = w->srv->cfg.framing.resp_client;
+    size_t n = client ? 0 : r->cmd.nargs;
+    if (n == 0 && !client)
         return 0;   /* an empty line, "*0", "*-1": Redis ignores them */
     if (room(w, n) < 0)
         return -ENOMEM;
@@ -96,7 +112,9 @@ resp_emit(struct conn *c, const uint8_t *ptr, size_t off, size_t len)
     m->nargs = (uint32_t)n;
     m->error = 0;
     m->bad = 0;
-    memcpy(&w->rargs[w->nrargs], r->args, n * sizeof *r->args);
+    m->top = client ? r->rep.top : 0;
+    if (n != 0)
+        memcpy(&w->rargs[w->nrargs], r->args, n * sizeof *r->args);
     stat_add(&w->srv->stats.msgs_in, 1);
     if (push_entry(w, c, ENTRY_MSG, ptr, off, len) < 0)
         return -ENOMEM;
@@ -117,6 +135,7 @@ resp_refuse(struct conn *c)
         m->nargs = 0;
         m->error = (int16_t)r->last;
         m->bad = r->cmd.bad;
+        m->top = 0;
         w->batch[w->nbatch - 1].aux = w->nrmsgs++;
     }
     recv_end_input(c, CLOSE_RESP);

@@ -336,7 +336,8 @@ server_connect(struct server *s, const struct sockaddr_storage *addrs,
     }
     c->dial = d;
     c->outgoing = 1;
-    if (tls != NULL && tls_attach(c, tls) < 0) {
+    if ((tls != NULL && tls_attach(c, tls) < 0) ||
+        (s->cfg.framing.kind == FRAMING_RESP && resp_conn_init(c) < 0)) {
         server_unassign(c->w);
         pthread_mutex_unlock(&s->start_lock);
         conn_unref(c);   /* (frees the dial too) */

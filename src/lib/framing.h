@@ -47,6 +47,8 @@ struct framing {
                              HTTP: http.max_body; RESP: resp.max_bulk */
     struct http_limits http;   /* HTTP */
     struct resp_limits resp;   /* RESP */
+    uint8_t resp_client;       /* RESP: frame replies (a client), not
+                                  commands */
 };
 
 enum frame_status {

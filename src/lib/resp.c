@@ -603,6 +603,8 @@ resp_reply_next(const struct resp_limits *lim, struct resp_reply *r,
 {
     struct resp_item it;
     r->need = 0;
+    if (r->pos == 0)
+        r->top = 0;   /* a new reply (the last one's type was kept for its caller) */
     for (;;) {
         size_t scanned;
         int rc = item_at(lim, buf, len, r->pos, r->scanned, &it, &r->need,

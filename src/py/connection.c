@@ -19,6 +19,7 @@ conn_traverse(ConnObject *self, visitproc visit, void *arg)
     Py_VISIT(self->connect_cb);
     Py_VISIT(self->tls);
     Py_VISIT(self->aio);
+    Py_VISIT(self->waiting);
     return 0;
 }
 
@@ -30,6 +31,7 @@ conn_clear(ConnObject *self)
     Py_CLEAR(self->connect_cb);
     Py_CLEAR(self->tls);
     Py_CLEAR(self->aio);
+    Py_CLEAR(self->waiting);
     return 0;
 }
 
@@ -361,7 +363,25 @@ conn_defer_m(ConnObject *self, PyObject *Py_UNUSED(ignored))
     return iocp_conn_defer(self);
 }
 
+static PyObject *
+conn_command_m(ConnObject *self, PyObject *const *args, Py_ssize_t nargs,
+               PyObject *kwnames)
+{
+    return iocp_conn_command(self, args, nargs, kwnames);
+}
+
 static PyMethodDef conn_methods[] = {
+    {"command", (PyCFunction)(void (*)(void))conn_command_m,
+     METH_FASTCALL | METH_KEYWORDS,
+     "command($self, /, *args, callback=None)\n--\n\n"
+     "RESP(client=True) framing: send a command (its arguments as bulk\n"
+     "strings: bytes, str, int or float) and return at once; its reply,\n"
+     "decoded (an error reply as iocport.resp.Error), reaches\n"
+     "callback(conn, reply) on a worker, in the order the commands were\n"
+     "sent (or the handler, without a callback).  Commands pipeline: send\n"
+     "many before the first reply.  If the connection closes first, the\n"
+     "callback gets a ConnectionError as its reply.  True, or False if the\n"
+     "connection is closed."},
     {"reply", (PyCFunction)conn_reply_m, METH_O,
      "reply($self, value, /)\n--\n\n"
      "RESP framing: answer the oldest command of this connection not yet\n"

@@ -153,6 +153,8 @@ deliver_close(ServerObject *so, struct conn *c)
         connect_done(so, o, c);
     if (o->aio != NULL)
         aio_notice(so, o, "closed");
+    if (so->resp_client)
+        iocp_resp_closed(so, o);
     if (so->on_close != Py_None) {
         PyObject *r = PyObject_CallOneArg(so->on_close, (PyObject *)o);
         if (r == NULL)
@@ -312,6 +314,11 @@ d_dispatch(struct worker *w, unsigned from, unsigned to)
             Py_XDECREF((PyObject *)worker_pop_release(w));
             PyObject *msg;
             uint64_t seq = 0;
+            if (so->resp_client) {
+                iocp_resp_reply_in(so, o, e, worker_resp_msg(w, e));
+                worker_set_current(w, NULL);
+                continue;
+            }
             if (so->resp) {
                 const struct resp_msg *m = worker_resp_msg(w, e);
                 if (m->error != 0) {

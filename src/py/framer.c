@@ -216,6 +216,8 @@ iocp_framing_from_py(PyObject *spec, struct framing *out)
                 out->resp.max_depth = v > 1000 ? 1000 : (unsigned)v;
         }
         out->max_size = out->resp.max_bulk;
+        if (spec_field_bool(d, "client", &out->resp_client) < 0)
+            goto done;
     }
     const char *err = framing_check(out);
     if (err != NULL) {

@@ -29,6 +29,8 @@ typedef struct {
     int hold;                    /* handlers finish later (coroutines) */
     int resp_noreply_logged;     /* a command left unanswered was logged */
     uint64_t resp_logged;        /* the protocol errors logged, by kind */
+    int resp_client;             /* RESP(client=True): replies come in */
+    struct resp_limits resp_lim; /* RESP: the framing's limits */
     uint64_t http_logged;        /* the refusals logged, by http_error */
 } ServerObject;
 
@@ -49,6 +51,10 @@ typedef struct {
     struct answer_queue *aq;     /* HTTP, RESP: the messages owed an
                                     answer (order.h), or NULL */
     uint8_t resp_proto;          /* RESP: 2 or 3 (conn.resp_protocol) */
+    PyObject *waiting;           /* RESP client: a list of the callbacks
+                                    (or None) of the commands sent, from
+                                    index waiting_head on, or NULL */
+    Py_ssize_t waiting_head;
 } ConnObject;
 
 /* dispatch.c: the hooks the core's workers call. */
@@ -108,6 +114,10 @@ PyObject *iocp_resp_command(const uint8_t *buf, const struct resp_arg *args,
 Py_ssize_t iocp_resp_encode_into(iocp_state *st, PyObject *v, int proto,
                                  uint8_t **out);
 PyObject *iocp_resp_encode(iocp_state *st, PyObject *value, int proto);
+/* A whole reply at buf[0 .. len) as a Python value (RESPError for an
+ * error reply), or NULL with an exception. */
+PyObject *iocp_resp_decode(iocp_state *st, const struct resp_limits *lim,
+                           const uint8_t *buf, size_t len);
 
 /* reply.c: RESP commands and their answers (in order: order.h).  The
  * arguments of command e (now owed an answer, *seq), or NULL with an
@@ -123,6 +133,15 @@ void iocp_resp_refused(ConnObject *o, struct conn *c, const struct resp_msg *m);
 /* conn.reply(value) and conn.defer(). */
 PyObject *iocp_conn_reply(ConnObject *o, PyObject *value);
 PyObject *iocp_conn_defer(ConnObject *o);
+/* The client side (RESP(client=True)): conn.command(*args, callback);
+ * a reply delivered (its command's callback, or the handler for a push
+ * or a reply no command waits for); the close (the callbacks still
+ * waiting get ConnectionError). */
+PyObject *iocp_conn_command(ConnObject *o, PyObject *const *args, Py_ssize_t nargs,
+                            PyObject *kwnames);
+void iocp_resp_reply_in(ServerObject *so, ConnObject *o, const struct entry *e,
+                        const struct resp_msg *m);
+void iocp_resp_closed(ServerObject *so, ConnObject *o);
 
 /* request.c: HTTP requests and their answers (in order: order.h). */
 struct answer_queue;

@@ -7,8 +7,12 @@
  * A protocol error is answered with Redis's text in its turn, then the
  * connection closes; a command left with no answer (its handler returned
  * without one, or raised, or its Reply was dropped) gets an error reply,
- * so that a client never waits for ever.  Everything here runs under the
- * GIL. */
+ * so that a client never waits for ever.
+ *
+ * The client side (RESP(client=True)): conn.command() sends a command and
+ * queues its callback; each whole reply the core frames is decoded and
+ * given to the oldest callback waiting (a push, or a reply no command
+ * waits for, goes to the handler).  Everything here runs under the GIL. */
 #include "py/order.h"
 
 #include <errno.h>
@@ -162,6 +166,176 @@ iocp_conn_reply(ConnObject *o, PyObject *value)
     if (module == NULL)
         return NULL;
     return answer(iocp_get_state(module), o, (uint64_t)seq, value);
+}
+
+/* ---- the client side ---------------------------------------------------------- */
+
+/* An argument of a command as bytes to send: bytes-like, str (UTF-8), int
+ * or float (their text, as redis-py sends them).  A new reference, or
+ * NULL with TypeError. */
+static PyObject *
+command_arg(PyObject *v)
+{
+    if (PyBytes_Check(v))
+        return Py_NewRef(v);
+    if (PyUnicode_Check(v))
+        return PyUnicode_AsUTF8String(v);
+    if (PyBool_Check(v))
+        goto bad;
+    if (PyLong_Check(v) || PyFloat_Check(v)) {
+        PyObject *t = PyObject_Str(v);
+        PyObject *b = t ? PyUnicode_AsUTF8String(t) : NULL;
+        Py_XDECREF(t);
+        return b;
+    }
+    if (PyObject_CheckBuffer(v))
+        return PyBytes_FromObject(v);
+bad:
+    PyErr_Format(PyExc_TypeError, "command arguments must be bytes, str, int "
+                 "or float, got %.100s", Py_TYPE(v)->tp_name);
+    return NULL;
+}
+
+PyObject *
+iocp_conn_command(ConnObject *o, PyObject *const *args, Py_ssize_t nargs,
+                  PyObject *kwnames)
+{
+    PyObject *cb = Py_None;
+    for (Py_ssize_t k = 0; kwnames != NULL && k < PyTuple_GET_SIZE(kwnames); k++) {
+        if (PyUnicode_CompareWithASCIIString(PyTuple_GET_ITEM(kwnames, k),
+                                             "callback") != 0)
+            return PyErr_Format(PyExc_TypeError, "command() got an unexpected "
+                                "keyword argument %R", PyTuple_GET_ITEM(kwnames, k));
+        cb = args[nargs + k];
+    }
+    if (nargs == 0)
+        return PyErr_Format(PyExc_TypeError, "command() needs the command's "
+                            "name and arguments");
+    if (cb != Py_None && !PyCallable_Check(cb))
+        return PyErr_Format(PyExc_TypeError, "callback must be callable or "
+                            "None, got %.100s", Py_TYPE(cb)->tp_name);
+    if (o->c == NULL)
+        Py_RETURN_FALSE;
+    /* Encode: *n then $len arg for each; one send. */
+    PyObject *parts = PyTuple_New(nargs);
+    if (parts == NULL)
+        return NULL;
+    size_t size = resp_put_array(NULL, (size_t)nargs);
+    for (Py_ssize_t i = 0; i < nargs; i++) {
+        PyObject *b = command_arg(args[i]);
+        if (b == NULL) {
+            Py_DECREF(parts);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(parts, i, b);
+        size += resp_put_bulk(NULL, NULL, (size_t)PyBytes_GET_SIZE(b));
+    }
+    uint8_t stack[STACK_REPLY];
+    uint8_t *buf = size <= sizeof stack ? stack : PyMem_Malloc(size);
+    if (buf == NULL) {
+        Py_DECREF(parts);
+        return PyErr_NoMemory();
+    }
+    uint8_t *p = buf;
+    p += resp_put_array(p, (size_t)nargs);
+    for (Py_ssize_t i = 0; i < nargs; i++) {
+        PyObject *b = PyTuple_GET_ITEM(parts, i);
+        p += resp_put_bulk(p, PyBytes_AS_STRING(b), (size_t)PyBytes_GET_SIZE(b));
+    }
+    Py_DECREF(parts);
+    PyObject *result = NULL;
+    if (o->waiting == NULL && (o->waiting = PyList_New(0)) == NULL)
+        goto done;
+    int rc = conn_send(o->c, buf, (size_t)(p - buf), 0, NULL);
+    if (rc == -ENOMEM) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    if (rc < 0) {
+        result = Py_NewRef(Py_False);   /* closing: no reply will come */
+        goto done;
+    }
+    /* (under the GIL: no reply can be delivered before this is queued) */
+    if (PyList_Append(o->waiting, cb) < 0)
+        goto done;
+    result = Py_NewRef(Py_True);
+done:
+    if (buf != stack)
+        PyMem_Free(buf);
+    return result;
+}
+
+/* The oldest callback waiting (a new reference), or NULL if none. */
+static PyObject *
+next_waiting(ConnObject *o)
+{
+    PyObject *w = o->waiting;
+    if (w == NULL || o->waiting_head >= PyList_GET_SIZE(w))
+        return NULL;
+    PyObject *cb = Py_NewRef(PyList_GET_ITEM(w, o->waiting_head));
+    /* (SetItem drops the list's reference to cb: ours remains) */
+    if (PyList_SetItem(w, o->waiting_head, Py_NewRef(Py_None)) < 0)
+        PyErr_Clear();   /* (cannot fail: the index is in range) */
+    o->waiting_head++;
+    /* drop the answered head once it is most of the list */
+    if (o->waiting_head > 64 && o->waiting_head * 2 > PyList_GET_SIZE(w)) {
+        if (PyList_SetSlice(w, 0, o->waiting_head, NULL) < 0)
+            PyErr_Clear();   /* (kept: it is only memory) */
+        else
+            o->waiting_head = 0;
+    }
+    return cb;
+}
+
+static void
+call_back(ServerObject *so, ConnObject *o, PyObject *cb, PyObject *value)
+{
+    PyObject *args[2] = {(PyObject *)o, value};
+    PyObject *r = PyObject_Vectorcall(cb, args, 2, NULL);
+    if (r == NULL)
+        iocp_log_exception(so->logger, PyUnicode_FromFormat(
+            "a RESP reply's callback raised (connection %llu)",
+            (unsigned long long)o->id));
+    Py_XDECREF(r);
+}
+
+void
+iocp_resp_reply_in(ServerObject *so, ConnObject *o, const struct entry *e,
+                   const struct resp_msg *m)
+{
+    PyObject *value = iocp_resp_decode(so->st, &so->resp_lim, e->ptr, e->len);
+    if (value == NULL) {
+        iocp_log_exception(so->logger, PyUnicode_FromFormat(
+            "decoding a RESP reply failed (connection %llu)",
+            (unsigned long long)o->id));
+        value = Py_NewRef(Py_None);
+    }
+    PyObject *cb = m->top == '>' ? NULL : next_waiting(o);
+    if (cb != NULL && cb != Py_None)
+        call_back(so, o, cb, value);
+    else if (so->handler != Py_None)
+        call_back(so, o, so->handler, value);
+    Py_XDECREF(cb);
+    Py_DECREF(value);
+}
+
+void
+iocp_resp_closed(ServerObject *so, ConnObject *o)
+{
+    PyObject *cb;
+    while ((cb = next_waiting(o)) != NULL) {
+        if (cb != Py_None) {
+            PyObject *exc = PyObject_CallFunction(
+                PyExc_ConnectionError, "s", "the connection closed before "
+                "the reply came");
+            if (exc == NULL)
+                PyErr_Clear();
+            else
+                call_back(so, o, cb, exc);
+            Py_XDECREF(exc);
+        }
+        Py_DECREF(cb);
+    }
 }
 
 /* ---- Reply ----------------------------------------------------------------- */

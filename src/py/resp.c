@@ -249,6 +249,14 @@ decode(iocp_state *st, const struct resp_limits *lim, const uint8_t *buf,
     }
 }
 
+PyObject *
+iocp_resp_decode(iocp_state *st, const struct resp_limits *lim,
+                 const uint8_t *buf, size_t len)
+{
+    size_t pos = 0;
+    return decode(st, lim, buf, len, &pos);
+}
+
 /* Frame what is buffered from *pos: 1 with a value in *out, 0 for "need
  * more", -1 on error (a protocol error is left in self->error). */
 static int

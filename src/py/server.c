@@ -159,6 +159,8 @@ server_object(PyTypeObject *type, struct server_config *cfg, PyObject **cbs)
     self->st = st;
     self->http = cfg->framing.kind == FRAMING_HTTP;
     self->resp = cfg->framing.kind == FRAMING_RESP;
+    self->resp_client = self->resp && cfg->framing.resp_client;
+    self->resp_lim = cfg->framing.resp;
     self->hold = cfg->hold_msgs;
     if ((self->tls_contexts = PyList_New(0)) == NULL) {
         Py_DECREF(self);
