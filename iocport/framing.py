@@ -215,7 +215,9 @@ class HTTP(Framing):
 
     The limits (bytes, or a count): `max_body` (the body, de-chunked: 413),
     `max_request_line` (414), `max_header_line`, `max_headers` and
-    `max_header_bytes` (431), `max_chunk_line` (400).
+    `max_header_bytes` (431), `max_chunk_line` (400); and
+    `header_timeout`, seconds from a request's first byte until its header
+    section must be whole (408; None: no limit).
     """
 
     __slots__ = {
@@ -225,15 +227,18 @@ class HTTP(Framing):
         "max_headers": "The most header plus trailer fields (431).",
         "max_header_bytes": "The largest header section; trailer section (431).",
         "max_chunk_line": "The longest chunk-size line (400).",
+        "header_timeout": "Seconds a request's header section may take (408), or None.",
     }
 
     _DEFAULTS = {"max_body": 1 << 20, "max_request_line": 8192,
                  "max_header_line": 8192, "max_headers": 100,
-                 "max_header_bytes": 65536, "max_chunk_line": 4096}
+                 "max_header_bytes": 65536, "max_chunk_line": 4096,
+                 "header_timeout": 30.0}
 
     def __init__(self, *, max_body=1 << 20, max_request_line=8192,
                  max_header_line=8192, max_headers=100,
-                 max_header_bytes=65536, max_chunk_line=4096):
+                 max_header_bytes=65536, max_chunk_line=4096,
+                 header_timeout=30.0):
         values = {"max_body": max_body, "max_request_line": max_request_line,
                   "max_header_line": max_header_line,
                   "max_headers": max_headers,
@@ -242,6 +247,15 @@ class HTTP(Framing):
         for name, value in values.items():
             _positive_int(value, name)
             object.__setattr__(self, name, value)
+        if header_timeout is not None:
+            if isinstance(header_timeout, bool) or not isinstance(
+                    header_timeout, (int, float)):
+                raise TypeError("header_timeout must be a number of seconds "
+                                f"or None, got {type(header_timeout).__name__}")
+            if not header_timeout > 0:
+                raise ValueError("header_timeout must be positive, got "
+                                 f"{header_timeout}")
+        object.__setattr__(self, "header_timeout", header_timeout)
 
     @property
     def max_size(self):
@@ -252,8 +266,11 @@ class HTTP(Framing):
         return tuple(getattr(self, name) for name in self.__slots__)
 
     def _spec(self):
-        spec = {name: getattr(self, name) for name in self.__slots__}
+        spec = {name: getattr(self, name) for name in self.__slots__
+                if name != "header_timeout"}
         spec["kind"] = "http"
+        if self.header_timeout is not None:
+            spec["header_timeout_ms"] = max(1, round(self.header_timeout * 1000))
         return spec
 
     def __repr__(self):

@@ -689,3 +689,28 @@ def test_stream_dropped_unended_aborts(http_server, client):
     except ConnectionResetError:
         pass
     assert not data.endswith(b"0\r\n\r\n")   # never looks complete
+
+
+def test_header_timeout(http_server, client):
+    """A header section not whole within header_timeout of the request's
+    first byte gets 408 and the close; a body may take longer; so may the
+    quiet between keep-alive requests."""
+    srv = http_server(framing=iocport.HTTP(header_timeout=0.3))
+    slow_body = client(srv.addresses[0])
+    slow_body.sendall(b"POST /b HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\nx")
+    idle = client(srv.addresses[0])
+    idle.sendall(get(b"/first"))
+    assert read_responses(idle, 1)[0][2] == b"/first"
+    stuck = client(srv.addresses[0])
+    stuck.sendall(b"GET /stuck HTTP/1.1\r\nHost: t\r\n")   # never ends
+    data = recv_until_eof(stuck)                           # the 408, then EOF
+    assert data.startswith(b"HTTP/1.1 408 Request Timeout\r\n")
+    assert b"connection: close\r\n" in data
+    slow_body.sendall(b"y")                                # past 0.3 s: fine
+    assert read_responses(slow_body, 1, method=b"POST")[0][2] == b"/bxy"
+    idle.sendall(get(b"/second"))
+    assert read_responses(idle, 1)[0][2] == b"/second"
+    assert srv.stats()["errors"]["http"] == 1
+    with pytest.raises(ValueError):
+        iocport.HTTP(header_timeout=0)
+    assert iocport.HTTP(header_timeout=None).header_timeout is None

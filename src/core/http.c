@@ -15,6 +15,9 @@ struct http_state {
                                     framed last */
     unsigned flags;              /* its flags */
     uint8_t continued;           /* 100 Continue sent for this request */
+    int64_t started;             /* when the request's first bytes came,
+                                    until its header section is whole (ms;
+                                    0: none pending) */
 };
 
 static const char CONTINUE[] = "HTTP/1.1 100 Continue\r\n\r\n";
@@ -83,15 +86,35 @@ http_frame(struct conn *c, uint8_t *p, size_t len, struct frame *fr)
     h->last = rc;
     if (rc == HTTP_NEED) {
         fr->need = m->r.need;
+        if (h->p.flags & HTTP_HEADERS_DONE)
+            h->started = 0;   /* the header timeout is over; the body
+                                 may take its time (idle_timeout) */
+        else if (h->started == 0)
+            h->started = w->now;
         maybe_continue(c, h);
         return FRAME_NEED;
     }
+    h->started = 0;
     if (rc < 0)
         return FRAME_REFUSED;
     h->flags = m->r.flags;
     h->continued = 0;
     fr->len = fr->consumed = m->r.consumed;
     return FRAME_OK;
+}
+
+int
+http_header_expired(struct conn *c, int64_t now)
+{
+    struct http_state *h = c->http;
+    int64_t limit = c->w->srv->cfg.framing.http_header_ms;
+    if (h->started == 0 || limit == 0 || now - h->started < limit ||
+        c->bad_input || c->state != CONN_OPEN)
+        return 0;
+    h->started = 0;
+    h->last = -HTTP_E_HEADER_TIMEOUT;
+    http_refuse(c);
+    return 1;
 }
 
 int

@@ -577,6 +577,9 @@ void http_refuse(struct conn *c);
 /* Native replies (cfg.native_echo): the fixed answer to the request framed
  * last, whose bytes start at req.  0 or -errno. */
 int http_native_reply(struct conn *c, const uint8_t *req);
+/* The sweep: a request whose header section is not whole header_ms after
+ * its first byte is refused (408).  1 if so. */
+int http_header_expired(struct conn *c, int64_t now);
 /* After the request framed last: whether the connection reads on (keep-
  * alive), else the input ends once it is in the batch. */
 int http_keep_alive(const struct conn *c);

@@ -354,6 +354,8 @@ sweep(struct worker *w)
         int64_t quiet = w->now - c->last_active;
         if (c->tls != NULL && tls_expired(c, w->now))
             ;   /* the handshake took too long: failed */
+        else if (c->http != NULL && http_header_expired(c, w->now))
+            ;   /* a request's header section took too long: 408 */
         else if (idle > 0 && c->state <= CONN_DRAINING && quiet >= idle)
             conn_fail(c, CLOSE_IDLE, 0);
         else if (c->peer_eof && half > 0 && c->state <= CONN_DRAINING &&
@@ -412,12 +414,15 @@ next_timeout(struct worker *w)
 static void
 timers(struct worker *w)
 {
-    /* The sweep checks the idle and handshake timeouts: at least four
-     * times in the shorter of the two. */
+    /* The sweep checks the idle, handshake and HTTP header timeouts: at
+     * least four times in the shortest. */
     int64_t shortest = w->srv->cfg.idle_timeout_ms;
     int64_t hs = w->srv->cfg.tls_handshake_ms;
+    int64_t hh = w->srv->cfg.framing.http_header_ms;
     if (shortest == 0 || (hs != 0 && hs < shortest))
         shortest = hs;
+    if (shortest == 0 || (hh != 0 && hh < shortest))
+        shortest = hh;
     if (w->connect_due != 0 && w->now >= w->connect_due)
         dial_expire(w);
     linger_expire(w);

@@ -46,6 +46,9 @@ struct framing {
     uint64_t max_size;    /* largest payload accepted (0 < max_size);
                              HTTP: http.max_body; RESP: resp.max_bulk */
     struct http_limits http;   /* HTTP */
+    int64_t http_header_ms;    /* HTTP: a request's header section not
+                                  whole this long after its first byte is
+                                  answered 408; 0: no limit */
     struct resp_limits resp;   /* RESP */
     uint8_t resp_client;       /* RESP: frame replies (a client), not
                                   commands */

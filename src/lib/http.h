@@ -73,7 +73,8 @@ const char *http_limits_check(const struct http_limits *lim);
     X(BAD_CHUNK_SIZE,     400, "invalid chunk size")                         \
     X(BAD_CHUNK_EXT,      400, "invalid chunk extension")                    \
     X(CHUNK_LINE_TOO_LONG, 400, "chunk-size line too long")                  \
-    X(BAD_CHUNK_END,      400, "chunk data not followed by CRLF")
+    X(BAD_CHUNK_END,      400, "chunk data not followed by CRLF")         \
+    X(HEADER_TIMEOUT,     408, "request header timeout") /* the engine's */
 
 enum http_error {
     HTTP_E_NONE = 0,

@@ -193,6 +193,10 @@ iocp_framing_from_py(PyObject *spec, struct framing *out)
         HTTP_LIMITS(HTTP_LIMIT_FROM_SPEC)
 #undef HTTP_LIMIT_FROM_SPEC
         out->max_size = out->http.max_body;
+        uint64_t ms;
+        if (spec_field_u64(d, "header_timeout_ms", &ms) < 0)
+            goto done;
+        out->http_header_ms = ms > INT64_MAX / 2 ? INT64_MAX / 2 : (int64_t)ms;
     } else if (out->kind == FRAMING_RESP) {
         /* The limits, as lib/resp.h names them; absent ones: Redis's. */
         resp_limits_default(&out->resp);
