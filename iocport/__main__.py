@@ -116,6 +116,22 @@ def _tls_context(args: argparse.Namespace) -> ssl.SSLContext | None:
     return ctx
 
 
+def _listen_and_start(server: Server, args: argparse.Namespace,
+                      backend: str) -> tuple[str, int]:
+    """Listen on --host/--port and start: the address, or a Failure with
+    one line saying why not."""
+    try:
+        host, port = server.listen(args.host, args.port)
+    except OSError as exc:   # in use, no such address, unknown host
+        where = f"[{args.host}]" if ":" in args.host else args.host
+        raise Failure(f"cannot listen on {where}:{args.port}: {why(exc)}") from None
+    try:
+        server.start()
+    except OSError as exc:
+        raise Failure(f"cannot start the server ({backend} backend): {why(exc)}") from None
+    return host, port
+
+
 def echo(args: argparse.Namespace) -> int:
     """The echo command: serve until Ctrl-C or SIGTERM."""
     if args.native and args.store:
@@ -144,15 +160,7 @@ def echo(args: argparse.Namespace) -> int:
             raise Failure(f"cannot open the --store file {args.store}: "
                           f"{why(exc) if isinstance(exc, OSError) else exc}") from None
         what = f"python echo after storing to {args.store}"
-    try:
-        host, port = server.listen(args.host, args.port)
-    except OSError as exc:   # in use, no such address, unknown host
-        where = f"[{args.host}]" if ":" in args.host else args.host
-        raise Failure(f"cannot listen on {where}:{args.port}: {why(exc)}") from None
-    try:
-        server.start()
-    except OSError as exc:
-        raise Failure(f"cannot start the server ({backend} backend): {why(exc)}") from None
+    host, port = _listen_and_start(server, args, backend)
     server.serve_forever(ready=lambda: print(
         f"listening on {host}:{port} (backend {server.backend}, {what}"
         f"{', TLS' if tls else ''})", flush=True))
@@ -182,17 +190,7 @@ def _echo_async(args: argparse.Namespace, backend: str,
         server = Server(on_message, framing=args.framing, workers=args.workers,
                         backend=backend, ssl=tls)
         async with server:
-            try:
-                host, port = server.listen(args.host, args.port)
-            except OSError as exc:   # in use, no such address, unknown host
-                where = f"[{args.host}]" if ":" in args.host else args.host
-                raise Failure(f"cannot listen on {where}:{args.port}: "
-                              f"{why(exc)}") from None
-            try:
-                server.start()
-            except OSError as exc:
-                raise Failure(f"cannot start the server ({backend} backend): "
-                              f"{why(exc)}") from None
+            host, port = _listen_and_start(server, args, backend)
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, server.stop)
@@ -229,15 +227,7 @@ def http(args: argparse.Namespace) -> int:
         files.server = server
     what = (f"files under {args.root}" if files else
             "native hello" if args.native else "python hello")
-    try:
-        host, port = server.listen(args.host, args.port)
-    except OSError as exc:   # in use, no such address, unknown host
-        where = f"[{args.host}]" if ":" in args.host else args.host
-        raise Failure(f"cannot listen on {where}:{args.port}: {why(exc)}") from None
-    try:
-        server.start()
-    except OSError as exc:
-        raise Failure(f"cannot start the server ({backend} backend): {why(exc)}") from None
+    host, port = _listen_and_start(server, args, backend)
     scheme = "https" if tls else "http"
     server.serve_forever(ready=lambda: print(
         f"listening on {host}:{port} (backend {server.backend}, {what}, "

@@ -25,13 +25,11 @@ static const char CONTINUE[] = "HTTP/1.1 100 Continue\r\n\r\n";
 int
 http_conn_init(struct conn *c)
 {
-    struct http_state *h = malloc(sizeof *h);
+    struct http_state *h = calloc(1, sizeof *h);
     if (h == NULL)
         return -ENOMEM;
     http_parser_init(&h->p, &c->w->srv->cfg.framing.http);
     h->last = HTTP_NEED;
-    h->flags = 0;
-    h->continued = 0;
     c->http = h;
     return 0;
 }

@@ -118,24 +118,8 @@ conn_send_file_m(ConnObject *self, PyObject *args, PyObject *kwds)
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|OOO:send_file", kwlist,
                                      &file, &offset_o, &count_o, &cb))
         return NULL;
-    if (offset_o != NULL) {
-        if (!PyLong_Check(offset_o) || PyBool_Check(offset_o))
-            return PyErr_Format(PyExc_TypeError, "offset must be an int");
-        offset = PyLong_AsUnsignedLongLong(offset_o);
-        if (PyErr_Occurred()) {
-            PyErr_Clear();
-            return PyErr_Format(PyExc_ValueError, "offset must be >= 0");
-        }
-    }
-    if (count_o != Py_None) {
-        if (!PyLong_Check(count_o) || PyBool_Check(count_o))
-            return PyErr_Format(PyExc_TypeError, "count must be an int or None");
-        count = PyLong_AsLongLong(count_o);
-        if (count == -1 && PyErr_Occurred())
-            return NULL;
-        if (count < 0)
-            return PyErr_Format(PyExc_ValueError, "count must be >= 0 or None");
-    }
+    if (iocp_range_args(offset_o, count_o, &offset, &count) < 0)
+        return NULL;
     PyObject *module = PyType_GetModule(Py_TYPE(self));
     if (module == NULL)
         return NULL;

@@ -482,6 +482,38 @@ typedef struct {
 } XferReq;
 
 int
+iocp_range_args(PyObject *offset_o, PyObject *count_o,
+                unsigned long long *offset, long long *count)
+{
+    if (offset_o != NULL) {
+        if (!PyLong_Check(offset_o) || PyBool_Check(offset_o)) {
+            PyErr_SetString(PyExc_TypeError, "offset must be an int");
+            return -1;
+        }
+        *offset = PyLong_AsUnsignedLongLong(offset_o);
+        if (PyErr_Occurred()) {
+            PyErr_Clear();
+            PyErr_SetString(PyExc_ValueError, "offset must be >= 0");
+            return -1;
+        }
+    }
+    if (count_o != NULL && count_o != Py_None) {
+        if (!PyLong_Check(count_o) || PyBool_Check(count_o)) {
+            PyErr_SetString(PyExc_TypeError, "count must be an int or None");
+            return -1;
+        }
+        *count = PyLong_AsLongLong(count_o);
+        if (*count == -1 && PyErr_Occurred())
+            return -1;
+        if (*count < 0) {
+            PyErr_SetString(PyExc_ValueError, "count must be >= 0 or None");
+            return -1;
+        }
+    }
+    return 0;
+}
+
+int
 iocp_file_range(PyObject *file, unsigned long long offset, long long *count)
 {
     FileObject *fo = (FileObject *)file;

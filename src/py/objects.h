@@ -66,6 +66,11 @@ extern const struct dispatch_ops iocp_dispatch_ops;
 PyObject *iocp_file_new(PyTypeObject *type, PyObject *server, struct server *srv,
                         PyObject *logger, int fd, unsigned long long append_off);
 void iocp_file_done(struct file_req *r);
+/* send_file's and respond_file's offset (None/absent: leave *offset) and
+ * count (None/absent: leave *count) arguments: 0, or -1 with TypeError or
+ * ValueError. */
+int iocp_range_args(PyObject *offset_o, PyObject *count_o,
+                    unsigned long long *offset, long long *count);
 /* The range [offset, offset + *count) of a File (an open one), *count
  * < 0 meaning to its end (set): 0, or -1 with ValueError or OSError. */
 int iocp_file_range(PyObject *file, unsigned long long offset, long long *count);

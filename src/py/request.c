@@ -223,6 +223,30 @@ build_head(iocp_state *st, int status, PyObject *headers, size_t body_len,
  * one after it, from the body object itself when it is bytes. */
 #define INLINE_BODY (16 * 1024)
 
+/* The head of request `seq`'s answer into *out; its slot, or NULL with
+ * *result False (the connection closed) or NULL (an exception). */
+static struct slot *
+head_for(iocp_state *st, ConnObject *o, uint64_t seq, int status,
+         PyObject *headers, size_t blen, struct out *out, int *close,
+         PyObject **result)
+{
+    *result = NULL;
+    if (build_head(st, status, headers, blen, order_owed(o, seq)->flags, out,
+                   close) < 0)
+        return NULL;
+    if (o->c == NULL) {
+        *result = Py_NewRef(Py_False);
+        return NULL;
+    }
+    /* (afresh: the headers' iteration may have run other threads) */
+    struct slot *s = order_owed(o, seq);
+    if (s == NULL || (s->flags & (ORDER_DONE | ORDER_STREAM))) {
+        PyErr_SetString(PyExc_RuntimeError, "this request has been answered");
+        return NULL;
+    }
+    return s;
+}
+
 /* Answer request `seq` of o: the head, then a body (`view`, `body` its
  * object) or a file's range.  True if it went out or waits its turn,
  * False if the connection is closed. */
@@ -244,19 +268,10 @@ answer_with(iocp_state *st, ConnObject *o, uint64_t seq, int status,
         return NULL;
     }
     struct answer_queue *q = o->aq;
-    if (build_head(st, status, headers, blen, order_owed(o, seq)->flags, &out,
-                   &close) < 0)
+    struct slot *s = head_for(st, o, seq, status, headers, blen, &out, &close,
+                              &result);
+    if (s == NULL)
         goto done;
-    if (o->c == NULL) {
-        result = Py_NewRef(Py_False);
-        goto done;
-    }
-    /* (afresh: the headers' iteration may have run other threads) */
-    struct slot *s = order_owed(o, seq);
-    if (s == NULL || (s->flags & (ORDER_DONE | ORDER_STREAM))) {
-        PyErr_SetString(PyExc_RuntimeError, "this request has been answered");
-        goto done;
-    }
     uint32_t i = (uint32_t)(seq - q->first);
     if (s->flags & SLOT_HEAD) {
         blen = 0;
@@ -370,17 +385,10 @@ stream_start(iocp_state *st, ConnObject *o, uint64_t seq, int status,
     struct out out = {0};
     int close = 0;
     PyObject *result = NULL;
-    if (build_head(st, status, headers, blen, order_owed(o, seq)->flags, &out, &close) < 0)
+    struct slot *s = head_for(st, o, seq, status, headers, blen, &out, &close,
+                              &result);
+    if (s == NULL)
         goto done;
-    if (o->c == NULL) {
-        result = Py_NewRef(Py_False);
-        goto done;
-    }
-    struct slot *s = order_owed(o, seq);
-    if (s == NULL || (s->flags & (ORDER_DONE | ORDER_STREAM))) {
-        PyErr_SetString(PyExc_RuntimeError, "this request has been answered");
-        goto done;
-    }
     s->flags |= ORDER_STREAM | (close ? ORDER_THEN_CLOSE : 0);
     if (blen == LEN_UNKNOWN && !(s->flags & SLOT_V10))
         s->flags |= SLOT_CHUNKED;
@@ -612,24 +620,8 @@ req_respond_file(RequestObject *self, PyObject *args, PyObject *kwds)
                             "None, got %.100s", Py_TYPE(cb)->tp_name);
     unsigned long long offset = 0;
     long long count = -1;
-    if (offset_o != NULL) {
-        if (!PyLong_Check(offset_o) || PyBool_Check(offset_o))
-            return PyErr_Format(PyExc_TypeError, "offset must be an int");
-        offset = PyLong_AsUnsignedLongLong(offset_o);
-        if (PyErr_Occurred()) {
-            PyErr_Clear();
-            return PyErr_Format(PyExc_ValueError, "offset must be >= 0");
-        }
-    }
-    if (count_o != Py_None) {
-        if (!PyLong_Check(count_o) || PyBool_Check(count_o))
-            return PyErr_Format(PyExc_TypeError, "count must be an int or None");
-        count = PyLong_AsLongLong(count_o);
-        if (count == -1 && PyErr_Occurred())
-            return NULL;
-        if (count < 0)
-            return PyErr_Format(PyExc_ValueError, "count must be >= 0 or None");
-    }
+    if (iocp_range_args(offset_o, count_o, &offset, &count) < 0)
+        return NULL;
     if (order_answered(self->conn, self->seq)) {
         PyErr_SetString(PyExc_RuntimeError, "this request has been answered");
         return NULL;
