@@ -259,3 +259,23 @@ async def send_file(conn, file, offset=0, count=None):
         if fut.cancelled():
             conn.abort()   # stops the transfer: see the module docstring
         raise
+
+
+# -- RESP client -------------------------------------------------------------
+
+async def command(conn, *args):
+    """conn.command(*args) awaited: the reply, decoded; an error reply is
+    raised (iocport.resp.Error), as is a close before the reply
+    (ConnectionError)."""
+    loop = asyncio.get_running_loop()
+    fut = loop.create_future()
+
+    def done(conn, reply):
+        if isinstance(reply, BaseException):
+            _wake(loop, fut, None, reply)
+        else:
+            _wake(loop, fut, reply)
+
+    if not conn.command(*args, callback=done):
+        raise _closed_error()
+    return await fut

@@ -405,3 +405,18 @@ def test_client_callbacks_hear_the_close(resp_client, resp_server):
     assert all(isinstance(g, ConnectionError) for g in got), got
     wait_for(lambda: conn.close_reason is not None)
     assert conn.command("Z", callback=r) is False
+
+
+def test_client_command_async(resp_client, redis_port):
+    srv = resp_client()
+
+    async def main():
+        conn = await srv.connect("127.0.0.1", redis_port)
+        assert await conn.command_async("SET", "client:a", "1") == b"OK"
+        got = await asyncio.gather(*(conn.command_async("INCR", "client:a")
+                                     for _ in range(100)))
+        with pytest.raises(resp.Error, match="unknown command"):
+            await conn.command_async("NOSUCHCOMMAND")
+        return got
+
+    assert asyncio.run(main()) == list(range(2, 102))

@@ -140,6 +140,7 @@ conn_send_file_m(ConnObject *self, PyObject *args, PyObject *kwds)
 }
 
 IOCP_AWAITABLE_METHOD(conn_send_file_async_m, "send_file")
+IOCP_AWAITABLE_METHOD(conn_command_async_m, "command")
 
 static PyObject *
 conn_drain_m(ConnObject *self, PyObject *Py_UNUSED(ignored))
@@ -355,6 +356,12 @@ conn_command_m(ConnObject *self, PyObject *const *args, Py_ssize_t nargs,
 }
 
 static PyMethodDef conn_methods[] = {
+    {"command_async", (PyCFunction)(void (*)(void))conn_command_async_m,
+     METH_VARARGS | METH_KEYWORDS,
+     "command_async($self, /, *args)\n--\n\n"
+     "RESP(client=True) framing: command() as an awaitable, on a running\n"
+     "asyncio loop: its reply, decoded; an error reply is raised\n"
+     "(iocport.resp.Error), as is a close before the reply (ConnectionError)."},
     {"command", (PyCFunction)(void (*)(void))conn_command_m,
      METH_FASTCALL | METH_KEYWORDS,
      "command($self, /, *args, callback=None)\n--\n\n"
