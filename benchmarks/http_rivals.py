@@ -239,11 +239,24 @@ def _missing(package: str) -> bool:
 
 def launch(args: argparse.Namespace) -> int:
     """Run the rival until SIGINT or SIGTERM (see the module's docstring)."""
+    return run_child("http_rivals", args.kind, args.host, args.port,
+                     lambda port, tmp: child_argv(args, port, tmp),
+                     ready_file="nginx.pid" if args.kind == "nginx" else None)
+
+
+def run_child(prog: str, kind: str, host: str, port: int,
+              make_argv: Callable[[int, str], tuple[list[str], str]],
+              ready_file: str | None = None) -> int:
+    """Run the server `make_argv(port, tmp)` makes ((its command line, what
+    the banner says it is), with a temporary directory of its own) as a
+    child, on `port` (0: a free one), until SIGINT or SIGTERM: the banner
+    once it accepts connections (and `ready_file` exists in its directory),
+    then wait.  Also resp_rivals.py's launcher (`prog`: whose messages)."""
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
-    port = args.port or free_port(args.host)
-    with tempfile.TemporaryDirectory(prefix=f"iocport-{args.kind}-") as tmp:
-        argv, what = child_argv(args, port, tmp)
+    port = port or free_port(host)
+    with tempfile.TemporaryDirectory(prefix=f"iocport-{kind}-") as tmp:
+        argv, what = make_argv(port, tmp)
         env = dict(os.environ)
         env["PYTHONPATH"] = str(HERE) + (os.pathsep + env["PYTHONPATH"]
                                          if env.get("PYTHONPATH") else "")
@@ -251,14 +264,14 @@ def launch(args: argparse.Namespace) -> int:
         # banner's, which nobody reads after that
         child = subprocess.Popen(argv, stdout=sys.stderr, env=env)
         try:
-            why = wait_listening(child, args.host, port, ready_file=(
-                Path(tmp, "nginx.pid") if args.kind == "nginx" else None))
+            why = wait_listening(child, host, port, ready_file=(
+                Path(tmp, ready_file) if ready_file else None))
             if why is not None:
-                sys.stderr.write(f"http_rivals: {args.kind} {why}\n")
+                sys.stderr.write(f"{prog}: {kind} {why}\n")
                 return 1
-            print(f"listening on {args.host}:{port} ({what})", flush=True)
+            print(f"listening on {host}:{port} ({what})", flush=True)
             child.wait()
-            sys.stderr.write(f"http_rivals: {args.kind} exited ({child.returncode})\n")
+            sys.stderr.write(f"{prog}: {kind} exited ({child.returncode})\n")
             return 1
         except Stop:
             return stop_child(child)

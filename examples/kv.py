@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 from collections import deque
+from fnmatch import fnmatchcase
 from itertools import islice
 import sys
 import threading
@@ -48,6 +49,8 @@ class Store:
         self.data = {}
         self.expires = {}
         self.lock = threading.Lock()
+        # what CONFIG GET reports (redis-benchmark asks for these two)
+        self.config = {b"save": b"", b"appendonly": b"no"}
 
     def get(self, key):
         at = self.expires.get(key)
@@ -295,7 +298,9 @@ def c_hset(store, a):
 
 def c_config(store, a):
     if a[1].upper() == b"GET":
-        return []   # no parameters to report (redis-benchmark asks)
+        # the parameters matching the patterns, as Redis answers (a map)
+        return {name: value for name, value in store.config.items()
+                if any(fnmatchcase(name, pat.lower()) for pat in a[2:])}
     return resp.OK
 
 
@@ -390,6 +395,7 @@ def main(argv=None):
 
     store = Store()
     if args.aof:
+        store.config.update({b"appendonly": b"yes", b"appendfsync": args.fsync.encode()})
         n = replay(store, args.aof)
         if n:
             print(f"kv: replayed {n} commands from {args.aof}", file=sys.stderr)

@@ -8,7 +8,9 @@ baseline); ``--tls`` builds a second load generator with OpenSSL and
 benchmark needs no OpenSSL; ``--http`` drives HTTP servers with h2load and
 wrk (Debian's packages) instead, against benchmarks/http_rivals.py's
 servers, and counts the CPU time of each server's whole process tree
-(granian and nginx work in child processes).  Each server runs pinned to one CPU, the client
+(granian and nginx work in child processes); ``--resp`` drives
+examples/kv.py and Debian's redis-server with redis-benchmark, counted the
+same way.  Each server runs pinned to one CPU, the client
 to another; each server is warmed on separate connections before it is
 measured; servers are measured in turn (A B A B ...) for several rounds and
 every ratio is computed round by round, the median reported.  The headline figure is
@@ -49,12 +51,13 @@ import tempfile
 import time
 
 from .._cli import int_in, output_path, positive_float, resolve_backend
-from .harness import (HTTP_RIVAL_PACKAGES, HTTP_TOOLS, RIVAL_PACKAGES, TLS_DEV_HINT,
+from .harness import (HTTP_RIVAL_PACKAGES, HTTP_TOOLS, RESP_TOOLS, RIVAL_PACKAGES,
+                      TLS_DEV_HINT,
                       bench_env, benchmarks_dir, build, build_tls, find_tool, machine_info,
                       make_certs, missing_line, pinning, rival_missing, tls_dev_installed,
                       tool_hint, tool_version)
 from .report import (Progress, chart_line, http_lines, idle_table, machine_line, print_tables,
-                     ratio_table, tls_cost_table, tls_negotiated)
+                     ratio_table, resp_lines, tls_cost_table, tls_negotiated)
 from .scenarios import (IDLE_SERVERS, LATENCY_RATES, Group, ServerSpec, Tools, only_names,
                         plan, positive_ints, run_group, run_idle)
 
@@ -109,6 +112,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "and nginx, requests per server CPU-second under h2load --h1 (1 and "
                         "16 in flight) and wrk, and p99 at a fixed load (needs h2load, wrk, "
                         "nginx: apt-get install nghttp2-client wrk nginx; not part of --full)")
+    p.add_argument("--resp", action="store_true",
+                   help="run only the RESP scenarios: examples/kv.py (from a source tree) "
+                        "against redis-server, persistence off and with an append-only file "
+                        "synced every second, requests per server CPU-second under "
+                        "redis-benchmark (GET and SET, -P 1 and -P 16; needs "
+                        "apt-get install redis-tools redis-server; not part of --full)")
 
 
 def install_tls_dev() -> None:
@@ -122,10 +131,11 @@ def install_tls_dev() -> None:
         sys.stderr.write(f"iocport bench: {TLS_DEV_HINT}\n")
 
 
-def install_http_tools() -> None:
-    """--install-rivals with --http: h2load, wrk and nginx through apt-get
-    when one is missing and this runs as root; otherwise say how."""
-    missing = [HTTP_TOOLS[t] for t in HTTP_TOOLS if find_tool(t) is None]
+def install_tools(tools: dict[str, str]) -> None:
+    """--install-rivals with --http or --resp: the programs of `tools`
+    (HTTP_TOOLS, RESP_TOOLS) through apt-get when one is missing and this
+    runs as root; otherwise say how."""
+    missing = [tools[t] for t in tools if find_tool(t) is None]
     if not missing:
         return
     if shutil.which("apt-get") and os.geteuid() == 0:
@@ -135,11 +145,12 @@ def install_http_tools() -> None:
 
 
 def http_clients_present(groups: list[Group]) -> list[str]:
-    """Drop the HTTP scenarios whose load generator is not installed (and an
-    HTTP group left with none); one line each on what was left out."""
+    """Drop the HTTP and RESP scenarios whose load generator is not
+    installed (and a group left with none); one line each on what was left
+    out."""
     lines: list[str] = []
     for i, (title, servers, scs) in enumerate(groups):
-        gone = {sc["client"] for sc in scs if sc.get("mode") == "http"
+        gone = {sc["client"] for sc in scs if sc.get("mode") in ("http", "resp")
                 and find_tool(sc["client"]) is None}
         if gone:
             groups[i] = (title, servers, [sc for sc in scs if sc.get("client") not in gone])
@@ -186,7 +197,9 @@ def run(args: argparse.Namespace) -> int:
         if args.tls:
             install_tls_dev()
         if args.http:
-            install_http_tools()
+            install_tools(HTTP_TOOLS)
+        if args.resp:
+            install_tools(RESP_TOOLS)
     info = machine_info()
     if info["loadavg"][0] > 0.5:
         sys.stderr.write(f"iocport bench: load average {info['loadavg'][0]:.2f}: another "
@@ -202,13 +215,15 @@ def run(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="iocport-bench-store-") as store_dir:
         certs = make_certs(store_dir) if args.tls else ("", "", None)
         groups = plan(args, store_dir, certs[:2])
-        left_out = http_clients_present(groups) if args.http else []
+        left_out = http_clients_present(groups) if args.http or args.resp else []
         for line in left_out:
             sys.stderr.write(f"iocport bench: {line}\n")
-        if args.http and not any(title == "http" for title, *_ in groups):
-            sys.stderr.write("iocport bench: --http: no load generator to run "
-                             "(h2load or wrk)\n")
-            return 1
+        for asked, title, clients in ((args.http, "http", "h2load or wrk"),
+                                      (args.resp, "resp", "redis-benchmark")):
+            if asked and not any(t == title for t, *_ in groups):
+                sys.stderr.write(f"iocport bench: --{title}: no load generator to run "
+                                 f"({clients})\n")
+                return 1
         if not groups:
             return run_idle_only(args)
         steps = sum(len(servers) + sum(sc["rounds"] * len(
@@ -228,8 +243,10 @@ def run(args: argparse.Namespace) -> int:
           f"{args.rounds} rounds, {elapsed:.0f} s in all")
     if args.http:
         print(http_lines({t: tool_version(t) for t in HTTP_TOOLS}))
-        for line in left_out:
-            print(line)
+    if args.resp:
+        print(resp_lines({t: tool_version(t) for t in RESP_TOOLS}))
+    for line in left_out:
+        print(line)
     if args.tls:
         print(f"TLS 1.3, the load generator offering TLS_AES_128_GCM_SHA256 alone, "
               f"no verification; certificate ECDSA P-256 from {certs[2]}")

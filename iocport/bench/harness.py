@@ -1,10 +1,11 @@
 """The machinery of the benchmark, which knows no plan: building the C tools
 of benchmarks/, starting and stopping servers, pinning them and the clients
-to CPUs, one load-generator run (loadgen, or h2load and wrk for HTTP with
-the CPU time of the server's process tree), one idle-memory reading, and
-what the machine is."""
+to CPUs, one load-generator run (loadgen; h2load and wrk for HTTP, or
+redis-benchmark for RESP, with the CPU time of the server's process tree),
+one idle-memory reading, and what the machine is."""
 from __future__ import annotations
 
+import csv
 import hashlib
 import http.client
 import importlib.util
@@ -13,6 +14,7 @@ import math
 import os
 import re
 import selectors
+import socket
 import shutil
 import signal
 import subprocess
@@ -57,6 +59,8 @@ HTTP_RIVAL_NEEDS: dict[str, tuple[str, ...]] = {
 # `bench --http`'s programs that are no Python package: the load generators
 # and nginx, by the Debian package that holds each
 HTTP_TOOLS = {"h2load": "nghttp2-client", "wrk": "wrk", "nginx": "nginx"}
+# `bench --resp`'s: the load generator and the rival, by Debian package
+RESP_TOOLS = {"redis-benchmark": "redis-tools", "redis-server": "redis-server"}
 BENCH_EXTRA = "pip install 'iocport[bench]'"
 
 # The iocport package directory (this file is in iocport/bench/): the
@@ -224,8 +228,9 @@ class ServerProc:
 def server_argv(kind: str, extra: list[str], framing: str, bench_dir: Path,
                 c_echo: Path) -> list[str]:
     """The command line of a server of `kind` (iocport, c, c-tls, asyncio,
-    threads; iocport-http, http-rival: `bench --http`'s), with `extra`
-    options (for an http-rival, its arguments to http_rivals.py)."""
+    threads; iocport-http, http-rival: `bench --http`'s; resp-kv,
+    resp-rival: `bench --resp`'s), with `extra` options (for an http-rival
+    or a resp-rival, its arguments to http_rivals.py or resp_rivals.py)."""
     if kind == "c-tls":     # built by then (bench --tls builds it first): cached
         return [str(build_tls("c_echo")), "--port", "0", "--framing", framing, *extra]
     if kind == "iocport":
@@ -237,13 +242,20 @@ def server_argv(kind: str, extra: list[str], framing: str, bench_dir: Path,
         return [sys.executable, "-m", "iocport", "http", "--port", "0", *extra]
     if kind == "http-rival":
         return [sys.executable, str(bench_dir / "http_rivals.py"), *extra, "--port", "0"]
+    if kind == "resp-kv":
+        kv = kv_script()
+        assert kv is not None, KV_HINT       # server_missing_note() said so first
+        return [sys.executable, str(kv), "--port", "0", *extra]
+    if kind == "resp-rival":
+        return [sys.executable, str(bench_dir / "resp_rivals.py"), *extra, "--port", "0"]
     rivals = str(bench_dir / "rivals.py")
     return [sys.executable, rivals, kind, "--port", "0", "--framing", framing, *extra]
 
 
 def find_tool(name: str) -> str | None:
-    """A program of HTTP_TOOLS: on PATH, or in the sbin directories (Debian's
-    nginx is /usr/sbin/nginx, not on every user's PATH)."""
+    """A program of HTTP_TOOLS or RESP_TOOLS: on PATH, or in the sbin
+    directories (Debian's nginx is /usr/sbin/nginx, not on every user's
+    PATH)."""
     found = shutil.which(name)
     if found:
         return found
@@ -252,22 +264,28 @@ def find_tool(name: str) -> str | None:
 
 
 def tool_hint(name: str) -> str:
-    """How to get a program of HTTP_TOOLS."""
-    return f"apt-get install {HTTP_TOOLS[name]}"
+    """How to get a program of HTTP_TOOLS or RESP_TOOLS."""
+    return f"apt-get install {(HTTP_TOOLS | RESP_TOOLS)[name]}"
 
 
 def tool_version(name: str) -> str | None:
-    """The first line a program of HTTP_TOOLS says about its version."""
+    """The first line a program of HTTP_TOOLS or RESP_TOOLS says about its
+    version."""
     exe = find_tool(name)
     if exe is None:
         return None
-    flag = {"h2load": "--version", "wrk": "-v", "nginx": "-v"}[name]
+    flag = {"h2load": "--version", "wrk": "-v", "nginx": "-v", "redis-benchmark": "--version",
+            "redis-server": "--version"}[name]
     try:
         r = subprocess.run([exe, flag], capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired):
         return None
     lines = (r.stdout + r.stderr).strip().splitlines()
-    return lines[0].replace("nginx version: ", "") if lines else None
+    if not lines:
+        return None
+    # redis-server: "Redis server v=7.0.15 sha=... malloc=..."
+    return re.sub(r"^Redis server v=(\S+).*", r"redis-server \1",
+                  lines[0].replace("nginx version: ", ""))
 
 
 def run_loadgen(loadgen: Path, server: ServerProc, *, conns: int, depth: int, size: int,
@@ -474,16 +492,11 @@ def run_http_client(client: str, server: ServerProc, *, conns: int, depth: int,
     else:
         argv = [exe, "-t", "1", "-c", str(conns), "-d", f"{max(1, math.ceil(seconds))}s",
                 "--timeout", "10s", "--latency", url]
-    before = tree_cpu(server.pid)
-    t0 = time.monotonic()
-    try:
-        r = subprocess.run(_pinned(cpu, argv), capture_output=True, text=True,
-                           timeout=seconds + 60)
-    except subprocess.TimeoutExpired:
+    r, window = _client_window(argv, server, cpu, seconds + 60)
+    if r is None:
+        if log is not None:
+            os.unlink(log.name)
         return {"failed": f"{client} timed out", "errors": 1}
-    finally:
-        window = time.monotonic() - t0
-        after = tree_cpu(server.pid)
     try:
         res = parse_h2load(r.stdout) if client == "h2load" else parse_wrk(r.stdout)
         if log is not None and "failed" not in res:
@@ -507,14 +520,123 @@ def run_http_client(client: str, server: ServerProc, *, conns: int, depth: int,
         res.setdefault("why", f"the server exited ({server.proc.returncode})")
     if res["errors"]:
         return {"failed": res["why"], "errors": res["errors"]}
+    return _per_cpu(res, window)
+
+
+def _client_window(argv: list[str], server: ServerProc, cpu: int | None, timeout: float
+                   ) -> tuple[subprocess.CompletedProcess[str] | None, dict[str, float]]:
+    """Run a client (`argv`, pinned to `cpu`) to its end and read the CPU
+    time of the server's process tree just before it starts and just after
+    it exits: the window holds the client's whole run (connections made,
+    requests, close), and the server is idle outside it.  (None, ...) when
+    it ran past `timeout` seconds; else (its output, the window's figures)."""
+    before = tree_cpu(server.pid)
+    t0 = time.monotonic()
+    try:
+        r = subprocess.run(_pinned(cpu, argv), capture_output=True, text=True,
+                           timeout=timeout)
+    except subprocess.TimeoutExpired:
+        r = None
+    window = time.monotonic() - t0
+    after = tree_cpu(server.pid)
+    return r, {"seconds": window, "server_cpu_s": after[0] - before[0],
+               "server_sys_s": after[1] - before[1], "server_processes": after[2]}
+
+
+def _per_cpu(res: Run, window: dict[str, float]) -> Run:
+    """A clean run's figures with the CPU window's (_client_window): the
+    client's own duration kept as client_seconds, server CPU % over the
+    window, requests per server CPU-second."""
     res["client_seconds"] = res["seconds"]
-    res["seconds"] = window           # the CPU window: server CPU % is over it
-    res["server_cpu_s"] = after[0] - before[0]
-    res["server_sys_s"] = after[1] - before[1]
-    res["server_processes"] = after[2]
+    res.update(window)                # the CPU window: server CPU % is over it
     res["msgs_per_cpu_s"] = (res["msgs"] / res["server_cpu_s"]
                              if res["server_cpu_s"] > 0 else None)
     return res
+
+
+# ---- RESP (bench --resp): kv.py, redis-server, redis-benchmark ---------------
+
+# examples/kv.py ships in the sdist (with tests/ and benchmarks/), not in
+# the wheel: the example is a program to read, not a module of the package.
+KV_HINT = ("examples/kv.py is not in this copy of iocport (a wheel has no examples/): run "
+           "the bench from a source checkout or an unpacked sdist (pip install -e .)")
+# What redis-benchmark -e (passed so that an error reply is shown, not only
+# its exit status) says on every run: the one line besides its CSV that is
+# no error.
+REDIS_BENCHMARK_NOTICE = "WARNING: -e option has no effect."
+
+
+def kv_script() -> Path | None:
+    """examples/kv.py beside the package (a source tree), or None."""
+    kv = PACKAGE_DIR.parent / "examples" / "kv.py"
+    return kv if kv.is_file() else None
+
+
+def resp_check(host: str, port: int) -> str | None:
+    """None when SET then GET are answered as Redis answers them; else what
+    came back (the check before a server's warm-up)."""
+    key, value = b"iocport-bench-check", b"hello, world"
+    commands = [[b"SET", key, value], [b"GET", key]]
+    want = b"+OK\r\n$%d\r\n%s\r\n" % (len(value), value)
+    got = b""
+    try:
+        with socket.create_connection((host, port), timeout=10) as s:
+            s.sendall(b"".join(b"*%d\r\n" % len(c) + b"".join(
+                b"$%d\r\n%s\r\n" % (len(a), a) for a in c) for c in commands))
+            while len(got) < len(want) and (chunk := s.recv(4096)):
+                got += chunk
+    except OSError as exc:
+        return f"SET and GET failed: {exc}"
+    return None if got == want else f"SET and GET answered {got[:60]!r}"
+
+
+def parse_redis_benchmark(stdout: str, stderr: str, returncode: int, command: str,
+                          requests: int) -> Run:
+    """redis-benchmark --csv's row for `command`: its requests per second
+    and latency percentiles.  It prints the row only once all `requests`
+    have been answered, so that count is the completed requests.  A failed
+    run ({"failed": ...}) when it exited non-zero, printed no row, or
+    printed any line that is neither CSV nor its -e notice: an error reply
+    (it exits at the first), a connection lost, a warning (a server that
+    does not answer CONFIG GET as Redis does)."""
+    lines = [ln.strip() for ln in (stdout + "\n" + stderr).splitlines()]
+    said = [ln for ln in lines if ln and not ln.startswith('"')
+            and not ln.startswith(REDIS_BENCHMARK_NOTICE)]
+    row = next((r for r in csv.reader(ln for ln in stdout.splitlines() if ln.startswith('"'))
+                if r and r[0] == command.upper()), None)
+    if returncode or said or row is None:
+        why = "; ".join(said)[-200:] or "no result"
+        return {"failed": f"redis-benchmark exit {returncode}: {why}", "errors": 1}
+    header = next(csv.reader([next(ln for ln in stdout.splitlines() if ln.startswith('"'))]))
+    fig = dict(zip(header, row))
+    rps = float(fig["rps"])
+    ms = {q: float(fig[f"{q}_latency_ms"]) * 1e3 for q in ("p50", "p99")
+          if f"{q}_latency_ms" in fig}
+    return {"msgs": requests, "seconds": requests / rps if rps else 0.0,
+            "msgs_per_sec": rps, "errors": 0, "p50_us": ms.get("p50"),
+            "p99_us": ms.get("p99"), "p999_us": None}
+
+
+def run_resp_client(server: ServerProc, *, command: str, conns: int, depth: int,
+                    requests: int, cpu: int | None = None) -> Run:
+    """One redis-benchmark run against `server`: `command` (GET or SET, its
+    defaults: one key, 3-byte values) `requests` times over `conns`
+    connections, `depth` commands in flight on each (-P), its output read by
+    parse_redis_benchmark; requests per server CPU-second over the server's
+    process tree, as run_http_client counts them."""
+    exe = find_tool("redis-benchmark")
+    if exe is None:
+        return {"failed": f"redis-benchmark not found: {tool_hint('redis-benchmark')}",
+                "errors": 1}
+    argv = [exe, "-h", server.host, "-p", str(server.port), "-c", str(conns),
+            "-n", str(requests), "-P", str(depth), "-t", command.lower(), "--csv", "-e"]
+    r, window = _client_window(argv, server, cpu, 120.0)
+    if r is None:
+        return {"failed": "redis-benchmark timed out", "errors": 1}
+    res = parse_redis_benchmark(r.stdout, r.stderr, r.returncode, command, requests)
+    if "failed" not in res and server.proc.poll() is not None:
+        res = {"failed": f"the server exited ({server.proc.returncode})", "errors": 1}
+    return res if "failed" in res else _per_cpu(res, window)
 
 
 def bench_env() -> dict[str, str]:
@@ -551,12 +673,16 @@ def missing_note(package: str | None) -> str:
 
 def server_missing_note(name: str, kind: str) -> str | None:
     """The tables' note for server `name` when what it needs is not here (a
-    Python package, or nginx), else None."""
+    Python package, nginx, redis-server, examples/kv.py), else None."""
     pkg = rival_missing(name, kind)
     if pkg:
         return missing_note(pkg)
     if kind == "http-rival" and name == "nginx" and find_tool("nginx") is None:
         return f"not installed: {tool_hint('nginx')}"
+    if kind == "resp-rival" and find_tool("redis-server") is None:
+        return f"not installed: {tool_hint('redis-server')}"
+    if kind == "resp-kv" and kv_script() is None:
+        return f"not run: {KV_HINT}"
     return None
 
 

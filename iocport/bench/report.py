@@ -11,8 +11,9 @@ from typing import Any
 
 from .harness import BENCH_EXTRA, Run
 from .scenarios import (ASYNC_RATIOS, BOUNDS, HANDSHAKE_RATIOS, HTTP_LATENCY_RATIOS,
-                        HTTP_RATIOS, IDLE_SERVERS, LATENCY_RATIOS, RATIOS, STORE_RATIOS,
-                        TLS_PAIRS, TLS_RATIOS, Results, Scenario, is_tls, scenario_name)
+                        HTTP_RATIOS, IDLE_SERVERS, LATENCY_RATIOS, RATIOS, RESP_RATIOS,
+                        STORE_RATIOS, TLS_PAIRS, TLS_RATIOS, Results, Scenario, is_tls,
+                        scenario_name)
 
 
 class Progress:
@@ -75,6 +76,9 @@ def print_tables(scenarios: list[Scenario], names: list[str], results: Results,
             unit = "req"
             loop = (f"{sc['depth']} in flight per connection, "
                     if not sc.get("rate") else "h2load --rps, ")
+        if sc.get("mode") == "resp":
+            unit = "req"
+            loop = f"{sc['depth']} in flight per connection, "
         out.append(f"\n## {key}, {sc['conns']} connections, {loop}{sc['framing']} "
                    f"(medians of {sc['rounds']} rounds)\n")
         out.append(f"| server | {unit}/s | p50 us | p99 us | p99.9 us | errors "
@@ -139,8 +143,9 @@ def ratio_table(scenarios: list[Scenario], results: Results, banners: dict[str, 
     """The ratios of every scenario run: throughput targets (RATIOS) on the
     closed-loop scenarios, p99 latency (LATENCY_RATIOS) on the open-loop
     ones, TLS_RATIOS and ASYNC_RATIOS on the TLS and coroutine-handler
-    ones, HTTP_RATIOS and HTTP_LATENCY_RATIOS on the HTTP ones, and the
-    store scenario's figures (STORE_RATIOS, no target)."""
+    ones, HTTP_RATIOS and HTTP_LATENCY_RATIOS on the HTTP ones, RESP_RATIOS
+    on the RESP ones, and the store scenario's figures (STORE_RATIOS, no
+    target)."""
     out = ["\n## Ratios (median of the round-by-round ratios)\n",
            "| ratio | scenario | per server CPU-s | msgs/s | p99 | rounds' range | target | met |",
            "|---|---|---:|---:|---:|---:|---|---|"]
@@ -178,7 +183,14 @@ def ratio_table(scenarios: list[Scenario], results: Results, banners: dict[str, 
 
     for sc in scenarios:
         mode = "rate" if sc.get("rate") else sc.get("mode", "closed")
-        if sc.get("mode") == "http":
+        if mode == "resp":
+            for label, a, b, depth, each_target, command in RESP_RATIOS:
+                if a in sc["servers"] and b in sc["servers"] and depth in (None, sc["depth"]):
+                    goal = each_target if command in (None, sc["command"]) else None
+                    row(label, a, b, sc, goal)
+                    if label in BOUNDS and goal is not None:
+                        row(BOUNDS[label], a, b, sc, goal, bound=True)
+        elif sc.get("mode") == "http":
             if sc.get("rate"):
                 for label, a, b, target in HTTP_LATENCY_RATIOS:
                     row(label, a, b, sc, target, field="p99_us", most=True)
@@ -218,7 +230,11 @@ def ratio_table(scenarios: list[Scenario], results: Results, banners: dict[str, 
     return "\n".join(out), rows
 
 
-# ---- HTTP -----------------------------------------------------------------
+# ---- HTTP and RESP ----------------------------------------------------------
+
+# How bench --http and --resp count a server's CPU (harness.tree_cpu)
+TREE_CPU = ("server CPU = utime+stime (+ reaped children's) of the server's process and "
+            "every descendant, /proc/PID/stat, read before and after each client run")
 
 def http_lines(tools: dict[str, str | None]) -> str:
     """What `bench --http` measured and with what: the load generators'
@@ -230,12 +246,31 @@ def http_lines(tools: dict[str, str | None]) -> str:
         "HTTP: GET / on keep-alive connections, every server answering 200 text/plain "
         "'hello, world' (checked before its warm-up); h2load --h1 -t 1 -m 1 and -m 16, "
         "wrk -t 1 (no pipelining); any error or non-2xx answer fails the run",
-        "HTTP: server CPU = utime+stime (+ reaped children's) of the server's process and "
-        "every descendant, /proc/PID/stat, read before and after each client run",
+        f"HTTP: {TREE_CPU}",
         "HTTP latency: h2load --rps at a fixed offered load, 1 request in flight per "
         "connection, p50/p99 from its per-request log (first 0.5 s left out); latency "
         "counts from each request's send, not a schedule (no wrk2 here): read it below "
         "saturation only. wrk's p50/p99 in its tables are closed-loop, at saturation"])
+
+
+def resp_lines(tools: dict[str, str | None]) -> str:
+    """What `bench --resp` measured and with what (`tools`: redis-benchmark's
+    and redis-server's version lines, None when not installed), and what of
+    issue 18's targets it does not measure."""
+    have = "; ".join(f"{n}: {v or 'not installed'}" for n, v in tools.items())
+    return "\n".join([
+        f"RESP: {have}",
+        "RESP: redis-benchmark -c 50 -P 1 and -P 16, -t set and -t get (its defaults: one "
+        "key, 3-byte values), --csv -e; each run's -n from the server's rate in its warm-up "
+        "run, to last about --seconds; the CSV row comes once all -n are answered; an exit "
+        "status other than 0, no row, or any other line (an error reply, a lost "
+        "connection, a warning) fails the run",
+        "RESP: kv.py = examples/kv.py (auto backend, one worker); redis-server --save \"\" "
+        "--appendonly no; the AOF pair: kv.py --aof FILE --fsync everysec, redis-server "
+        "--appendonly yes --appendfsync everysec, files in temporary directories",
+        f"RESP: {TREE_CPU}",
+        "RESP: not measured here: issue 18's iocport client against redis-py with hiredis "
+        "(the RESP client side is not built yet)"])
 
 
 # ---- TLS ------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """What the benchmark runs and how it is judged: the servers of each
 scenario (throughput, latency at a fixed load, store-to-disk, TLS, coroutine
-handlers, HTTP, idle memory), the ratios and targets that apply to each, the plan
+handlers, HTTP, RESP, idle memory), the ratios and targets that apply to each, the plan
 the options make of them, and the A B A B rounds that run a plan."""
 from __future__ import annotations
 
@@ -10,16 +10,17 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from .harness import (Run, ServerProc, benchmarks_dir, bench_env, build, http_check,
-                      idle_fit, measure_idle, missing_note, pinning, rival_missing,
-                      run_http_client, run_loadgen, server_argv, server_missing_note)
+                      idle_fit, measure_idle, missing_note, pinning, resp_check,
+                      rival_missing, run_http_client, run_loadgen, run_resp_client,
+                      server_argv, server_missing_note)
 
 # A server to run: (name, kind, extra options); kind: iocport | c | c-tls |
-# asyncio | threads | iocport-http | http-rival
+# asyncio | threads | iocport-http | http-rival | resp-kv | resp-rival
 ServerSpec = tuple[str, str, list[str]]
 # A scenario: size, depth, conns, framing, rounds, seconds, and its mode
-# ("closed", "store", "tls", "handshake", "async", "http") or rate (open
-# loop); "servers" limits it to those; an "http" one names its "client"
-# (h2load or wrk).
+# ("closed", "store", "tls", "handshake", "async", "http", "resp") or rate
+# (open loop); "servers" limits it to those; an "http" or "resp" one names
+# its "client" (h2load, wrk, redis-benchmark), a "resp" one its "command".
 Scenario = dict[str, Any]
 # A group of the plan: (title, its servers, its scenarios)
 Group = tuple[str, list[ServerSpec], list[Scenario]]
@@ -84,6 +85,7 @@ BOUNDS = {
         "bound, the async handler's kernel time alone / uvloop streams",
     "http: python handler / best Python server":
         "bound, the python handler's kernel time alone / best Python server (HTTP)",
+    "resp: kv.py / redis-server": "bound, kv.py's kernel time alone / redis-server",
 }
 
 
@@ -255,6 +257,42 @@ def is_http(kind: str) -> bool:
     return kind in ("iocport-http", "http-rival")
 
 
+# RESP (--resp): redis-benchmark (GET and SET, 50 clients, -P 1 and -P 16)
+# against examples/kv.py (a Redis-compatible server in plain Python on
+# iocport) and Debian's redis-server with persistence off, and the same
+# with an append-only file synced every second (SET, -P 1), all in one
+# group so that all alternate round by round; requests per server
+# CPU-second over each server's process tree.  (name, kind, extra); a name
+# ending in "-aof" is the append-only pair (kv.py gets --aof FILE in the
+# plan's scratch directory, redis-server its own temporary directory).
+RESP_SERVERS: list[ServerSpec] = [
+    ("kv.py", "resp-kv", []),
+    ("redis-server", "resp-rival", ["redis"]),
+    ("kv.py-aof", "resp-kv", ["--fsync", "everysec"]),
+    ("redis-server-aof", "resp-rival", ["redis", "--appendfsync", "everysec"]),
+]
+# (command, -P) of the scenarios with persistence off, and with the
+# append-only file; SET before GET, so that GET finds the key
+RESP_RUNS = (("SET", 1), ("GET", 1), ("SET", 16), ("GET", 16))
+RESP_AOF_RUNS = (("SET", 1),)
+# A run's -n: the server's rate in its warm-up run (this many requests per
+# connection and command in flight) times --seconds
+RESP_WARM_REQUESTS = 100
+# (label, A, B, -P or None for any, target or None, command the target is
+# set for or None for any); a row where A and B are both in the scenario
+RESP_RATIOS: list[tuple[str, str, str, int | None, float | None, str | None]] = [
+    ("resp: kv.py / redis-server", "kv.py", "redis-server", 1, 1.0, None),
+    ("resp: kv.py / redis-server", "kv.py", "redis-server", 16, 0.5, None),
+    ("resp: kv.py AOF everysec / redis-server appendonly everysec", "kv.py-aof",
+     "redis-server-aof", 1, 0.8, "SET"),
+]
+
+
+def is_resp(kind: str) -> bool:
+    """Whether a server of `kind` speaks RESP (bench --resp's)."""
+    return kind in ("resp-kv", "resp-rival")
+
+
 # Idle connections: the resident memory that each costs a server.
 # (name, kind, extra): the servers of the idle scenario
 IDLE_SERVERS: list[ServerSpec] = [
@@ -274,6 +312,9 @@ IDLE_WAIT = 2.0            # seconds of silence before the second reading
 def scenario_name(sc: Scenario) -> str:
     """A scenario's name, unique within a run: the key of its results and
     its title in the tables and the chart."""
+    if sc.get("mode") == "resp":
+        aof = " AOF everysec," if any(n.endswith("-aof") for n in sc["servers"]) else ""
+        return f"resp,{aof} {sc['command']}, -P {sc['depth']}"
     if sc.get("mode") == "http":
         if sc.get("rate"):
             return f"http, {sc['client']} at {sc['rate']:,} req/s"
@@ -305,7 +346,8 @@ def server_names() -> list[str]:
     """Every server the scenarios know (what --only may name)."""
     return sorted({s[0] for s in SERVERS} | {s[0] for s in STORE_SERVERS} |
                   {s[0] for s in IDLE_SERVERS} | {s[0] for s in TLS_SERVERS} |
-                  {s[0] for s in ASYNC_SERVERS} | {s[0] for s in HTTP_SERVERS})
+                  {s[0] for s in ASYNC_SERVERS} | {s[0] for s in HTTP_SERVERS} |
+                  {s[0] for s in RESP_SERVERS})
 
 
 def only_names(text: str) -> str:
@@ -328,7 +370,8 @@ def plan(args: argparse.Namespace, store_dir: str,
     only = set(args.only.split(",")) if args.only else None
     groups: list[Group] = []
     just = (args.latency or args.store or args.idle or getattr(args, "tls", False)
-            or getattr(args, "use_async", False) or getattr(args, "http", False))
+            or getattr(args, "use_async", False) or getattr(args, "http", False)
+            or getattr(args, "resp", False))
     if args.full or not just:
         chosen = [s for s in SERVERS if args.full or not s[3]]
         if only:
@@ -374,6 +417,20 @@ def plan(args: argparse.Namespace, store_dir: str,
                        [dict(http, client="h2load", depth=1, rate=HTTP_LATENCY_RATE,
                              seconds=max(2.0, args.seconds), warmup=0.5,
                              servers=HTTP_LATENCY_SERVERS)]))
+    if getattr(args, "resp", False):
+        servers = [(name, kind, [*extra, "--aof", str(Path(store_dir) / "kv.aof")]
+                    if kind == "resp-kv" and name.endswith("-aof") else extra)
+                   for name, kind, extra in RESP_SERVERS if only is None or name in only]
+        resp = dict(common, size=0, mode="resp", client="redis-benchmark")
+        plain = tuple(n for n, _, _ in RESP_SERVERS if not n.endswith("-aof"))
+        aof = tuple(n for n, _, _ in RESP_SERVERS if n.endswith("-aof"))
+        groups.append(("resp", servers,
+                       [dict(resp, command=c, depth=d, servers=plain,
+                             framing=f"redis-benchmark -t {c.lower()}, persistence off")
+                        for c, d in RESP_RUNS] +
+                       [dict(resp, command=c, depth=d, servers=aof,
+                             framing=f"redis-benchmark -t {c.lower()}, AOF fsync everysec")
+                        for c, d in RESP_AOF_RUNS]))
     return groups
 
 
@@ -403,6 +460,8 @@ def run_group(servers: list[ServerSpec], scenarios: list[Scenario],
     started: dict[str, ServerProc] = {}
     banners: dict[str, str] = {}
     exits: dict[str, int | None] = {}
+    # bench --resp: each run's -n, by (server, scenario name), from its warm-up
+    resp_requests: dict[tuple[str, str], int] = {}
     try:
         for name, kind, extra in servers:
             if name in notes:
@@ -419,7 +478,22 @@ def run_group(servers: list[ServerSpec], scenarios: list[Scenario],
             banners[name] = srv.banner
             # warm-up, on connections of its own
             tls = is_tls(name)
-            if is_http(kind):
+            if is_resp(kind):
+                wrong = resp_check(srv.host, srv.port)
+                warm = {"failed": wrong, "errors": 1} if wrong else {}
+                # each scenario once: its warm-up, and its rate sets its -n
+                for sc in scenarios:
+                    if "failed" in warm or name not in sc["servers"]:
+                        continue
+                    warm = run_resp_client(srv, command=sc["command"], conns=sc["conns"],
+                                           depth=sc["depth"], cpu=client_cpu,
+                                           requests=sc["conns"] * sc["depth"] *
+                                           RESP_WARM_REQUESTS)
+                    if "failed" not in warm:
+                        resp_requests[(name, scenario_name(sc))] = max(
+                            sc["conns"] * sc["depth"],
+                            round(warm["msgs_per_sec"] * sc["seconds"]))
+            elif is_http(kind):
                 wrong = http_check(srv.host, srv.port)
                 warm = ({"failed": wrong, "errors": 1} if wrong else
                         run_http_client(http_warm, srv, conns=args.conns, depth=16,
@@ -440,11 +514,17 @@ def run_group(servers: list[ServerSpec], scenarios: list[Scenario],
                             (sc.get("servers") and name not in sc["servers"]):
                         continue
                     tls = is_tls(name)
-                    if sc.get("mode") == "http":
-                        res = run_http_client(sc["client"], live, conns=sc["conns"],
-                                              depth=sc["depth"], seconds=sc["seconds"],
-                                              cpu=client_cpu, rate=sc.get("rate"),
-                                              skip=sc.get("warmup", 0.5))
+                    if sc.get("mode") in ("http", "resp"):
+                        if sc["mode"] == "resp":
+                            res = run_resp_client(live, command=sc["command"],
+                                                  conns=sc["conns"], depth=sc["depth"],
+                                                  requests=resp_requests[(name, key)],
+                                                  cpu=client_cpu)
+                        else:
+                            res = run_http_client(sc["client"], live, conns=sc["conns"],
+                                                  depth=sc["depth"], seconds=sc["seconds"],
+                                                  cpu=client_cpu, rate=sc.get("rate"),
+                                                  skip=sc.get("warmup", 0.5))
                         if "failed" in res:     # loudly, now, not only in the table
                             sys.stderr.write(f"iocport bench: {key} round {rnd + 1} "
                                              f"{name}: FAILED: {res['failed']}\n")
