@@ -269,8 +269,8 @@ def resp_lines(tools: dict[str, str | None]) -> str:
         "--appendonly no; the AOF pair: kv.py --aof FILE --fsync everysec, redis-server "
         "--appendonly yes --appendfsync everysec, files in temporary directories",
         f"RESP: {TREE_CPU}",
-        "RESP: not measured here: issue 18's iocport client against redis-py with hiredis "
-        "(the RESP client side is not built yet)"])
+        "RESP: not measured here yet: issue 18's iocport client (RESP(client=True)) "
+        "against redis-py with hiredis"])
 
 
 # ---- TLS ------------------------------------------------------------------
