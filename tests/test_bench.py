@@ -1119,4 +1119,4 @@ def test_bench_resp_smoke(in_child_cwd, tmp_path):
                             if ln.startswith(f"| {label} | {key} |"))
                 goal = target if command in (None, sc["command"]) else None
                 assert f"| {f'>= {goal}' if goal else ''} |" in line, line
-    assert "RESP: not measured here: issue 18's iocport client" in text
+    assert "RESP: not measured here yet: issue 18's iocport client" in text
