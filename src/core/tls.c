@@ -217,6 +217,9 @@ tls_attach(struct conn *c, const struct tls_config *cfg)
     o->SSL_set_bio(t->ssl, bio, bio);   /* (the SSL's from now on) */
     o->SSL_ctrl(t->ssl, OSSL_CTRL_MODE, OSSL_MODE_ENABLE_PARTIAL_WRITE |
                 OSSL_MODE_ACCEPT_MOVING_WRITE_BUFFER, NULL);
+    /* Read-ahead: the BIO gives as much as OpenSSL's buffer takes in one
+     * read, not a record's header and then its body. */
+    o->SSL_ctrl(t->ssl, OSSL_CTRL_SET_READ_AHEAD, 1, NULL);
     /* Its record buffers stay while it is busy: tls_trim frees them. */
     o->SSL_ctrl(t->ssl, OSSL_CTRL_CLEAR_MODE, OSSL_MODE_RELEASE_BUFFERS, NULL);
     o->SSL_set_options(t->ssl, OSSL_OP_NO_RENEGOTIATION);
@@ -369,7 +372,7 @@ handshake(struct conn *c)
 {
     struct tls *t = c->tls;
     const struct ossl *o = t->o;
-    o->ERR_clear_error();
+    ossl_clear_errors(o);
     int r = o->SSL_do_handshake(t->ssl);
     if (r == 1) {
         established(c);
@@ -404,18 +407,23 @@ read_records(struct conn *c)
 {
     struct tls *t = c->tls;
     const struct ossl *o = t->o;
-    o->ERR_clear_error();   /* (a record read adds nothing to the queue) */
+    ossl_clear_errors(o);   /* (a record read adds nothing to the queue) */
     for (;;) {
         if (recv_room(c, TLS_READ) < 0) {
             fail(c, OSSL_ERROR_SYSCALL, ENOMEM);
             return -1;
         }
         int n = o->SSL_read(t->ssl, c->rbuf + c->rlen, TLS_READ);
+        int e = OSSL_ERROR_WANT_READ;
         if (n > 0) {
             c->rlen += (size_t)n;
-            continue;
+            if (t->io.in_len != 0 || o->SSL_has_pending(t->ssl))
+                continue;
+            /* All of the input is read and decrypted: no call that would
+             * only say so (WANT_READ). */
+        } else {
+            e = o->SSL_get_error(t->ssl, n);
         }
-        int e = o->SSL_get_error(t->ssl, n);
         if (t->kernel == KERNEL_ON && t->io.out_len != 0 && e != OSSL_ERROR_SSL) {
             /* OpenSSL answered something (the peer's KeyUpdate asking for
              * ours) with its own write key, which the kernel has: a record
@@ -547,7 +555,7 @@ seal(struct conn *c)
 {
     struct tls *t = c->tls;
     const struct ossl *o = t->o;
-    o->ERR_clear_error();   /* (a record written adds nothing) */
+    ossl_clear_errors(o);   /* (a record written adds nothing) */
     for (;;) {
         if (sent_off(c) == c->slen && !send_swap(c))
             return 0;

@@ -31,6 +31,7 @@ typedef void (*ossl_msg_cb)(int, int, int, const void *, size_t, SSL *, void *);
 #define OSSL_CTRL_MODE                   33
 #define OSSL_CTRL_CLEAR_MODE             78
 #define OSSL_CTRL_SET_MSG_CALLBACK_ARG   16
+#define OSSL_CTRL_SET_READ_AHEAD         41
 #define OSSL_CRYPTO_EX_INDEX_SSL         0
 #define OSSL_BIO_CTRL_FLUSH              11
 #define OSSL_BIO_FLAGS_READ              0x01
@@ -93,6 +94,7 @@ typedef void (*ossl_msg_cb)(int, int, int, const void *, size_t, SSL *, void *);
     X(unsigned long, ERR_get_error, (void))                                  \
     X(void, ERR_error_string_n, (unsigned long, char *, size_t))             \
     X(void, ERR_clear_error, (void))                                         \
+    X(unsigned long, ERR_peek_error, (void))                                 \
     X(uint64_t, SSL_CTX_get_options, (const SSL_CTX *))                      \
     X(int, SSL_CTX_get_verify_mode, (const SSL_CTX *))
 
@@ -160,6 +162,16 @@ ossl_bio_new(const struct ossl *o, struct ossl_io *io)
         o->BIO_set_init(b, 1);
     }
     return b;
+}
+
+/* Empty this thread's error queue, as SSL_get_error needs it, at the
+ * cost of a look when it is empty already (the usual case: clearing it
+ * costs several times more). */
+static inline void
+ossl_clear_errors(const struct ossl *o)
+{
+    if (o->ERR_peek_error() != 0)
+        o->ERR_clear_error();
 }
 
 #endif
