@@ -555,7 +555,7 @@ seal(struct conn *c)
 {
     struct tls *t = c->tls;
     const struct ossl *o = t->o;
-    ossl_clear_errors(o);   /* (a record written adds nothing) */
+    int clean = 0;   /* the error queue was looked at */
     for (;;) {
         if (sent_off(c) == c->slen && !send_swap(c))
             return 0;
@@ -568,6 +568,11 @@ seal(struct conn *c)
         if (t->snd.len - t->snd.off + t->io.out_len >= TLS_OUT_MAX)
             return 0;   /* on once they are sent */
         t->busy = 1;
+        if (!clean) {   /* (before the first write: a record written adds
+                           nothing; a flush with nothing to seal, none) */
+            ossl_clear_errors(o);
+            clean = 1;
+        }
         int r = o->SSL_write(t->ssl, c->sbuf + soff,
                              n > TLS_SEAL_MAX ? TLS_SEAL_MAX : (int)n);
         if (r > 0) {
