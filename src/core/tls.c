@@ -768,6 +768,10 @@ tls_trim(struct conn *c)
         t->io.out_len != 0)
         return 0;
     size_t freed = t->snd.cap + t->io.out_cap;
+    if (t->user != NULL && t->user->ctx != NULL) {
+        ktls_user_trim(t->o, t->user);
+        freed += 3 * 1024;   /* (about) */
+    }
     free(t->snd.buf);
     free(t->io.out);
     t->snd.buf = t->io.out = NULL;

@@ -342,6 +342,32 @@ ktls_user_watch(const struct ossl *o, SSL *ssl, struct ktls_user *u)
     o->SSL_ctrl(ssl, OSSL_CTRL_SET_MSG_CALLBACK_ARG, 0, u);
 }
 
+/* u's EVP context keyed from its secret (ktls_user_trim freed it). */
+static int
+user_key(const struct ossl *o, struct ktls_user *u)
+{
+    unsigned char key[32];
+    int ok = expand_label(o, u->md, u->secret, u->hlen, "key", key, u->klen) == 0 &&
+             (u->ctx = o->EVP_CIPHER_CTX_new()) != NULL &&
+             o->EVP_EncryptInit_ex(u->ctx, u->klen == 16 ? o->EVP_aes_128_gcm()
+                                                         : o->EVP_aes_256_gcm(),
+                                   NULL, key, NULL) == 1;
+    ktls_wipe(key, sizeof(key));
+    if (!ok && u->ctx != NULL) {
+        o->EVP_CIPHER_CTX_free(u->ctx);
+        u->ctx = NULL;
+    }
+    return ok ? 0 : -1;
+}
+
+void
+ktls_user_trim(const struct ossl *o, struct ktls_user *u)
+{
+    if (u->ctx != NULL)
+        o->EVP_CIPHER_CTX_free(u->ctx);
+    u->ctx = NULL;
+}
+
 int
 ktls_user_seal(const struct ossl *o, struct ktls_user *u, int type,
                const unsigned char *p, size_t n, unsigned char *out)
@@ -349,6 +375,8 @@ ktls_user_seal(const struct ossl *o, struct ktls_user *u, int type,
     unsigned char nonce[12], ct = (unsigned char)type;
     size_t len = n + 1 + 16;   /* TLSInnerPlaintext (no padding), tag */
     int l;
+    if (u->ctx == NULL && user_key(o, u) < 0)
+        return -1;
     memcpy(nonce, u->iv, 12);
     for (int i = 0; i < 8; i++)
         nonce[4 + i] ^= (unsigned char)(u->seq >> (56 - 8 * i));
@@ -379,7 +407,7 @@ ktls_user_rekey(const struct ossl *o, struct ktls_user *u)
     if (expand_label(o, u->md, u->secret, u->hlen, "traffic upd", next, u->hlen) == 0 &&
         expand_label(o, u->md, next, u->hlen, "key", key, u->klen) == 0 &&
         expand_label(o, u->md, next, u->hlen, "iv", u->iv, 12) == 0 &&
-        o->EVP_EncryptInit_ex(u->ctx, NULL, NULL, key, NULL) == 1) {
+        (u->ctx == NULL || o->EVP_EncryptInit_ex(u->ctx, NULL, NULL, key, NULL) == 1)) {
         memcpy(u->secret, next, u->hlen);
         u->seq = 0;
         rc = 0;

@@ -95,6 +95,9 @@ int ktls_user_seal(const struct ossl *o, struct ktls_user *u, int type,
 /* Our KeyUpdate went out (sealed under the current key): the next traffic
  * secret's key from the next record on.  0 or -1. */
 int ktls_user_rekey(const struct ossl *o, struct ktls_user *u);
+/* Idle: the EVP context is freed (some 3 KiB); the next seal makes it
+ * again from the secret. */
+void ktls_user_trim(const struct ossl *o, struct ktls_user *u);
 /* Free and wipe (u itself is the caller's). */
 void ktls_user_free(const struct ossl *o, struct ktls_user *u);
 
