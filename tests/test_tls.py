@@ -1235,6 +1235,40 @@ def test_tls12_renegotiation_is_refused(make_server, pki, spawn, ssl_socket):
     round_trip(good, codec, b"after")
 
 
+@needs_openssl
+@pytest.mark.parametrize("command", ["K", "k"])
+def test_tls13_key_update(make_server, pki, spawn, command, tmp_path):
+    """`openssl s_client -tls1_3` sends a KeyUpdate (K: asking for ours, k:
+    not asking) between two lines: both are echoed, under the new keys,
+    and the connection ends cleanly (where the kernel has no TLS, our
+    records are made by the core itself: its KeyUpdate and next key)."""
+    ev = Events()
+    srv = make_server(echo, framing=LINE, ssl=pki.server_context(),
+                      on_close=ev.on_close)
+    msgs = tmp_path / "msgs"
+    proc = spawn(s_client_argv(pki, srv.address, "-tls1_3", "-brief", "-msg",
+                               "-msgfile", str(msgs)))
+    proc.stdin.write("hello\n")
+    proc.stdin.flush()
+    assert proc.stdout.readline() == "hello\n"
+    proc.stdin.write(command + "\n")    # a command: s_client sends a KeyUpdate
+    proc.stdin.flush()
+    # (s_client drops what it read with the command: the next line waits)
+    while "KEYUPDATE" not in proc.stderr.readline():
+        assert proc.poll() is None, "s_client ended before its KeyUpdate"
+    for line in ("after\n", "and again\n"):
+        proc.stdin.write(line)
+        proc.stdin.flush()
+        assert proc.stdout.readline() == line
+    out, _ = proc.communicate(timeout=DEADLINE)
+    assert out == ""
+    got = [line for line in msgs.read_text().splitlines()
+           if line.startswith("<<<") and "KeyUpdate" in line]
+    assert len(got) == (command == "K"), got   # ours: only when asked
+    wait_for(lambda: ev.closed, what="the connection to close")
+    assert tls_errors(srv) == 0
+
+
 # ---- arguments -----------------------------------------------------------------------
 
 def sni_context(pki, tmp_path):

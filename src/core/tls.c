@@ -29,6 +29,11 @@
  * type 21 through the kernel; a KeyUpdate the peer asks us to answer fails
  * the connection (see ARCHITECTURE.md).  Where the kernel has no tls ULP
  * the first attempt says so (ENOENT), and later connections do not try.
+ * Without kernel TLS, a TLS 1.3 AES-GCM server side makes its records
+ * itself with the same keys (KERNEL_USER, lib/ktls.h struct ktls_user):
+ * one EVP context per connection instead of SSL_write's machinery; our
+ * close_notify and our KeyUpdate (when the peer's asks for it, seen by the
+ * SSL's message callback) are sealed the same way.
  * Closing: our graceful close sends close_notify before the FIN; the
  * peer's close_notify ends the input as a FIN does; a FIN without it is
  * CLOSE_TLS_EOF; a TLS failure is CLOSE_TLS, and the alert OpenSSL queued
@@ -53,7 +58,9 @@ enum tls_kernel {
     KERNEL_NO,                   /* OpenSSL makes every record */
     KERNEL_PENDING,              /* handshake over: to the kernel once
                                     OpenSSL's records are sent */
-    KERNEL_ON                    /* the kernel makes the records we send */
+    KERNEL_ON,                   /* the kernel makes the records we send */
+    KERNEL_USER                  /* no kernel TLS: we make them (TLS 1.3,
+                                    server side: struct ktls_user) */
 };
 
 /* KERNEL_ON: our close_notify, a 2-byte alert record (the kernel makes a
@@ -91,6 +98,7 @@ struct tls {
     uint8_t want_kernel;         /* kTLS is to be tried for this one */
     struct ktls_keys *kt;        /* the handshake watched for kTLS, or NULL */
     struct kernel_alert *alert;  /* KERNEL_ON's close_notify */
+    struct ktls_user *user;      /* KERNEL_USER's keys */
     atomic_int ready;            /* info is set: any thread may read it */
     struct tls_info info;
     long verify;                 /* X509_V_ERR code of a failed
@@ -124,24 +132,41 @@ kernel_forget(struct conn *c)
         t->kernel = KERNEL_NO;
 }
 
+/* No kernel TLS, but the keys: a TLS 1.3 server side's records are made
+ * here (KERNEL_USER), not by SSL_write, which costs some 300-500 ns more
+ * per record.  (Not for our client side: a server may ask it for a
+ * certificate after the handshake, which OpenSSL would answer.) */
+static void
+to_user(struct conn *c, const struct ktls_crypto *ci)
+{
+    struct tls *t = c->tls;
+    if (c->outgoing || (t->user = malloc(sizeof(*t->user))) == NULL)
+        return;
+    if (ktls_user_init(t->o, t->ssl, t->kt, ci, t->user) < 0) {
+        free(t->user);
+        t->user = NULL;
+    }
+}
+
 /* OpenSSL's records are all sent: sending goes to the kernel, or, if it
- * cannot, stays with OpenSSL (counted: no tls ULP, or a session the
- * kernel path does not take). */
+ * cannot, to our own records (to_user), or stays with OpenSSL (counted:
+ * no tls ULP, or a session the kernel path does not take). */
 static void
 to_kernel(struct conn *c)
 {
     struct tls *t = c->tls;
     struct server *s = c->w->srv;
     struct ktls_crypto ci;
-    int rc = -ENOENT;
-    if (!atomic_load_explicit(&s->no_ulp, memory_order_relaxed)) {
-        rc = ktls_tx_info(t->o, t->ssl, t->kt, &ci);
-        if (rc == 0 && (t->alert = calloc(1, sizeof(*t->alert))) == NULL)
-            rc = -ENOMEM;
-        if (rc == 0)
-            rc = ktls_tx_enable(c->h.fd, &ci);
+    int info = ktls_tx_info(t->o, t->ssl, t->kt, &ci);
+    int rc = atomic_load_explicit(&s->no_ulp, memory_order_relaxed) ? -ENOENT : info;
+    if (rc == 0 && (t->alert = calloc(1, sizeof(*t->alert))) == NULL)
+        rc = -ENOMEM;
+    if (rc == 0)
+        rc = ktls_tx_enable(c->h.fd, &ci);
+    if (rc != 0 && info == 0)
+        to_user(c, &ci);
+    if (info == 0)
         ktls_wipe(&ci, sizeof(ci));
-    }
     kernel_forget(c);
     if (rc == 0) {
         t->kernel = KERNEL_ON;
@@ -153,6 +178,11 @@ to_kernel(struct conn *c)
     if (rc == -ENOENT)   /* the kernel has no tls ULP: no more tries */
         atomic_store_explicit(&s->no_ulp, 1, memory_order_relaxed);
     stat_add(rc == -ENOENT ? &s->stats.ktls_no_ulp : &s->stats.ktls_unsupported, 1);
+    if (t->user != NULL) {
+        t->kernel = KERNEL_USER;
+        ktls_user_watch(t->o, t->ssl, t->user);   /* (after kernel_forget's
+                                                     unwatch) */
+    }
 }
 
 /* KERNEL_ON: our close_notify through the kernel, a record of type 21
@@ -217,6 +247,9 @@ tls_attach(struct conn *c, const struct tls_config *cfg)
     o->SSL_set_bio(t->ssl, bio, bio);   /* (the SSL's from now on) */
     o->SSL_ctrl(t->ssl, OSSL_CTRL_MODE, OSSL_MODE_ENABLE_PARTIAL_WRITE |
                 OSSL_MODE_ACCEPT_MOVING_WRITE_BUFFER, NULL);
+    /* Read-ahead: the BIO gives as much as OpenSSL's buffer takes in one
+     * read, not a record's header and then its body. */
+    o->SSL_ctrl(t->ssl, OSSL_CTRL_SET_READ_AHEAD, 1, NULL);
     /* Its record buffers stay while it is busy: tls_trim frees them. */
     o->SSL_ctrl(t->ssl, OSSL_CTRL_CLEAR_MODE, OSSL_MODE_RELEASE_BUFFERS, NULL);
     o->SSL_set_options(t->ssl, OSSL_OP_NO_RENEGOTIATION);
@@ -241,7 +274,8 @@ tls_attach(struct conn *c, const struct tls_config *cfg)
         }
     }
     t->want_kernel = cfg->ktls != 0;
-    if (t->want_kernel && !atomic_load_explicit(&c->w->srv->no_ulp, memory_order_relaxed) &&
+    if (t->want_kernel && (!c->outgoing ||   /* (KERNEL_USER otherwise) */
+                           !atomic_load_explicit(&c->w->srv->no_ulp, memory_order_relaxed)) &&
         (t->kt = malloc(sizeof(*t->kt))) != NULL &&
         ktls_watch(o, t->ssl, t->kt, !c->outgoing) < 0) {
         free(t->kt);   /* (no index from OpenSSL: no kTLS) */
@@ -269,6 +303,10 @@ tls_free(struct conn *c)
         free(t->kt);
     }
     free(t->alert);
+    if (t->user != NULL) {
+        ktls_user_free(t->o, t->user);
+        free(t->user);
+    }
     free(t->io.out);
     free(t->snd.buf);
     free(t->info.peer_der);
@@ -309,9 +347,9 @@ static void
 fail(struct conn *c, int sslerr, int err)
 {
     note_failure(c, sslerr, err);
-    if (c->tls->kernel == KERNEL_ON)
-        c->tls->io.out_len = 0;   /* (OpenSSL's alert, under a key the
-                                     kernel took over: not sent) */
+    if (c->tls->kernel >= KERNEL_ON)
+        c->tls->io.out_len = 0;   /* (OpenSSL's alert, under a write state
+                                     it no longer has: not sent) */
     else
         kernel_forget(c);
     update_queued(c);
@@ -369,7 +407,7 @@ handshake(struct conn *c)
 {
     struct tls *t = c->tls;
     const struct ossl *o = t->o;
-    o->ERR_clear_error();
+    ossl_clear_errors(o);
     int r = o->SSL_do_handshake(t->ssl);
     if (r == 1) {
         established(c);
@@ -397,6 +435,65 @@ tls_start(struct conn *c)
         handshake(c);   /* the ClientHello */
 }
 
+/* Room for n more bytes of records in io.out.  0 or -1. */
+static int
+out_room(struct tls *t, size_t n)
+{
+    if (t->io.out_len + n <= t->io.out_cap)
+        return 0;
+    size_t cap = t->io.out_cap ? t->io.out_cap : 8 * 1024;
+    while (cap < t->io.out_len + n)
+        cap *= 2;
+    char *p = realloc(t->io.out, cap);
+    if (p == NULL)
+        return -1;
+    t->io.out = p;
+    t->io.out_cap = cap;
+    return 0;
+}
+
+/* KERNEL_USER: one record of `type` holding p[0..n) appended to io.out.
+ * 0, or -1 if the connection failed. */
+static int
+user_seal(struct conn *c, int type, const void *p, size_t n)
+{
+    struct tls *t = c->tls;
+    if (out_room(t, n + KTLS_USER_OVERHEAD) < 0) {
+        fail(c, OSSL_ERROR_SYSCALL, ENOMEM);
+        return -1;
+    }
+    if (ktls_user_seal(t->o, t->user, type, p,  n,
+                       (unsigned char *)t->io.out + t->io.out_len) < 0) {
+        fail(c, OSSL_ERROR_SSL, EIO);
+        return -1;
+    }
+    t->io.out_len += n + KTLS_USER_OVERHEAD;
+    return 0;
+}
+
+/* KERNEL_USER, after an SSL_read: whatever OpenSSL wrote (io.out past
+ * `before`) was made with a write state that is not ours any more, and is
+ * dropped; for each KeyUpdate of the peer's that asked for ours (which
+ * OpenSSL would send only with a write of its own), ours goes out
+ * (update_not_requested, under our current key), the next key after it.
+ * 0, or -1 if the connection failed. */
+static int
+user_after_read(struct conn *c, size_t before)
+{
+    struct tls *t = c->tls;
+    static const unsigned char key_update[5] = {24, 0, 0, 1, 0};
+    t->io.out_len = before;
+    for (; t->user->asked != 0; t->user->asked--) {
+        if (user_seal(c, KTLS_RT_HANDSHAKE, key_update, sizeof(key_update)) < 0)
+            return -1;
+        if (ktls_user_rekey(t->o, t->user) < 0) {
+            fail(c, OSSL_ERROR_SSL, EIO);
+            return -1;
+        }
+    }
+    return 0;
+}
+
 /* Plaintext into rbuf until OpenSSL wants more ciphertext.  0, or -1 when
  * the input is over (the peer's close_notify: peer_eof; or failed). */
 static int
@@ -404,18 +501,28 @@ read_records(struct conn *c)
 {
     struct tls *t = c->tls;
     const struct ossl *o = t->o;
-    o->ERR_clear_error();   /* (a record read adds nothing to the queue) */
+    ossl_clear_errors(o);   /* (a record read adds nothing to the queue) */
     for (;;) {
         if (recv_room(c, TLS_READ) < 0) {
             fail(c, OSSL_ERROR_SYSCALL, ENOMEM);
             return -1;
         }
+        size_t out_before = t->io.out_len;
         int n = o->SSL_read(t->ssl, c->rbuf + c->rlen, TLS_READ);
+        int e = OSSL_ERROR_WANT_READ;
         if (n > 0) {
             c->rlen += (size_t)n;
-            continue;
+            if (t->io.in_len != 0 || o->SSL_has_pending(t->ssl))
+                continue;
+            /* All of the input is read and decrypted: no call that would
+             * only say so (WANT_READ). */
+        } else {
+            e = o->SSL_get_error(t->ssl, n);
         }
-        int e = o->SSL_get_error(t->ssl, n);
+        if (t->kernel == KERNEL_USER &&
+            (t->io.out_len != out_before || t->user->asked != 0) &&
+            user_after_read(c, out_before) < 0)
+            return -1;
         if (t->kernel == KERNEL_ON && t->io.out_len != 0 && e != OSSL_ERROR_SSL) {
             /* OpenSSL answered something (the peer's KeyUpdate asking for
              * ours) with its own write key, which the kernel has: a record
@@ -526,6 +633,10 @@ tls_notify(struct conn *c)
         t->alert->body[0] = 1;   /* warning */
         t->alert->body[1] = 0;   /* close_notify */
         t->alert->owed = 1;
+    } else if (t->kernel == KERNEL_USER) {
+        static const unsigned char close_notify[2] = {1, 0};
+        if (user_seal(c, KTLS_RT_ALERT, close_notify, sizeof(close_notify)) < 0)
+            return 0;   /* (failed: closing goes on) */
     } else {
         kernel_forget(c);   /* (OpenSSL writes it: the kernel never) */
         t->o->ERR_clear_error();
@@ -547,7 +658,7 @@ seal(struct conn *c)
 {
     struct tls *t = c->tls;
     const struct ossl *o = t->o;
-    o->ERR_clear_error();   /* (a record written adds nothing) */
+    int clean = 0;   /* the error queue was looked at */
     for (;;) {
         if (sent_off(c) == c->slen && !send_swap(c))
             return 0;
@@ -560,6 +671,18 @@ seal(struct conn *c)
         if (t->snd.len - t->snd.off + t->io.out_len >= TLS_OUT_MAX)
             return 0;   /* on once they are sent */
         t->busy = 1;
+        if (t->kernel == KERNEL_USER) {
+            size_t m = n > KTLS_USER_MAX ? KTLS_USER_MAX : n;
+            if (user_seal(c, KTLS_RT_APPLICATION_DATA, c->sbuf + soff, m) < 0)
+                return -1;
+            send_advance(c, m);
+            continue;
+        }
+        if (!clean) {   /* (before the first write: a record written adds
+                           nothing; a flush with nothing to seal, none) */
+            ossl_clear_errors(o);
+            clean = 1;
+        }
         int r = o->SSL_write(t->ssl, c->sbuf + soff,
                              n > TLS_SEAL_MAX ? TLS_SEAL_MAX : (int)n);
         if (r > 0) {
@@ -645,6 +768,10 @@ tls_trim(struct conn *c)
         t->io.out_len != 0)
         return 0;
     size_t freed = t->snd.cap + t->io.out_cap;
+    if (t->user != NULL && t->user->ctx != NULL) {
+        ktls_user_trim(t->o, t->user);
+        freed += 3 * 1024;   /* (about) */
+    }
     free(t->snd.buf);
     free(t->io.out);
     t->snd.buf = t->io.out = NULL;

@@ -288,3 +288,141 @@ ktls_tx_enable(int fd, const struct ktls_crypto *ci)
                             before) */
     return 0;
 }
+
+int
+ktls_user_init(const struct ossl *o, SSL *ssl, const struct ktls_keys *k,
+               const struct ktls_crypto *ci, struct ktls_user *u)
+{
+    memset(u, 0, sizeof(*u));
+    const SSL_CIPHER *c = o->SSL_get_current_cipher(ssl);
+    if (ci->u.info.version != TLS_1_3_VERSION || c == NULL)
+        return -ENOTSUP;
+    u->klen = ci->u.info.cipher_type == TLS_CIPHER_AES_GCM_128 ? 16 : 32;
+    u->md = o->SSL_CIPHER_get_handshake_digest(c);
+    u->hlen = k->wsecret_len;
+    if (u->md == NULL || u->hlen > sizeof(u->secret))
+        return -ENOTSUP;
+    memcpy(u->secret, k->wsecret, u->hlen);
+    /* ci's layout (see ktls_tx_info): iv (8), key, salt (4), rec_seq (8) */
+    const unsigned char *p = (const unsigned char *)&ci->u + sizeof(struct tls_crypto_info);
+    memcpy(u->iv, p + 8 + u->klen, 4);
+    memcpy(u->iv + 4, p, 8);
+    for (int i = 0; i < 8; i++)
+        u->seq = u->seq << 8 | p[12 + u->klen + i];
+    u->ctx = o->EVP_CIPHER_CTX_new();
+    if (u->ctx == NULL ||
+        o->EVP_EncryptInit_ex(u->ctx, u->klen == 16 ? o->EVP_aes_128_gcm()
+                                                    : o->EVP_aes_256_gcm(),
+                              NULL, p + 8, NULL) != 1) {
+        ktls_user_free(o, u);
+        return -EIO;
+    }
+    return 0;
+}
+
+#define MT_KEY_UPDATE 24
+
+static void
+on_peer_message(int write_p, int version, int type, const void *buf,
+                size_t len, SSL *ssl, void *arg)
+{
+    (void)version, (void)ssl;
+    const unsigned char *m = buf;
+    struct ktls_user *u = arg;
+    /* KeyUpdate: type, 3-byte length (1), request_update (1: asked) */
+    if (!write_p && type == RT_HANDSHAKE && len >= 5 && m[0] == MT_KEY_UPDATE &&
+        m[4] == 1)
+        u->asked++;
+}
+
+void
+ktls_user_watch(const struct ossl *o, SSL *ssl, struct ktls_user *u)
+{
+    o->SSL_set_msg_callback(ssl, on_peer_message);
+    o->SSL_ctrl(ssl, OSSL_CTRL_SET_MSG_CALLBACK_ARG, 0, u);
+}
+
+/* u's EVP context keyed from its secret (ktls_user_trim freed it). */
+static int
+user_key(const struct ossl *o, struct ktls_user *u)
+{
+    unsigned char key[32];
+    int ok = expand_label(o, u->md, u->secret, u->hlen, "key", key, u->klen) == 0 &&
+             (u->ctx = o->EVP_CIPHER_CTX_new()) != NULL &&
+             o->EVP_EncryptInit_ex(u->ctx, u->klen == 16 ? o->EVP_aes_128_gcm()
+                                                         : o->EVP_aes_256_gcm(),
+                                   NULL, key, NULL) == 1;
+    ktls_wipe(key, sizeof(key));
+    if (!ok && u->ctx != NULL) {
+        o->EVP_CIPHER_CTX_free(u->ctx);
+        u->ctx = NULL;
+    }
+    return ok ? 0 : -1;
+}
+
+void
+ktls_user_trim(const struct ossl *o, struct ktls_user *u)
+{
+    if (u->ctx != NULL)
+        o->EVP_CIPHER_CTX_free(u->ctx);
+    u->ctx = NULL;
+}
+
+int
+ktls_user_seal(const struct ossl *o, struct ktls_user *u, int type,
+               const unsigned char *p, size_t n, unsigned char *out)
+{
+    unsigned char nonce[12], ct = (unsigned char)type;
+    size_t len = n + 1 + 16;   /* TLSInnerPlaintext (no padding), tag */
+    int l;
+    if (u->ctx == NULL && user_key(o, u) < 0)
+        return -1;
+    memcpy(nonce, u->iv, 12);
+    for (int i = 0; i < 8; i++)
+        nonce[4 + i] ^= (unsigned char)(u->seq >> (56 - 8 * i));
+    out[0] = KTLS_RT_APPLICATION_DATA;   /* (every 1.3 record's outer type) */
+    out[1] = 3;
+    out[2] = 3;
+    out[3] = (unsigned char)(len >> 8);
+    out[4] = (unsigned char)len;
+    if (n > KTLS_USER_MAX ||
+        o->EVP_EncryptInit_ex(u->ctx, NULL, NULL, NULL, nonce) != 1 ||
+        o->EVP_EncryptUpdate(u->ctx, NULL, &l, out, 5) != 1 ||   /* AAD */
+        (n != 0 && (o->EVP_EncryptUpdate(u->ctx, out + 5, &l, p, (int)n) != 1 ||
+                    (size_t)l != n)) ||
+        o->EVP_EncryptUpdate(u->ctx, out + 5 + n, &l, &ct, 1) != 1 || l != 1 ||
+        o->EVP_EncryptFinal_ex(u->ctx, out + 6 + n, &l) != 1 ||
+        o->EVP_CIPHER_CTX_ctrl(u->ctx, OSSL_EVP_CTRL_AEAD_GET_TAG, 16,
+                               out + 6 + n) != 1)
+        return -1;
+    u->seq++;
+    return 0;
+}
+
+int
+ktls_user_rekey(const struct ossl *o, struct ktls_user *u)
+{
+    unsigned char next[48], key[32];
+    int rc = -1;
+    if (expand_label(o, u->md, u->secret, u->hlen, "traffic upd", next, u->hlen) == 0 &&
+        expand_label(o, u->md, next, u->hlen, "key", key, u->klen) == 0 &&
+        expand_label(o, u->md, next, u->hlen, "iv", u->iv, 12) == 0 &&
+        (u->ctx == NULL || o->EVP_EncryptInit_ex(u->ctx, NULL, NULL, key, NULL) == 1)) {
+        memcpy(u->secret, next, u->hlen);
+        u->seq = 0;
+        rc = 0;
+    }
+    ktls_wipe(next, sizeof(next));
+    ktls_wipe(key, sizeof(key));
+    return rc;
+}
+
+void
+ktls_user_free(const struct ossl *o, struct ktls_user *u)
+{
+    if (u->ctx != NULL)
+        o->EVP_CIPHER_CTX_free(u->ctx);
+    u->ctx = NULL;
+    ktls_wipe(u->secret, sizeof(u->secret));
+    ktls_wipe(u->iv, sizeof(u->iv));
+}

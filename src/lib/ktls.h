@@ -61,4 +61,44 @@ int ktls_tx_enable(int fd, const struct ktls_crypto *ci);
 /* Wipe key material. */
 void ktls_wipe(void *p, size_t n);
 
+/* Kernel TLS's stand-in where the kernel has none (TLS 1.3 only): our
+ * side's records made here with the keys and sequence number ktls_tx_info
+ * derived for the kernel, through one EVP context keyed once, instead of
+ * through SSL_write; the traffic secret is kept for a KeyUpdate. */
+struct ktls_user {
+    EVP_CIPHER_CTX *ctx;
+    const EVP_MD *md;
+    unsigned char iv[12];        /* the nonce before the sequence number */
+    unsigned char secret[48];    /* our current traffic secret */
+    uint8_t hlen, klen;
+    uint64_t seq;                /* the next record's number */
+    unsigned asked;              /* the peer's KeyUpdates asking for ours,
+                                    not answered yet */
+};
+#define KTLS_USER_OVERHEAD (5 + 1 + 16)   /* header, content type, tag */
+#define KTLS_USER_MAX 16384               /* plaintext per record */
+#define KTLS_RT_ALERT 21
+#define KTLS_RT_HANDSHAKE 22
+#define KTLS_RT_APPLICATION_DATA 23
+
+/* Set u up from ci (ktls_tx_info's) and k's secret.  0; -ENOTSUP: not TLS
+ * 1.3; -EIO: OpenSSL failed. */
+int ktls_user_init(const struct ossl *o, SSL *ssl, const struct ktls_keys *k,
+                   const struct ktls_crypto *ci, struct ktls_user *u);
+/* Count in u->asked the peer's KeyUpdates that ask for ours (the SSL's
+ * message callback: OpenSSL would answer only in a write of its own). */
+void ktls_user_watch(const struct ossl *o, SSL *ssl, struct ktls_user *u);
+/* One record of content `type` holding p[0..n), n <= KTLS_USER_MAX, into
+ * out[0..n + KTLS_USER_OVERHEAD) (not overlapping p).  0 or -1. */
+int ktls_user_seal(const struct ossl *o, struct ktls_user *u, int type,
+                   const unsigned char *p, size_t n, unsigned char *out);
+/* Our KeyUpdate went out (sealed under the current key): the next traffic
+ * secret's key from the next record on.  0 or -1. */
+int ktls_user_rekey(const struct ossl *o, struct ktls_user *u);
+/* Idle: the EVP context is freed (some 3 KiB); the next seal makes it
+ * again from the secret. */
+void ktls_user_trim(const struct ossl *o, struct ktls_user *u);
+/* Free and wipe (u itself is the caller's). */
+void ktls_user_free(const struct ossl *o, struct ktls_user *u);
+
 #endif

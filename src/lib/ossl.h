@@ -18,6 +18,9 @@ typedef struct x509_st X509;
 typedef struct ssl_session_st SSL_SESSION;
 typedef struct X509_VERIFY_PARAM_st X509_VERIFY_PARAM;
 typedef struct evp_md_st EVP_MD;
+typedef struct evp_cipher_st EVP_CIPHER;
+typedef struct evp_cipher_ctx_st EVP_CIPHER_CTX;
+typedef struct engine_st ENGINE;
 typedef void (*ossl_keylog_cb)(const SSL *, const char *);
 typedef void (*ossl_msg_cb)(int, int, int, const void *, size_t, SSL *, void *);
 
@@ -31,6 +34,7 @@ typedef void (*ossl_msg_cb)(int, int, int, const void *, size_t, SSL *, void *);
 #define OSSL_CTRL_MODE                   33
 #define OSSL_CTRL_CLEAR_MODE             78
 #define OSSL_CTRL_SET_MSG_CALLBACK_ARG   16
+#define OSSL_CTRL_SET_READ_AHEAD         41
 #define OSSL_CRYPTO_EX_INDEX_SSL         0
 #define OSSL_BIO_CTRL_FLUSH              11
 #define OSSL_BIO_FLAGS_READ              0x01
@@ -43,6 +47,7 @@ typedef void (*ossl_msg_cb)(int, int, int, const void *, size_t, SSL *, void *);
 #define OSSL_MODE_ACCEPT_MOVING_WRITE_BUFFER 0x2u
 #define OSSL_MODE_RELEASE_BUFFERS        0x10u
 #define OSSL_OP_NO_RENEGOTIATION         (1ull << 30)
+#define OSSL_EVP_CTRL_AEAD_GET_TAG       0x10
 
 #define OSSL_MIN_VERSION 0x10101000ul   /* 1.1.1 */
 
@@ -93,11 +98,13 @@ typedef void (*ossl_msg_cb)(int, int, int, const void *, size_t, SSL *, void *);
     X(unsigned long, ERR_get_error, (void))                                  \
     X(void, ERR_error_string_n, (unsigned long, char *, size_t))             \
     X(void, ERR_clear_error, (void))                                         \
+    X(unsigned long, ERR_peek_error, (void))                                 \
     X(uint64_t, SSL_CTX_get_options, (const SSL_CTX *))                      \
     X(int, SSL_CTX_get_verify_mode, (const SSL_CTX *))
 
-/* What kernel TLS needs besides (lib/ktls.c): optional, so that an OpenSSL
- * without one of them still does TLS, without the kernel (has_ktls 0). */
+/* What kernel TLS, and its user-space stand-in, need besides (lib/ktls.c):
+ * optional, so that an OpenSSL without one of them still does TLS, without
+ * either (has_ktls 0). */
 #define OSSL_KTLS_FUNCS(X)                                                   \
     X(int, SSL_version, (const SSL *))                                       \
     X(SSL_SESSION *, SSL_get_session, (const SSL *))                         \
@@ -115,7 +122,18 @@ typedef void (*ossl_msg_cb)(int, int, int, const void *, size_t, SSL *, void *);
     X(ossl_keylog_cb, SSL_CTX_get_keylog_callback, (const SSL_CTX *))        \
     X(int, CRYPTO_get_ex_new_index, (int, long, void *, void *, void *, void *)) \
     X(int, SSL_set_ex_data, (SSL *, int, void *))                            \
-    X(void *, SSL_get_ex_data, (const SSL *, int))
+    X(void *, SSL_get_ex_data, (const SSL *, int))                           \
+    X(EVP_CIPHER_CTX *, EVP_CIPHER_CTX_new, (void))                          \
+    X(void, EVP_CIPHER_CTX_free, (EVP_CIPHER_CTX *))                         \
+    X(const EVP_CIPHER *, EVP_aes_128_gcm, (void))                           \
+    X(const EVP_CIPHER *, EVP_aes_256_gcm, (void))                           \
+    X(int, EVP_EncryptInit_ex, (EVP_CIPHER_CTX *, const EVP_CIPHER *,        \
+                                ENGINE *, const unsigned char *,             \
+                                const unsigned char *))                      \
+    X(int, EVP_EncryptUpdate, (EVP_CIPHER_CTX *, unsigned char *, int *,     \
+                               const unsigned char *, int))                  \
+    X(int, EVP_EncryptFinal_ex, (EVP_CIPHER_CTX *, unsigned char *, int *))  \
+    X(int, EVP_CIPHER_CTX_ctrl, (EVP_CIPHER_CTX *, int, int, void *))
 
 struct ossl {
 #define OSSL_MEMBER(ret, name, params) ret (*name) params;
@@ -160,6 +178,16 @@ ossl_bio_new(const struct ossl *o, struct ossl_io *io)
         o->BIO_set_init(b, 1);
     }
     return b;
+}
+
+/* Empty this thread's error queue, as SSL_get_error needs it, at the
+ * cost of a look when it is empty already (the usual case: clearing it
+ * costs several times more). */
+static inline void
+ossl_clear_errors(const struct ossl *o)
+{
+    if (o->ERR_peek_error() != 0)
+        o->ERR_clear_error();
 }
 
 #endif
