@@ -181,6 +181,7 @@ def ratio_table(scenarios: list[Scenario], results: Results, banners: dict[str, 
                      "rounds": each[field], "target": target, "target_is_max": most,
                      "bound": bound})
 
+    b: str | tuple[str, ...]   # (a rival, or the best of several)
     for sc in scenarios:
         mode = "rate" if sc.get("rate") else sc.get("mode", "closed")
         if mode == "resp":
