@@ -21,7 +21,10 @@ import shutil
 import subprocess
 import sys
 
-from http_rivals import run_child
+if __package__:   # imported from the installed package (iocport.benchmarks)
+    from .http_rivals import run_child
+else:             # run as a script, beside http_rivals.py
+    from http_rivals import run_child
 
 
 def redis_argv(redis: str, host: str, port: int, directory: str,
