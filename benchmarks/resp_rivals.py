@@ -24,7 +24,7 @@ import sys
 if __package__:   # imported from the installed package (iocport.benchmarks)
     from .http_rivals import run_child
 else:             # run as a script, beside http_rivals.py
-    from http_rivals import run_child
+    from http_rivals import run_child  # type: ignore[no-redef]
 
 
 def redis_argv(redis: str, host: str, port: int, directory: str,
